@@ -1,0 +1,1 @@
+"""MELDAE-JAX: micro-expression spotting in conversations (JAX/Flax)."""

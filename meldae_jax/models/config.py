@@ -1,0 +1,24 @@
+"""Model hyper-parameters as one ConfigDict, shared by the model, configs and tests."""
+import ml_collections
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """The paper's MELDAE (SPEC §1); configs override what they need."""
+  c = ml_collections.ConfigDict()
+  c.backbone = "vit"            # 'vit' | 'resnet50' (ablation)
+  c.variant = "B/16"            # ViT variant: Ti|S|B|L / 16|8
+  c.image_size = 224            # face-crop side fed to the backbone
+  c.num_frames = 16             # T: window length (sizes the temporal embedding)
+  c.scan_blocks = True          # nn.scan over ViT blocks
+  c.remat_policy = "none"       # 'none' | 'full' | 'dots' | 'dots_no_batch' (jax.checkpoint_policies)
+  c.temporal = "bilstm"         # 'bilstm' | 'none' (Dense in its place)
+  c.num_regions = 10            # G: G x G region pooling
+  c.enhancer = True             # False: ablation without the Micro-Expression Enhancer
+  c.num_queries = 16            # N
+  c.enhancer_layers = 1         # L_e
+  c.enhancer_heads = 12         # heads of the enhancer's cross-attention
+  c.fusion = "per_frame"        # 'per_frame' | 'tokens'
+  c.num_classes = 1             # K: 1 = micro, 2 = micro + macro
+  c.dropout = 0.0
+  c.dtype = "float32"           # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+  return c

@@ -8,6 +8,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.backbone = "vit"            # 'vit' | 'resnet50' (ablation)
   c.variant = "B/16"            # ViT variant: Ti|S|B|L / 16|8
   c.image_size = 224            # face-crop side fed to the backbone
+  c.resnet_width = 768          # D of the ResNet backbone (its CLS/patch projection)
+  c.resnet_stages = (3, 4, 6, 3)  # bottleneck units per stage: ResNet-50
+  c.resnet_base_width = 64      # channels of the first stage (x4 at its output)
   c.num_frames = 16             # T: window length (sizes the temporal embedding)
   c.scan_blocks = True          # nn.scan over ViT blocks
   c.remat_policy = "none"       # 'none' | 'full' | 'dots' | 'dots_no_batch' (jax.checkpoint_policies)

@@ -1,0 +1,238 @@
+"""Bad corpus input fails loudly, names the file and row, and writes nothing."""
+import json
+import os
+import shutil
+
+import openpyxl
+import pytest
+import tensorflow_datasets as tfds
+
+from meldae_jax.data import corpus_utils as cu
+
+CorpusError = cu.CorpusError
+
+
+def copy(name, tmp_path):
+  dst = tmp_path / "manual"
+  shutil.copytree(os.path.join(cu.DATASETS_DIR, name, "dummy_data"), dst)
+  return dst
+
+
+def build(name, manual, data_dir):
+  builder = cu.builder_class(name)(data_dir=str(data_dir),
+                                   file_format="array_record")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(manual)))
+  return builder
+
+
+def edit_cell(path, sheet, cell, value):
+  wb = openpyxl.load_workbook(path)
+  (wb[sheet] if sheet else wb.active)[cell] = value
+  wb.save(path)
+
+
+def no_finished_dataset(data_dir):
+  """No dataset_info.json outside TFDS's incomplete.* working dirs."""
+  for root, _, files in os.walk(data_dir):
+    if "dataset_info.json" in files and "incomplete" not in root:
+      return False
+  return True
+
+
+CASME_SHEET = "CAS(ME)^2code_final.xlsx"
+
+
+def test_casme2_missing_spreadsheet(tmp_path):
+  manual = copy("casme2", tmp_path)
+  os.remove(manual / CASME_SHEET)
+  with pytest.raises(CorpusError, match=r"CAS\(ME\)\^2code_final\.xlsx.*missing"):
+    build("casme2", manual, tmp_path / "data")
+  assert no_finished_dataset(tmp_path / "data")
+
+
+def test_casme2_missing_frame(tmp_path):
+  manual = copy("casme2", tmp_path)
+  os.remove(manual / "rawpic/s16/16_0101disgustingteeth/img3.jpg")
+  with pytest.raises(CorpusError, match=r"16_0101disgustingteeth/img3\.jpg.*missing"):
+    build("casme2", manual, tmp_path / "data")
+
+
+def test_casme2_unreadable_frame_leaves_no_dataset(tmp_path):
+  manual = copy("casme2", tmp_path)
+  (manual / "rawpic/s16/16_0101disgustingteeth/img2.jpg").write_bytes(b"junk")
+  with pytest.raises(CorpusError, match=r"img2\.jpg.*unreadable"):
+    build("casme2", manual, tmp_path / "data")
+  # The failure happened while writing: only TFDS's incomplete dir was used.
+  assert not (tmp_path / "data/casme2/default/1.0.0").exists()
+  assert no_finished_dataset(tmp_path / "data")
+
+
+@pytest.mark.parametrize("cell,value,pattern", [
+    ("E2", 40, r"row 2: interval 5\.\.39 .*outside the video of 8 frames"),
+    ("C2", 9, r"row 2: onset 8 is after offset 6"),
+    ("H2", "meso-expression", r"row 2 column H: unknown expression type"),
+    ("A3", 9, r"row 3: participant 9 is not in sheet 'naming rule1'"),
+    ("B3", "anger9_1", r"row 3: video 'anger9_1' is not in sheet"),
+    ("D2", "x", r"row 2: column 'D \(apex\)' is not an integer"),
+])
+def test_casme2_bad_rows(tmp_path, cell, value, pattern):
+  manual = copy("casme2", tmp_path)
+  edit_cell(manual / CASME_SHEET, "CASFEcode_final", cell, value)
+  with pytest.raises(CorpusError, match=r"code_final\.xlsx sheet "
+                     r"'CASFEcode_final' " + pattern):
+    build("casme2", manual, tmp_path / "data")
+  assert no_finished_dataset(tmp_path / "data")
+
+
+def test_casme2_missing_naming_sheet(tmp_path):
+  manual = copy("casme2", tmp_path)
+  wb = openpyxl.load_workbook(manual / CASME_SHEET)
+  del wb["naming rule2"]
+  wb.save(manual / CASME_SHEET)
+  with pytest.raises(CorpusError, match="sheet 'naming rule2' is missing"):
+    build("casme2", manual, tmp_path / "data")
+
+
+SAMM_SHEET = "SAMM_LongVideos_V3_Release.xlsx"
+
+
+@pytest.mark.parametrize("cell,value,pattern", [
+    ("H11", "Mega", r"row 11 column Type: unknown expression type 'Mega'"),
+    ("F13", 9, r"row 13: interval 2\.\.8 .*outside the video of 6 frames"),
+    ("B12", "099_1_1", r"row 12: Subject 6 does not match Filename"),
+])
+def test_samm_bad_rows(tmp_path, cell, value, pattern):
+  manual = copy("samm_lv", tmp_path)
+  edit_cell(manual / SAMM_SHEET, None, cell, value)
+  with pytest.raises(CorpusError, match=r"Release\.xlsx " + pattern):
+    build("samm_lv", manual, tmp_path / "data")
+
+
+def test_samm_missing_header_and_sheet(tmp_path):
+  manual = copy("samm_lv", tmp_path)
+  edit_cell(manual / SAMM_SHEET, None, "B10", "File")
+  with pytest.raises(CorpusError, match="no header row"):
+    build("samm_lv", manual, tmp_path / "data")
+  os.remove(manual / SAMM_SHEET)
+  with pytest.raises(CorpusError, match=r"Release\.xlsx: annotation "
+                     "spreadsheet is missing"):
+    build("samm_lv", manual, tmp_path / "data")
+
+
+def test_mmew_errors(tmp_path):
+  manual = copy("mmew", tmp_path)
+  sheet = manual / "MMEW_Final/MMEW_Micro_Exp.xlsx"
+  edit_cell(sheet, None, "C3", 6)
+  with pytest.raises(CorpusError, match=r"Exp\.xlsx row 3: onset 5 is after "
+                     "offset 4"):
+    build("mmew", manual, tmp_path / "data")
+  edit_cell(sheet, None, "C3", 1)
+  edit_cell(sheet, None, "B4", "S02-09-009")
+  with pytest.raises(CorpusError, match=r"row 4: no clip folder .*S02-09-009"):
+    build("mmew", manual, tmp_path / "data")
+  os.remove(sheet)
+  with pytest.raises(CorpusError, match="MMEW_Micro_Exp.xlsx: annotation "
+                     "spreadsheet is missing"):
+    build("mmew", manual, tmp_path / "data")
+  assert no_finished_dataset(tmp_path / "data")
+
+
+def _rewrite_eaf(path, old, new):
+  text = path.read_text()
+  assert old in text
+  path.write_text(text.replace(old, new, 1))
+
+
+def test_wdmd_missing_eaf(tmp_path):
+  manual = copy("wdmd", tmp_path)
+  os.remove(manual / "annotations/P02_talkshow_01.eaf")
+  with pytest.raises(CorpusError, match=r"P02_talkshow_01\.eaf: ELAN "
+                     r"annotation file is missing for video .*P02_talkshow_01"):
+    build("wdmd", manual, tmp_path / "data")
+
+
+def test_wdmd_bad_values_name_the_annotation(tmp_path):
+  manual = copy("wdmd", tmp_path)
+  eaf = manual / "annotations/P01_interview_01.eaf"
+  _rewrite_eaf(eaf, ">macro<", ">nano<")
+  with pytest.raises(CorpusError, match=r"P01_interview_01\.eaf: annotation "
+                     r"a3 on tier 'expression'.*unknown expression type 'nano'"):
+    build("wdmd", manual, tmp_path / "data")
+  _rewrite_eaf(eaf, ">nano<", ">macro<")
+  _rewrite_eaf(eaf, "apex=120", "apex=12x")
+  with pytest.raises(CorpusError, match=r"annotation a2 .*apex=<milliseconds>"):
+    build("wdmd", manual, tmp_path / "data")
+  _rewrite_eaf(eaf, "apex=12x", "apex=120")
+  _rewrite_eaf(eaf, 'TIER_ID="speaking"', 'TIER_ID="talk"')
+  with pytest.raises(CorpusError, match="no 'speaking' tier"):
+    build("wdmd", manual, tmp_path / "data")
+
+
+def test_wdmd_interval_outside_video_leaves_no_dataset(tmp_path):
+  manual = copy("wdmd", tmp_path)
+  # 12 frames at 25 fps = 480 ms; an expression ending at 900 ms is outside.
+  _rewrite_eaf(manual / "annotations/P01_interview_01.eaf",
+               'TIME_VALUE="440"', 'TIME_VALUE="900"')
+  with pytest.raises(CorpusError, match=r"P01_interview_01\.eaf: annotation "
+                     r"a3: span 280\.\.900 ms = frames 7\.\.22 is outside the "
+                     "video of 12 frames"):
+    build("wdmd", manual, tmp_path / "data")
+  assert not (tmp_path / "data/wdmd/default/1.0.0").exists()
+  assert no_finished_dataset(tmp_path / "data")
+  # The same data_dir builds cleanly once the input is fixed.
+  _rewrite_eaf(manual / "annotations/P01_interview_01.eaf",
+               'TIME_VALUE="900"', 'TIME_VALUE="440"')
+  builder = build("wdmd", manual, tmp_path / "data")
+  assert len(builder.as_data_source("all")) == 4
+
+
+def test_ms_to_frames_rule():
+  # floor(t0 * fps / 1000) .. ceil(t1 * fps / 1000) - 1
+  assert cu.ms_to_frames(0, 1000, 30, 100, "x") == (0, 29)
+  assert cu.ms_to_frames(40, 80, 25, 10, "x") == (1, 1)
+  assert cu.ms_to_frames(50, 90, 25, 10, "x") == (1, 2)
+  assert cu.ms_to_frames(45, 46, 25, 10, "x") == (1, 1)  # tiny span -> 1 frame
+  assert cu.ms_to_frames(300, 420, 25, 10, "x") == (7, 9)  # ends at the end
+  assert cu.ms_to_frames(300, 440, 25, 10, "x") == (7, 9)  # 1 frame over: clamp
+  with pytest.raises(CorpusError, match="outside the video"):
+    cu.ms_to_frames(300, 480, 25, 10, "x")
+  with pytest.raises(CorpusError, match="outside the video"):
+    cu.ms_to_frames(400, 440, 25, 10, "x")
+  with pytest.raises(CorpusError, match="bad time span"):
+    cu.ms_to_frames(200, 100, 25, 10, "x")
+
+
+def test_one_based_and_checks():
+  assert cu.one_based(1, 3, 5, 5, "w") == (0, 2, 4)
+  assert cu.one_based(2, -1, 4, 5, "w") == (1, -1, 3)
+  assert cu.one_based(2, 0, 4, 5, "w") == (1, -1, 3)
+  with pytest.raises(CorpusError, match="w: apex 5 is outside"):
+    cu.one_based(1, 6, 3, 10, "w")
+  with pytest.raises(CorpusError, match="w: interval 0..5 .* outside"):
+    cu.one_based(1, 2, 6, 5, "w")
+
+
+def test_subject_splits(tmp_path):
+  subjects = ["S01", "S02", "S03", "S08"]
+  assert cu.subject_splits(subjects, str(tmp_path), "t") == {
+      "train": ["S01", "S02"], "validation": ["S03"], "test": ["S08"]}
+  (tmp_path / "splits.json").write_text(json.dumps(
+      {"train": ["S01", "S02"], "test": ["S03"]}))
+  with pytest.raises(CorpusError, match="subject S08 of the corpus is in no"):
+    cu.subject_splits(subjects, str(tmp_path), "t")
+  (tmp_path / "splits.json").write_text(json.dumps(
+      {"train": ["S01", "S08"], "test": ["S08", "S02", "S03"]}))
+  with pytest.raises(CorpusError, match="S08 is in both"):
+    cu.subject_splits(subjects, str(tmp_path), "t")
+
+
+def test_numbered_frames_and_read(tmp_path):
+  for n in (1, 2, 4):
+    (tmp_path / f"img{n}.jpg").write_bytes(b"x")
+  with pytest.raises(CorpusError, match=r"img3\.jpg: frame image is missing "
+                     r"\(1 missing of frames 1\.\.4\)"):
+    cu.numbered_frames(str(tmp_path), r"img(?P<n>\d+)\.jpg",
+                       lambda n: f"img{n}.jpg")
+  with pytest.raises(CorpusError, match=r"img1\.jpg: frame image is unreadable"):
+    cu.read_rgb(str(tmp_path / "img1.jpg"))

@@ -1,0 +1,41 @@
+"""Temporal model (SPEC §1.2): Bi-LSTM over the per-frame CLS tokens -> F_global.
+
+Padding: `frame_mask` becomes `seq_lengths = sum_t mask`, which flax's `nn.RNN` reads as
+"the first L steps are real". That matches the pipeline, which pads windows at the end;
+a mask with holes in the middle would be treated as its prefix length. Outputs at
+padding steps are left as computed; downstream code masks them.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from meldae_jax.models.enhancer import kernel_init
+
+Dtype = Any
+
+
+class Temporal(nn.Module):
+  """`kind='bilstm'`: Bi-LSTM (D/2 per direction) + Dense to D; `'none'`: a Dense."""
+  width: int
+  kind: str = "bilstm"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, cls, frame_mask=None):
+    x = cls.astype(self.dtype)
+    if self.kind == "bilstm":
+      lengths = None
+      if frame_mask is not None:
+        lengths = jnp.sum(frame_mask > 0, axis=-1).astype(jnp.int32)
+      h = self.width // 2
+      x = nn.Bidirectional(
+          nn.RNN(nn.OptimizedLSTMCell(h, dtype=self.dtype, name="forward_cell"),
+                 name="forward_rnn"),
+          nn.RNN(nn.OptimizedLSTMCell(h, dtype=self.dtype, name="backward_cell"),
+                 name="backward_rnn"),
+          name="bilstm")(x, seq_lengths=lengths)
+    elif self.kind != "none":
+      raise ValueError(f"unknown temporal model {self.kind!r}")
+    return nn.Dense(self.width, dtype=self.dtype, name="proj",
+                    kernel_init=kernel_init("mlp", "embed"))(x.astype(self.dtype))

@@ -1,0 +1,1 @@
+"""synthetic_conversation corpus (see README.md)."""

@@ -1,0 +1,76 @@
+"""Builds a corpus of `datasets/<name>/` into a TFDS data_dir (array_record, no TensorFlow).
+
+  python -m meldae_jax.data.build synthetic_conversation/easy --data_dir=~/tensorflow_datasets
+  python -m meldae_jax.data.build wdmd --data_dir=DIR --manual_dir=/path/to/WDMD
+
+The `datasets/` folder is not an installed package, so builder modules are imported by
+path; TFDS names a class called `Builder` after its `<name>_dataset_builder` module.
+"""
+import argparse
+import importlib.util
+import os
+import pathlib
+import sys
+import time
+
+import tensorflow_datasets as tfds
+
+DATASETS_DIR = pathlib.Path(__file__).resolve().parents[2] / "datasets"
+
+
+def load_builder_class(name: str, datasets_dir=None):
+  """Imports `datasets/<name>/<name>_dataset_builder.py` once and returns its Builder."""
+  module_name = f"{name}_dataset_builder"
+  module = sys.modules.get(module_name)
+  if module is None:
+    path = pathlib.Path(datasets_dir or DATASETS_DIR) / name / f"{module_name}.py"
+    if not path.exists():
+      raise FileNotFoundError(f"no builder for {name!r}: {path} does not exist")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+      spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[module_name]
+      raise
+  return module.Builder
+
+
+def make_builder(spec: str, data_dir=None, datasets_dir=None):
+  """`name[/config]` -> a builder instance writing array_record files under data_dir."""
+  name, _, config = spec.partition("/")
+  cls = load_builder_class(name, datasets_dir)
+  kwargs = {"file_format": "array_record"}
+  if config:
+    kwargs["config"] = config
+  if data_dir:
+    kwargs["data_dir"] = os.path.expanduser(str(data_dir))
+  return cls(**kwargs)
+
+
+def build(spec: str, data_dir=None, manual_dir=None, datasets_dir=None):
+  """Generates and writes the corpus (a no-op when it is already there)."""
+  builder = make_builder(spec, data_dir, datasets_dir)
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=os.path.expanduser(str(manual_dir)) if manual_dir else None)
+  builder.download_and_prepare(download_config=download_config)
+  return builder
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("spec", help="<name>[/<config>], e.g. synthetic_conversation/easy")
+  parser.add_argument("--data_dir", default=None,
+                      help="TFDS data_dir (default ~/tensorflow_datasets)")
+  parser.add_argument("--manual_dir", default=None, help="where licensed corpora were put by hand")
+  args = parser.parse_args(argv)
+  start = time.perf_counter()
+  builder = build(args.spec, args.data_dir, args.manual_dir)
+  splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+  print(f"{builder.info.full_name} in {builder.data_dir}: {splits} "
+        f"({time.perf_counter() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+  main()

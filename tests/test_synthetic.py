@@ -1,0 +1,162 @@
+"""Synthetic conversation corpus: determinism, label sanity, labels match rendered motion."""
+import numpy as np
+import pytest
+
+from meldae_jax.data import build
+from meldae_jax.data import preview
+from meldae_jax.data import schema
+from meldae_jax.data.synthetic import events
+from meldae_jax.data.synthetic import generator
+from meldae_jax.data.synthetic import generate_video
+
+
+def _timelines(count, num_frames=900, difficulty="default"):
+  rngs = (np.random.default_rng(1000 + s) for s in range(count))
+  return [events.make_timeline(rng, num_frames, 30.0, difficulty) for rng in rngs]
+
+
+def test_same_seed_same_video_other_seed_differs():
+  frames_a, ann_a = generate_video(3, "default", 48, 40)
+  frames_b, ann_b = generate_video(3, "default", 48, 40)
+  frames_c, ann_c = generate_video(4, "default", 48, 40)
+  assert frames_a.shape == (40, 48, 48, 3) and frames_a.dtype == np.uint8
+  np.testing.assert_array_equal(frames_a, frames_b)
+  np.testing.assert_array_equal(ann_a["speaking"], ann_b["speaking"])
+  assert ann_a["intervals"] == ann_b["intervals"]
+  assert np.abs(frames_a.astype(int) - frames_c).mean() > 5
+  assert ann_a["intervals"] != ann_c["intervals"]
+
+
+def test_intervals_are_zero_based_inclusive_and_in_range():
+  fps = 30.0
+  micro_states, micro_count, seconds, speaking_frac = [], 0, 0.0, []
+  for tl in _timelines(80):
+    n = tl.num_frames
+    seconds += n / fps
+    speaking_frac.append(tl.speaking.mean())
+    assert set(np.unique(tl.speaking)) <= {0, 1}
+    prev_offset = -1
+    for e in tl.events:  # sorted, non-overlapping
+      assert prev_offset < e.onset <= e.apex <= e.offset < n
+      prev_offset = e.offset
+      length = e.offset - e.onset + 1
+      assert e.speaking == tl.speaking[e.apex]
+      if e.kind == "micro":
+        micro_count += 1
+        micro_states.append(e.speaking)
+        assert 3 <= length <= 15, length  # 0.1-0.5 s at 30 fps
+        assert len(set(tl.speaking[e.onset:e.offset + 1])) == 1  # one state throughout
+        assert e.region in ("brows", "eyes", "nose", "mouth")
+      else:
+        assert e.kind == "macro" and 30 <= length <= 120
+  assert 0.52 <= np.mean(micro_states) <= 0.64  # WDMD: ~55-60% of MEs while speaking
+  assert 0.45 <= np.mean(speaking_frac) <= 0.65
+  assert 3.0 <= seconds / micro_count <= 5.0  # one ME per 3-5 s
+
+
+def test_me_profile_is_nonzero_exactly_on_the_interval():
+  p = events.me_profile(30, onset=10, apex=13, offset=17)
+  assert np.all(p[:10] == 0) and np.all(p[18:] == 0)
+  assert np.all(p[10:18] > 0) and p[13] == 1.0 and p.argmax() == 13
+
+
+def _region_ratios(difficulty, seeds=range(8), num_frames=300):
+  """inside/outside motion energy in each ME's region, by speaking state."""
+  ratios = {0: [], 1: []}
+  for seed in seeds:
+    frames, ann = generate_video(seed, difficulty, 112, num_frames, me_period_s=1.5)
+    n = len(frames)
+    for iv in ann["intervals"]:
+      if iv["type"] != "micro" or (iv["speaking"] and iv["region"] == "mouth"):
+        continue
+      energy = preview.motion_energy(frames, ann["regions"][iv["region"]])
+      on, off = iv["onset"], iv["offset"]
+      outside = np.r_[max(1, on - 20):max(1, on - 4), min(n, off + 6):min(n, off + 22)]
+      if len(outside) >= 8:
+        ratios[iv["speaking"]].append(energy[on:off + 2].mean() / energy[outside].mean())
+  return {k: np.array(v) for k, v in ratios.items()}
+
+
+def test_region_motion_rises_inside_annotated_micro_expressions():
+  ratios = _region_ratios("default")
+  listening, speaking = ratios[0], ratios[1]
+  assert len(listening) >= 8 and len(speaking) >= 8
+  # Listening: the ME region clearly moves more inside the interval than around it.
+  assert np.median(listening) > 1.3 and np.mean(listening > 1.0) >= 0.75
+  # Speaking (non-mouth MEs): speech shakes the face, yet the region still rises.
+  assert np.median(speaking) > 1.15 and np.mean(speaking > 1.0) >= 0.65
+
+
+def test_counterfactual_change_is_local_and_inside_the_interval():
+  frames, ann = generate_video(7, "default", 112, 300, me_period_s=2.0)
+  without, ann_without = generate_video(7, "default", 112, 300, me_period_s=2.0,
+                                        without_micro=True)
+  assert not any(iv["type"] == "micro" for iv in ann_without["intervals"])
+  micros = [iv for iv in ann["intervals"] if iv["type"] == "micro"]
+  assert micros
+  change = np.abs(frames.astype(np.int16) - without).sum((-1))  # (T, S, S)
+  in_interval = np.zeros(len(frames), bool)
+  for iv in micros:
+    in_interval[iv["onset"]:iv["offset"] + 1] = True
+    x0, y0, x1, y1 = ann["regions"][iv["region"]]
+    apex = change[iv["apex"]]
+    local = apex[max(0, y0 - 4):y1 + 4, max(0, x0 - 4):x1 + 4].sum()
+    assert apex.sum() > 0 and local / apex.sum() > 0.8, iv
+  assert change[~in_interval].sum() == 0  # nothing else differs
+  assert change[in_interval].sum((1, 2)).min() > 0
+
+
+def test_difficulty_scales_me_amplitude():
+  assert (events.me_amplitude_px("easy") > events.me_amplitude_px("default")
+          > events.me_amplitude_px("hard") > 1.0)
+  assert events.me_amplitude_px("default") < events.JAW_PIXELS / 2  # speech dominates
+  change = {}
+  for level in ("easy", "hard"):
+    with_me, ann = generate_video(11, level, 112, 150, me_period_s=1.5)
+    without, _ = generate_video(11, level, 112, 150, me_period_s=1.5, without_micro=True)
+    change[level] = np.abs(with_me.astype(np.int16) - without).mean()
+    amplitudes = [iv["amplitude_px"] for iv in ann["intervals"] if iv["type"] == "micro"]
+    assert amplitudes
+    change[level + "_px"] = np.mean(amplitudes)
+  assert change["easy_px"] > 1.8 * change["hard_px"]
+  assert change["easy"] > 1.5 * change["hard"] > 0
+
+
+def test_corpus_plan_is_subject_disjoint():
+  plan = generator.corpus_plan(28)
+  subjects = {split: {s.subject for s in plan if s.split == split}
+              for split in ("train", "validation", "test")}
+  assert [len(subjects[k]) for k in ("train", "validation", "test")] == [20, 4, 4]
+  assert not (subjects["train"] & subjects["validation"] or subjects["train"] & subjects["test"]
+              or subjects["validation"] & subjects["test"])
+  assert len({s.video_id for s in plan}) == len(plan) and 28 <= len(plan) <= 56
+
+
+def test_tiny_builder_builds_and_reads_back(tmp_path):
+  builder = build.build("synthetic_conversation/tiny", data_dir=tmp_path)
+  assert build.load_builder_class("synthetic_conversation") is type(builder)
+  assert builder.info.features.keys() == schema.features().keys()
+  sizes, subjects = {}, {}
+  for split in ("train", "validation", "test"):
+    source = builder.as_data_source(split)
+    sizes[split] = len(source)
+    subjects[split] = set()
+    for i in range(len(source)):
+      r = source[i]
+      subjects[split].add(r["subject"])
+      n = len(r["frames"])
+      assert n == len(r["speaking"]) == 90 and r["fps"] == pytest.approx(30.0)
+      frame = generator.decode_frame(r["frames"][0])
+      assert frame.shape == (48, 48, 3) and frame.dtype == np.uint8
+      iv = r["intervals"]
+      for on, ap, off, t in zip(iv["onset"], iv["apex"], iv["offset"], iv["type"]):
+        assert 0 <= on <= ap <= off < n and t in (0, 1)
+  assert sizes == {"train": 4, "validation": 1, "test": 1}
+  assert not (subjects["train"] & subjects["validation"] or subjects["train"] & subjects["test"])
+
+
+def test_preview_writes_a_contact_sheet(tmp_path):
+  preview.main(["--generate", "--difficulty", "easy", "--image_size", "48", "--seconds", "3",
+                "--videos", "1", "--no_video", "--seed", "5", "--out", str(tmp_path)])
+  sheets = list(tmp_path.glob("*_sheet.png"))
+  assert len(sheets) == 1 and sheets[0].stat().st_size > 10_000

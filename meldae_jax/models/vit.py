@@ -1,0 +1,182 @@
+"""ViT frame encoder (SPEC §1.1), with big_vision parameter names.
+
+Names follow big_vision's `vit.py` (`embedding`, `cls`, `pos_embedding`,
+`Transformer/encoderblock/...`, `Transformer/encoder_norm`) so its checkpoints
+map one to one; `pretrained.py` converts timm/HF ones. Two deliberate
+differences from big_vision:
+  * `pos_embedding` has a slot for the cls token, `(1, 1 + h*w, D)`, as in
+    timm/HF/vit_jax, so those load exactly; big_vision checkpoints (posemb added
+    before the cls token) load with that slot zero, which is the same function.
+  * the MLP uses the exact (erf) GELU, as timm and HF do; big_vision uses flax's
+    default tanh approximation (the two differ by < 1e-3 per unit).
+"""
+from typing import Any
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# name -> (width, depth, mlp_dim, num_heads); Table 2 of arXiv:2106.04560.
+# `Mu` is a toy size for tests and the CPU demo.
+VARIANTS = {
+    "Mu": dict(width=64, depth=2, mlp_dim=128, num_heads=2),
+    "Ti": dict(width=192, depth=12, mlp_dim=768, num_heads=3),
+    "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
+    "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
+    "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
+}
+
+REMAT_POLICIES = {
+    "none": None,  # no rematerialisation
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+LN_EPS = 1e-6
+
+
+def vit_dims(variant: str) -> dict[str, int]:
+  """'B/16' -> dict(width, depth, mlp_dim, num_heads, patch)."""
+  name, sep, patch = str(variant).partition("/")
+  if name not in VARIANTS or not sep or not patch.isdigit() or int(patch) < 1:
+    valid = ", ".join(f"{n}/<patch>" for n in VARIANTS)
+    raise ValueError(
+        f"unknown ViT variant {variant!r}; valid: {valid} "
+        "(patch a positive int, e.g. 'B/16', 'S/8')")
+  return dict(VARIANTS[name], patch=int(patch))
+
+
+def remat_policy(name: str):
+  """Config string -> jax.checkpoint policy (None: no remat)."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(
+        f"unknown remat_policy {name!r}; valid: {sorted(REMAT_POLICIES)}")
+  return REMAT_POLICIES[name]
+
+
+def _part(init, names):
+  return nn.with_logical_partitioning(init, names)
+
+
+class MlpBlock(nn.Module):
+  """Transformer feed-forward block (Dense -> GELU -> Dense)."""
+  mlp_dim: int
+  dropout: float = 0.0
+  deterministic: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    bias_init = nn.initializers.normal(stddev=1e-6)
+    xavier = nn.initializers.xavier_uniform()
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, bias_init=bias_init,
+                 kernel_init=_part(xavier, ("embed", "mlp")))(x)
+    x = nn.gelu(x, approximate=False)
+    x = nn.Dropout(rate=self.dropout)(x, self.deterministic)
+    return nn.Dense(d, dtype=self.dtype, bias_init=bias_init,
+                    kernel_init=_part(xavier, ("mlp", "embed")))(x)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN block: x + MHSA(LN(x)), then x + MLP(LN(x)).
+
+  Returns `(x, None)` so the same module is an `nn.scan` body.
+  """
+  mlp_dim: int
+  num_heads: int
+  dropout: float = 0.0
+  deterministic: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, _=None):
+    xavier = nn.initializers.xavier_uniform()
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype,
+        kernel_init=_part(xavier, ("embed", "heads", "kv")),
+        out_kernel_init=_part(xavier, ("heads", "kv", "embed")),
+        deterministic=True)(y, y)
+    y = nn.Dropout(rate=self.dropout)(y, self.deterministic)
+    x = x + y
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
+                 deterministic=self.deterministic, dtype=self.dtype)(y)
+    y = nn.Dropout(rate=self.dropout)(y, self.deterministic)
+    return x + y, None
+
+
+class Encoder(nn.Module):
+  """Stack of blocks (scanned or unrolled) and the final LayerNorm."""
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  dropout: float = 0.0
+  deterministic: bool = True
+  scan: bool = True
+  remat_policy: str = "none"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    block_cls = Encoder1DBlock
+    policy = remat_policy(self.remat_policy)
+    if self.remat_policy != "none":
+      block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
+    kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+              dropout=self.dropout, deterministic=self.deterministic,
+              dtype=self.dtype)
+    if self.scan:
+      block_cls = nn.scan(
+          block_cls, length=self.depth,
+          variable_axes={"params": 0},
+          split_rngs={"params": True, "dropout": True},
+          metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = block_cls(name="encoderblock", **kw)(x, None)
+    else:
+      for i in range(self.depth):
+        x, _ = block_cls(name=f"encoderblock_{i}", **kw)(x)
+    return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype,
+                        name="encoder_norm")(x)
+
+
+class ViT(nn.Module):
+  """Frame encoder: images in [-1, 1] -> (cls (N, D), patches (N, h, w, D))."""
+  variant: str
+  scan: bool = True
+  remat_policy: str = "none"
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    dims = vit_dims(self.variant)
+    remat_policy(self.remat_policy)  # Fail early on a bad name.
+    p, d = dims["patch"], dims["width"]
+    x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                kernel_init=_part(nn.initializers.lecun_normal(),
+                                  (None, None, None, "embed")),
+                name="embedding")(x)
+    n, h, w, _ = x.shape
+    x = einops.rearrange(x, "n h w d -> n (h w) d")
+    cls = self.param("cls", _part(nn.initializers.zeros, (None, None, "embed")),
+                     (1, 1, d))
+    pos = self.param(
+        "pos_embedding",
+        _part(nn.initializers.normal(stddev=1 / np.sqrt(d)),
+              (None, None, "embed")),
+        (1, 1 + h * w, d))
+    cls = jnp.broadcast_to(cls.astype(x.dtype), (n, 1, d))
+    x = jnp.concatenate([cls, x], axis=1) + pos.astype(x.dtype)
+    x = nn.Dropout(rate=self.dropout)(x, not train)
+    x = Encoder(depth=dims["depth"], mlp_dim=dims["mlp_dim"],
+                num_heads=dims["num_heads"], dropout=self.dropout,
+                deterministic=not train, scan=self.scan,
+                remat_policy=self.remat_policy, dtype=self.dtype,
+                name="Transformer")(x)
+    patches = einops.rearrange(x[:, 1:], "n (h w) d -> n h w d", h=h, w=w)
+    return x[:, 0], patches

@@ -1,0 +1,289 @@
+"""ViT frame encoder: variants, shapes, scan/remat, NumPy reference forward."""
+import functools
+
+import flax.linen as nn
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+
+from meldae_jax.models import vit
+
+# Tiny models: XLA's CPU backend optimisations cost more than they save.
+_jit = functools.partial(
+    jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _shapes(model, shape=(2, 32, 32, 3)):
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  return jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x, train=False), x)
+
+
+def _params(model, shape=(2, 32, 32, 3), seed=1):
+  """Random params in the model's tree (cheaper than compiling its init).
+
+  Non-trivial everywhere (biases, cls, LayerNorm) so the reference checks
+  every parameter's role.
+  """
+  rng = np.random.default_rng(seed)
+  flat = traverse_util.flatten_dict(nn.unbox(_shapes(model, shape)["params"]))
+  out = {}
+  for k, s in flat.items():
+    noise = rng.standard_normal(s.shape).astype(np.float32)
+    out[k] = 1 + 0.1 * noise if k[-1] == "scale" else 0.1 * noise
+  return traverse_util.unflatten_dict(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_apply(variant, train=False, **kw):
+  """One compiled forward per configuration (eager dispatch is slow on CPU)."""
+  model = vit.ViT(variant, **kw)
+  return _jit(lambda p, x, rngs: model.apply(
+      {"params": p}, x, train=train, rngs=rngs))
+
+
+def _apply(params, x, variant="Mu/8", train=False, rng=None, **kw):
+  rngs = {"dropout": rng} if rng is not None else {}
+  return _jitted_apply(variant, train, **kw)(params, x, rngs)
+
+
+def _images(shape=(2, 32, 32, 3), seed=2):
+  return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+def _unstack(params):
+  """Scan-stacked params -> `encoderblock_{i}` params (same values)."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  out = {}
+  for k, v in flat.items():
+    if k.startswith("Transformer/encoderblock/"):
+      rest = k[len("Transformer/encoderblock/"):]
+      for i in range(v.shape[0]):
+        out[f"Transformer/encoderblock_{i}/{rest}"] = v[i]
+    else:
+      out[k] = v
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
+# --- Independent NumPy forward (float64) from the param arrays. -------------
+
+
+def _ln(x, p):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]
+
+
+def _gelu(x):
+  return 0.5 * x * (1 + scipy.special.erf(x / np.sqrt(2)))
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def np_vit(params, x, patch):
+  """Reference ViT forward on unstacked params in our (big_vision) layout."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  n, hh, ww, c = x.shape
+  h, w = hh // patch, ww // patch
+  xp = x.astype(np.float64).reshape(n, h, patch, w, patch, c)
+  tok = np.einsum("niyjxc,yxcd->nijd", xp, p["embedding"]["kernel"])
+  tok = tok.reshape(n, h * w, -1) + p["embedding"]["bias"]
+  cls = np.repeat(p["cls"], n, axis=0)
+  z = np.concatenate([cls, tok], axis=1) + p["pos_embedding"]
+  t = p["Transformer"]
+  i = 0
+  while f"encoderblock_{i}" in t:
+    b = t[f"encoderblock_{i}"]
+    a = b["MultiHeadDotProductAttention_0"]
+    y = _ln(z, b["LayerNorm_0"])
+    q, k, v = (np.einsum("nld,dhk->nlhk", y, a[m]["kernel"]) + a[m]["bias"]
+               for m in ("query", "key", "value"))
+    att = _softmax(np.einsum("nqhk,nshk->nhqs", q, k) / np.sqrt(q.shape[-1]))
+    o = np.einsum("nhqs,nshk->nqhk", att, v)
+    z = z + np.einsum("nqhk,hkd->nqd", o, a["out"]["kernel"]) + a["out"]["bias"]
+    m = b["MlpBlock_0"]
+    y = _ln(z, b["LayerNorm_1"])
+    y = _gelu(y @ m["Dense_0"]["kernel"] + m["Dense_0"]["bias"])
+    z = z + y @ m["Dense_1"]["kernel"] + m["Dense_1"]["bias"]
+    i += 1
+  z = _ln(z, t["encoder_norm"])
+  return z[:, 0], z[:, 1:].reshape(n, h, w, -1)
+
+
+# --- Tests. -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,dims", [
+    ("Ti", (192, 12, 768, 3)), ("S", (384, 12, 1536, 6)),
+    ("B", (768, 12, 3072, 12)), ("L", (1024, 24, 4096, 16)),
+    ("Mu", (64, 2, 128, 2))])
+@pytest.mark.parametrize("patch", [16, 8, 14])
+def test_vit_dims(name, dims, patch):
+  got = vit.vit_dims(f"{name}/{patch}")
+  assert (got["width"], got["depth"], got["mlp_dim"], got["num_heads"]) == dims
+  assert got["patch"] == patch
+
+
+@pytest.mark.parametrize("bad", ["X/16", "B", "B/", "B/x", "B/0", "b/16"])
+def test_vit_dims_unknown(bad):
+  with pytest.raises(ValueError, match=r"Ti/<patch>.*L/<patch>"):
+    vit.vit_dims(bad)
+
+
+@pytest.mark.parametrize("variant", [
+    "Ti/16", "S/16", "B/16", "L/16", "Ti/8", "S/8", "B/8", "L/8", "Mu/8"])
+def test_shapes_eval_shape(variant):
+  dims = vit.vit_dims(variant)
+  model = vit.ViT(variant)
+  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x, train=False), x)
+  cls, patches = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False), variables, x)
+  g = 32 // dims["patch"]
+  d = dims["width"]
+  assert cls.shape == (2, d)
+  assert patches.shape == (2, g, g, d)
+  params = nn.unbox(variables["params"])
+  assert params["pos_embedding"].shape == (1, 1 + g * g, d)
+  assert params["Transformer"]["encoderblock"]["LayerNorm_0"]["scale"].shape \
+      == (dims["depth"], d)
+
+
+def test_param_count_b16_matches_published():
+  """ViT-B/16 @224 without head has 85,798,656 params (timm / the paper)."""
+  model = vit.ViT("B/16")
+  x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  variables = jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x, train=False), x)
+  sizes = [np.prod(l.shape) for l in jax.tree.leaves(nn.unbox(variables))]
+  assert sum(sizes) == 85_798_656
+
+
+@pytest.mark.parametrize("variant,shape", [
+    ("Mu/8", (2, 32, 48, 3)), ("Ti/16", (2, 32, 32, 3))])
+def test_matches_numpy_reference(variant, shape):
+  dims = vit.vit_dims(variant)
+  model = vit.ViT(variant, scan=False)
+  params = _params(model, shape)
+  x = _images(shape)
+  cls, patches = _apply(params, x, variant, scan=False)
+  ref_cls, ref_patches = np_vit(params, x, dims["patch"])
+  assert patches.shape == (shape[0], shape[1] // dims["patch"],
+                           shape[2] // dims["patch"], dims["width"])
+  np.testing.assert_allclose(cls, ref_cls, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(patches, ref_patches, atol=1e-4, rtol=1e-4)
+
+
+def test_scan_equals_unrolled():
+  stacked = _params(vit.ViT("Mu/8", scan=True))
+  x = _images()
+  out_scan = _apply(stacked, x)
+  unrolled = _unstack(stacked)
+  # Same tree as the unrolled model's own init.
+  assert (jax.tree.structure(unrolled)
+          == jax.tree.structure(_params(vit.ViT("Mu/8", scan=False))))
+  out_loop = _apply(unrolled, x, scan=False)
+  for a, b in zip(out_scan, out_loop):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  ref = np_vit(unrolled, x, 8)
+  np.testing.assert_allclose(out_scan[1], ref[1], atol=1e-4, rtol=1e-4)
+
+
+def test_remat_policies_same_outputs_and_grads():
+  params = _params(vit.ViT("Mu/8"))
+  x = _images()
+
+  def run(policy):
+    model = vit.ViT("Mu/8", remat_policy=policy)
+
+    def loss(p):
+      cls, patches = model.apply({"params": p}, x, train=False)
+      return jnp.sum(cls ** 2) + jnp.sum(jnp.sin(patches)), (cls, patches)
+
+    (_, out), grads = _jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return out, grads
+
+  base_out, base_grads = run("none")
+  for policy in ("full", "dots", "dots_no_batch"):
+    out, grads = run(policy)
+    for a, b in zip(out, base_out):
+      np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5,
+                                                         rtol=1e-5),
+                 grads, base_grads)
+  out = _apply(_unstack(params), x, scan=False, remat_policy="full")
+  np.testing.assert_allclose(out[1], base_out[1], atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_remat_policy():
+  with pytest.raises(ValueError, match="dots_no_batch"):
+    _shapes(vit.ViT("Mu/8", remat_policy="everything"))
+
+
+def test_bf16_compute_keeps_f32_params():
+  params = _params(vit.ViT("Mu/8"))
+  x = _images()
+  model16 = vit.ViT("Mu/8", dtype=jnp.bfloat16)
+  fresh = nn.unbox(_shapes(model16))
+  assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(fresh))
+  cls, patches = _apply(params, x, dtype=jnp.bfloat16)
+  assert cls.dtype == jnp.bfloat16 and patches.dtype == jnp.bfloat16
+  ref = _apply(params, x)
+  np.testing.assert_allclose(np.asarray(patches, np.float32), ref[1], atol=0.15)
+  assert np.all(np.isfinite(np.asarray(cls, np.float32)))
+
+
+def test_logical_axis_names():
+  model = vit.ViT("Mu/8")
+  variables = jax.eval_shape(lambda x: model.init(
+      jax.random.key(0), x, train=False), jnp.zeros((1, 32, 32, 3)))
+  flat = traverse_util.flatten_dict(variables["params"], sep="/")
+  names = {k: v.names for k, v in flat.items() if isinstance(v, nn.Partitioned)}
+  blk = "Transformer/encoderblock/"
+  mha = blk + "MultiHeadDotProductAttention_0/"
+  assert names["embedding/kernel"] == (None, None, None, "embed")
+  assert names["pos_embedding"] == (None, None, "embed")
+  for m in ("query", "key", "value"):
+    assert names[mha + m + "/kernel"] == ("layers", "embed", "heads", "kv")
+  assert names[mha + "out/kernel"] == ("layers", "heads", "kv", "embed")
+  assert names[blk + "MlpBlock_0/Dense_0/kernel"] == ("layers", "embed", "mlp")
+  assert names[blk + "MlpBlock_0/Dense_1/kernel"] == ("layers", "mlp", "embed")
+  # Every annotation matches its array's rank.
+  for k, v in flat.items():
+    if isinstance(v, nn.Partitioned):
+      assert len(v.names) == v.value.ndim, k
+
+
+def test_dropout_only_in_train():
+  params = _params(vit.ViT("Mu/8", dropout=0.5))
+  x = _images()
+  ev1 = _apply(params, x, dropout=0.5)
+  ev2 = _apply(params, x, dropout=0.5)
+  np.testing.assert_array_equal(ev1[1], ev2[1])
+  tr1 = _apply(params, x, train=True, rng=jax.random.key(1), dropout=0.5)
+  tr2 = _apply(params, x, train=True, rng=jax.random.key(2), dropout=0.5)
+  assert not np.allclose(tr1[1], tr2[1])
+  assert not np.allclose(tr1[1], ev1[1])
+
+
+def test_real_init():
+  """The initialisers themselves: zeros cls, unit LayerNorm, posemb scale."""
+  model = vit.ViT("Mu/8")
+  init = _jit(functools.partial(model.init, train=False))
+  variables = init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  p = nn.unbox(variables["params"])
+  assert isinstance(variables["params"]["cls"], nn.Partitioned)
+  np.testing.assert_array_equal(p["cls"], 0)
+  np.testing.assert_array_equal(
+      p["Transformer"]["encoderblock"]["LayerNorm_0"]["scale"], 1)
+  assert p["pos_embedding"].shape == (1, 65, 64)
+  assert 0.8 < np.std(p["pos_embedding"]) * np.sqrt(64) < 1.2
+  q = p["Transformer"]["encoderblock"]["MultiHeadDotProductAttention_0"]
+  assert not np.allclose(q["query"]["kernel"][0], q["query"]["kernel"][1])

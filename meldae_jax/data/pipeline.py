@@ -32,6 +32,7 @@ import cv2
 import grain
 import numpy as np
 
+from meldae_jax import intervals
 from meldae_jax.data import augment as augment_lib
 from meldae_jax.data import sources
 from meldae_jax.data import windows as windows_lib
@@ -303,8 +304,7 @@ class ScoreAverager:
 
   def __init__(self, source_or_index):
     self.index = sources.as_index(source_or_index)
-    self._sum: dict[int, np.ndarray] = {}
-    self._count: dict[int, np.ndarray] = {}
+    self._windows: dict[int, list] = {}  # video index -> [(start, scores, mask)]
 
   def add(self, batch: dict, scores) -> None:
     scores = np.asarray(scores, np.float64)
@@ -313,18 +313,13 @@ class ScoreAverager:
       vi = int(batch["video_index"][b])
       if vi < 0 or not valid[b]:
         continue
-      n_frames = self.index.info(vi).num_frames
-      if vi not in self._sum:
-        self._sum[vi] = np.zeros((n_frames,) + scores.shape[2:])
-        self._count[vi] = np.zeros((n_frames,))
-      st = int(batch["start"][b])
-      n = int(np.asarray(batch["frame_mask"][b]).sum())
-      self._sum[vi][st:st + n] += scores[b, :n]
-      self._count[vi][st:st + n] += 1
+      self._windows.setdefault(vi, []).append(
+          (int(batch["start"][b]), scores[b], np.asarray(batch["frame_mask"][b])))
 
   def result(self) -> dict[int, np.ndarray]:
     out = {}
-    for vi, total in self._sum.items():
-      count = self._count[vi].reshape((-1,) + (1,) * (total.ndim - 1))
-      out[vi] = total / np.maximum(count, 1)
+    for vi, wins in self._windows.items():
+      starts, scores, masks = zip(*wins)
+      out[vi] = intervals.aggregate_windows(
+          self.index.info(vi).num_frames, starts, np.stack(scores), np.stack(masks))
     return out

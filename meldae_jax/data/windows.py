@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from meldae_jax import intervals
 from meldae_jax.data import schema
 
 
@@ -27,15 +28,13 @@ def train_starts(num_frames: int, window: int, stride: int,
 
   A video shorter than the window gives the single start 0 (the window is padded). With
   `align_end`, a last window ending on the last frame is added when the grid misses the
-  tail, so every frame can be sampled.
+  tail, so every frame can be sampled (the evaluator's grid, `intervals.window_starts`).
   """
+  if align_end:
+    return np.asarray(intervals.window_starts(max(num_frames, 1), window, stride), np.int32)
   if stride <= 0 or window <= 0:
     raise ValueError(f"window and stride must be positive, got {window=} {stride=}")
-  last = max(num_frames - window, 0)
-  starts = list(range(0, last + 1, stride))
-  if align_end and starts[-1] != last:
-    starts.append(last)
-  return np.asarray(starts, np.int32)
+  return np.arange(0, max(num_frames - window, 0) + 1, stride, dtype=np.int32)
 
 
 def eval_starts(num_frames: int, window: int, stride: int) -> np.ndarray:

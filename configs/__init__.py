@@ -1,0 +1,1 @@
+"""Experiment configs: `python -m meldae_jax.main --config=configs/<name>.py[:arg]`."""

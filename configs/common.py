@@ -1,0 +1,185 @@
+"""Shared pieces of the MELDAE-JAX configs (ml_collections).
+
+Every config module has `get_config(arg=None)` and starts from `base_config()`; the
+top-level keys are:
+
+  seed, batch_size (global), total_steps, log_every, eval_every
+  dataset     name, builder_config, data_dir, manual_dir, splits, classes, window sampling
+  model       `models.config.default_model_config()` + overrides (num_frames/num_classes
+              are kept in sync with the dataset by `finalize`)
+  loss        `losses.default_loss_config()`
+  optimizer   param groups [(regex, lr)], first match wins, lr 0 = frozen; warmup +
+              cosine, clip norm, weight decay, gradient accumulation
+  mesh        data / fsdp sizes (-1 = the remaining devices)
+  logical_axis_rules   logical axis name -> mesh axes (None = replicated)
+  checkpoint  every_steps, keep, best_metric, async_save
+  eval        window stride, batch size, threshold candidates, merge gap, length filters
+  model_init  pretrained ViT weights (.npz / .safetensors) + dont_load regexes
+  distributed coordinator address etc. for multi-process runs (or JAX_* env vars)
+"""
+import os
+
+import ml_collections
+from ml_collections import config_dict
+
+from meldae_jax import losses
+from meldae_jax.models import config as model_config_lib
+
+# Threshold candidates tried on validation data.
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 16              # global: split over processes and the batch mesh axes
+  c.total_steps = 10_000         # train-step calls (micro-batches with grad accumulation)
+  c.log_every = 50
+  c.eval_every = 1_000           # validation (threshold choice + best checkpoint); 0 = end only
+
+  # --- data --------------------------------------------------------------------------
+  d = c.dataset = ml_collections.ConfigDict()
+  d.name = "synthetic_conversation"
+  d.builder_config = config_dict.placeholder(str)   # None: the builder's default
+  d.data_dir = default_data_dir()
+  d.manual_dir = config_dict.placeholder(str)       # licensed corpora: downloaded files
+  d.build_if_missing = False     # generated corpora may be built on the fly
+  d.train_split = "train"
+  d.val_split = "validation"
+  d.test_split = "test"
+  d.classes = ("micro",)         # ('micro',) -> K=1, ('micro', 'macro') -> K=2
+  d.protocol = "fixed"           # 'fixed' train/val/test | 'loso' (see meldae_jax/loso.py)
+  d.loso_val_subjects = 1        # LOSO: training subjects held out to choose thresholds
+  d.window = 16                  # T
+  d.train_stride = 4             # start grid of the training windows
+  d.me_oversample = 1            # ME windows listed this many times per epoch
+  d.augment = True
+  d.num_threads = 2              # grain read threads
+  d.worker_count = 0             # grain worker processes (mp_prefetch)
+  d.cache_videos = 4
+
+  # --- model / loss ------------------------------------------------------------------
+  # On-device input view (train.input_transform): 'rgb' (the paper) | 'diff' | 'dev' | 'rgb+dev'.
+  c.input = ml_collections.ConfigDict(dict(transform="rgb", gain=4.0))
+  c.model = model_config_lib.default_model_config()
+  c.loss = losses.default_loss_config()
+
+  # --- optimiser ---------------------------------------------------------------------
+  o = c.optimizer = ml_collections.ConfigDict()
+  o.groups = (("backbone/.*", 1e-5), (".*", 5e-4))   # (regex, lr); lr 0 = frozen
+  o.schedule = "warmup_cosine"
+  o.warmup_steps = 500
+  o.end_lr_factor = 0.01
+  o.weight_decay = 1e-4
+  o.weight_decay_regex = ".*/kernel"
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.clip_norm = 1.0
+  o.grad_accum_steps = 1
+
+  # --- scale -------------------------------------------------------------------------
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  c.logical_axis_rules = (
+      ("batch", ("data", "fsdp")),
+      ("embed", "fsdp"),
+      ("mlp", None),
+      ("heads", None),
+      ("kv", None),
+      ("layers", None),
+      ("conv_in", None),
+      ("conv_out", None),
+  )
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = config_dict.placeholder(str)
+  c.distributed.num_processes = config_dict.placeholder(int)
+  c.distributed.process_id = -1
+  c.distributed.auto = False     # jax.distributed.initialize() with cluster auto-detection
+
+  # --- checkpoints -------------------------------------------------------------------
+  k = c.checkpoint = ml_collections.ConfigDict()
+  k.every_steps = 1_000
+  k.keep = 2
+  k.best_metric = "f1_dr"        # falls back to f1 when the corpus has no speaking labels
+  k.async_save = False
+
+  # --- evaluation --------------------------------------------------------------------
+  e = c.eval = ml_collections.ConfigDict()
+  e.stride = 8                   # overlapping eval windows (scores averaged per frame)
+  e.batch_size = 16
+  e.thresholds = THRESHOLDS      # candidates, chosen on validation only
+  e.threshold = 0.5              # used when no validation split exists
+  e.merge_gap = 2                # frames below threshold bridged inside one interval
+  e.min_seconds = 0.0            # length filters, converted at each video's fps
+  e.max_seconds = ml_collections.ConfigDict(dict(micro=0.5, macro=4.0))
+  e.iou = 0.5
+  e.max_val_videos = 0           # 0 = all; cap for quick periodic validation
+
+  # --- init --------------------------------------------------------------------------
+  c.model_init = config_dict.placeholder(str)   # ViT .npz (big_vision) / .safetensors (timm)
+  c.model_init_variant = config_dict.placeholder(str)  # default: model.variant
+  c.dont_load = ()               # regexes of backbone params kept at their init
+
+  # --- test hooks --------------------------------------------------------------------
+  c.debug = ml_collections.ConfigDict()
+  c.debug.nan_at_step = -1       # >= 0: poison that step's batch (tests the NaN guard)
+  c.debug.stop_at_step = -1      # >= 0: act as if SIGTERM arrived at that step
+  return c
+
+
+def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Keeps the model's T and K consistent with the data settings."""
+  c.model.num_frames = c.dataset.window
+  c.model.num_classes = len(c.dataset.classes)
+  return c
+
+
+def tiny_model(c: ml_collections.ConfigDict, image_size: int = 32, window: int = 4):
+  """The smallest model that exercises every part (tests)."""
+  c.model.variant = "Mu/8"
+  c.model.image_size = image_size
+  c.model.num_regions = 2
+  c.model.num_queries = 4
+  c.model.enhancer_heads = 2
+  c.dataset.window = window
+  c.dataset.train_stride = max(window // 2, 1)
+  c.eval.stride = max(window // 2, 1)
+  return c
+
+
+def paper_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The paper's §5.3 settings: ViT-B/16 at 224 px, batch 16, AdamW 1e-5 backbone /
+  5e-4 rest, loss weights 0.5/0.2/1.0, BAL with lambda=1 and W_boundary=10, N=16, G=10."""
+  c.model.variant = "B/16"
+  c.model.image_size = 224
+  c.model.num_regions = 10
+  c.model.num_queries = 16
+  c.model.enhancer_heads = 12
+  c.batch_size = 16
+  c.optimizer.groups = (("backbone/.*", 1e-5), (".*", 5e-4))
+  c.loss.me_weight, c.loss.state_weight, c.loss.loc_weight = 0.5, 0.2, 1.0
+  c.loss.loc_loss = "bal"
+  c.loss.boundary_lambda = 1.0
+  c.loss.boundary_weight = 10.0
+  c.model_init = os.environ.get("MELDAE_VIT_INIT", None) or None  # e.g. ViT-B_16 .npz
+  return c
+
+
+def local_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A few-step, tiny-model variant of a corpus config (smoke tests / `:tiny`)."""
+  tiny_model(c)
+  c.model_init = None
+  c.batch_size = 4
+  c.total_steps = 4
+  c.log_every = 2
+  c.eval_every = 0
+  c.optimizer.warmup_steps = 1
+  c.checkpoint.every_steps = 2
+  c.dataset.augment = False
+  c.dataset.num_threads = 0
+  c.eval.thresholds = (0.3, 0.5, 0.7)
+  return c

@@ -1,0 +1,64 @@
+"""MELDAE on the generated `synthetic_conversation` corpus (the default; CPU-sized).
+
+  python -m meldae_jax.main --config=configs/synthetic.py --workdir=/tmp/syn
+  python -m meldae_jax.main --config=configs/synthetic.py:easy --workdir=/tmp/syn_easy
+  python -m meldae_jax.main --config=configs/synthetic.py:tiny --workdir=/tmp/t   # tests
+
+`arg` picks the corpus level (`default`, `easy`, `tiny`); `tiny` also shrinks the model and
+the run to a few steps (what the tests use). Sized to train on 2 CPU cores.
+"""
+import pathlib
+import sys
+
+if str(pathlib.Path(__file__).resolve().parents[1]) not in sys.path:  # repo root
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def get_config(arg: str | None = None):
+  level = (arg or "default").strip()
+  if level not in ("default", "easy", "tiny"):
+    raise ValueError(f"synthetic config arg must be default|easy|tiny, got {arg!r}")
+  c = common.base_config()
+  c.dataset.name = "synthetic_conversation"
+  c.dataset.builder_config = level
+  c.dataset.build_if_missing = True
+  c.dataset.classes = ("micro",)
+  c.dataset.window = 16
+  c.dataset.train_stride = 4
+  c.dataset.me_oversample = 3
+  c.dataset.augment = True
+
+  c.model.variant = "Mu/8"
+  c.model.image_size = 64
+  c.model.num_regions = 4
+  c.model.num_queries = 8
+  c.model.enhancer_heads = 2
+
+  c.batch_size = 8
+  c.total_steps = 1500
+  c.log_every = 50
+  c.eval_every = 500
+  c.optimizer.groups = (("backbone/.*", 1e-3), (".*", 1e-3))  # trained from scratch
+  c.optimizer.warmup_steps = 100
+  c.optimizer.weight_decay = 1e-4
+  c.checkpoint.every_steps = 500
+  c.checkpoint.best_metric = "f1_dr"
+  c.eval.stride = 8
+  c.eval.batch_size = 16
+  c.eval.merge_gap = 2
+
+  if level == "tiny":
+    common.tiny_model(c, image_size=32, window=4)
+    c.dataset.me_oversample = 1
+    c.dataset.augment = False
+    c.dataset.num_threads = 0
+    c.batch_size = 4
+    c.total_steps = 4
+    c.log_every = 2
+    c.eval_every = 0
+    c.optimizer.warmup_steps = 1
+    c.checkpoint.every_steps = 2
+    c.eval.batch_size = 8
+    c.eval.thresholds = (0.3, 0.5, 0.7)
+  return common.finalize(c)

@@ -1,0 +1,34 @@
+"""Sweep definitions: lists of `--config.<key>=<value>` overrides, one dict per run.
+
+  get_sweep('loc_loss')   Figure 4: the localisation loss (BAL vs six baselines).
+  get_sweep('ablations')  Table 3: one component removed per run.
+  get_sweep('seeds')      three seeds of the full model.
+Standalone (no project imports), so the launcher can read it anywhere.
+"""
+
+LOC_LOSSES = ("bal", "bce", "iou", "focal_tversky", "mae", "mse", "smooth_l1")
+
+
+def get_sweep(name: str) -> list[dict]:
+  if name == "loc_loss":
+    return [{"loss.loc_loss": loss} for loss in LOC_LOSSES]
+  if name == "ablations":
+    return [
+        {},                                     # 1: full model
+        {"model.enhancer": False},              # 2: w/o Micro-Expression Enhancer
+        {"model.backbone": "resnet50"},         # 3: ResNet-50 instead of ViT
+        {"model.temporal": "none"},             # 4: w/o Bi-LSTM
+        {"loss.state_weight": 0.0},             # 5: w/o L_State
+        {"loss.loc_loss": "bce"},               # 6: BCE instead of BAL
+        {"loss.loc_loss": "iou"},               # 7: IoU instead of BAL
+        {"loss.loc_loss": "focal_tversky"},     # 8: BAL w/o the boundary term
+    ]
+  if name == "seeds":
+    return [{"seed": s} for s in (0, 1, 2)]
+  raise ValueError(f"Unknown sweep {name!r} (loc_loss, ablations, seeds).")
+
+
+def run_name(overrides: dict) -> str:
+  if not overrides:
+    return "full"
+  return ",".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(overrides.items()))

@@ -1,0 +1,221 @@
+"""Orbax checkpoints of the train state together with the grain iterator state.
+
+Two managers under the workdir:
+  * `checkpoints/`: the latest `keep` steps, each with the train state (`state`, sharded
+    arrays) and the data iterator (`data`, one JSON file per process written by grain's
+    own handler, `grain.checkpoint.CheckpointSave`). Resuming from one is exact.
+  * `best/`: the single best state by the validation metric (`metrics` saved with it).
+
+Preemption: `PreemptionFlag` installs a SIGTERM handler that only sets a flag; the
+training loop checks it after each step, saves, and exits cleanly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from typing import Any
+
+from absl import logging
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+# ----------------------------------------------------------------------------------------
+# Data-iterator state.
+# ----------------------------------------------------------------------------------------
+
+
+def _is_grain_iterator(it) -> bool:
+  return isinstance(it, (grain.DatasetIterator, grain.DataLoaderIterator))
+
+
+def _iterator_save_arg(it):
+  if it is None:
+    return None
+  if _is_grain_iterator(it):
+    return grain.checkpoint.CheckpointSave(it)
+  if hasattr(it, "get_state"):
+    state = it.get_state()
+    if isinstance(state, bytes):
+      state = {"__bytes__": state.decode()}
+    return ocp.args.JsonSave({"process_index": jax.process_index(), "state": state})
+  raise TypeError(f"Cannot checkpoint data iterator of type {type(it).__name__}: "
+                  "it has no get_state()/set_state().")
+
+
+def _iterator_restore_arg(it):
+  if _is_grain_iterator(it):
+    return grain.checkpoint.CheckpointRestore(it)
+  return ocp.args.JsonRestore()
+
+
+def _apply_iterator_state(it, restored) -> None:
+  if _is_grain_iterator(it):
+    return  # grain's handler already called set_state() on `it`.
+  state = restored["state"]
+  if isinstance(state, dict) and set(state) == {"__bytes__"}:
+    state = state["__bytes__"].encode()
+  it.set_state(state)
+
+
+# ----------------------------------------------------------------------------------------
+# Manager.
+# ----------------------------------------------------------------------------------------
+
+
+class Checkpointer:
+  """Latest-N checkpoints (state + data iterator) and the best state by a metric."""
+
+  def __init__(self, workdir: str, *, keep: int = 2, best_metric: str = "f1_dr",
+               async_save: bool = False):
+    self.workdir = os.fspath(workdir)
+    self.best_metric = best_metric
+    self._latest = ocp.CheckpointManager(
+        os.path.join(self.workdir, "checkpoints"),
+        item_names=("state", "data"),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
+    self._best = ocp.CheckpointManager(
+        os.path.join(self.workdir, "best"),
+        item_names=("state", "metrics"),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, enable_async_checkpointing=async_save))
+
+  # --- latest --------------------------------------------------------------------------
+
+  def latest_step(self) -> int | None:
+    return self._latest.latest_step()
+
+  def save(self, step: int, state, data_iter=None) -> None:
+    """Saves the state and the data iterator at `step` (overwrite-free, forced)."""
+    if step in self._latest.all_steps():
+      return
+    items = {"state": ocp.args.StandardSave(state)}
+    data_arg = _iterator_save_arg(data_iter)
+    if data_arg is not None:
+      items["data"] = data_arg
+    self._latest.save(step, args=ocp.args.Composite(**items), force=True)
+    logging.info("Saved checkpoint at step %d to %s", step, self._latest.directory)
+
+  def restore(self, abstract_state, data_iter=None, step: int | None = None):
+    """Restores state (into the shardings of `abstract_state`) and the iterator in place."""
+    step = self.latest_step() if step is None else step
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    has_data = data_iter is not None and os.path.isdir(
+        os.path.join(os.fspath(self._latest.directory), str(step), "data"))
+    if has_data:
+      items["data"] = _iterator_restore_arg(data_iter)
+    restored = self._latest.restore(step, args=ocp.args.Composite(**items))
+    if has_data:
+      _apply_iterator_state(data_iter, restored["data"])
+    logging.info("Restored checkpoint at step %d from %s", step, self._latest.directory)
+    return restored["state"]
+
+  # --- best ----------------------------------------------------------------------------
+
+  def best_info(self) -> tuple[int | None, dict | None]:
+    step = self._best.latest_step()
+    if step is None:
+      return None, None
+    restored = self._best.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))
+    return step, dict(restored["metrics"])
+
+  def best_value(self) -> float | None:
+    _, metrics = self.best_info()
+    return None if metrics is None else metrics.get("__best_value__")
+
+  def maybe_save_best(self, step: int, state, metrics: dict[str, Any], value: float) -> bool:
+    """Saves `state` as the best if `value` beats the stored best; returns whether it did."""
+    best = self.best_value()
+    if value is None or not np.isfinite(value):
+      return False
+    if best is not None and value <= best:
+      return False
+    record = {k: _jsonable(v) for k, v in metrics.items()}
+    record["__best_value__"] = float(value)
+    record["__step__"] = int(step)
+    self._best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), metrics=ocp.args.JsonSave(record)), force=True)
+    self._best.wait_until_finished()
+    logging.info("New best %s=%.4f at step %d", self.best_metric, value, step)
+    return True
+
+  def restore_best(self, abstract_state):
+    step = self._best.latest_step()
+    if step is None:
+      return None, None
+    restored = self._best.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))
+    return step, restored["state"]
+
+  def wait(self) -> None:
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    self._latest.close()
+    self._best.close()
+
+
+def _jsonable(v):
+  if isinstance(v, dict):
+    return {str(k): _jsonable(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [_jsonable(x) for x in v]
+  if isinstance(v, (np.generic, np.ndarray, jax.Array)):
+    return np.asarray(v).tolist()
+  return v
+
+
+# ----------------------------------------------------------------------------------------
+# Preemption.
+# ----------------------------------------------------------------------------------------
+
+
+class PreemptionFlag:
+  """SIGTERM (and optionally SIGINT) sets a flag the training loop polls each step."""
+
+  def __init__(self, signals=(signal.SIGTERM,)):
+    self._event = threading.Event()
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for s in signals:
+        self._previous[s] = signal.signal(s, self._handler)
+
+  def _handler(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: will checkpoint and stop after this step.", signum)
+    self._event.set()
+
+  def set(self) -> None:
+    self._event.set()
+
+  def __bool__(self) -> bool:
+    return self._event.is_set()
+
+  def should_stop(self) -> bool:
+    """True on any process if some process was signalled (multi-process agreement)."""
+    local = np.int32(self._event.is_set())
+    if jax.process_count() == 1:
+      return bool(local)
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(np.max(multihost_utils.process_allgather(local)))
+
+  def restore_handlers(self) -> None:
+    for s, h in self._previous.items():
+      signal.signal(s, h)
+    self._previous = {}
+
+
+def write_json(path: str, obj) -> None:
+  """Writes `obj` as JSON (process 0 only), atomically."""
+  if jax.process_index() != 0:
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)

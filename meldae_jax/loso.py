@@ -1,0 +1,140 @@
+"""Leave-one-subject-out protocol (CAS(ME)^2, SAMM-LV): train/evaluate per fold, pool counts.
+
+  python -m meldae_jax.loso --config=configs/casme2.py --workdir=/tmp/casme2 [--folds=s15,s16]
+
+For each subject S: the test fold is S's videos; `dataset.loso_val_subjects` other subjects
+(the ones following S in sorted order) are held out of training to choose the decoding
+threshold and the best checkpoint — the test subject is never used for either; the rest
+train. Each fold runs `train.train_and_evaluate` in `workdir/fold_<S>/` (a finished fold
+is skipped, so the driver resumes). TP/FP/FN are pooled over folds with
+`metrics.pool_results`: `workdir/loso_metrics.json` holds per-fold and pooled metrics.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import numpy as np
+from ml_collections import config_flags
+
+from meldae_jax import checkpointing
+from meldae_jax import metrics as metrics_lib
+from meldae_jax import train
+from meldae_jax.data import sources
+
+
+class ConcatSource:
+  """Random access over several record sources (e.g. the per-subject splits)."""
+
+  def __init__(self, parts: Sequence[Any]):
+    self.parts = list(parts)
+    self._offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+  def __len__(self) -> int:
+    return int(self._offsets[-1])
+
+  def __getitem__(self, i: int):
+    if not 0 <= i < len(self):
+      raise IndexError(i)
+    part = int(np.searchsorted(self._offsets, i, side="right") - 1)
+    return self.parts[part][int(i - self._offsets[part])]
+
+
+def open_all(cfg) -> Any:
+  """All videos of the corpus (the listed split, or every split when it is empty)."""
+  builder = train.ensure_built(cfg.dataset)
+  split = cfg.dataset.get("train_split")
+  names = [split] if split else sorted(builder.info.splits.keys())
+  return ConcatSource([builder.as_data_source(s) for s in names])
+
+
+def folds(subjects: Sequence[str], num_val: int) -> list[tuple[str, list[str], list[str]]]:
+  """(test subject, validation subjects, training subjects) per fold."""
+  subjects = sorted(set(subjects))
+  if len(subjects) < 2 + num_val:
+    raise ValueError(f"LOSO needs at least {2 + num_val} subjects, got {subjects}")
+  out = []
+  for i, test in enumerate(subjects):
+    others = subjects[i + 1:] + subjects[:i]
+    val = others[:num_val]
+    out.append((test, val, [s for s in others if s not in val]))
+  return out
+
+
+def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) -> dict:
+  """Runs (or resumes) every fold and writes `workdir/loso_metrics.json`."""
+  source = source if source is not None else open_all(cfg)
+  everything = sources.VideoIndex(source)
+  subjects = sorted({v.subject for v in everything.infos})
+  plan = folds(subjects, int(cfg.dataset.get("loso_val_subjects", 1)))
+  per_fold = {}
+  for test, val, trn in plan:
+    if only and test not in only:
+      continue
+    fold_dir = os.path.join(workdir, f"fold_{test}")
+    done = os.path.join(fold_dir, "metrics.json")
+    if os.path.exists(done):
+      with open(done) as f:
+        per_fold[test] = json.load(f)
+      train.say(f"[loso] fold {test}: done already")
+      continue
+    train.say(f"[loso] fold {test}: train on {len(trn)} subjects, validate on {val}")
+    splits = train.Splits(
+        train=sources.VideoIndex(source, subjects=trn),
+        val=sources.VideoIndex(source, subjects=val) if val else None,
+        test=sources.VideoIndex(source, subjects=[test]))
+    result = train.train_and_evaluate(cfg, fold_dir, splits=splits)
+    if result.get("status") != "done":
+      train.say(f"[loso] stopped in fold {test}; rerun to resume.")
+      return {"status": result.get("status"), "fold": test}
+    per_fold[test] = result
+  pooled = metrics_lib.pool_results([r for r in per_fold.values()])
+  for key in ("acc_me", "acc_state"):  # clip accuracies: mean over folds
+    vals = [r[key] for r in per_fold.values() if r.get(key) is not None]
+    pooled[key] = float(np.mean(vals)) if vals else None
+  out = {"pooled": pooled, "folds": {k: _fold_summary(v) for k, v in per_fold.items()},
+         "num_folds": len(per_fold), "status": "done"}
+  checkpointing.write_json(os.path.join(workdir, "loso_metrics.json"), out)
+  train.say(f"[loso] pooled over {len(per_fold)} folds: f1={_f(pooled['f1'])} "
+            f"uf1={_f(pooled['uf1'])} f1_dr={_f(pooled['f1_dr'])} "
+            f"(tp {pooled['tp']} fp {pooled['fp']} fn {pooled['fn']}) "
+            f"megc2020_f1={_f(pooled['megc2020']['f1'])}")
+  return out
+
+
+def _fold_summary(r: dict) -> dict:
+  keep = ("tp", "fp", "fn", "precision", "recall", "f1", "uf1", "f1_dr", "f1_speaking",
+          "f1_listening", "per_class", "speaking", "listening", "megc2020", "num_videos",
+          "acc_me", "acc_state", "threshold", "best_step", "iou")
+  return {k: r.get(k) for k in keep if k in r}
+
+
+def _f(v) -> str:
+  return "n/a" if v is None else f"{v:.4f}"
+
+
+def main(argv):
+  del argv
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  try:
+    run(config, workdir, only=flags.FLAGS.folds)
+  except train.CorpusNotBuiltError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except train.NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+
+
+if __name__ == "__main__":
+  # Flags are defined here (not at import) so that the module can be imported next to
+  # meldae_jax.main, which defines --config too.
+  config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Fold workdirs and loso_metrics.json go here.")
+  flags.DEFINE_list("folds", None, "Only these test subjects (default: all).")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,53 @@
+"""Entry point: train and evaluate MELDAE.
+
+  python -m meldae_jax.main --config=configs/synthetic.py --workdir=/tmp/syn
+  python -m meldae_jax.main --config=configs/synthetic.py:easy --workdir=/tmp/easy \
+      --config.total_steps=2000 --config.optimizer.warmup_steps=200
+  python -m meldae_jax.main --config=configs/synthetic.py --workdir=/tmp/syn --mode=evaluate
+
+`--mode=train` trains (resuming from the workdir's latest checkpoint) and evaluates the best
+checkpoint on the test split; `--mode=evaluate` only does the latter. Configs with
+`dataset.protocol='loso'` (casme2, samm_lv) run the leave-one-subject-out driver
+(`meldae_jax.loso`, also runnable directly).
+"""
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from meldae_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and predictions go here.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  logging.info("Config:\n%s", config)
+  try:
+    if config.dataset.get("protocol") == "loso":
+      from meldae_jax import loso  # pylint: disable=g-import-not-at-top
+      result = loso.run(config, _WORKDIR.value)
+    elif _MODE.value == "train":
+      result = train.train_and_evaluate(config, _WORKDIR.value)
+    else:
+      result = train.evaluate_only(config, _WORKDIR.value)
+  except train.CorpusNotBuiltError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except train.NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+  if result.get("status") == "preempted":
+    logging.info("Preempted at step %s; checkpoint saved.", result.get("step"))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,155 @@
+"""Model -> per-frame scores -> intervals -> SPEC §5 predictions/annotations -> metrics.
+
+`evaluate_split` scores every video of a split with overlapping windows (the pipeline's
+eval windows; per-frame scores averaged), decodes them with `intervals.decode_video`
+(threshold -> runs -> merge gap -> length filters in seconds), and scores the result with
+`metrics.evaluate` exactly as `python -m meldae_jax.evaluate` does on the written files.
+With `threshold=None` the threshold is chosen by `metrics.choose_threshold` — call that on
+validation data only. Also reports the clip accuracies Acc_ME and Acc_State (SPEC §5).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from meldae_jax import checkpointing
+from meldae_jax import intervals as intervals_lib
+from meldae_jax import metrics as metrics_lib
+from meldae_jax import sharding
+from meldae_jax.data import pipeline
+
+# Batch entries the eval step hands back (gathered) next to its outputs.
+PASS_THROUGH = ("video_index", "start", "frame_mask", "batch_valid", "me_label",
+                "state_label", "state_valid")
+
+SUMMARY_KEYS = ("threshold", "threshold_key", "f1", "f1_dr", "uf1", "precision", "recall",
+                "f1_speaking", "f1_listening", "acc_me", "acc_state", "tp", "fp", "fn")
+
+
+def subset(index, max_videos: int):
+  """The first `max_videos` videos of a `sources.VideoIndex` (all when 0)."""
+  if not max_videos or max_videos >= len(index):
+    return index
+  out = copy.copy(index)
+  out.infos = list(index.infos[:max_videos])
+  out.indices = list(index.indices[:max_videos])
+  return out
+
+
+def annotations_for(index, classes) -> dict:
+  """The evaluator's A.json for these videos, keeping only intervals of `classes`."""
+  ann = index.to_annotations()
+  for v in ann["videos"].values():
+    v["intervals"] = [iv for iv in v["intervals"] if iv["type"] in classes]
+  return ann
+
+
+def decode_kwargs(cfg, index) -> dict:
+  """Decoding settings of `cfg.eval` (lengths in seconds -> frames at the corpus fps)."""
+  e = cfg.eval
+  max_seconds = e.get("max_seconds")
+  if max_seconds is not None and hasattr(max_seconds, "to_dict"):
+    max_seconds = max_seconds.to_dict()
+  fps = [v.fps for v in index.infos if v.fps > 0]
+  min_len = 1
+  if e.get("min_seconds") and fps:
+    min_len = intervals_lib.seconds_to_frames(float(e.min_seconds), float(np.median(fps)))
+  return {"merge_gap": int(e.get("merge_gap", 0)), "min_len": min_len,
+          "max_seconds": max_seconds}
+
+
+def score_videos(trainer, params, index, cfg) -> tuple[dict, dict]:
+  """Runs the model over every eval window of `index`.
+
+  Returns:
+    ({video_id: (num_frames, K) averaged frame scores},
+     {'me': probs, 'me_label', 'state': probs, 'state_label', 'state_valid'} per window).
+  """
+  d, mcfg = cfg.dataset, trainer.model.config
+  nproc = jax.process_count()
+  it = pipeline.make_eval_iterator(
+      index, window=int(d.window), stride=int(cfg.eval.stride),
+      batch_size=sharding.local_batch_size(int(cfg.eval.batch_size)),
+      classes=tuple(d.classes), image_size=int(mcfg.image_size),
+      shard_index=jax.process_index(), shard_count=nproc, num_threads=int(d.num_threads))
+  averager = pipeline.ScoreAverager(index)
+  clips = {k: [] for k in ("me", "me_label", "state", "state_label", "state_valid")}
+  for batch in it:
+    global_batch = sharding.make_global_batch(batch, trainer.batch_sharding)
+    out = jax.device_get(trainer.eval_step(params, global_batch))
+    averager.add(out, out["loc"])
+    valid = np.asarray(out["batch_valid"]) > 0
+    for k in clips:
+      clips[k].append(np.asarray(out[k])[valid])
+  scores = {index.info(vi).video_id: s for vi, s in averager.result().items()}
+  return scores, {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in clips.items()}
+
+
+def evaluate_split(trainer, params, index, cfg, *, threshold: float | None = None,
+                   out_prefix: str | None = None) -> dict[str, Any]:
+  """Scores a split; `threshold=None` chooses it here (validation only!).
+
+  Writes `<out_prefix>_predictions.json` and `<out_prefix>_annotations.json` when
+  `out_prefix` is given. Returns the `metrics.evaluate` dict plus acc_me, acc_state,
+  threshold, threshold_key and (when chosen here) threshold_values.
+  """
+  classes = tuple(cfg.dataset.classes)
+  index = subset(index, int(cfg.eval.get("max_val_videos", 0))) if threshold is None else index
+  scores, clips = score_videos(trainer, params, index, cfg)
+  annotations = annotations_for(index, classes)
+  dk = decode_kwargs(cfg, index)
+  iou = float(cfg.eval.iou)
+  key = cfg.checkpoint.best_metric
+  chosen = None
+  if threshold is None:
+    chosen = metrics_lib.choose_threshold(
+        scores, annotations, tuple(cfg.eval.thresholds), classes=classes, key=key,
+        fallback_key="f1", iou=iou, decode_kwargs=dk)
+    threshold = float(chosen["threshold"])
+  predictions = make_predictions(scores, annotations, classes, threshold, dk)
+  result = metrics_lib.evaluate(annotations, predictions, iou)
+  result["acc_me"] = metrics_lib.clip_accuracy(clips["me"], clips["me_label"])
+  result["acc_state"] = metrics_lib.clip_accuracy(clips["state"], clips["state_label"],
+                                                  clips["state_valid"])
+  result["threshold"] = float(threshold)
+  result["threshold_key"] = chosen["key"] if chosen else (
+      key if result.get(key) is not None else "f1")
+  if chosen:
+    result["threshold_values"] = [[float(t), v] for t, v in chosen["values"]]
+  if out_prefix:
+    checkpointing.write_json(out_prefix + "_predictions.json", predictions)
+    checkpointing.write_json(out_prefix + "_annotations.json", annotations)
+  return result
+
+
+def make_predictions(scores: dict, annotations: dict, classes, threshold: float,
+                     dk: dict) -> dict:
+  """{'videos': {id: {'intervals': [{onset, offset, type, score}]}}} for every video."""
+  videos = {}
+  for vid, s in scores.items():
+    fps = annotations["videos"][vid].get("fps") or 1.0
+    videos[vid] = {"intervals": intervals_lib.decode_video(s, classes, fps, threshold, **dk)}
+  return {"videos": videos}
+
+
+def summary(result: dict | None) -> dict | None:
+  if result is None:
+    return None
+  return {k: result.get(k) for k in SUMMARY_KEYS}
+
+
+def load_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_scores(path: str, scores: dict) -> None:
+  """Per-frame scores as .npz (video_id -> (num_frames, K)), e.g. for plots."""
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    np.savez_compressed(path, **scores)

@@ -1,0 +1,518 @@
+"""Training and evaluation loop of MELDAE: `train_and_evaluate(config, workdir)`.
+
+Reads top to bottom:
+  1. Data        open the train / validation / test splits (or take them from a caller).
+  2. Model       model + optimiser; abstract train state via `jax.eval_shape`.
+  3. Sharding    mesh, logical-axis rules -> state and batch shardings.
+  4. State       sharded init, pretrained backbone, or resume (state + data iterator).
+  5. Steps       one jitted, donated train step; one jitted eval forward.
+  6. Loop        progress lines, scalars, checkpoints, SIGTERM, non-finite guard,
+                 periodic validation keeping the best checkpoint.
+  7. Final       evaluate the best checkpoint on the test split -> metrics.json,
+                 predictions/annotations JSON (the `meldae_jax.evaluate` format).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from meldae_jax import checkpointing
+from meldae_jax import losses
+from meldae_jax import metric_writers
+from meldae_jax import optim
+from meldae_jax import predict
+from meldae_jax import sharding
+from meldae_jax.data import build as build_lib
+from meldae_jax.data import pipeline
+from meldae_jax.data import sources
+from meldae_jax.models import build_model
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training hit a NaN/Inf loss; the message names the step and the kept checkpoint."""
+
+
+class CorpusNotBuiltError(RuntimeError):
+  """The configured corpus is not prepared; the message says how to build it."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The model config with T and K taken from the data settings."""
+  m = ml_collections.ConfigDict(cfg.model.to_dict())
+  m.num_frames = int(cfg.dataset.window)
+  m.num_classes = len(cfg.dataset.classes)
+  return m
+
+
+def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0):
+  """Optional on-device view of the input clip, applied before the model (train and eval).
+
+  'rgb': the frames as they are (the paper's input). 'diff': each frame minus the previous
+  one; 'dev': each frame minus the window's mean frame (over real frames). Differences are
+  scaled by `gain` and re-centred on 128 as uint8, so the model's own normalisation
+  applies unchanged. 'rgb+dev': grey frame, and the grey deviation in two channels.
+  Motion views make tiny transient facial movements (MEs) visible to a backbone trained
+  from scratch; with a pretrained backbone keep 'rgb'.
+  """
+  if kind == "rgb":
+    return video
+  x = video.astype(jnp.float32)
+  m = frame_mask.astype(jnp.float32)[:, :, None, None, None]
+  if kind == "diff":
+    prev = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
+    d = (x - prev) * m
+  elif kind in ("dev", "rgb+dev"):
+    mean = jnp.sum(x * m, axis=1, keepdims=True) / jnp.maximum(jnp.sum(m, axis=1, keepdims=True), 1.0)
+    d = (x - mean) * m
+  else:
+    raise ValueError(f"Unknown input transform {kind!r} (rgb, diff, dev, rgb+dev).")
+  out = 128.0 + gain * d
+  if kind == "rgb+dev":
+    grey = jnp.mean(x, axis=-1, keepdims=True)
+    dg = 128.0 + gain * jnp.mean(d, axis=-1, keepdims=True)
+    out = jnp.concatenate([grey, dg, dg], axis=-1)
+  return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
+
+
+def say(msg: str) -> None:
+  """A progress line: printed by process 0, logged by the others."""
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+  else:
+    logging.info(msg)
+
+
+# ========================================================================================
+# 1. Data.
+# ========================================================================================
+
+
+@dataclasses.dataclass
+class Splits:
+  """Video indices (`sources.VideoIndex`) of the splits; val/test may be None."""
+  train: Any
+  val: Any = None
+  test: Any = None
+
+
+def _spec(d: ml_collections.ConfigDict) -> str:
+  return f"{d.name}/{d.builder_config}" if d.get("builder_config") else d.name
+
+
+def build_command(d: ml_collections.ConfigDict) -> str:
+  return f"python -m meldae_jax.data.build {_spec(d)} --data_dir={d.data_dir}"
+
+
+def ensure_built(d: ml_collections.ConfigDict):
+  """Returns the corpus's builder; builds a generated corpus if allowed, else explains."""
+  builder = build_lib.make_builder(_spec(d), d.data_dir)
+  if builder.is_prepared():
+    return builder
+  instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+  if d.get("build_if_missing") and not instructions:
+    say(f"Building {_spec(d)} into {d.data_dir} (once) ...")
+    t0 = time.time()
+    builder = build_lib.build(_spec(d), d.data_dir)
+    say(f"Built {_spec(d)} in {time.time() - t0:.0f}s: "
+        f"{ {k: v.num_examples for k, v in builder.info.splits.items()} }")
+    return builder
+  manual = d.get("manual_dir") or "<folder with the downloaded files>"
+  lines = [f"Corpus '{d.name}' is not built in {d.data_dir} (looked for {builder.data_path}).",
+           "Build it once with:",
+           f"  {build_command(d)} --manual_dir={manual}" if instructions else
+           f"  {build_command(d)}"]
+  if instructions:
+    lines += ["Manual download (manual_dir layout):",
+              "\n".join("  " + l.strip() for l in str(instructions).strip().splitlines())]
+  lines.append(f"Then rerun with --config.dataset.data_dir={d.data_dir}.")
+  raise CorpusNotBuiltError("\n".join(lines))
+
+
+def open_splits(cfg: ml_collections.ConfigDict) -> Splits:
+  d = cfg.dataset
+  builder = ensure_built(d)
+  available = set(builder.info.splits.keys())
+
+  def index(split):
+    if not split:
+      return None
+    if split.split("[")[0] not in available:
+      logging.warning("Split %r not in %s (has %s).", split, d.name, sorted(available))
+      return None
+    return sources.VideoIndex(builder.as_data_source(split))
+
+  return Splits(train=index(d.train_split), val=index(d.val_split), test=index(d.test_split))
+
+
+def train_iterator(cfg, index, image_size: int):
+  d = cfg.dataset
+  return pipeline.make_train_iterator(
+      index, window=d.window, stride=d.train_stride,
+      batch_size=sharding.local_batch_size(cfg.batch_size), classes=tuple(d.classes),
+      image_size=image_size, seed=cfg.seed, augment=d.augment,
+      me_oversample=d.me_oversample, num_threads=d.num_threads,
+      worker_count=d.worker_count, cache_videos=d.cache_videos)
+
+
+# ========================================================================================
+# 2-5. Model, shardings, state, steps.
+# ========================================================================================
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything the loop and the evaluator need, built once."""
+  cfg: ml_collections.ConfigDict
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedules: dict
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  state_shardings: Any
+  abstract_state: Any
+  batch_sharding: Any
+  init_fn: Any
+  train_step: Any
+  eval_step: Any
+
+
+def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
+  """Model, optimiser, shardings and jitted steps (on `devices`, default all)."""
+  mcfg = model_config(cfg)
+  model = build_model(mcfg)
+  tx, schedules = optim.make_optimizer(cfg.optimizer, cfg.total_steps)
+  t, s = mcfg.num_frames, mcfg.image_size
+
+  # --- Abstract state (boxed params carry the logical axis names). ---------------------
+  def init_params(rng):
+    video = jnp.zeros((1, t, s, s, 3), jnp.uint8)
+    variables = model.init({"params": rng, "dropout": rng}, video,
+                           frame_mask=jnp.ones((1, t), jnp.float32), train=False)
+    return variables["params"]
+
+  def init_boxed_state(rng):
+    params = init_params(rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params))
+
+  boxed_state = jax.eval_shape(init_boxed_state, jax.random.key(cfg.seed))
+
+  # --- Shardings from the logical-axis rules (unannotated -> replicated). --------------
+  mesh = sharding.make_mesh(cfg.mesh, devices)
+  rules = sharding.rules(cfg)
+  state_sh = sharding.logical_shardings(boxed_state, mesh, rules)
+  repl = sharding.replicated(mesh)
+  abstract_state = jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+      nn.meta.unbox(boxed_state), state_sh)
+  batch_sh = sharding.batch_sharding(mesh, rules)
+  sharding.global_batch_size_ok(cfg.batch_size, mesh, rules)
+
+  # --- Sharded init. ---------------------------------------------------------------------
+  def init_state(rng):
+    params = nn.meta.unbox(init_params(rng))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params))
+
+  init_fn = jax.jit(init_state, out_shardings=state_sh)
+
+  # --- Train step: forward + loss + backward + clip + AdamW (in `tx`). -----------------
+  loss_cfg = cfg.loss
+  dropout_key = jax.random.key(cfg.seed + 1)
+
+  view = functools.partial(input_transform, kind=cfg.input.transform, gain=cfg.input.gain)
+
+  def train_step(state: TrainState, batch):
+    rngs = {"dropout": jax.random.fold_in(dropout_key, state.step)}
+    video = view(batch["video"], batch["frame_mask"])
+
+    def loss_fn(params):
+      out = model.apply({"params": params}, video, frame_mask=batch["frame_mask"],
+                        train=True, rngs=rngs)
+      return losses.total_loss(out, batch, loss_cfg)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               **{f"loss/{k}": v for k, v in aux.items()}}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
+                       out_shardings=(state_sh, repl), donate_argnums=(0,))
+
+  # --- Eval forward: probabilities, gathered (replicated) on every process. -----------
+  def eval_step(params, batch):
+    out = model.apply({"params": params}, view(batch["video"], batch["frame_mask"]),
+                      frame_mask=batch["frame_mask"], train=False)
+    mask = batch["frame_mask"].astype(jnp.float32)
+    state_logit = (jnp.sum(out["state_logits"].astype(jnp.float32) * mask, axis=1)
+                   / jnp.maximum(mask.sum(axis=1), 1.0))
+    res = {"loc": jax.nn.sigmoid(out["loc_logits"].astype(jnp.float32)),
+           "me": jax.nn.sigmoid(out["me_logit"].astype(jnp.float32)),
+           "state": jax.nn.sigmoid(state_logit)}
+    for k in predict.PASS_THROUGH:
+      res[k] = batch[k]
+    return res
+
+  eval_step = jax.jit(eval_step, in_shardings=(state_sh.params, batch_sh),
+                      out_shardings=repl)
+
+  return Trainer(cfg=cfg, model=model, tx=tx, schedules=schedules, mesh=mesh, rules=rules,
+                 state_shardings=state_sh, abstract_state=abstract_state,
+                 batch_sharding=batch_sh, init_fn=init_fn, train_step=train_step,
+                 eval_step=eval_step)
+
+
+def load_pretrained(cfg, trainer: Trainer, state: TrainState) -> TrainState:
+  """Loads `cfg.model_init` into the backbone (ViT only), keeping `dont_load` at init."""
+  if not cfg.get("model_init"):
+    return state
+  from meldae_jax.models import pretrained  # pylint: disable=g-import-not-at-top
+  params = jax.device_get(state.params)
+  backbone, report = pretrained.load_vit_params(
+      params["backbone"], cfg.model_init,
+      variant=cfg.get("model_init_variant") or cfg.model.variant,
+      dont_load=tuple(cfg.get("dont_load", ())))
+  say(f"Loaded {len(report.get('loaded', []))} backbone params from {cfg.model_init} "
+      f"({report.get('format')}); kept at init: {len(report.get('not_in_checkpoint', []))}.")
+  params = dict(params, backbone=nn.meta.unbox(backbone))
+  params = jax.device_put(params, trainer.state_shardings.params)
+  return state.replace(params=params)
+
+
+# ========================================================================================
+# 6. Loop.
+# ========================================================================================
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def validate(trainer: Trainer, params, index, step: int, writer, ckpt, state) -> dict | None:
+  """Chooses the threshold on validation, logs, keeps the best checkpoint."""
+  cfg = trainer.cfg
+  if index is None:
+    return None
+  t0 = time.time()
+  result = predict.evaluate_split(trainer, params, index, cfg, threshold=None)
+  value = result.get(result["threshold_key"])
+  say(f"[val] step {step}: {result['threshold_key']}={_f(value)} f1={_f(result['f1'])} "
+      f"f1_dr={_f(result['f1_dr'])} thr={result['threshold']:.2f} "
+      f"acc_me={_f(result['acc_me'])} acc_state={_f(result['acc_state'])} "
+      f"({time.time() - t0:.0f}s)")
+  writer.write_scalars(step, metric_writers.flatten(
+      {k: result[k] for k in ("f1", "f1_dr", "uf1", "precision", "recall", "acc_me",
+                              "acc_state", "threshold", "f1_speaking", "f1_listening")},
+      prefix="val/"))
+  if ckpt is not None and value is not None:
+    if ckpt.maybe_save_best(step, state, predict.summary(result), float(value)):
+      say(f"[val] new best {result['threshold_key']}={value:.4f} at step {step}")
+  return result
+
+
+def _f(v) -> str:
+  return "n/a" if v is None else f"{v:.4f}"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       splits: Splits | None = None) -> dict:
+  """Trains per `config`, keeps checkpoints in `workdir`, returns the final metrics.
+
+  Returns {'status': 'done'|'preempted', ...test metrics}. Raises NonFiniteLossError
+  (naming the step) on a NaN/Inf loss and CorpusNotBuiltError for a missing corpus.
+  """
+  cfg = config
+  sharding.maybe_initialize_distributed(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(cfg.to_json_best_effort(indent=2))
+
+  # --- 1. Data. --------------------------------------------------------------------------
+  splits = splits or open_splits(cfg)
+  if splits.train is None:
+    raise ValueError(f"No training split {cfg.dataset.train_split!r} in {cfg.dataset.name}.")
+  say(f"Data: {cfg.dataset.name} train={len(splits.train)} videos, "
+      f"val={len(splits.val) if splits.val else 0}, test={len(splits.test) if splits.test else 0}")
+
+  # --- 2-5. Model, shardings, steps. ---------------------------------------------------
+  trainer = make_trainer(cfg)
+  mcfg = model_config(cfg)
+  with jax.set_mesh(trainer.mesh):
+    return _run(trainer, cfg, mcfg, workdir, splits)
+
+
+def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
+  # --- 4. State: resume, or init (+ pretrained backbone). ----------------------------
+  ckpt = checkpointing.Checkpointer(
+      workdir, keep=cfg.checkpoint.keep, best_metric=cfg.checkpoint.best_metric,
+      async_save=cfg.checkpoint.async_save)
+  train_iter = train_iterator(cfg, splits.train, mcfg.image_size)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(trainer.abstract_state, train_iter)
+    say(f"Resumed from step {int(state.step)} ({workdir}).")
+  else:
+    state = trainer.init_fn(jax.random.key(cfg.seed))
+    state = load_pretrained(cfg, trainer, state)
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  say(f"Model {mcfg.variant} {mcfg.image_size}px T={mcfg.num_frames}: {n_params:,} params; "
+      f"mesh {dict(trainer.mesh.shape)} on {jax.device_count()} devices, "
+      f"{jax.process_count()} process(es).")
+
+  # --- 6. Loop. ----------------------------------------------------------------------
+  writer = metric_writers.MetricWriter(workdir)
+  preempt = checkpointing.PreemptionFlag()
+  start = int(jax.device_get(state.step))
+  total = int(cfg.total_steps)
+  accum = int(cfg.optimizer.get("grad_accum_steps", 1))
+  window, t_log, sums, n_sum = start, time.time(), {}, 0
+  t_start = time.time()
+  status, loss, step = "done", None, start
+  try:
+    for step in range(start + 1, total + 1):
+      batch = next(train_iter)
+      if step == cfg.debug.nan_at_step:
+        batch = dict(batch, frame_mask=np.full_like(batch["frame_mask"], np.nan))
+      batch = sharding.make_global_batch(batch, trainer.batch_sharding)
+      state, metrics = trainer.train_step(state, batch)
+      metrics = jax.device_get(metrics)
+      loss = float(metrics["loss"])
+      if not np.isfinite(loss):
+        last = ckpt.latest_step()
+        raise NonFiniteLossError(
+            f"Non-finite loss ({loss}) at step {step}; stopping without saving. "
+            f"Last good checkpoint: "
+            f"{'step %d in %s' % (last, os.path.join(workdir, 'checkpoints')) if last is not None else 'none'}.")
+      for k, v in metrics.items():
+        sums[k] = sums.get(k, 0.0) + float(v)
+      n_sum += 1
+
+      if step % cfg.log_every == 0 or step == total:
+        dt = time.time() - t_log
+        sps = (step - window) / max(dt, 1e-9)
+        scalars = {f"train/{k}": v / n_sum for k, v in sums.items()}
+        scalars.update({k: float(v) for k, v in optim.learning_rates(
+            trainer.schedules, step, accum).items()})
+        scalars["train/steps_per_sec"] = sps
+        writer.write_scalars(step, scalars)
+        eta = (total - step) / max(sps, 1e-9)
+        say(f"step {step}/{total} loss {scalars['train/loss']:.4f} "
+            f"{sps:.2f} steps/s ETA {_fmt_time(eta)} (elapsed {_fmt_time(time.time() - t_start)})")
+        window, t_log, sums, n_sum = step, time.time(), {}, 0
+
+      stop = preempt.should_stop() or step == cfg.debug.stop_at_step
+      if stop or step % cfg.checkpoint.every_steps == 0 or step == total:
+        ckpt.save(step, state, train_iter)
+      if stop:
+        ckpt.wait()
+        say(f"Stopping at step {step} (preempted); checkpoint saved, resume with the same "
+            f"command.")
+        status = "preempted"
+        break
+      if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
+        validate(trainer, state.params, splits.val, step, writer, ckpt, state)
+  finally:
+    ckpt.wait()
+    writer.flush()
+    preempt.restore_handlers()
+
+  if status == "preempted":
+    writer.close()
+    ckpt.close()
+    return {"status": status, "step": step, "train_loss": loss}
+
+  # --- 7. Final: validation at the end, best checkpoint on the test split. ----------
+  if splits.val is not None and ckpt.best_info()[0] != total:
+    validate(trainer, state.params, splits.val, total, writer, ckpt, state)
+  result = final_evaluation(trainer, cfg, workdir, splits, ckpt, writer, state,
+                            extra={"train_loss": loss, "train_seconds": time.time() - t_start})
+  writer.close()
+  ckpt.close()
+  return result
+
+
+# ========================================================================================
+# 7. Final evaluation.
+# ========================================================================================
+
+
+def final_evaluation(trainer: Trainer, cfg, workdir: str, splits: Splits, ckpt, writer,
+                     state=None, extra: dict | None = None) -> dict:
+  """Evaluates the best checkpoint (else `state`) on the test split -> metrics.json.
+
+  The threshold is the one chosen on validation for that checkpoint; without validation
+  data it is `cfg.eval.threshold`. Predictions/annotations go to `workdir/test_*.json`.
+  """
+  best_step, best_metrics = ckpt.best_info()
+  if best_step is not None:
+    _, best = ckpt.restore_best(trainer.abstract_state)
+    params, threshold = best.params, float(best_metrics["threshold"])
+  else:
+    params, threshold = state.params, float(cfg.eval.threshold)
+    best_step = int(jax.device_get(state.step))
+  result = {"status": "done", "best_step": best_step, "threshold": threshold,
+            "validation": best_metrics, **(extra or {})}
+  if splits.test is not None:
+    test = predict.evaluate_split(trainer, params, splits.test, cfg, threshold=threshold,
+                                  out_prefix=os.path.join(workdir, "test"))
+    result.update(test)
+    result["split"] = "test"
+    writer.write_scalars(best_step, metric_writers.flatten(
+        {k: test[k] for k in ("f1", "f1_dr", "uf1", "precision", "recall", "acc_me",
+                              "acc_state")}, prefix="test/"))
+    say(f"[test] best step {best_step}, thr {threshold:.2f}: f1={_f(test['f1'])} "
+        f"f1_dr={_f(test['f1_dr'])} uf1={_f(test['uf1'])} P={_f(test['precision'])} "
+        f"R={_f(test['recall'])} (tp {test['tp']} fp {test['fp']} fn {test['fn']}) "
+        f"acc_me={_f(test['acc_me'])} acc_state={_f(test['acc_state'])} "
+        f"megc2020_f1={_f(test['megc2020']['f1'])}")
+  checkpointing.write_json(os.path.join(workdir, "metrics.json"), result)
+  return result
+
+
+def evaluate_only(config: ml_collections.ConfigDict, workdir: str, *,
+                  splits: Splits | None = None) -> dict:
+  """`--mode=evaluate`: the workdir's best (else latest) checkpoint on the test split."""
+  cfg = config
+  sharding.maybe_initialize_distributed(cfg)
+  splits = splits or open_splits(cfg)
+  trainer = make_trainer(cfg)
+  with jax.set_mesh(trainer.mesh):
+    ckpt = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep,
+                                      best_metric=cfg.checkpoint.best_metric)
+    writer = metric_writers.MetricWriter(workdir)
+    state = None
+    if ckpt.best_info()[0] is None:
+      if ckpt.latest_step() is None:
+        raise FileNotFoundError(f"No checkpoint in {workdir}.")
+      state = ckpt.restore(trainer.abstract_state)
+      if splits.val is not None:
+        validate(trainer, state.params, splits.val, int(jax.device_get(state.step)),
+                 writer, ckpt, state)
+    result = final_evaluation(trainer, cfg, workdir, splits, ckpt, writer, state)
+    writer.close()
+    ckpt.close()
+  return result

@@ -1,0 +1,172 @@
+"""Optimiser: regex param groups, freezing, schedule, gradient accumulation."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from meldae_jax import optim
+
+
+def _with(cfg, **kw):
+  c = ml_collections.ConfigDict(cfg.to_dict())
+  c.update(kw)
+  return c
+
+
+def _cfg(**kw):
+  c = ml_collections.ConfigDict(dict(
+      groups=(("backbone/.*", 1e-3), (".*", 1e-1)), schedule="constant", warmup_steps=0,
+      end_lr_factor=0.0, weight_decay=0.0, weight_decay_regex=".*/kernel", b1=0.9,
+      b2=0.999, eps=1e-8, clip_norm=0.0, grad_accum_steps=1))
+  c.update(kw)
+  return c
+
+
+def _params():
+  return {"backbone": {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros((2,))}},
+          "head": {"kernel": jnp.ones((2, 1)), "bias": jnp.zeros((1,))}}
+
+
+def _step(tx, params, grads):
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params)
+  return optax.apply_updates(params, updates), state
+
+
+def test_groups_get_their_learning_rates():
+  tx, schedules = optim.make_optimizer(_cfg(), total_steps=10)
+  params = _params()
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+  new, _ = _step(tx, params, grads)
+  delta = jax.tree.map(lambda a, b: np.abs(np.asarray(a - b)), new, params)
+  # Adam's first step moves every coordinate by lr * g / (|g| + eps) ~= lr.
+  np.testing.assert_allclose(delta["backbone"]["Dense_0"]["kernel"], 1e-3, rtol=1e-4)
+  np.testing.assert_allclose(delta["backbone"]["Dense_0"]["bias"], 1e-3, rtol=1e-4)
+  np.testing.assert_allclose(delta["head"]["kernel"], 1e-1, rtol=1e-4)
+  np.testing.assert_allclose(delta["head"]["bias"], 1e-1, rtol=1e-4)
+  assert sorted(schedules) == ["group_0", "group_1"]
+
+
+def test_first_matching_group_wins():
+  labels = optim.group_labels(_params(), [(".*/bias", 1.0), ("backbone/.*", 2.0), (".*", 3.0)])
+  assert labels["backbone"]["Dense_0"]["bias"] == "group_0"
+  assert labels["backbone"]["Dense_0"]["kernel"] == "group_1"
+  assert labels["head"]["bias"] == "group_0"
+  assert labels["head"]["kernel"] == "group_2"
+
+
+def test_uncovered_parameter_raises_naming_it():
+  tx, _ = optim.make_optimizer(_cfg(groups=(("backbone/.*", 1e-3),)), total_steps=10)
+  with pytest.raises(ValueError, match="not covered") as e:
+    tx.init(_params())
+  assert "'head/kernel'" in str(e.value) and "'head/bias'" in str(e.value)
+  assert "backbone/Dense_0" not in str(e.value)
+
+
+def test_frozen_group_is_unchanged():
+  cfg = _cfg(groups=(("backbone/.*", 0.0), (".*", 1e-2)), weight_decay=0.1, clip_norm=1.0)
+  tx, schedules = optim.make_optimizer(cfg, total_steps=10)
+  assert list(schedules) == ["group_1"]
+  params = _params()
+  state = tx.init(params)
+  for i in range(3):
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1.0 + i), params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(params["backbone"]["Dense_0"]["kernel"], np.ones((3, 2)))
+  np.testing.assert_array_equal(params["backbone"]["Dense_0"]["bias"], np.zeros((2,)))
+  assert not np.allclose(params["head"]["kernel"], 1.0)
+
+
+def test_frozen_gradients_do_not_count_in_the_clip_norm():
+  # A huge frozen gradient must not shrink the trainable group's clipped update.
+  cfg = _cfg(groups=(("backbone/.*", 0.0), (".*", 1.0)), clip_norm=1.0)
+  # Adam normalises magnitudes, so compare with and without a huge frozen gradient: with
+  # clipping over all parameters the trainable update would shrink; it must not change.
+  tx, _ = optim.make_optimizer(cfg, total_steps=10)
+  params = _params()
+  small = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  huge = dict(small, backbone=jax.tree.map(lambda p: jnp.full_like(p, 1e6), small["backbone"]))
+  a, _ = _step(tx, params, small)
+  b, _ = _step(tx, params, huge)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_weight_decay_only_on_kernels():
+  cfg = _cfg(groups=((".*", 1e-1),), weight_decay=0.5)
+  tx, _ = optim.make_optimizer(cfg, total_steps=10)
+  params = {"a": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  new, _ = _step(tx, params, zero)
+  np.testing.assert_allclose(new["a"]["kernel"], 1.0 - 0.1 * 0.5, rtol=1e-6)
+  np.testing.assert_array_equal(new["a"]["bias"], 1.0)
+
+
+def test_warmup_cosine_schedule_values():
+  cfg = _cfg(schedule="warmup_cosine", warmup_steps=10, end_lr_factor=0.1)
+  sched = optim.make_schedule(2.0, cfg, total_steps=110)
+  np.testing.assert_allclose(
+      [float(sched(s)) for s in (0, 5, 10, 60, 110, 200)],
+      [0.0, 1.0, 2.0, 0.2 + 0.5 * 1.8, 0.2, 0.2], rtol=1e-5, atol=1e-6)
+  tx, schedules = optim.make_optimizer(_with(cfg, groups=((".*", 2.0),)), 110)
+  lrs = optim.learning_rates(schedules, 5)
+  np.testing.assert_allclose(float(lrs["lr/group_0"]), 1.0, rtol=1e-5)
+  # With accumulation the schedule counts optimiser updates, not micro-batches.
+  tx, schedules = optim.make_optimizer(
+      _with(cfg, groups=((".*", 2.0),), grad_accum_steps=2), 220)
+  np.testing.assert_allclose(float(optim.learning_rates(schedules, 10, 2)["lr/group_0"]),
+                             1.0, rtol=1e-5)
+
+
+def test_accumulating_k_steps_equals_one_big_batch():
+  k = 4
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(8 * k, 3)).astype(np.float32)
+  y = rng.normal(size=(8 * k, 1)).astype(np.float32)
+  params = {"backbone": {"kernel": jnp.asarray(rng.normal(size=(3, 1)), jnp.float32)},
+            "head": {"bias": jnp.zeros((1,))}}
+
+  def loss(p, xb, yb):
+    pred = xb @ p["backbone"]["kernel"] + p["head"]["bias"]
+    return jnp.mean((pred - yb) ** 2)
+
+  cfg = _cfg(schedule="warmup_cosine", warmup_steps=1, clip_norm=0.5, weight_decay=0.01)
+  big_tx, _ = optim.make_optimizer(cfg, total_steps=2)
+  acc_tx, _ = optim.make_optimizer(_with(cfg, grad_accum_steps=k), total_steps=2 * k)
+
+  big_p, big_s = params, big_tx.init(params)
+  acc_p, acc_s = params, acc_tx.init(params)
+  for _ in range(2):  # two optimiser updates
+    g = jax.grad(loss)(big_p, x, y)
+    u, big_s = big_tx.update(g, big_s, big_p)
+    big_p = optax.apply_updates(big_p, u)
+    for i in range(k):
+      sl = slice(8 * i, 8 * (i + 1))
+      g = jax.grad(loss)(acc_p, x[sl], y[sl])
+      u, acc_s = acc_tx.update(g, acc_s, acc_p)
+      before = acc_p
+      acc_p = optax.apply_updates(acc_p, u)
+      if i < k - 1:  # nothing moves until the k-th micro-batch
+        jax.tree.map(np.testing.assert_array_equal, acc_p, before)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               acc_p, big_p)
+
+
+def test_model_parameters_are_all_covered_and_backbone_grouped():
+  from meldae_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  from meldae_jax.models import config as mc  # pylint: disable=g-import-not-at-top
+  cfg = mc.default_model_config()
+  cfg.update(dict(variant="Mu/8", image_size=32, num_frames=4, num_regions=2, num_queries=4,
+                  enhancer_heads=2))
+  model = build_model(cfg)
+  params = jax.eval_shape(lambda r: model.init(
+      {"params": r, "dropout": r}, jnp.zeros((1, 4, 32, 32, 3), jnp.uint8),
+      train=False), jax.random.key(0))["params"]
+  labels = jax.tree_util.tree_leaves_with_path(
+      optim.group_labels(params, [("backbone/.*", 1e-5), (".*", 5e-4)]),
+      is_leaf=lambda x: isinstance(x, str))
+  names = {optim.path_name(p): l for p, l in labels}
+  assert any(n.startswith("backbone/") for n in names)
+  assert all((l == "group_0") == n.startswith("backbone/") for n, l in names.items())

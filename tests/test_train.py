@@ -1,0 +1,168 @@
+"""End to end on the tiny config: build the tiny synthetic corpus, train, evaluate."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import train_helpers as th
+from meldae_jax import loso
+from meldae_jax import metrics
+from meldae_jax import predict
+from meldae_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+compilation_cache = th.compilation_cache_fixture()
+SPEC_KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "f1_speaking", "f1_listening",
+             "f1_dr", "uf1", "per_class", "megc2020")
+
+
+def _evaluate_cli(annotations, predictions):
+  proc = subprocess.run(
+      [sys.executable, "-m", "meldae_jax.evaluate", "--annotations", str(annotations),
+       "--predictions", str(predictions)], cwd=ROOT, capture_output=True, text=True,
+      timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("e2e")
+  cfg = th.tiny_config(total_steps=4, log_every=2, eval_every=2)
+  cfg.dataset.data_dir = str(root / "tfds")   # not built yet: the tiny corpus is generated
+  cfg.eval.thresholds = (0.1, 0.3, 0.5, 0.7, 0.9)
+  workdir = root / "work"
+  result = train.train_and_evaluate(cfg, str(workdir))
+  return cfg, workdir, result
+
+
+def test_builds_corpus_trains_and_writes_metrics(run):
+  cfg, workdir, result = run
+  assert (pathlib.Path(cfg.dataset.data_dir) / "synthetic_conversation" / "tiny").is_dir()
+  m = json.loads((workdir / "metrics.json").read_text())
+  for key in SPEC_KEYS + ("acc_me", "acc_state", "threshold", "best_step", "validation"):
+    assert key in m, key
+  assert m["split"] == "test"
+  assert set(m["megc2020"]) >= {"found", "precision", "recall", "f1"}
+  assert 0.0 <= m["acc_me"] <= 1.0 and 0.0 <= m["acc_state"] <= 1.0
+  # The test threshold is the one chosen on validation for the best checkpoint.
+  assert m["threshold"] == m["validation"]["threshold"] in cfg.eval.thresholds
+  assert m["best_step"] in (2, 4)
+  assert m["num_gt"] > 0  # the tiny test video has micro-expressions
+  assert result["f1"] == m["f1"]
+
+
+def test_metrics_jsonl_and_tensorboard(run):
+  _, workdir, _ = run
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_lines = [l for l in lines if "train/loss" in l]
+  assert [l["step"] for l in train_lines] == [2, 4]
+  assert all(np.isfinite(l["train/loss"]) and l["train/steps_per_sec"] > 0
+             for l in train_lines)
+  assert any(k.startswith("lr/") for k in train_lines[0])
+  assert [l["step"] for l in lines if "val/f1" in l] == [2, 4]
+  assert len([l for l in lines if "test/f1" in l]) == 1
+  events = list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert events and events[0].stat().st_size > 0
+
+
+def test_predictions_round_trip_through_evaluate_cli(run):
+  _, workdir, _ = run
+  m = json.loads((workdir / "metrics.json").read_text())
+  cli = _evaluate_cli(workdir / "test_annotations.json", workdir / "test_predictions.json")
+  for key in SPEC_KEYS:
+    assert cli[key] == m[key], key
+
+
+def test_round_trip_with_predictions(tmp_path):
+  """Same check with scores that do produce intervals (a trained model's are arbitrary)."""
+  index = th.splits(n_train=2, n_val=0, n_test=0, num_frames=60).train
+  classes = ("micro",)
+  ann = predict.annotations_for(index, classes)
+  scores = {}
+  for vid, v in ann["videos"].items():
+    s = np.full((v["num_frames"], 1), 0.1)
+    for iv in v["intervals"]:
+      s[iv["onset"] + 1:iv["offset"] + 2] = 0.9  # off by one frame: still IoU >= 0.5
+    s[5:8] = 0.8  # a false positive
+    scores[vid] = s
+  cfg = th.tiny_config()
+  preds = predict.make_predictions(scores, ann, classes, 0.5, predict.decode_kwargs(cfg, index))
+  assert sum(len(v["intervals"]) for v in preds["videos"].values()) > 0
+  (tmp_path / "a.json").write_text(json.dumps(ann))
+  (tmp_path / "p.json").write_text(json.dumps(preds))
+  ours = metrics.evaluate(ann, preds)
+  assert ours["tp"] > 0 and ours["fp"] > 0
+  cli = _evaluate_cli(tmp_path / "a.json", tmp_path / "p.json")
+  for key in SPEC_KEYS:
+    assert cli[key] == ours[key], key
+
+
+def test_missing_training_split_is_an_error(tmp_path):
+  cfg = th.tiny_config()
+  with pytest.raises(ValueError, match="No training split"):
+    train.train_and_evaluate(cfg, str(tmp_path), splits=train.Splits(train=None))
+
+
+def test_loso_folds_never_use_the_test_subject():
+  plan = loso.folds(["c", "a", "b", "d"], num_val=1)
+  assert [t for t, _, _ in plan] == ["a", "b", "c", "d"]
+  for test, val, trn in plan:
+    assert test not in val and test not in trn and not set(val) & set(trn)
+    assert sorted([test] + val + trn) == ["a", "b", "c", "d"] and len(val) == 1
+
+
+def test_loso_pools_counts_over_folds(tmp_path):
+  records = th.records(3, seed=300, num_frames=24, subjects=3)
+  cfg = th.tiny_config(total_steps=2, log_every=1, eval_every=0)
+  cfg.dataset.protocol = "loso"
+  cfg.dataset.loso_val_subjects = 1
+  out = loso.run(cfg, str(tmp_path), source=records)
+  assert out["num_folds"] == 3 and sorted(out["folds"]) == ["s000", "s001", "s002"]
+  pooled = out["pooled"]
+  for k in ("tp", "fp", "fn"):
+    assert pooled[k] == sum(f[k] for f in out["folds"].values())
+  assert pooled["megc2020"]["gt"] == sum(f["megc2020"]["gt"] for f in out["folds"].values())
+  saved = json.loads((tmp_path / "loso_metrics.json").read_text())
+  assert saved["pooled"]["fn"] == pooled["fn"]
+  # Each fold evaluated only its own subject's video, with a validation-chosen threshold.
+  for subject, fold in out["folds"].items():
+    assert fold["num_videos"] == 1
+    m = json.loads((tmp_path / f"fold_{subject}" / "metrics.json").read_text())
+    assert m["validation"] is not None and m["threshold"] == m["validation"]["threshold"]
+  # Rerunning skips the finished folds.
+  again = loso.run(cfg, str(tmp_path), source=records)
+  assert again["pooled"] == pooled
+
+
+def test_pretrained_backbone_is_loaded_except_dont_load(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from meldae_jax import optim  # pylint: disable=g-import-not-at-top
+  cfg = th.tiny_config()
+  trainer = train.make_trainer(cfg)
+  with jax.set_mesh(trainer.mesh):
+    donor = jax.device_get(trainer.init_fn(jax.random.key(1)).params["backbone"])
+    flat = {optim.path_name(p): np.asarray(v)
+            for p, v in jax.tree_util.tree_leaves_with_path(donor)}
+    np.savez(tmp_path / "vit.npz", **flat)
+    cfg.model_init = str(tmp_path / "vit.npz")
+    cfg.dont_load = ("Transformer/encoder_norm/.*",)
+    state = trainer.init_fn(jax.random.key(0))
+    before = jax.device_get(state.params)
+    state = train.load_pretrained(cfg, trainer, state)
+    after = jax.device_get(state.params)
+  assert after["backbone"]["embedding"]["kernel"].shape == flat["embedding/kernel"].shape
+  np.testing.assert_array_equal(after["backbone"]["embedding"]["kernel"],
+                                flat["embedding/kernel"])
+  np.testing.assert_array_equal(after["backbone"]["cls"], flat["cls"])
+  np.testing.assert_array_equal(
+      after["backbone"]["Transformer"]["encoder_norm"]["scale"],
+      before["backbone"]["Transformer"]["encoder_norm"]["scale"])  # dont_load
+  # Non-backbone parameters are untouched, and the shardings are the state's.
+  np.testing.assert_array_equal(after["heads"]["locator"]["out"]["kernel"],
+                                before["heads"]["locator"]["out"]["kernel"])
+  leaf = state.params["backbone"]["embedding"]["kernel"]
+  assert leaf.sharding == trainer.state_shardings.params["backbone"]["embedding"]["kernel"]

@@ -28,6 +28,8 @@ def get_config(arg: str | None = None):
   c.dataset.train_stride = 4
   c.dataset.me_oversample = 3
   c.dataset.augment = True
+  c.input.transform = "diff"   # see train.input_transform; measured: 'rgb' does not learn
+  c.input.gain = 4.0
 
   c.model.variant = "Mu/8"
   c.model.image_size = 64
@@ -47,6 +49,7 @@ def get_config(arg: str | None = None):
   c.eval.stride = 8
   c.eval.batch_size = 16
   c.eval.merge_gap = 2
+  c.eval.min_seconds = 0.1     # MEs last 0.1-0.5 s: shorter runs are noise
 
   if level == "tiny":
     common.tiny_model(c, image_size=32, window=4)

@@ -169,6 +169,32 @@ def paper_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def loso_corpus(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """A long-video corpus under leave-one-subject-out (CAS(ME)^2, SAMM): micro + macro
+  (K=2, UF1), threshold and best checkpoint chosen on held-out training subjects of each
+  fold, never the test subject; decoding limits micro < 0.5 s, macro < 4 s at each fps."""
+  c = paper_model(base_config())
+  c.dataset.name = name
+  c.dataset.protocol = "loso"
+  c.dataset.train_split = ""        # all splits (one per subject); folds cut by subject
+  c.dataset.val_split = ""
+  c.dataset.test_split = ""
+  c.dataset.loso_val_subjects = 2
+  c.dataset.classes = ("micro", "macro")
+  c.dataset.window = 16
+  c.dataset.train_stride = 4
+  c.dataset.me_oversample = 4
+  c.total_steps = 5_000
+  c.eval_every = 1_000
+  c.checkpoint.every_steps = 1_000
+  c.checkpoint.best_metric = "f1"   # no speaking labels: F1 (UF1 is reported too)
+  c.eval.max_seconds = {"micro": 0.5, "macro": 4.0}
+  c.eval.min_seconds = 0.1
+  if arg == "tiny":
+    local_variant(c)
+  return finalize(c)
+
+
 def local_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A few-step, tiny-model variant of a corpus config (smoke tests / `:tiny`)."""
   tiny_model(c)

@@ -3,9 +3,7 @@
   python -m meldae_jax.data.build samm_lv --manual_dir=... --data_dir=...   # once
   python -m meldae_jax.loso --config=configs/samm_lv.py --workdir=/tmp/samm_lv
 
-Micro and macro expressions (K=2, UF1); per fold the threshold and the best checkpoint are
-chosen on held-out training subjects, never the test subject; TP/FP/FN are pooled over
-folds. Decoding limits: micro < 0.5 s, macro < 4 s, converted at each video's fps.
+See `common.loso_corpus` for the protocol and decoding limits.
 """
 import pathlib
 import sys
@@ -16,23 +14,4 @@ from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-p
 
 
 def get_config(arg: str | None = None):
-  c = common.paper_model(common.base_config())
-  c.dataset.name = "samm_lv"
-  c.dataset.protocol = "loso"
-  c.dataset.train_split = ""        # all splits (one per subject); folds cut by subject
-  c.dataset.val_split = ""
-  c.dataset.test_split = ""
-  c.dataset.loso_val_subjects = 2
-  c.dataset.classes = ("micro", "macro")
-  c.dataset.window = 16
-  c.dataset.train_stride = 4
-  c.dataset.me_oversample = 4
-  c.total_steps = 5_000
-  c.eval_every = 1_000
-  c.checkpoint.every_steps = 1_000
-  c.checkpoint.best_metric = "f1"   # no speaking labels: F1 (UF1 is reported too)
-  c.eval.max_seconds = {"micro": 0.5, "macro": 4.0}
-  c.eval.min_seconds = 0.1
-  if arg == "tiny":
-    common.local_variant(c)
-  return common.finalize(c)
+  return common.loso_corpus("samm_lv", arg)

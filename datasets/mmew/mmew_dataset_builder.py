@@ -73,12 +73,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for split, subjects in splits.items()}
 
   def _generate_examples(self, videos):
-    for video in videos:
-      seq = cu.ImageSequence(video["frames"])
-      frames = cu.face_crops(lambda: seq, self.builder_config)
-      yield video["video_id"], cu.make_example(
-          video_id=video["video_id"], subject=video["subject"], fps=FPS,
-          frames=frames, intervals=video["intervals"])
+    yield from cu.image_sequence_examples(videos, self.builder_config, FPS)
 
 
 def _scan_clips(micro_dir: str) -> dict[str, str]:

@@ -64,19 +64,10 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise cu.CorpusError(f"{os.path.join(root, 'SAMM_LongVideos_V3_Release.xlsx')}"
                            ": annotation spreadsheet is missing")
     _read_annotations(sheet, videos)
-    by_subject = {}
-    for video in videos.values():
-      by_subject.setdefault(video["subject"], []).append(video)
-    return {cu.loso_split_name(s): self._generate_examples(vs)
-            for s, vs in sorted(by_subject.items())}
+    return cu.loso_splits(videos.values(), self._generate_examples)
 
   def _generate_examples(self, videos):
-    for video in videos:
-      seq = cu.ImageSequence(video["frames"])
-      frames = cu.face_crops(lambda: seq, self.builder_config)
-      yield video["video_id"], cu.make_example(
-          video_id=video["video_id"], subject=video["subject"], fps=FPS,
-          frames=frames, intervals=video["intervals"])
+    yield from cu.image_sequence_examples(videos, self.builder_config, FPS)
 
 
 def _scan_videos(frames_dir: str) -> dict[str, dict]:

@@ -9,8 +9,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
@@ -21,7 +19,7 @@ sys.path.insert(0, {tests!r})
 import train_helpers as th
 from meldae_jax import sharding, train
 
-data, fsdp = {data}, {fsdp}
+MESHES = {meshes}
 assert jax.device_count() == 8, jax.devices()
 
 
@@ -41,13 +39,15 @@ def batch(i, b=8, t=4, s=32):
       video_index=np.zeros((b,), np.int32), start=np.zeros((b,), np.int32))
 
 
-def run(mesh, devices):
+def run(mesh, devices, init=None):
   cfg = th.tiny_config(batch_size=8)
   cfg.mesh.data, cfg.mesh.fsdp = mesh
   tr = train.make_trainer(cfg, devices=devices)
   losses = []
   with jax.set_mesh(tr.mesh):
-    state = tr.init_fn(jax.random.key(0))
+    # The sharded runs start from the reference's initial state, laid out on their mesh.
+    state = (tr.init_fn(jax.random.key(0)) if init is None
+             else jax.device_put(init, tr.state_shardings))
     for i in range(2):
       gb = sharding.make_global_batch(batch(i), tr.batch_sharding)
       state, m = tr.train_step(state, gb)
@@ -55,42 +55,49 @@ def run(mesh, devices):
   return state, losses
 
 
-ref, ref_losses = run((1, 1), jax.devices()[:1])
+ref_tr = train.make_trainer(th.tiny_config(batch_size=8), devices=jax.devices()[:1])
+with jax.set_mesh(ref_tr.mesh):
+  init = jax.device_get(ref_tr.init_fn(jax.random.key(0)))
+ref, ref_losses = run((1, 1), jax.devices()[:1], init)
 ref_params = jax.device_get(ref.params)
-state, losses = run((data, fsdp), jax.devices())
-sharded = []
-for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
-  spec = leaf.sharding.spec
-  if any(a == "fsdp" or (isinstance(a, tuple) and "fsdp" in a) for a in spec):
-    shard = leaf.addressable_shards[0].data.shape
-    sharded.append([jax.tree_util.keystr(path), list(leaf.shape), list(shard)])
-diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-                     jax.device_get(state.params), ref_params)
-print("RESULT " + json.dumps(dict(
-    losses=losses, ref_losses=ref_losses, max_param_diff=max(jax.tree.leaves(diffs)),
-    sharded=sharded, mesh=dict(state.params["backbone"]["cls"].sharding.mesh.shape))))
+results = {{}}
+for data, fsdp in MESHES:
+  state, losses = run((data, fsdp), jax.devices(), init)
+  sharded = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
+    spec = leaf.sharding.spec
+    if any(a == "fsdp" or (isinstance(a, tuple) and "fsdp" in a) for a in spec):
+      shard = leaf.addressable_shards[0].data.shape
+      sharded.append([jax.tree_util.keystr(path), list(leaf.shape), list(shard)])
+  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                       jax.device_get(state.params), ref_params)
+  results[f"{{data}}x{{fsdp}}"] = dict(
+      losses=losses, ref_losses=ref_losses, max_param_diff=max(jax.tree.leaves(diffs)),
+      sharded=sharded, mesh=dict(state.params["backbone"]["cls"].sharding.mesh.shape))
+print("RESULT " + json.dumps(results))
 """
 
 
-@pytest.mark.parametrize("data,fsdp", [(2, 4), (4, 2)])
-def test_sharded_step_matches_single_device(tmp_path, data, fsdp):
+def test_sharded_step_matches_single_device():
+  meshes = [(2, 4), (4, 2)]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
-  script = SCRIPT.format(tests=str(ROOT / "tests"), data=data, fsdp=fsdp)
+  script = SCRIPT.format(tests=str(ROOT / "tests"), meshes=meshes)
   proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  r = json.loads(line[len("RESULT "):])
-  assert r["mesh"] == {"data": data, "fsdp": fsdp}
-  assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in
-             zip(r["losses"], r["ref_losses"])), r
-  assert r["losses"][0] != r["losses"][1]  # the parameters did change
-  assert r["max_param_diff"] < 1e-4, r
-  # Params annotated with `embed` are split over fsdp: each device holds 1/fsdp of them.
-  assert r["sharded"], "no parameter is sharded along fsdp"
-  for name, shape, shard in r["sharded"]:
-    assert sum(shape) > sum(shard), (name, shape, shard)
-    assert any(g == s * fsdp for g, s in zip(shape, shard)), (name, shape, shard)
-  names = " ".join(n for n, _, _ in r["sharded"])
-  assert "backbone" in names and "Transformer" in names
+  results = json.loads(line[len("RESULT "):])
+  for data, fsdp in meshes:
+    r = results[f"{data}x{fsdp}"]
+    assert r["mesh"] == {"data": data, "fsdp": fsdp}
+    assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in
+               zip(r["losses"], r["ref_losses"])), r
+    assert r["losses"][0] != r["losses"][1]  # the parameters did change
+    assert r["max_param_diff"] < 1e-4, r
+    # Params annotated with `embed` are split over fsdp: each device holds 1/fsdp of them.
+    assert r["sharded"], "no parameter is sharded along fsdp"
+    for name, shape, shard in r["sharded"]:
+      assert any(g == s * fsdp for g, s in zip(shape, shard)), (name, shape, shard)
+    names = " ".join(n for n, _, _ in r["sharded"])
+    assert "backbone" in names and "Transformer" in names

@@ -166,3 +166,24 @@ def test_pretrained_backbone_is_loaded_except_dont_load(tmp_path):
                                 before["heads"]["locator"]["out"]["kernel"])
   leaf = state.params["backbone"]["embedding"]["kernel"]
   assert leaf.sharding == trainer.state_shardings.params["backbone"]["embedding"]["kernel"]
+
+
+def test_input_transform_views():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  video = rng.integers(0, 256, (2, 5, 4, 4, 3), dtype=np.uint8)
+  mask = np.ones((2, 5), np.float32)
+  mask[1, 3:] = 0  # padding at the end of the second clip
+  np.testing.assert_array_equal(train.input_transform(video, mask, "rgb"), video)
+  x = video.astype(np.float64)
+  diff = np.asarray(train.input_transform(jnp.asarray(video), mask, "diff", gain=0.5))
+  want = np.clip(np.round(128 + 0.5 * (x - np.concatenate([x[:, :1], x[:, :-1]], 1))), 0, 255)
+  want[1, 3:] = 128
+  np.testing.assert_array_equal(diff, want)
+  assert diff.dtype == np.uint8 and (diff[:, 0] == 128).all()
+  dev = np.asarray(train.input_transform(jnp.asarray(video), mask, "dev", gain=0.5))
+  mean1 = x[1, :3].mean(0)
+  np.testing.assert_array_equal(dev[1, :3], np.clip(np.round(128 + 0.5 * (x[1, :3] - mean1)), 0, 255))
+  np.testing.assert_array_equal(dev[1, 3:], 128)
+  with pytest.raises(ValueError, match="Unknown input transform"):
+    train.input_transform(video, mask, "flow")

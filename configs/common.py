@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- model / loss ------------------------------------------------------------------
   # On-device input view (train.input_transform): 'rgb' (the paper) | 'diff' | 'dev' | 'rgb+dev'.
-  c.input = ml_collections.ConfigDict(dict(transform="rgb", gain=4.0))
+  c.input = ml_collections.ConfigDict(dict(transform="rgb", gain=4.0, normalize=False))
   c.model = model_config_lib.default_model_config()
   c.loss = losses.default_loss_config()
 
@@ -115,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
   e.threshold = 0.5              # used when no validation split exists
   e.merge_gap = 2                # frames below threshold bridged inside one interval
   e.min_seconds = 0.0            # length filters, converted at each video's fps
+  e.smooth_seconds = 0.0         # Gaussian sigma applied to score tracks before decoding
   e.max_seconds = ml_collections.ConfigDict(dict(micro=0.5, macro=4.0))
   e.iou = 0.5
   e.max_val_videos = 0           # 0 = all; cap for quick periodic validation

@@ -60,7 +60,7 @@ def decode_kwargs(cfg, index) -> dict:
   if e.get("min_seconds") and fps:
     min_len = intervals_lib.seconds_to_frames(float(e.min_seconds), float(np.median(fps)))
   return {"merge_gap": int(e.get("merge_gap", 0)), "min_len": min_len,
-          "max_seconds": max_seconds}
+          "max_seconds": max_seconds, "smooth_seconds": e.get("smooth_seconds")}
 
 
 def score_videos(trainer, params, index, cfg) -> tuple[dict, dict]:

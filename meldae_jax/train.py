@@ -63,7 +63,8 @@ def model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return m
 
 
-def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0):
+def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
+                    normalize: bool = False):
   """Optional on-device view of the input clip, applied before the model (train and eval).
 
   'rgb': the frames as they are (the paper's input). 'diff': each frame minus the previous
@@ -71,7 +72,10 @@ def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0):
   scaled by `gain` and re-centred on 128 as uint8, so the model's own normalisation
   applies unchanged. 'rgb+dev': grey frame, and the grey deviation in two channels.
   Motion views make tiny transient facial movements (MEs) visible to a backbone trained
-  from scratch; with a pretrained backbone keep 'rgb'.
+  from scratch; with a pretrained backbone keep 'rgb'. `normalize` divides the
+  differences by the clip's contrast (intensity std over the central half of the frames,
+  where the aligned face is, relative to 50 grey levels), so low-contrast faces give
+  motion of the same strength as high-contrast ones.
   """
   if kind == "rgb":
     return video
@@ -85,6 +89,15 @@ def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0):
     d = (x - mean) * m
   else:
     raise ValueError(f"Unknown input transform {kind!r} (rgb, diff, dev, rgb+dev).")
+  if normalize:
+    h, w = x.shape[2], x.shape[3]
+    centre = x[:, :, h // 4:h - h // 4, w // 4:w - w // 4]
+    cm = m[:, :, :1, :1]
+    n = jnp.maximum(jnp.sum(cm, axis=1, keepdims=True) * centre.shape[2] * centre.shape[3]
+                    * centre.shape[4], 1.0)
+    mu = jnp.sum(centre * cm, axis=(1, 2, 3, 4), keepdims=True) / n
+    var = jnp.sum(jnp.square(centre - mu) * cm, axis=(1, 2, 3, 4), keepdims=True) / n
+    d = d * (50.0 / jnp.maximum(jnp.sqrt(var), 5.0))
   out = 128.0 + gain * d
   if kind == "rgb+dev":
     grey = jnp.mean(x, axis=-1, keepdims=True)
@@ -239,7 +252,8 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
   loss_cfg = cfg.loss
   dropout_key = jax.random.key(cfg.seed + 1)
 
-  view = functools.partial(input_transform, kind=cfg.input.transform, gain=cfg.input.gain)
+  view = functools.partial(input_transform, kind=cfg.input.transform, gain=cfg.input.gain,
+                           normalize=bool(cfg.input.get("normalize", False)))
 
   def train_step(state: TrainState, batch):
     rngs = {"dropout": jax.random.fold_in(dropout_key, state.step)}

@@ -131,3 +131,18 @@ def test_decode_video_sorted_by_onset_then_class():
 def test_decode_video_rejects_wrong_width():
   with pytest.raises(ValueError):
     intervals.decode_video(np.zeros((5, 2)), ("micro",), 30.0, 0.5)
+
+
+def test_decode_video_smoothing_joins_an_apex_dip():
+  # A motion score that fires on an expression's rise and fall but dips at its apex.
+  s = np.zeros(40)
+  s[10:14] = 0.9
+  s[14:17] = 0.1
+  s[17:21] = 0.9
+  raw = intervals.decode_video(s, ("micro",), 30.0, 0.5)
+  assert [(iv["onset"], iv["offset"]) for iv in raw] == [(10, 13), (17, 20)]
+  smooth = intervals.decode_video(s, ("micro",), 30.0, 0.5, smooth_seconds=0.1)
+  assert len(smooth) == 1
+  assert smooth[0]["onset"] <= 13 and smooth[0]["offset"] >= 17  # spans the dip
+  # Sigma is in seconds: the same track at 300 fps is barely smoothed (3 frames -> 0.3).
+  assert len(intervals.decode_video(s, ("micro",), 300.0, 0.5, smooth_seconds=0.001)) == 2

@@ -90,6 +90,7 @@ def test_round_trip_with_predictions(tmp_path):
     s[5:8] = 0.8  # a false positive
     scores[vid] = s
   cfg = th.tiny_config()
+  cfg.eval.merge_gap, cfg.eval.min_seconds = 0, 0.0
   preds = predict.make_predictions(scores, ann, classes, 0.5, predict.decode_kwargs(cfg, index))
   assert sum(len(v["intervals"]) for v in preds["videos"].values()) > 0
   (tmp_path / "a.json").write_text(json.dumps(ann))
@@ -187,3 +188,16 @@ def test_input_transform_views():
   np.testing.assert_array_equal(dev[1, 3:], 128)
   with pytest.raises(ValueError, match="Unknown input transform"):
     train.input_transform(video, mask, "flow")
+
+
+def test_input_transform_normalize_is_contrast_invariant():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  base = rng.normal(0, 20, (1, 6, 8, 8, 3))
+  mask = np.ones((1, 6), np.float32)
+  low = (128 + base).astype(np.float32)
+  high = (128 + 2 * base).astype(np.float32)  # same face, twice the contrast
+  view = lambda v, n: np.asarray(train.input_transform(  # pylint: disable=g-long-lambda
+      jnp.asarray(v), mask, "diff", gain=1.0, normalize=n), np.float64)
+  assert np.abs(view(high, False) - view(low, False)).max() > 10  # plain diff: 2x the motion
+  np.testing.assert_allclose(view(high, True), view(low, True), atol=1)

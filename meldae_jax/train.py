@@ -334,8 +334,8 @@ def validate(trainer: Trainer, params, index, step: int, writer, ckpt, state) ->
   t0 = time.time()
   result = predict.evaluate_split(trainer, params, index, cfg, threshold=None)
   value = result.get(result["threshold_key"])
-  say(f"[val] step {step}: {result['threshold_key']}={_f(value)} f1={_f(result['f1'])} "
-      f"f1_dr={_f(result['f1_dr'])} thr={result['threshold']:.2f} "
+  say(f"[val] step {step}: f1={_f(result['f1'])} f1_dr={_f(result['f1_dr'])} "
+      f"(threshold {result['threshold']:.2f}, chosen by {result['threshold_key']}) "
       f"acc_me={_f(result['acc_me'])} acc_state={_f(result['acc_state'])} "
       f"({time.time() - t0:.0f}s)")
   writer.write_scalars(step, metric_writers.flatten(

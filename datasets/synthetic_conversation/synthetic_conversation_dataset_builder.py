@@ -43,7 +43,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       SyntheticConfig(name="default", description="ME amplitude ~2.5 px at 112 px "
                       "(difficulty 0.5); 28 subjects, 20-40 s videos.", difficulty=0.5),
       SyntheticConfig(name="easy", description="ME amplitude ~3.6 px, less noise "
-                      "(difficulty 0).", difficulty=0.0),
+                      "(difficulty 0); 84 subjects, so a from-scratch model sees enough "
+                      "faces to generalise to unseen ones.", difficulty=0.0,
+                      num_subjects=84),
       SyntheticConfig(name="hard", description="ME amplitude ~1.4 px, more noise and "
                       "head motion (difficulty 1).", difficulty=1.0),
       SyntheticConfig(name="tiny", description="For tests: 6 subjects, one 3 s video "

@@ -1,0 +1,158 @@
+"""Pieces shared by `step.py` (JAX) and `torch_port.py` (PyTorch).
+
+NumPy-only: the PyTorch port runs under its own interpreter without JAX, and both
+sides must time, size and feed the model the same way for their figures to compare.
+"""
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+# Copy of `meldae_jax/models/vit.py` VARIANTS (the port cannot import JAX code);
+# tests/test_benchmarks.py checks that the two agree.
+VIT_VARIANTS = {
+    "Mu": dict(width=64, depth=2, mlp_dim=128, num_heads=2),
+    "Ti": dict(width=192, depth=12, mlp_dim=768, num_heads=3),
+    "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
+    "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
+    "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """One benchmark configuration: model size and the clip batch it is fed."""
+  variant: str     # ViT variant, e.g. 'Ti/16'
+  image_size: int
+  frames: int      # T
+  batch: int       # B clips
+  regions: int     # G
+  queries: int     # N
+  heads: int       # enhancer heads
+
+
+# K=1 class, 1 enhancer layer, per-frame fusion throughout.
+CONFIGS = {
+    "Ti112": Shape("Ti/16", 112, 16, 2, 7, 16, 3),
+    "S112": Shape("S/16", 112, 16, 2, 7, 16, 6),
+    "B224": Shape("B/16", 224, 16, 1, 10, 16, 12),
+    # Not a benchmark: the smallest model with every part, for the tests.
+    "tiny": Shape("Mu/8", 32, 4, 2, 2, 4, 2),
+}
+
+NUM_CLASSES = 1
+
+
+def make_batch(shape: Shape, frames: int | None = None, seed: int = 0) -> dict:
+  """A synthetic batch in the pipeline's format (docs/contracts.md) and dtypes.
+
+  Random uint8 frames; the last clip (when B > 1) ends in padding, as the pipeline pads
+  windows at the end; one ME interval per clip with its onset/offset boundary frames;
+  speaking labels in {-1, 0, 1}.
+  """
+  rng = np.random.default_rng(seed)
+  b, t, s, k = shape.batch, frames or shape.frames, shape.image_size, NUM_CLASSES
+  frame_mask = np.ones((b, t), np.float32)
+  if b > 1:
+    frame_mask[-1, t - max(1, t // 4):] = 0.0
+  labels = np.zeros((b, t, k), np.float32)
+  boundary = np.zeros((b, t, k), np.float32)
+  for i in range(b):
+    onset = int(rng.integers(0, max(1, t // 2)))
+    offset = min(onset + max(1, t // 4), t - 1)
+    labels[i, onset:offset + 1, 0] = 1.0
+    boundary[i, [onset, offset], 0] = 1.0
+  labels *= frame_mask[..., None]
+  boundary *= frame_mask[..., None]
+  return {
+      "video": rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
+      "frame_mask": frame_mask,
+      "labels": labels,
+      "boundary": boundary,
+      "speaking": rng.integers(-1, 2, (b, t)).astype(np.int8),
+      "me_label": labels.max(axis=(1, 2)).astype(np.float32),
+  }
+
+
+def peak_rss_mib() -> float:
+  """Peak resident memory of this process so far (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _status_mib(field: str) -> float | None:
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith(field + ":"):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
+  return None
+
+
+def reset_peak_rss() -> bool:
+  """Resets the kernel's peak-RSS mark to the current RSS (Linux >= 4.0).
+
+  Compilation can need more memory than running, so the lifetime peak would hide what
+  the steps use; after a reset, `steps_peak_rss_mib` is the steps' own peak.
+  """
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def rss_figures(time_steps_fn: Callable[[], list], rss_after_compile: float):
+  """Runs `time_steps_fn` between peak-RSS marks -> (its result, RSS figures in MiB).
+
+  `peak_rss_mib` is the process's lifetime peak (compilation included),
+  `steps_peak_rss_mib` the peak while stepping, `rss_before_steps_mib` the RSS the
+  steps started from (their difference is what the steps add).
+  """
+  reset = reset_peak_rss()
+  before = _status_mib("VmRSS") if reset else None
+  result = time_steps_fn()
+  steps_peak = _status_mib("VmHWM") if reset else None
+  figures = dict(peak_rss_after_compile_mib=rss_after_compile,
+                 rss_before_steps_mib=before, steps_peak_rss_mib=steps_peak,
+                 peak_rss_mib=max(rss_after_compile, peak_rss_mib(), steps_peak or 0.0))
+  return result, figures
+
+
+def time_steps(step: Callable[[], None], steps: int, warmup: int) -> list[float]:
+  """Seconds of each of `steps` calls after `warmup` untimed ones; `step` must block."""
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def timing_figures(times: list[float], shape: Shape, frames: int) -> dict:
+  """median/min/max seconds per step and frames/s (B*T / median); None when untimed."""
+  if not times:
+    return dict(median_s=None, min_s=None, max_s=None, frames_per_s=None)
+  med = statistics.median(times)
+  return dict(median_s=med, min_s=min(times), max_s=max(times),
+              frames_per_s=shape.batch * frames / med)
+
+
+def host_figures() -> dict:
+  return dict(cpu_count=os.cpu_count(), machine=platform.machine(),
+              python=platform.python_version())
+
+
+def emit(figures: dict) -> None:
+  """The one JSON line a run prints."""
+  print(json.dumps(figures, sort_keys=False), flush=True)

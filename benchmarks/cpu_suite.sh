@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Every CPU figure of docs/performance.md, one JSON line each, into $OUT (default
+# /tmp/meldae_perf). Run on an otherwise idle machine:
+#   bash benchmarks/cpu_suite.sh [jax|torch|flags|memory|all]
+# JAX runs in .venv; the PyTorch port in $TORCH_PY (a Python 3.11 venv with
+# torch==2.13.0 and numpy: see benchmarks/torch_port.py).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/meldae_perf}
+PY=${PY:-.venv/bin/python}
+TORCH_PY=${TORCH_PY:-/tmp/torchvenv/bin/python}
+STEPS=${STEPS:-10}
+mkdir -p "$OUT"
+what=${1:-all}
+
+jax_run() {  # label, step.py args...
+  local label=$1; shift
+  echo "== jax $label: $*" >&2
+  $PY benchmarks/step.py "$@" | tail -1 | sed "s/^{/{\"label\": \"$label\", /" >> "$OUT/jax.jsonl"
+}
+torch_run() {
+  local label=$1; shift
+  echo "== torch $label: $*" >&2
+  $TORCH_PY benchmarks/torch_port.py "$@" | tail -1 | sed "s/^{/{\"label\": \"$label\", /" >> "$OUT/torch.jsonl"
+}
+
+if [[ $what == jax || $what == all ]]; then
+  for c in Ti112 S112; do
+    for m in train infer; do
+      jax_run "$c $m fp32" --config $c --mode $m --steps $STEPS
+      jax_run "$c $m bf16" --config $c --mode $m --dtype bf16 --steps $STEPS
+    done
+  done
+  jax_run "B224 train fp32" --config B224 --mode train --steps 3 --warmup 1
+  jax_run "B224 infer fp32" --config B224 --mode infer --steps 3 --warmup 1
+fi
+if [[ $what == torch || $what == all ]]; then
+  for c in Ti112 S112; do
+    for m in train infer; do
+      torch_run "$c $m eager fp32" --config $c --mode $m --steps $STEPS
+      torch_run "$c $m eager bf16" --config $c --mode $m --dtype bf16 --steps $STEPS
+    done
+    torch_run "$c infer compile fp32" --config $c --mode infer --backend compile --steps $STEPS
+  done
+  torch_run "B224 train eager fp32" --config B224 --mode train --steps 3 --warmup 1
+fi
+if [[ $what == flags || $what == all ]]; then
+  # Before/after of each candidate XLA flag, with the project's own flags switched off.
+  for f in "" "--xla_cpu_experimental_ynn_fusion_type=" "--xla_cpu_use_onednn=true" \
+           "--xla_cpu_experimental_xnn_fusion_type=dot"; do
+    for m in train infer; do
+      MELDAE_XLA_FLAGS=0 XLA_FLAGS="$f" jax_run "flags[$f] Ti112 $m" --config Ti112 --mode $m --steps $STEPS
+    done
+  done
+fi
+if [[ $what == memory || $what == all ]]; then
+  $PY benchmarks/step.py --memory-sweep --sweep-remat none,full,dots --steps 3 --warmup 1 >> "$OUT/memory.jsonl"
+fi
+echo "results in $OUT" >&2

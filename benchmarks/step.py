@@ -1,0 +1,431 @@
+"""Seconds, FLOPs and memory of one MELDAE train step (or forward pass), as JSON.
+
+  python benchmarks/step.py --config Ti112 --mode train [--dtype bf16] [--steps 10]
+      [--warmup 2] [--remat none|full|dots|dots_no_batch] [--frames T]
+  python benchmarks/step.py --memory-sweep     # S112 train, T=16/32/64 x remat, 1 line each
+  python benchmarks/step.py --config Ti112 --export /tmp/ti112   # for torch_port.py --check
+
+The step is the project's: `MELDAE` from its model config, `losses.total_loss` with the
+default loss config and `optim.make_optimizer` with the default optimiser config (AdamW
+per parameter group + global-norm clipping), as one jit with the state donated; the same
+computation as `train.py`'s train step without its sharding and input view ('rgb' is the
+identity). Infer is the jitted forward alone. Shapes are in `common.CONFIGS`.
+
+FLOPs come from XLA's cost analysis. It counts a while loop's body once, so for the
+scanned ViT (the default) `flops_per_step` is that of the same step with the blocks
+unrolled, from its lowered HLO (`unrolled_flops`); `xla_flops_compiled` is the compiled
+program's own count, blocks counted once. With remat both include the recomputation.
+The matmul peak (4096^2 fp32 `jnp.dot`) is measured in the same run, after the steps.
+
+Memory: `xla_*_mib` is XLA's buffer assignment of the compiled step; `peak_rss_mib` the
+process's peak RSS (compilation included), `steps_peak_rss_mib` the peak while stepping.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # configs/ and benchmarks/ from a checkout
+  sys.path.insert(0, str(ROOT))
+
+# XLA flags must be set before JAX starts; the project owns them where it has a module.
+# pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+if importlib.util.find_spec("meldae_jax.xla_flags") is not None:
+  import meldae_jax.xla_flags  # noqa: F401
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import common
+from configs import common as config_common
+from meldae_jax import losses
+from meldae_jax import optim
+from meldae_jax.models import config as model_config_lib
+from meldae_jax.models import meldae
+# pylint: enable=g-import-not-at-top,wrong-import-position,unused-import
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+REMATS = ("none", "full", "dots", "dots_no_batch")
+SWEEP_FRAMES = (16, 32, 64)
+MIB = 2.0 ** 20
+
+
+def model_config(shape: common.Shape, dtype: str = "fp32", remat: str = "none",
+                 frames: int | None = None):
+  """The project's model config at `shape` (num_frames = T sizes the temporal emb)."""
+  c = model_config_lib.default_model_config()
+  c.variant = shape.variant
+  c.image_size = shape.image_size
+  c.num_frames = frames or shape.frames
+  c.num_regions = shape.regions
+  c.num_queries = shape.queries
+  c.enhancer_heads = shape.heads
+  c.enhancer_layers = 1
+  c.fusion = "per_frame"
+  c.num_classes = common.NUM_CLASSES
+  c.dtype = DTYPES[dtype]
+  c.remat_policy = remat
+  return c
+
+
+def train_configs():
+  """(loss config, optimiser config): the project's defaults (`configs/common.py`)."""
+  base = config_common.base_config()
+  return base.loss, base.optimizer, int(base.total_steps)
+
+
+def make_train_step(model, tx, loss_cfg):
+  """forward + total loss + backward + clip + AdamW; returns (state, loss aux)."""
+
+  def train_step(state, batch):
+    def loss_fn(params):
+      out = model.apply({"params": params}, batch["video"],
+                        frame_mask=batch["frame_mask"], train=True)
+      return losses.total_loss(out, batch, loss_cfg)
+
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return dict(step=state["step"] + 1, params=params, opt_state=opt_state), aux
+
+  return train_step
+
+
+def make_forward(model):
+  def forward(params, video, frame_mask):
+    return model.apply({"params": params}, video, frame_mask=frame_mask, train=False)
+  return forward
+
+
+def init_params(model, mcfg, seed: int = 0, abstract: bool = False,
+                compiler_options: dict | None = None):
+  """The model's own initialisers (as `train.py`), unboxed; shapes only if `abstract`."""
+  if abstract:
+    return jax.eval_shape(_init_fn(model, mcfg), jax.random.key(seed))
+  key = (mcfg.to_json(), json.dumps(compiler_options, sort_keys=True))
+  with _INIT_LOCK:  # the tests build the same model twice, in two threads
+    if key not in _INIT_CACHE:
+      _INIT_CACHE[key] = jax.jit(_init_fn(model, mcfg),
+                                 compiler_options=compiler_options)
+    init = _INIT_CACHE[key]
+    return init(jax.random.key(seed))
+
+
+_INIT_CACHE = {}
+_INIT_LOCK = threading.Lock()
+
+
+def _init_fn(model, mcfg):
+  t, s = mcfg.num_frames, mcfg.image_size
+  video = jnp.zeros((1, t, s, s, 3), jnp.uint8)
+  return lambda rng: nn.meta.unbox(model.init(
+      rng, video, frame_mask=jnp.ones((1, t), jnp.float32), train=False)["params"])
+
+
+def step_fn_and_args(model, mode: str, params, batch, tx=None, loss_cfg=None):
+  """The function to jit for `mode`, its donated argnums and its arguments."""
+  if mode == "train":
+    opt_state = (jax.eval_shape(tx.init, params)
+                 if isinstance(jax.tree.leaves(params)[0], jax.ShapeDtypeStruct)
+                 else jax.jit(tx.init)(params))
+    state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+    return make_train_step(model, tx, loss_cfg), (0,), (state, batch)
+  if mode == "infer":
+    return make_forward(model), (), (params, batch["video"], batch["frame_mask"])
+  raise ValueError(f"unknown mode {mode!r}")
+
+
+def unrolled_flops(mcfg, mode: str, batch, tx=None, loss_cfg=None) -> float | None:
+  """FLOPs of the step with the ViT blocks unrolled, from the lowered (unoptimised) HLO.
+
+  XLA's cost analysis counts a while loop's body once, so the scanned encoder (the
+  project default) would be counted as one block of `depth`. The unrolled twin computes
+  the same thing; lowering it (no compile) takes seconds on abstract arguments. The
+  Bi-LSTM's scan over T is still counted once (< 0.1% of the step at T=16).
+  """
+  cfg = mcfg.copy_and_resolve_references()
+  cfg.scan_blocks = False
+  model = meldae.MELDAE(cfg)
+  params = init_params(model, cfg, abstract=True)
+  fn, _, args = step_fn_and_args(model, mode, params, batch, tx, loss_cfg)
+  return cost_flops(jax.jit(fn).lower(*args))
+
+
+def flatten_params(tree, prefix: str = "") -> dict:
+  """'/'-joined path names (as `optim.path_name`) -> NumPy arrays."""
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    flat[prefix + optim.path_name(path)] = np.asarray(leaf)
+  return flat
+
+
+def cost_flops(compiled) -> float | None:
+  """XLA's FLOP count of a compiled program (a dict, or a list of one per module)."""
+  try:
+    ca = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else None
+  if not ca or "flops" not in ca:
+    return None
+  return float(ca["flops"])
+
+
+def memory_figures(compiled) -> dict:
+  """XLA's buffer assignment of the compiled step, MiB (empty when not reported)."""
+  try:
+    ma = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    ma = None
+  if ma is None:
+    return {}
+  get = lambda name: float(getattr(ma, name, 0) or 0) / MIB  # noqa: E731
+  out = dict(xla_temp_mib=get("temp_size_in_bytes"),
+             xla_argument_mib=get("argument_size_in_bytes"),
+             xla_output_mib=get("output_size_in_bytes"),
+             xla_alias_mib=get("alias_size_in_bytes"))
+  # Donated state is aliased: its output buffers are the argument's.
+  out["xla_total_mib"] = (out["xla_temp_mib"] + out["xla_argument_mib"]
+                          + out["xla_output_mib"] - out["xla_alias_mib"])
+  return out
+
+
+def matmul_peak(n: int = 4096, reps: int = 3) -> float | None:
+  """GFLOP/s of a jitted n x n fp32 `jnp.dot` (median of `reps`); None if n <= 0."""
+  if n <= 0:
+    return None
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32)
+  b = jax.random.normal(kb, (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  times = common.time_steps(lambda: dot(a, b).block_until_ready(), reps, 1)
+  return 2.0 * n ** 3 / statistics.median(times) / 1e9
+
+
+def export(path: str, model, mcfg, params, batch: dict, loss_cfg, opt_cfg, meta: dict,
+           compiler_options: dict | None = None, grads: bool = True) -> str:
+  """Writes params, inputs, forward outputs, loss terms and gradients to `path`.npz.
+
+  Everything is computed in one jit with the params as they are (before any step), so
+  the PyTorch port can load the same weights and must reproduce the same numbers.
+  `grads=False` leaves the gradients out (the backward pass is most of the compile).
+  """
+
+  def loss_fn(params, batch):
+    out = model.apply({"params": params}, batch["video"],
+                      frame_mask=batch["frame_mask"], train=False)
+    loss, aux = losses.total_loss(out, batch, loss_cfg)
+    return loss, (out, aux)
+
+  def with_grads(params, batch):
+    (_, (out, aux)), g = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+    return out, aux, g
+
+  def without_grads(params, batch):
+    return loss_fn(params, batch)[1] + (None,)
+
+  out, aux, g = jax.jit(with_grads if grads else without_grads,
+                        compiler_options=compiler_options)(params, batch)
+  arrays = flatten_params(params, "param/")
+  if grads:
+    arrays.update(flatten_params(g, "grad/"))
+    arrays["grad_norm"] = np.asarray(optax.global_norm(g))
+  arrays.update({f"batch/{k}": np.asarray(v) for k, v in batch.items()})
+  arrays.update({f"out/{k}": np.asarray(v) for k, v in out.items()})
+  arrays.update({f"loss/{k}": np.asarray(v) for k, v in aux.items()})
+  meta = dict(meta, model=mcfg.to_dict(), loss_config=loss_cfg.to_dict(),
+              optimizer_config=opt_cfg.to_dict())
+  arrays["meta"] = np.asarray(json.dumps(meta, default=list))
+  os.makedirs(path, exist_ok=True)
+  file = os.path.join(path, f"meldae_{meta['config']}.npz")
+  np.savez(file, **arrays)
+  return file
+
+
+def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
+        remat: str = "none", frames: int | None = None, steps: int = 10,
+        warmup: int = 2, peak_size: int = 4096, export_dir: str | None = None,
+        seed: int = 0, compiler_options: dict | None = None,
+        return_outputs: bool = False, export_grads: bool = True):
+  """Builds, compiles and times one configuration; returns the figures.
+
+  `compiler_options` go to XLA (the tests lower the optimisation level: tiny models
+  compile for longer than they run); `return_outputs` also returns the last step's
+  outputs (the loss terms in train mode), as `(figures, outputs)`; `export_grads`:
+  see `export`.
+  """
+  shape = common.CONFIGS[config]
+  t = frames or shape.frames
+  mcfg = model_config(shape, dtype, remat, t)
+  model = meldae.MELDAE(mcfg)
+  loss_cfg, opt_cfg, total_steps = train_configs()
+  batch = {k: jnp.asarray(v) for k, v in common.make_batch(shape, t, seed).items()}
+  params = init_params(model, mcfg, seed, compiler_options=compiler_options)
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+  figures = dict(config=config, mode=mode, dtype=dtype, remat=remat, frames=t,
+                 batch=shape.batch, steps=steps, warmup=warmup, variant=shape.variant,
+                 image_size=shape.image_size, params=n_params)
+  if export_dir:
+    figures["export"] = export(export_dir, model, mcfg, params, batch, loss_cfg, opt_cfg,
+                               dict(config=config, dtype=dtype, frames=t),
+                               compiler_options, export_grads)
+
+  tx = optim.make_optimizer(opt_cfg, total_steps)[0] if mode == "train" else None
+  fn, donate, args = step_fn_and_args(model, mode, params, batch, tx, loss_cfg)
+  jitted = jax.jit(fn, donate_argnums=donate)
+
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile(compiler_options)
+  compile_s = time.perf_counter() - t0
+  rss_compiled = common.peak_rss_mib()
+
+  holder = {"args": args, "out": None}
+
+  def one_step():
+    if mode == "train":
+      state, aux = compiled(*holder["args"])
+      holder["args"] = (state, batch)
+      holder["out"] = aux
+      jax.block_until_ready((state, aux))  # the update too, not just the loss
+    else:
+      holder["out"] = jax.block_until_ready(compiled(*holder["args"]))
+
+  times, rss = common.rss_figures(
+      lambda: common.time_steps(one_step, steps, warmup) if steps > 0 else [],
+      rss_compiled)  # before the matmul peak's own matrices
+  figures.update(common.timing_figures(times, shape, t))
+  figures["compile_seconds"] = compile_s
+  figures.update(rss)
+  figures.update(memory_figures(compiled))
+  figures["xla_flops_compiled"] = cost_flops(compiled)  # scanned blocks counted once
+  flops = (unrolled_flops(mcfg, mode, batch, tx, loss_cfg) if mcfg.scan_blocks
+           else figures["xla_flops_compiled"])
+  figures["flops_per_step"] = flops
+  figures["flops_source"] = ("xla_cost_analysis(lowered, unrolled blocks)"
+                             if mcfg.scan_blocks else "xla_cost_analysis(compiled)")
+  med = figures["median_s"]
+  figures["gflops_per_s"] = flops / med / 1e9 if flops and med else None
+  peak = matmul_peak(peak_size) if peak_size > 0 else None
+  figures["matmul_peak_gflops_per_s"] = peak
+  figures["fraction_of_peak"] = (figures["gflops_per_s"] / peak
+                                 if peak and figures["gflops_per_s"] else None)
+  out = holder["out"]
+  if out is not None:
+    if mode == "train":
+      figures["loss"] = float(out["loss"])
+    else:
+      figures["loc_logits_finite"] = bool(np.all(np.isfinite(np.asarray(
+          out["loc_logits"]))))
+  dev = jax.devices()[0]
+  figures.update(jax_version=jax.__version__, flax_version=flax.__version__,
+                 backend=jax.default_backend(), device_kind=dev.device_kind,
+                 device_count=jax.device_count(), **common.host_figures())
+  return (figures, out) if return_outputs else figures
+
+
+def memory_sweep(frames=SWEEP_FRAMES, remats=("none", "full", "dots"), steps: int = 2,
+                 warmup: int = 1, config: str = "S112", dtype: str = "fp32") -> list:
+  """One fresh process per (T, remat), so each peak RSS is that configuration's own."""
+  rows = []
+  for t in frames:
+    for remat in remats:
+      cmd = [sys.executable, __file__, "--config", config, "--mode", "train",
+             "--dtype", dtype, "--remat", remat, "--frames", str(t), "--steps",
+             str(steps), "--warmup", str(warmup), "--peak-size", "0"]
+      proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+      lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+      if proc.returncode or not lines:
+        row = dict(config=config, frames=t, remat=remat, error=proc.stderr[-2000:])
+      else:
+        full = json.loads(lines[-1])
+        keep = ("config", "mode", "dtype", "remat", "frames", "batch", "steps",
+                "median_s", "min_s", "max_s", "flops_per_step", "compile_seconds",
+                "peak_rss_mib", "peak_rss_after_compile_mib", "rss_before_steps_mib",
+                "steps_peak_rss_mib", "xla_temp_mib", "xla_total_mib", "loss")
+        row = {k: full.get(k) for k in keep}
+      row["kind"] = "memory_sweep"
+      common.emit(row)
+      rows.append(row)
+  common.emit(dict(kind="memory_sweep_summary", **sweep_summary(rows)))
+  return rows
+
+
+def sweep_summary(rows: list) -> dict:
+  """Per T and remat policy: memory saved and time lost relative to no remat.
+
+  `steps_rss_reduction` compares what the steps add to the RSS (their peak minus the
+  RSS they start from); `rss_reduction` the lifetime peaks, which compilation can set.
+  """
+  out = {}
+  ratio = lambda a, b: (a / b) if a and b else None  # noqa: E731
+  added = lambda r: (r["steps_peak_rss_mib"] - r["rss_before_steps_mib"]  # noqa: E731
+                     if r.get("steps_peak_rss_mib") and r.get("rss_before_steps_mib")
+                     else None)
+  for row in rows:
+    if "error" in row or row["remat"] == "none":
+      continue
+    base = next((r for r in rows if r["frames"] == row["frames"]
+                 and r["remat"] == "none" and "error" not in r), None)
+    if base is None:
+      continue
+    out[f"T{row['frames']}_{row['remat']}"] = dict(
+        rss_reduction=ratio(base["peak_rss_mib"], row["peak_rss_mib"]),
+        steps_rss_reduction=ratio(added(base), added(row)),
+        xla_temp_reduction=ratio(base["xla_temp_mib"], row["xla_temp_mib"]),
+        slowdown=ratio(row["median_s"], base["median_s"]))
+  return out
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default=None, choices=sorted(common.CONFIGS),
+                 help="default Ti112 (S112 for --memory-sweep); 'tiny' is for the tests")
+  p.add_argument("--mode", default="train", choices=("train", "infer"))
+  p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+  p.add_argument("--remat", default="none", choices=REMATS)
+  p.add_argument("--frames", type=int, default=None, help="T (default: the config's)")
+  p.add_argument("--steps", type=int, default=None,
+                 help="timed steps, default 10 (2 per sweep run); 0: none")
+  p.add_argument("--warmup", type=int, default=None, help="default 2 (1 per sweep run)")
+  p.add_argument("--peak-size", type=int, default=4096,
+                 help="side of the fp32 matmul measuring the peak (0: skip)")
+  p.add_argument("--export", default=None, metavar="DIR",
+                 help="write params/inputs/outputs/loss/grads for torch_port.py --check")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--memory-sweep", action="store_true",
+                 help="S112 train at T=16/32/64 x remat (--sweep-remat), a process each")
+  p.add_argument("--sweep-remat", default="none,full,dots")
+  p.add_argument("--sweep-frames", default=",".join(map(str, SWEEP_FRAMES)))
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  a = parse_args(argv)
+  if a.memory_sweep:
+    memory_sweep(tuple(int(x) for x in a.sweep_frames.split(",")),
+                 tuple(a.sweep_remat.split(",")),
+                 steps=2 if a.steps is None else a.steps,
+                 warmup=1 if a.warmup is None else a.warmup,
+                 config=a.config or "S112", dtype=a.dtype)
+    return
+  common.emit(run(a.config or "Ti112", a.mode, a.dtype, a.remat, a.frames,
+                  10 if a.steps is None else a.steps,
+                  2 if a.warmup is None else a.warmup, a.peak_size, a.export, a.seed))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,167 @@
+"""benchmarks/step.py on the tiny model: the JSON figures and the export for the port.
+
+The PyTorch port (benchmarks/torch_port.py) needs torch, which this venv lacks; its
+equivalence is checked by hand with `torch_port.py --check` on an export.
+"""
+import concurrent.futures
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import step  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Tiny programs: XLA's backend optimisations cost more than they save.
+FAST = {"xla_backend_optimization_level": 0}
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The train run, and the infer run with an export, in two threads.
+
+  XLA compiles outside the GIL, so the two compilations overlap (the timings are only
+  checked for sanity here).
+  """
+  out = tmp_path_factory.mktemp("export")
+  kw = dict(steps=STEPS, warmup=1, peak_size=128, compiler_options=FAST,
+            return_outputs=True)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    train = pool.submit(step.run, "tiny", "train", **kw)
+    # No gradients in the export: the backward pass would double the compile time.
+    infer = pool.submit(step.run, "tiny", "infer", export_dir=str(out),
+                        export_grads=False, **kw)
+    return dict(train=train.result(), infer=infer.result())
+
+
+@pytest.fixture(scope="module")
+def train_figures(runs):
+  return runs["train"][0]
+
+
+@pytest.fixture(scope="module")
+def exported(runs):
+  return runs["infer"][0]
+
+
+def _check_common(f, mode):
+  shape = common.CONFIGS["tiny"]
+  assert f["config"] == "tiny" and f["mode"] == mode and f["dtype"] == "fp32"
+  assert f["frames"] == shape.frames and f["batch"] == shape.batch
+  assert f["steps"] == STEPS and f["params"] > 0
+  assert 0 < f["min_s"] <= f["median_s"] <= f["max_s"]
+  assert f["frames_per_s"] == pytest.approx(shape.batch * shape.frames / f["median_s"])
+  # The scanned blocks are counted once by XLA; the unrolled count covers all of them.
+  assert f["flops_per_step"] > f["xla_flops_compiled"] > 0
+  assert f["gflops_per_s"] == pytest.approx(f["flops_per_step"] / f["median_s"] / 1e9)
+  assert f["matmul_peak_gflops_per_s"] > 0 and f["fraction_of_peak"] > 0
+  assert f["compile_seconds"] > 0
+  assert f["peak_rss_mib"] >= f["peak_rss_after_compile_mib"] > 0
+  # (No ordering: the other thread's run resets the same process's peak mark.)
+  assert f["steps_peak_rss_mib"] > 0 and f["rss_before_steps_mib"] > 0
+  assert f["xla_temp_mib"] >= 0 and f["xla_total_mib"] > 0
+  assert f["backend"] == "cpu" and f["jax_version"] and f["cpu_count"] >= 1
+  json.dumps(f)  # one JSON line
+
+
+def test_train_figures(train_figures):
+  f = train_figures
+  _check_common(f, "train")
+  assert np.isfinite(f["loss"]) and f["loss"] > 0
+  assert f["xla_alias_mib"] > 0  # the donated state is reused in place
+
+
+def test_infer_figures(exported):
+  _check_common(exported, "infer")
+  assert exported["loc_logits_finite"]
+
+
+def test_train_step_counts_more_flops_than_forward(train_figures, exported):
+  assert train_figures["flops_per_step"] > 2 * exported["flops_per_step"]
+
+
+def test_export_round_trips(runs):
+  """The .npz holds the benchmark's params, batch and forward outputs, and its loss."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from meldae_jax import losses  # pylint: disable=g-import-not-at-top
+  from meldae_jax.models import meldae  # pylint: disable=g-import-not-at-top
+
+  figures, outputs = runs["infer"]
+  z = np.load(figures["export"])
+  meta = json.loads(str(z["meta"]))
+  assert meta["config"] == "tiny" and meta["model"]["fusion"] == "per_frame"
+  flat = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
+  assert not any(k.startswith("grad") for k in z.files)  # export_grads=False
+  assert sum(v.size for v in flat.values()) == figures["params"]
+
+  # Params: the run's own (its init is cached), by path name.
+  cfg = step.model_config(common.CONFIGS["tiny"])
+  params = step.init_params(meldae.MELDAE(cfg), cfg, compiler_options=FAST)
+  ref = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  assert set(ref) == set(flat)
+  for k, v in ref.items():
+    np.testing.assert_array_equal(flat[k], v, err_msg=k)
+
+  batch = {k[len("batch/"):]: z[k] for k in z.files if k.startswith("batch/")}
+  want = common.make_batch(common.CONFIGS["tiny"])
+  assert set(batch) == set(want)
+  for k, v in want.items():
+    assert batch[k].dtype == v.dtype, k
+    np.testing.assert_array_equal(batch[k], v, err_msg=k)
+  assert batch["frame_mask"].min() == 0  # a padded clip, as the pipeline makes
+
+  # Outputs: the export's program agrees with the benchmark's forward; loss from them.
+  for k in ("loc_logits", "state_logits", "me_logit"):
+    np.testing.assert_allclose(z[f"out/{k}"], outputs[k], rtol=1e-5, atol=1e-5)
+  out = {k: z[f"out/{k}"] for k in ("loc_logits", "state_logits", "me_logit")}
+  loss, aux = losses.total_loss(out, batch, step.train_configs()[0])
+  np.testing.assert_allclose(z["loss/loss"], loss, rtol=1e-5)
+  for k, v in aux.items():
+    np.testing.assert_allclose(z[f"loss/{k}"], v, rtol=1e-5, atol=1e-7)
+
+
+def test_vit_variants_copy_matches():
+  from meldae_jax.models import vit  # pylint: disable=g-import-not-at-top
+  assert common.VIT_VARIANTS == vit.VARIANTS
+
+
+def test_benchmark_shapes():
+  assert common.CONFIGS["Ti112"] == common.Shape("Ti/16", 112, 16, 2, 7, 16, 3)
+  assert common.CONFIGS["S112"] == common.Shape("S/16", 112, 16, 2, 7, 16, 6)
+  assert common.CONFIGS["B224"] == common.Shape("B/16", 224, 16, 1, 10, 16, 12)
+  cfg = step.model_config(common.CONFIGS["S112"], "bf16", "full", frames=64)
+  assert (cfg.num_frames, cfg.dtype, cfg.remat_policy, cfg.enhancer_layers,
+          cfg.fusion, cfg.num_classes) == (64, "bfloat16", "full", 1, "per_frame", 1)
+
+
+def test_cost_flops_accepts_dict_or_list():
+  class Fake:
+    def __init__(self, ca):
+      self.ca = ca
+
+    def cost_analysis(self):
+      return self.ca
+
+  assert step.cost_flops(Fake({"flops": 3.0})) == 3.0
+  assert step.cost_flops(Fake([{"flops": 5.0}])) == 5.0
+  assert step.cost_flops(Fake([])) is None
+  assert step.cost_flops(Fake(None)) is None
+
+
+def test_sweep_summary():
+  rows = [dict(frames=64, remat="none", peak_rss_mib=4000.0, xla_temp_mib=3000.0,
+               median_s=1.0, rss_before_steps_mib=1000.0, steps_peak_rss_mib=3400.0),
+          dict(frames=64, remat="full", peak_rss_mib=1000.0, xla_temp_mib=500.0,
+               median_s=1.3, rss_before_steps_mib=900.0, steps_peak_rss_mib=1500.0),
+          dict(frames=32, remat="full", error="boom")]
+  s = step.sweep_summary(rows)
+  assert s == {"T64_full": dict(rss_reduction=4.0, steps_rss_reduction=4.0,
+                                xla_temp_reduction=6.0, slowdown=1.3)}

@@ -62,7 +62,7 @@ MIB = 2.0 ** 20
 
 
 def model_config(shape: common.Shape, dtype: str = "fp32", remat: str = "none",
-                 frames: int | None = None):
+                 frames: int | None = None, overrides: dict | None = None):
   """The project's model config at `shape` (num_frames = T sizes the temporal emb)."""
   c = model_config_lib.default_model_config()
   c.variant = shape.variant
@@ -76,6 +76,15 @@ def model_config(shape: common.Shape, dtype: str = "fp32", remat: str = "none",
   c.num_classes = common.NUM_CLASSES
   c.dtype = DTYPES[dtype]
   c.remat_policy = remat
+  for key, value in (overrides or {}).items():  # `--model key=value`: before/after figures
+    if key not in c:
+      raise ValueError(f"--model {key}=...: the model config has no {key!r}")
+    old = c[key]
+    if isinstance(old, bool):
+      value = str(value).lower() in ("1", "true", "yes")
+    elif old is not None and not isinstance(old, (tuple, list)):
+      value = type(old)(value)
+    c[key] = value
   return c
 
 
@@ -258,7 +267,8 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
         remat: str = "none", frames: int | None = None, steps: int = 10,
         warmup: int = 2, peak_size: int = 4096, export_dir: str | None = None,
         seed: int = 0, compiler_options: dict | None = None,
-        return_outputs: bool = False, export_grads: bool = True):
+        return_outputs: bool = False, export_grads: bool = True,
+        model_overrides: dict | None = None):
   """Builds, compiles and times one configuration; returns the figures.
 
   `compiler_options` go to XLA (the tests lower the optimisation level: tiny models
@@ -268,7 +278,7 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
   """
   shape = common.CONFIGS[config]
   t = frames or shape.frames
-  mcfg = model_config(shape, dtype, remat, t)
+  mcfg = model_config(shape, dtype, remat, t, model_overrides)
   model = meldae.MELDAE(mcfg)
   loss_cfg, opt_cfg, total_steps = train_configs()
   batch = {k: jnp.asarray(v) for k, v in common.make_batch(shape, t, seed).items()}
@@ -277,7 +287,9 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
 
   figures = dict(config=config, mode=mode, dtype=dtype, remat=remat, frames=t,
                  batch=shape.batch, steps=steps, warmup=warmup, variant=shape.variant,
-                 image_size=shape.image_size, params=n_params)
+                 image_size=shape.image_size, params=n_params,
+                 scan_blocks=bool(mcfg.scan_blocks), model_overrides=model_overrides or {},
+                 xla_flags=os.environ.get("XLA_FLAGS", ""))
   if export_dir:
     figures["export"] = export(export_dir, model, mcfg, params, batch, loss_cfg, opt_cfg,
                                dict(config=config, dtype=dtype, frames=t),
@@ -397,6 +409,8 @@ def parse_args(argv=None):
   p.add_argument("--mode", default="train", choices=("train", "infer"))
   p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
   p.add_argument("--remat", default="none", choices=REMATS)
+  p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                 help="model config override, e.g. scan_blocks=false (repeatable)")
   p.add_argument("--frames", type=int, default=None, help="T (default: the config's)")
   p.add_argument("--steps", type=int, default=None,
                  help="timed steps, default 10 (2 per sweep run); 0: none")
@@ -424,7 +438,8 @@ def main(argv=None):
     return
   common.emit(run(a.config or "Ti112", a.mode, a.dtype, a.remat, a.frames,
                   10 if a.steps is None else a.steps,
-                  2 if a.warmup is None else a.warmup, a.peak_size, a.export, a.seed))
+                  2 if a.warmup is None else a.warmup, a.peak_size, a.export, a.seed,
+                  model_overrides=dict(kv.split("=", 1) for kv in a.model)))
 
 
 if __name__ == "__main__":

@@ -165,3 +165,12 @@ def test_sweep_summary():
   s = step.sweep_summary(rows)
   assert s == {"T64_full": dict(rss_reduction=4.0, steps_rss_reduction=4.0,
                                 xla_temp_reduction=6.0, slowdown=1.3)}
+
+
+def test_model_overrides_are_typed_and_checked():
+  shape = common.CONFIGS["tiny"]
+  c = step.model_config(shape, overrides={"scan_blocks": "false", "num_queries": "3"})
+  assert c.scan_blocks is False and c.num_queries == 3
+  assert step.model_config(shape, overrides={"scan_blocks": "true"}).scan_blocks is True
+  with pytest.raises(ValueError, match="no 'scan_block'"):
+    step.model_config(shape, overrides={"scan_block": "false"})

@@ -12,7 +12,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.resnet_stages = (3, 4, 6, 3)  # bottleneck units per stage: ResNet-50
   c.resnet_base_width = 64      # channels of the first stage (x4 at its output)
   c.num_frames = 16             # T: window length (sizes the temporal embedding)
-  c.scan_blocks = True          # nn.scan over ViT blocks
+  c.scan_blocks = False         # nn.scan over ViT blocks: faster compiles of deep models, but
+                                # a slower step (CPU Ti112 train 1.09 -> 0.88 s unrolled;
+                                # docs/performance.md); params load either way
   c.remat_policy = "none"       # 'none' | 'full' | 'dots' | 'dots_no_batch' (jax.checkpoint_policies)
   c.temporal = "bilstm"         # 'bilstm' | 'none' (Dense in its place)
   c.num_regions = 10            # G: G x G region pooling

@@ -90,7 +90,7 @@ def test_round_trip_with_predictions(tmp_path):
     s[5:8] = 0.8  # a false positive
     scores[vid] = s
   cfg = th.tiny_config()
-  cfg.eval.merge_gap, cfg.eval.min_seconds = 0, 0.0
+  cfg.eval.merge_gap, cfg.eval.min_seconds, cfg.eval.smooth_seconds = 0, 0.0, 0.0
   preds = predict.make_predictions(scores, ann, classes, 0.5, predict.decode_kwargs(cfg, index))
   assert sum(len(v["intervals"]) for v in preds["videos"].values()) > 0
   (tmp_path / "a.json").write_text(json.dumps(ann))

@@ -13,16 +13,13 @@ STEPS=${STEPS:-10}
 mkdir -p "$OUT"
 what=${1:-all}
 
-jax_run() {  # label, step.py args...
-  local label=$1; shift
-  echo "== jax $label: $*" >&2
-  $PY benchmarks/step.py "$@" | tail -1 | sed "s/^{/{\"label\": \"$label\", /" >> "$OUT/jax.jsonl"
+labelled() {  # kind (jax|torch), label, command...: its last line, labelled, to $OUT/kind.jsonl
+  local kind=$1 label=$2; shift 2
+  echo "== $kind $label: ${*:3}" >&2   # the arguments after interpreter and script
+  "$@" | tail -1 | sed "s/^{/{\"label\": \"$label\", /" >> "$OUT/$kind.jsonl"
 }
-torch_run() {
-  local label=$1; shift
-  echo "== torch $label: $*" >&2
-  $TORCH_PY benchmarks/torch_port.py "$@" | tail -1 | sed "s/^{/{\"label\": \"$label\", /" >> "$OUT/torch.jsonl"
-}
+jax_run() { local label=$1; shift; labelled jax "$label" $PY benchmarks/step.py "$@"; }
+torch_run() { local label=$1; shift; labelled torch "$label" $TORCH_PY benchmarks/torch_port.py "$@"; }
 
 if [[ $what == jax || $what == all ]]; then
   for c in Ti112 S112; do

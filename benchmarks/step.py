@@ -21,7 +21,6 @@ Memory: `xla_*_mib` is XLA's buffer assignment of the compiled step; `peak_rss_m
 process's peak RSS (compilation included), `steps_peak_rss_mib` the peak while stepping.
 """
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -35,10 +34,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # configs/ and benchmarks/ from a checkout
   sys.path.insert(0, str(ROOT))
 
-# XLA flags must be set before JAX starts; the project owns them where it has a module.
 # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
-if importlib.util.find_spec("meldae_jax.xla_flags") is not None:
-  import meldae_jax.xla_flags  # noqa: F401
+import meldae_jax  # noqa: F401  first: sets the project's XLA flags before JAX starts
 
 import flax
 import flax.linen as nn

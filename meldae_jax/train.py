@@ -63,6 +63,13 @@ def model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return m
 
 
+def _masked_mean(v, mask, axis):
+  """Mean of `v` over `axis` where `mask` (broadcast to v) is 1; 0 where nothing is."""
+  weight = jnp.broadcast_to(mask, v.shape)
+  return (jnp.sum(v * weight, axis=axis, keepdims=True)
+          / jnp.maximum(jnp.sum(weight, axis=axis, keepdims=True), 1.0))
+
+
 def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
                     normalize: bool = False):
   """Optional on-device view of the input clip, applied before the model (train and eval).
@@ -85,18 +92,14 @@ def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
     prev = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
     d = (x - prev) * m
   elif kind in ("dev", "rgb+dev"):
-    mean = jnp.sum(x * m, axis=1, keepdims=True) / jnp.maximum(jnp.sum(m, axis=1, keepdims=True), 1.0)
-    d = (x - mean) * m
+    d = (x - _masked_mean(x, m, 1)) * m
   else:
     raise ValueError(f"Unknown input transform {kind!r} (rgb, diff, dev, rgb+dev).")
   if normalize:
     h, w = x.shape[2], x.shape[3]
     centre = x[:, :, h // 4:h - h // 4, w // 4:w - w // 4]
-    cm = m[:, :, :1, :1]
-    n = jnp.maximum(jnp.sum(cm, axis=1, keepdims=True) * centre.shape[2] * centre.shape[3]
-                    * centre.shape[4], 1.0)
-    mu = jnp.sum(centre * cm, axis=(1, 2, 3, 4), keepdims=True) / n
-    var = jnp.sum(jnp.square(centre - mu) * cm, axis=(1, 2, 3, 4), keepdims=True) / n
+    clip_axes = (1, 2, 3, 4)
+    var = _masked_mean(jnp.square(centre - _masked_mean(centre, m, clip_axes)), m, clip_axes)
     d = d * (50.0 / jnp.maximum(jnp.sqrt(var), 5.0))
   out = 128.0 + gain * d
   if kind == "rgb+dev":

@@ -29,6 +29,25 @@ import orbax.checkpoint as ocp
 # ----------------------------------------------------------------------------------------
 
 
+class CheckpointMismatchError(ValueError):
+  """A stored checkpoint does not fit this run's train state (other model or optimizer)."""
+
+
+def _restore(manager, step: int, args, what: str):
+  """`manager.restore`, turning orbax's tree/shape mismatch into CheckpointMismatchError."""
+  try:
+    return manager.restore(step, args=args)
+  except ValueError as e:
+    text = str(e)
+    if "tree structure" not in text and "shape" not in text.lower():
+      raise
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    raise CheckpointMismatchError(
+        f"The {what} checkpoint (step {step} in {manager.directory}) does not fit this "
+        f"run's train state: it was saved with other model or optimizer settings. "
+        f"Orbax says: {first}") from e
+
+
 def _is_grain_iterator(it) -> bool:
   return isinstance(it, (grain.DatasetIterator, grain.DataLoaderIterator))
 
@@ -109,7 +128,7 @@ class Checkpointer:
         os.path.join(os.fspath(self._latest.directory), str(step), "data"))
     if has_data:
       items["data"] = _iterator_restore_arg(data_iter)
-    restored = self._latest.restore(step, args=ocp.args.Composite(**items))
+    restored = _restore(self._latest, step, ocp.args.Composite(**items), "latest")
     if has_data:
       _apply_iterator_state(data_iter, restored["data"])
     logging.info("Restored checkpoint at step %d from %s", step, self._latest.directory)
@@ -148,8 +167,8 @@ class Checkpointer:
     step = self._best.latest_step()
     if step is None:
       return None, None
-    restored = self._best.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
+    restored = _restore(self._best, step, ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)), "best")
     return step, restored["state"]
 
   def wait(self) -> None:

@@ -9,6 +9,10 @@
 checkpoint on the test split; `--mode=evaluate` only does the latter. Configs with
 `dataset.protocol='loso'` (casme2, samm_lv) run the leave-one-subject-out driver
 (`meldae_jax.loso`, also runnable directly).
+
+Exit status: 0 done (or preempted with a checkpoint saved); 2 corpus not built or no
+checkpoint to evaluate; 3 non-finite loss; 4 the workdir's checkpoint was saved with other
+model/optimizer settings (the message lists them). Errors are one line on stderr.
 """
 import sys
 
@@ -17,6 +21,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from meldae_jax import checkpointing
 from meldae_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
@@ -45,6 +50,12 @@ def main(argv):
   except train.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+  except checkpointing.CheckpointMismatchError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(4)
+  except FileNotFoundError as e:  # --mode=evaluate on a workdir without checkpoints
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   if result.get("status") == "preempted":
     logging.info("Preempted at step %s; checkpoint saved.", result.get("step"))
 

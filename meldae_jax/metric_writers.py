@@ -58,18 +58,21 @@ class MetricWriter:
       self._tb.add_text(tag, text, int(step))
 
   def flush(self) -> None:
-    if not self.enabled:
+    if not self.enabled or self._jsonl.closed:
       return
     self._jsonl.flush()
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
-    if not self.enabled:
+    """Idempotent; call it on error paths too (TensorBoard's writer thread cannot be
+    stopped at interpreter shutdown)."""
+    if not self.enabled or self._jsonl.closed:
       return
     self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+      self._tb = None
 
 
 def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -13,8 +13,10 @@ Reads top to bottom:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import json
 import os
 import time
 from typing import Any
@@ -365,9 +367,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   cfg = config
   sharding.maybe_initialize_distributed(cfg)
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(cfg.to_json_best_effort(indent=2))
+  previous = _saved_config(workdir)  # a resumed run's: replaced once its checkpoint fits
+  if previous is None:
+    _save_config(cfg, workdir)
 
   # --- 1. Data. --------------------------------------------------------------------------
   splits = splits or open_splits(cfg)
@@ -379,8 +381,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- 2-5. Model, shardings, steps. ---------------------------------------------------
   trainer = make_trainer(cfg)
   mcfg = model_config(cfg)
-  with jax.set_mesh(trainer.mesh):
+  with jax.set_mesh(trainer.mesh), _explain_mismatch(previous, cfg, workdir):
     return _run(trainer, cfg, mcfg, workdir, splits)
+
+
+def _save_config(cfg, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(cfg.to_json_best_effort(indent=2))
+
+
+def _saved_config(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _settings_diff(saved: dict, cfg, sections=("model", "optimizer")) -> list[str]:
+  """'model.x: checkpoint A, now B' for the settings that shape the train state."""
+  now = json.loads(cfg.to_json_best_effort())
+  out = []
+  for sec in sections:
+    a, b = saved.get(sec) or {}, now.get(sec) or {}
+    for k in sorted(set(a) | set(b)):
+      if a.get(k) != b.get(k):
+        out.append(f"{sec}.{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}")
+  return out
+
+
+@contextlib.contextmanager
+def _explain_mismatch(saved: dict | None, cfg, workdir: str):
+  """Adds to a CheckpointMismatchError which settings differ from the saved run's."""
+  try:
+    yield
+  except checkpointing.CheckpointMismatchError as e:
+    diff = _settings_diff(saved, cfg) if saved else []
+    hint = ("; settings that differ from " + os.path.join(workdir, "config.json") + ": "
+            + "; ".join(diff) + ". Pass the checkpoint's values as --config overrides, or "
+            "use another --workdir." if diff else
+            "; use the config this workdir was trained with, or another --workdir.")
+    raise checkpointing.CheckpointMismatchError(str(e) + hint) from e
 
 
 def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
@@ -395,6 +440,7 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
   else:
     state = trainer.init_fn(jax.random.key(cfg.seed))
     state = load_pretrained(cfg, trainer, state)
+  _save_config(cfg, workdir)
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   say(f"Model {mcfg.variant} {mcfg.image_size}px T={mcfg.num_frames}: {n_params:,} params; "
       f"mesh {dict(trainer.mesh.shape)} on {jax.device_count()} devices, "
@@ -452,6 +498,9 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
         break
       if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
         validate(trainer, state.params, splits.val, step, writer, ckpt, state)
+  except BaseException:
+    writer.close()  # a NaN stop or a crash: no TensorBoard thread left for shutdown
+    raise
   finally:
     ckpt.wait()
     writer.flush()
@@ -517,19 +566,22 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, *,
   sharding.maybe_initialize_distributed(cfg)
   splits = splits or open_splits(cfg)
   trainer = make_trainer(cfg)
-  with jax.set_mesh(trainer.mesh):
+  with jax.set_mesh(trainer.mesh), _explain_mismatch(_saved_config(workdir), cfg, workdir):
     ckpt = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                       best_metric=cfg.checkpoint.best_metric)
+    if ckpt.best_info()[0] is None and ckpt.latest_step() is None:
+      ckpt.close()
+      raise FileNotFoundError(f"No checkpoint in {workdir} to evaluate.")
     writer = metric_writers.MetricWriter(workdir)
-    state = None
-    if ckpt.best_info()[0] is None:
-      if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"No checkpoint in {workdir}.")
-      state = ckpt.restore(trainer.abstract_state)
-      if splits.val is not None:
-        validate(trainer, state.params, splits.val, int(jax.device_get(state.step)),
-                 writer, ckpt, state)
-    result = final_evaluation(trainer, cfg, workdir, splits, ckpt, writer, state)
-    writer.close()
-    ckpt.close()
+    try:
+      state = None
+      if ckpt.best_info()[0] is None:
+        state = ckpt.restore(trainer.abstract_state)
+        if splits.val is not None:
+          validate(trainer, state.params, splits.val, int(jax.device_get(state.step)),
+                   writer, ckpt, state)
+      result = final_evaluation(trainer, cfg, workdir, splits, ckpt, writer, state)
+    finally:
+      writer.close()
+      ckpt.close()
   return result

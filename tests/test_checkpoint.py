@@ -124,3 +124,34 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data):
   # The kept checkpoint is finite.
   _, params = _final_params(str(workdir), cfg)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def _event_writer_threads():
+  return [t for t in threading.enumerate()
+          if type(t).__name__ == "_EventLoggerThread" and t.is_alive()]
+
+
+def test_non_finite_loss_closes_the_tensorboard_writer(tmp_path, data):
+  # A writer left open is closed by TensorBoard's atexit hook, which fails at interpreter
+  # shutdown ("can't create new thread") after the one-line error.
+  before = len(_event_writer_threads())
+  cfg = _cfg(total_steps=3, **{"checkpoint.every_steps": 2, "debug.nan_at_step": 2})
+  with pytest.raises(train.NonFiniteLossError):
+    train.train_and_evaluate(cfg, str(tmp_path / "nan"), splits=data)
+  assert len(_event_writer_threads()) == before
+
+
+def test_checkpoint_of_other_model_settings_is_a_clear_error(tmp_path, data, uninterrupted):
+  workdir = tmp_path / "other"
+  shutil.copytree(uninterrupted, workdir)
+  cfg = _cfg(**{"checkpoint.every_steps": 2})
+  cfg.model.scan_blocks = not cfg.model.scan_blocks
+  expected = (rf"model\.scan_blocks: checkpoint {not cfg.model.scan_blocks}, "
+              rf"now {cfg.model.scan_blocks}")
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=expected):
+    train.train_and_evaluate(cfg, str(workdir), splits=data)   # resume
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=expected):
+    train.evaluate_only(cfg, str(workdir), splits=data)
+  # The failed resume did not replace the saved settings the message is based on.
+  assert json.loads((workdir / "config.json").read_text())["model"]["scan_blocks"] == (
+      not cfg.model.scan_blocks)

@@ -63,7 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
   d.cache_videos = 4
 
   # --- model / loss ------------------------------------------------------------------
-  # On-device input view (train.input_transform): 'rgb' (the paper) | 'diff' | 'dev' | 'rgb+dev'.
+  # On-device input view (train.input_transform): 'rgb' (the paper) | 'diff' | 'diff124'
+  # | 'dev' | 'rgb+dev'.
   c.input = ml_collections.ConfigDict(dict(transform="rgb", gain=4.0, normalize=False))
   c.model = model_config_lib.default_model_config()
   c.loss = losses.default_loss_config()

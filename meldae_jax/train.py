@@ -72,12 +72,19 @@ def _masked_mean(v, mask, axis):
           / jnp.maximum(jnp.sum(weight, axis=axis, keepdims=True), 1.0))
 
 
+def _shifted(x, lag: int):
+  """x delayed by `lag` frames along axis 1; the first frame repeats at the start."""
+  return jnp.concatenate([jnp.repeat(x[:, :1], lag, axis=1), x[:, :-lag]], axis=1)
+
+
 def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
                     normalize: bool = False):
   """Optional on-device view of the input clip, applied before the model (train and eval).
 
   'rgb': the frames as they are (the paper's input). 'diff': each frame minus the previous
-  one; 'dev': each frame minus the window's mean frame (over real frames). Differences are
+  one; 'diff124': grey frame minus the grey frame 1, 2 and 4 frames back, one lag per
+  channel (an ME's 2-7-frame rise shows whole at lag 4, a blink's or a syllable's speed at
+  lag 1); 'dev': each frame minus the window's mean frame (over real frames). Differences are
   scaled by `gain` and re-centred on 128 as uint8, so the model's own normalisation
   applies unchanged. 'rgb+dev': grey frame, and the grey deviation in two channels.
   Motion views make tiny transient facial movements (MEs) visible to a backbone trained
@@ -91,12 +98,14 @@ def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
   x = video.astype(jnp.float32)
   m = frame_mask.astype(jnp.float32)[:, :, None, None, None]
   if kind == "diff":
-    prev = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
-    d = (x - prev) * m
+    d = (x - _shifted(x, 1)) * m
+  elif kind == "diff124":
+    grey = jnp.mean(x, axis=-1, keepdims=True)
+    d = jnp.concatenate([grey - _shifted(grey, lag) for lag in (1, 2, 4)], -1) * m
   elif kind in ("dev", "rgb+dev"):
     d = (x - _masked_mean(x, m, 1)) * m
   else:
-    raise ValueError(f"Unknown input transform {kind!r} (rgb, diff, dev, rgb+dev).")
+    raise ValueError(f"Unknown input transform {kind!r} (rgb, diff, diff124, dev, rgb+dev).")
   if normalize:
     h, w = x.shape[2], x.shape[3]
     centre = x[:, :, h // 4:h - h // 4, w // 4:w - w // 4]

@@ -186,6 +186,13 @@ def test_input_transform_views():
   mean1 = x[1, :3].mean(0)
   np.testing.assert_array_equal(dev[1, :3], np.clip(np.round(128 + 0.5 * (x[1, :3] - mean1)), 0, 255))
   np.testing.assert_array_equal(dev[1, 3:], 128)
+  multi = np.asarray(train.input_transform(jnp.asarray(video), mask, "diff124", gain=0.5))
+  grey = x.mean(-1)
+  for channel, lag in enumerate((1, 2, 4)):
+    prev = np.concatenate([np.repeat(grey[:, :1], lag, 1), grey[:, :-lag]], 1)
+    want = np.clip(np.round(128 + 0.5 * (grey - prev)), 0, 255)
+    want[1, 3:] = 128
+    np.testing.assert_array_equal(multi[..., channel], want, err_msg=f"lag {lag}")
   with pytest.raises(ValueError, match="Unknown input transform"):
     train.input_transform(video, mask, "flow")
 

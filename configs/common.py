@@ -65,7 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   # --- model / loss ------------------------------------------------------------------
   # On-device input view (train.input_transform): 'rgb' (the paper) | 'diff' | 'diff124'
   # | 'dev' | 'rgb+dev'.
-  c.input = ml_collections.ConfigDict(dict(transform="rgb", gain=4.0, normalize=False))
+  # `blur`: Gaussian sigma (px) applied before the motion views (0 = off).
+  c.input = ml_collections.ConfigDict(dict(transform="rgb", gain=4.0, normalize=False,
+                                           blur=0.0))
   c.model = model_config_lib.default_model_config()
   c.loss = losses.default_loss_config()
 

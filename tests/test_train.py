@@ -208,3 +208,23 @@ def test_input_transform_normalize_is_contrast_invariant():
       jnp.asarray(v), mask, "diff", gain=1.0, normalize=n), np.float64)
   assert np.abs(view(high, False) - view(low, False)).max() > 10  # plain diff: 2x the motion
   np.testing.assert_allclose(view(high, True), view(low, True), atol=1)
+
+
+def test_input_transform_blur_smooths_noise_not_edges():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(2)
+  frames = np.full((1, 2, 24, 24, 3), 100.0)
+  frames[:, 1, 8:16] = 160.0   # an edge band appears in the second frame
+  noisy = frames + rng.normal(0, 4, frames.shape)
+  mask = np.ones((1, 2), np.float32)
+  view = lambda v, b: np.asarray(train.input_transform(  # pylint: disable=g-long-lambda
+      jnp.asarray(v, jnp.float32), mask, "diff", gain=1.0, blur=b), np.float64)
+  plain, smooth = view(noisy, 0.0), view(noisy, 1.0)
+  flat = np.s_[0, 1, 18:, :]   # no motion there: only noise
+  assert smooth[flat].std() < 0.5 * plain[flat].std()
+  band = np.s_[0, 1, 10:14, 4:20]
+  assert abs(smooth[band].mean() - 188) < 3   # 128 + 60: the moved band keeps its size
+  blurred = np.asarray(train._blur(jnp.asarray(noisy, jnp.float32), 1.0))
+  ref = ndimage.gaussian_filter(noisy, (0, 0, 1.0, 1.0, 0), truncate=3.0)
+  np.testing.assert_allclose(blurred[:, :, 3:-3, 3:-3], ref[:, :, 3:-3, 3:-3], atol=1e-3)

@@ -113,16 +113,17 @@ def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
   if kind == "rgb":
     return video
   x = video.astype(jnp.float32)
-  if blur > 0:
-    x = _blur(x, blur)
   m = frame_mask.astype(jnp.float32)[:, :, None, None, None]
+  smooth = functools.partial(_blur, sigma=blur) if blur > 0 else (lambda v: v)
   if kind == "diff":
-    d = (x - _shifted(x, 1)) * m
+    xs = smooth(x)
+    d = (xs - _shifted(xs, 1)) * m
   elif kind == "diff124":
-    grey = jnp.mean(x, axis=-1, keepdims=True)
+    grey = smooth(jnp.mean(x, axis=-1, keepdims=True))  # blur is linear: grey first
     d = jnp.concatenate([grey - _shifted(grey, lag) for lag in (1, 2, 4)], -1) * m
   elif kind in ("dev", "rgb+dev"):
-    d = (x - _masked_mean(x, m, 1)) * m
+    xs = smooth(x)
+    d = (xs - _masked_mean(xs, m, 1)) * m
   else:
     raise ValueError(f"Unknown input transform {kind!r} (rgb, diff, diff124, dev, rgb+dev).")
   if normalize:

@@ -160,3 +160,33 @@ def test_preview_writes_a_contact_sheet(tmp_path):
                 "--videos", "1", "--no_video", "--seed", "5", "--out", str(tmp_path)])
   sheets = list(tmp_path.glob("*_sheet.png"))
   assert len(sheets) == 1 and sheets[0].stat().st_size > 10_000
+
+
+def test_error_report_counts_hits_misses_and_false_positive_causes():
+  from meldae_jax.data.synthetic import error_report  # pylint: disable=g-import-not-at-top
+  c = error_report.builder_config("tiny")
+  plan = [s for s in generator.corpus_plan(
+      c.num_subjects, videos_per_subject=c.videos_per_subject, seconds=c.seconds, fps=c.fps,
+      corpus_seed=c.corpus_seed) if s.split == "test"]
+  videos, n_me, first = {}, 0, None
+  for s in plan:
+    tl = events.make_timeline(generator._rng(2, s.seed), s.num_frames, c.fps,  # pylint: disable=protected-access
+                              c.difficulty, c.me_period_s)
+    mes = [(e.onset, e.offset) for e in tl.events if e.kind == "micro"]
+    n_me += len(mes)
+    first = first or ((s.video_id, mes) if mes else None)
+    videos[s.video_id] = {"intervals": [{"onset": a, "offset": b} for a, b in mes]}
+  assert n_me > 1
+  perfect = error_report.report({"videos": videos}, "tiny")
+  assert perfect["recall"]["all"] == {"tp": n_me, "n": n_me, "recall": 1.0}
+  assert sum(perfect["false_positives"]["by_state"].values()) == 0
+  # Shift one ME's prediction off it: one miss and one false positive with a named cause.
+  vid, mes = first
+  on, off = mes[0]
+  videos[vid]["intervals"][0] = {"onset": off + 20, "offset": off + 25}
+  shifted = error_report.report({"videos": videos}, "tiny")
+  assert shifted["recall"]["all"]["tp"] == n_me - 1
+  assert sum(shifted["false_positives"]["by_state"].values()) == 1
+  assert sum(shifted["false_positives"]["by_cause"].values()) == 1
+  with pytest.raises(SystemExit, match="no synthetic_conversation level"):
+    error_report.builder_config("medium")

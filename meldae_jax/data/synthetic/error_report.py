@@ -1,0 +1,106 @@
+"""Where a model's errors fall on a synthetic test split: by ME action, speaking state,
+skin tone, and the nuisance motion under each false positive.
+
+The synthetic corpus is a pure function of its seeds, so every test video's timeline
+(what each ME was, which channels moved when) can be replayed without its pixels:
+
+  python -m meldae_jax.data.synthetic.error_report --workdir=/tmp/easy --level=easy
+
+reads `WORKDIR/test_predictions.json` (written by training's final evaluation) and prints
+recall per group and the false-positive causes. Matching is SPEC §5's IoU >= 0.5, one-to-one.
+"""
+import argparse
+import collections
+import json
+import os
+import sys
+
+import numpy as np
+
+from meldae_jax import metrics
+from meldae_jax.data import build as build_lib
+from meldae_jax.data.synthetic import events as events_lib
+from meldae_jax.data.synthetic import face as face_lib
+from meldae_jax.data.synthetic import generator
+
+DARK_LUMINANCE = 100.0  # skin luminance (Rec. 601 luma) below which a face counts as dark
+# Nuisance channels that can pass for an ME, and the swing (over the prediction +-5
+# frames) that counts as "fully present": the largest ratio names the cause.
+_CAUSES = {"jaw": ("jaw", 0.5), "brow (speech emphasis)": ("brow_raise_l", 2.0),
+           "blink": ("lid_close_l", 0.5), "nod": ("head_pitch", 1.0), "lip shape": ("lip_up_l", 1.5)}
+
+
+def builder_config(level: str):
+  cls = build_lib.load_builder_class("synthetic_conversation")
+  for c in cls.BUILDER_CONFIGS:
+    if c.name == level:
+      return c
+  raise SystemExit(f"error: no synthetic_conversation level {level!r} "
+                   f"(have {[c.name for c in cls.BUILDER_CONFIGS]})")
+
+
+def skin_luminance(subject_seed: int) -> float:
+  skin = face_lib.sample_face(generator._rng(1, subject_seed)).skin  # pylint: disable=protected-access
+  return float(np.dot(skin, [0.299, 0.587, 0.114]))
+
+
+def report(predictions: dict, level: str, split: str = "test") -> dict:
+  """Recall per group and false-positive causes; `predictions` in SPEC §5's format."""
+  c = builder_config(level)
+  plan = [s for s in generator.corpus_plan(c.num_subjects, videos_per_subject=c.videos_per_subject,
+                                           seconds=c.seconds, fps=c.fps,
+                                           corpus_seed=c.corpus_seed) if s.split == split]
+  recall = collections.defaultdict(lambda: [0, 0])
+  causes = collections.Counter()
+  fp_state = collections.Counter()
+  videos = predictions.get("videos", {})
+  for spec in plan:
+    tl = events_lib.make_timeline(generator._rng(2, spec.seed), spec.num_frames, c.fps,  # pylint: disable=protected-access
+                                  c.difficulty, c.me_period_s)
+    mes = [e for e in tl.events if e.kind == "micro"]
+    gts = [(e.onset, e.offset) for e in mes]
+    preds = [(p["onset"], p["offset"]) for p in videos.get(spec.video_id, {}).get("intervals", [])
+             if p.get("type", "micro") == "micro"]
+    pairs = metrics.match(gts, preds)  # SPEC §5: IoU >= 0.5, one-to-one
+    hit, matched_preds = {g for g, _ in pairs}, {p for _, p in pairs}
+    tone = "dark" if skin_luminance(spec.subject_seed) < DARK_LUMINANCE else "light"
+    for i, e in enumerate(mes):
+      for key in (f"action={e.action}", f"speaking={e.speaking}", f"skin={tone}", "all"):
+        recall[key][0] += i in hit
+        recall[key][1] += 1
+    for j, (on, off) in enumerate(preds):
+      if j in matched_preds:
+        continue
+      fp_state["speaking" if tl.speaking[(on + off) // 2] == 1 else "listening"] += 1
+      lo, hi = max(0, on - 5), min(spec.num_frames, off + 6)
+      swing = {name: np.ptp(tl.controls[ch][lo:hi]) / full for name, (ch, full) in _CAUSES.items()}
+      causes[max(swing, key=swing.get)] += 1
+  return {"recall": {k: {"tp": v[0], "n": v[1], "recall": v[0] / v[1] if v[1] else None}
+                     for k, v in sorted(recall.items())},
+          "false_positives": {"by_state": dict(fp_state), "by_cause": dict(causes)}}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdir", required=True, help="holds test_predictions.json")
+  p.add_argument("--level", default="default", help="synthetic_conversation level")
+  p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+  a = p.parse_args(argv)
+  path = os.path.join(a.workdir, "test_predictions.json")
+  if not os.path.exists(path):
+    print(f"error: {path} not found (train with a test split first)", file=sys.stderr)
+    return 2
+  with open(path) as f:
+    out = report(json.load(f), a.level)
+  if a.json:
+    print(json.dumps(out, indent=1))
+    return 0
+  for key, r in out["recall"].items():
+    print(f"{key:32s} {r['tp']:4d} / {r['n']:4d}  recall {r['recall']:.2f}")
+  print("false positives by state:", out["false_positives"]["by_state"])
+  print("false positives by nuisance motion:", out["false_positives"]["by_cause"])
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

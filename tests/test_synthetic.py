@@ -170,8 +170,7 @@ def test_error_report_counts_hits_misses_and_false_positive_causes():
       corpus_seed=c.corpus_seed) if s.split == "test"]
   videos, n_me, first = {}, 0, None
   for s in plan:
-    tl = events.make_timeline(generator._rng(2, s.seed), s.num_frames, c.fps,  # pylint: disable=protected-access
-                              c.difficulty, c.me_period_s)
+    tl = generator.video_timeline(s.seed, s.num_frames, c.fps, c.difficulty, c.me_period_s)
     mes = [(e.onset, e.offset) for e in tl.events if e.kind == "micro"]
     n_me += len(mes)
     first = first or ((s.video_id, mes) if mes else None)

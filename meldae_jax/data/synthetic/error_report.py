@@ -19,8 +19,6 @@ import numpy as np
 
 from meldae_jax import metrics
 from meldae_jax.data import build as build_lib
-from meldae_jax.data.synthetic import events as events_lib
-from meldae_jax.data.synthetic import face as face_lib
 from meldae_jax.data.synthetic import generator
 
 DARK_LUMINANCE = 100.0  # skin luminance (Rec. 601 luma) below which a face counts as dark
@@ -40,7 +38,7 @@ def builder_config(level: str):
 
 
 def skin_luminance(subject_seed: int) -> float:
-  skin = face_lib.sample_face(generator._rng(1, subject_seed)).skin  # pylint: disable=protected-access
+  skin = generator.subject_face(subject_seed).skin
   return float(np.dot(skin, [0.299, 0.587, 0.114]))
 
 
@@ -55,8 +53,8 @@ def report(predictions: dict, level: str, split: str = "test") -> dict:
   fp_state = collections.Counter()
   videos = predictions.get("videos", {})
   for spec in plan:
-    tl = events_lib.make_timeline(generator._rng(2, spec.seed), spec.num_frames, c.fps,  # pylint: disable=protected-access
-                                  c.difficulty, c.me_period_s)
+    tl = generator.video_timeline(spec.seed, spec.num_frames, c.fps, c.difficulty,
+                                  c.me_period_s)
     mes = [e for e in tl.events if e.kind == "micro"]
     gts = [(e.onset, e.offset) for e in mes]
     preds = [(p["onset"], p["offset"]) for p in videos.get(spec.video_id, {}).get("intervals", [])

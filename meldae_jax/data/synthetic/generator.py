@@ -19,6 +19,18 @@ def _rng(*keys) -> np.random.Generator:
   return np.random.default_rng(np.random.SeedSequence([GENERATOR_VERSION, *map(int, keys)]))
 
 
+def subject_face(subject_seed: int):
+  """The identity (face parameters) of a synthetic subject."""
+  return face_lib.sample_face(_rng(1, subject_seed))
+
+
+def video_timeline(seed: int, num_frames: int, fps: float, difficulty, me_period_s: float,
+                   without_micro: bool = False):
+  """The conversation of video `seed` without its pixels (cheap: no rendering)."""
+  return events_lib.make_timeline(_rng(2, seed), num_frames, fps, difficulty, me_period_s,
+                                  place_micro=not without_micro)
+
+
 def render_timeline(timeline, face, image_size: int, rng, noise_sigma: float,
                     skip=()) -> np.ndarray:
   """Renders every frame; channels named in `skip` are zeroed (for counterfactuals)."""
@@ -52,9 +64,8 @@ def generate_video(seed: int, difficulty="default", image_size: int = 112,
     amplitude_px), `regions` (name -> neutral box x0, y0, x1, y1 in output px), `fps`.
   """
   subject_seed = seed if subject_seed is None else subject_seed
-  face = face_lib.sample_face(_rng(1, subject_seed))
-  timeline = events_lib.make_timeline(_rng(2, seed), num_frames, fps, difficulty, me_period_s,
-                                      place_micro=not without_micro)
+  face = subject_face(subject_seed)
+  timeline = video_timeline(seed, num_frames, fps, difficulty, me_period_s, without_micro)
   frames = render_timeline(timeline, face, image_size, _rng(3, seed),
                            events_lib.noise_sigma(difficulty))
   annotations = {

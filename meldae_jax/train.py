@@ -542,13 +542,14 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
     return {"status": status, "step": step, "train_loss": loss}
 
   # --- 7. Final: validation at the end, best checkpoint on the test split. ----------
-  if splits.val is not None and ckpt.best_info()[0] != total:
-    validate(trainer, state.params, splits.val, total, writer, ckpt, state)
-  result = final_evaluation(trainer, cfg, workdir, splits, ckpt, writer, state,
+  try:
+    if splits.val is not None and ckpt.best_info()[0] != total:
+      validate(trainer, state.params, splits.val, total, writer, ckpt, state)
+    return final_evaluation(trainer, cfg, workdir, splits, ckpt, writer, state,
                             extra={"train_loss": loss, "train_seconds": time.time() - t_start})
-  writer.close()
-  ckpt.close()
-  return result
+  finally:
+    writer.close()
+    ckpt.close()
 
 
 # ========================================================================================

@@ -155,3 +155,13 @@ def test_checkpoint_of_other_model_settings_is_a_clear_error(tmp_path, data, uni
   # The failed resume did not replace the saved settings the message is based on.
   assert json.loads((workdir / "config.json").read_text())["model"]["scan_blocks"] == (
       not cfg.model.scan_blocks)
+
+
+def test_failed_final_evaluation_closes_the_tensorboard_writer(tmp_path, data, monkeypatch):
+  def broken(*args, **kwargs):
+    raise RuntimeError("test split unreadable")
+  monkeypatch.setattr(train, "final_evaluation", broken)
+  before = len(_event_writer_threads())
+  with pytest.raises(RuntimeError, match="unreadable"):
+    train.train_and_evaluate(_cfg(total_steps=2), str(tmp_path / "final"), splits=data)
+  assert len(_event_writer_threads()) == before

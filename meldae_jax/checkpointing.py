@@ -41,7 +41,7 @@ def _restore(manager, step: int, args, what: str):
     text = str(e)
     if "tree structure" not in text and "shape" not in text.lower():
       raise
-    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    first = text.strip().splitlines()[0].rstrip(":") if text.strip() else type(e).__name__
     raise CheckpointMismatchError(
         f"The {what} checkpoint (step {step} in {manager.directory}) does not fit this "
         f"run's train state: it was saved with other model or optimizer settings. "

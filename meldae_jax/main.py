@@ -31,6 +31,16 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+# Expected failures -> exit status (the module docstring lists them); first match wins.
+_EXIT_CODE_OF = (
+    (train.CorpusNotBuiltError, 2),
+    (train.NonFiniteLossError, 3),
+    (checkpointing.CheckpointMismatchError, 4),
+    (FileNotFoundError, 2),  # --mode=evaluate on a workdir without checkpoints
+)
+_EXIT_CODES = tuple(cls for cls, _ in _EXIT_CODE_OF)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -44,18 +54,9 @@ def main(argv):
       result = train.train_and_evaluate(config, _WORKDIR.value)
     else:
       result = train.evaluate_only(config, _WORKDIR.value)
-  except train.CorpusNotBuiltError as e:
+  except _EXIT_CODES as e:  # one line on stderr, no traceback
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except train.NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
-  except checkpointing.CheckpointMismatchError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(4)
-  except FileNotFoundError as e:  # --mode=evaluate on a workdir without checkpoints
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(next(code for cls, code in _EXIT_CODE_OF if isinstance(e, cls)))
   if result.get("status") == "preempted":
     logging.info("Preempted at step %s; checkpoint saved.", result.get("step"))
 

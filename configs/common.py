@@ -66,8 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
   # On-device input view (train.input_transform): 'rgb' (the paper) | 'diff' | 'diff124'
   # | 'dev' | 'rgb+dev'.
   # `blur`: Gaussian sigma (px) applied before the motion views (0 = off).
+  # `clip`: round and clip the view to uint8 0..255 (False: float32, unclipped).
   c.input = ml_collections.ConfigDict(dict(transform="rgb", gain=4.0, normalize=False,
-                                           blur=0.0))
+                                           blur=0.0, clip=True))
   c.model = model_config_lib.default_model_config()
   c.loss = losses.default_loss_config()
 

@@ -28,6 +28,8 @@ def get_config(arg: str | None = None):
   c.dataset.train_stride = 4
   c.dataset.me_oversample = 3
   c.dataset.augment = True
+  c.dataset.cache_videos = 128  # every record of a level (~100-300 MB of JPEG): 4 re-read
+                                # a video per window (4.3 -> 5.1 steps/s on 2 cores)
   c.input.transform = "diff"   # see train.input_transform; measured: 'rgb' does not learn
   c.input.gain = 10.0          # measured on easy: 10 > 4 and 25 (val frame AUC)
   c.input.normalize = True     # contrast-normalised differences (dark, low-contrast faces)

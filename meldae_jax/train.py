@@ -93,15 +93,17 @@ def _blur(x, sigma: float):
 
 
 def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
-                    normalize: bool = False, blur: float = 0.0):
+                    normalize: bool = False, blur: float = 0.0, clip: bool = True):
   """Optional on-device view of the input clip, applied before the model (train and eval).
 
   'rgb': the frames as they are (the paper's input). 'diff': each frame minus the previous
   one; 'diff124': grey frame minus the grey frame 1, 2 and 4 frames back, one lag per
   channel (an ME's 2-7-frame rise shows whole at lag 4, a blink's or a syllable's speed at
-  lag 1); 'dev': each frame minus the window's mean frame (over real frames). Differences are
-  scaled by `gain` and re-centred on 128 as uint8, so the model's own normalisation
-  applies unchanged. 'rgb+dev': grey frame, and the grey deviation in two channels.
+  lag 1); 'energy124': the magnitudes |diff124|, scaled by `gain` from 0 (no motion) up, so
+  a linear patch embedding can sum motion energy over a patch, which signed differences
+  (an edge moving gives a +/- pair) cancel in; 'dev': each frame minus the window's mean
+  frame (over real frames). Signed differences are scaled by `gain` and re-centred on 128
+  as uint8, so the model's own normalisation applies unchanged. 'rgb+dev': grey frame, and the grey deviation in two channels.
   Motion views make tiny transient facial movements (MEs) visible to a backbone trained
   from scratch; with a pretrained backbone keep 'rgb'. `normalize` divides the
   differences by the clip's contrast (intensity std over the central half of the frames,
@@ -109,6 +111,9 @@ def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
   motion of the same strength as high-contrast ones. `blur` (pixels, 0 = off) smooths the
   frames before differencing: sensor noise is independent per pixel while an ME moves
   whole edges, and on dark faces the normalised noise otherwise rivals the ME's signal.
+  `clip=False` returns the view as float32 without rounding or clipping to 0..255: with a
+  high gain, clipping saturates sensor noise, the face outline's sub-pixel head motion and
+  an ME's edge to the same value.
   """
   if kind == "rgb":
     return video
@@ -118,25 +123,28 @@ def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
   if kind == "diff":
     xs = smooth(x)
     d = (xs - _shifted(xs, 1)) * m
-  elif kind == "diff124":
+  elif kind in ("diff124", "energy124"):
     grey = smooth(jnp.mean(x, axis=-1, keepdims=True))  # blur is linear: grey first
     d = jnp.concatenate([grey - _shifted(grey, lag) for lag in (1, 2, 4)], -1) * m
   elif kind in ("dev", "rgb+dev"):
     xs = smooth(x)
     d = (xs - _masked_mean(xs, m, 1)) * m
   else:
-    raise ValueError(f"Unknown input transform {kind!r} (rgb, diff, diff124, dev, rgb+dev).")
+    raise ValueError(
+        f"Unknown input transform {kind!r} (rgb, diff, diff124, energy124, dev, rgb+dev).")
   if normalize:
     h, w = x.shape[2], x.shape[3]
     centre = x[:, :, h // 4:h - h // 4, w // 4:w - w // 4]
     clip_axes = (1, 2, 3, 4)
     var = _masked_mean(jnp.square(centre - _masked_mean(centre, m, clip_axes)), m, clip_axes)
     d = d * (50.0 / jnp.maximum(jnp.sqrt(var), 5.0))
-  out = 128.0 + gain * d
+  out = gain * jnp.abs(d) if kind == "energy124" else 128.0 + gain * d
   if kind == "rgb+dev":
     grey = jnp.mean(x, axis=-1, keepdims=True)
     dg = 128.0 + gain * jnp.mean(d, axis=-1, keepdims=True)
     out = jnp.concatenate([grey, dg, dg], axis=-1)
+  if not clip:
+    return out
   return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
 
 
@@ -288,7 +296,8 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
 
   view = functools.partial(input_transform, kind=cfg.input.transform, gain=cfg.input.gain,
                            normalize=bool(cfg.input.get("normalize", False)),
-                           blur=float(cfg.input.get("blur", 0.0)))
+                           blur=float(cfg.input.get("blur", 0.0)),
+                           clip=bool(cfg.input.get("clip", True)))
 
   def train_step(state: TrainState, batch):
     rngs = {"dropout": jax.random.fold_in(dropout_key, state.step)}

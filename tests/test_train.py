@@ -182,6 +182,11 @@ def test_input_transform_views():
   want[1, 3:] = 128
   np.testing.assert_array_equal(diff, want)
   assert diff.dtype == np.uint8 and (diff[:, 0] == 128).all()
+  raw = np.asarray(train.input_transform(jnp.asarray(video), mask, "diff", gain=4.0, clip=False))
+  want_raw = 128 + 4.0 * (x - np.concatenate([x[:, :1], x[:, :-1]], 1))
+  want_raw[1, 3:] = 128
+  assert raw.dtype == np.float32 and raw.max() > 255 and raw.min() < 0  # not clipped
+  np.testing.assert_allclose(raw, want_raw, rtol=1e-6)
   dev = np.asarray(train.input_transform(jnp.asarray(video), mask, "dev", gain=0.5))
   mean1 = x[1, :3].mean(0)
   np.testing.assert_array_equal(dev[1, :3], np.clip(np.round(128 + 0.5 * (x[1, :3] - mean1)), 0, 255))
@@ -193,6 +198,13 @@ def test_input_transform_views():
     want = np.clip(np.round(128 + 0.5 * (grey - prev)), 0, 255)
     want[1, 3:] = 128
     np.testing.assert_array_equal(multi[..., channel], want, err_msg=f"lag {lag}")
+  energy = np.asarray(train.input_transform(jnp.asarray(video), mask, "energy124", gain=0.5))
+  for channel, lag in enumerate((1, 2, 4)):
+    prev = np.concatenate([np.repeat(grey[:, :1], lag, 1), grey[:, :-lag]], 1)
+    want = np.clip(np.round(0.5 * np.abs(grey - prev)), 0, 255)
+    want[1, 3:] = 0
+    np.testing.assert_allclose(energy[..., channel], want, atol=1, err_msg=f"energy lag {lag}")  # .5 ties: float32 grey
+  assert (energy[1, 3:] == 0).all() and energy.max() > 0
   with pytest.raises(ValueError, match="Unknown input transform"):
     train.input_transform(video, mask, "flow")
 

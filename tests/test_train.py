@@ -143,6 +143,7 @@ def test_pretrained_backbone_is_loaded_except_dont_load(tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   from meldae_jax import optim  # pylint: disable=g-import-not-at-top
   cfg = th.tiny_config()
+  cfg.model.vit_stem = "patch"  # pretrained ViTs have the linear patch embedding
   trainer = train.make_trainer(cfg)
   with jax.set_mesh(trainer.mesh):
     donor = jax.device_get(trainer.init_fn(jax.random.key(1)).params["backbone"])

@@ -311,3 +311,37 @@ def test_remat_lowers_backward_memory(scan):
     return compiled.memory_analysis().temp_size_in_bytes
 
   assert temp_bytes("full") < 0.8 * temp_bytes("none")
+
+
+def test_hmlp_stem_is_patchwise_and_nonlinear():
+  """Each output patch depends on its own pixels only, and not linearly."""
+  stem = vit.HMlpStem(patch=16, width=8, hidden=4)
+  x = jax.random.normal(jax.random.key(0), (1, 32, 48, 3))
+  params = stem.init(jax.random.key(1), x)
+  f = jax.jit(lambda v: stem.apply(params, v))
+  y = f(x)
+  assert y.shape == (1, 2, 3, 8)
+  bumped = x.at[0, 20, 5, 1].add(1.0)  # a pixel of patch (row 1, col 0)
+  changed = np.abs(np.asarray(f(bumped) - y)).max(-1)[0] > 1e-6
+  np.testing.assert_array_equal(changed, [[False, False, False], [True, False, False]])
+  # Not linear: f(2x) != 2 f(x) beyond the bias, unlike the 'patch' embedding.
+  zero = f(jnp.zeros_like(x))
+  assert not np.allclose(f(2 * x) - zero, 2 * (y - zero), atol=1e-3)
+
+
+@pytest.mark.parametrize("patch", [8, 16, 32])
+def test_vit_hmlp_stem_shapes(patch):
+  model = vit.ViT(f"Mu/{patch}", stem="hmlp", stem_hidden=8)
+  x = jnp.zeros((2, 64, 64, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  assert "hmlp_stem" in variables["params"] and "embedding" not in variables["params"]
+  cls, patches = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert cls.shape == (2, 64) and patches.shape == (2, 64 // patch, 64 // patch, 64)
+
+
+@pytest.mark.parametrize("stem,patch,match", [("hmlp", 12, "4 \\* 2\\*\\*k"),
+                                              ("conv", 16, "unknown ViT stem")])
+def test_vit_bad_stem(stem, patch, match):
+  model = vit.ViT(f"Mu/{patch}", stem=stem)
+  with pytest.raises(ValueError, match=match):
+    model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)), train=False)

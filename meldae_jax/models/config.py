@@ -7,6 +7,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.backbone = "vit"            # 'vit' | 'resnet50' (ablation)
   c.variant = "B/16"            # ViT variant: Ti|S|B|L / 16|8
+  c.vit_stem = "patch"          # 'patch' (linear, the paper) | 'hmlp' (from scratch only)
+  c.vit_stem_hidden = 32        # channels of the hMLP stem's inner stages
   c.image_size = 224            # face-crop side fed to the backbone
   c.resnet_width = 768          # D of the ResNet backbone (its CLS/patch projection)
   c.resnet_stages = (3, 4, 6, 3)  # bottleneck units per stage: ResNet-50

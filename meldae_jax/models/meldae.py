@@ -17,7 +17,8 @@ def make_backbone(cfg, dtype, name="backbone"):
   if cfg.backbone == "vit":
     from meldae_jax.models.vit import ViT  # pylint: disable=g-import-not-at-top
     return ViT(cfg.variant, scan=cfg.scan_blocks, remat_policy=cfg.remat_policy,
-               dropout=cfg.dropout, dtype=dtype, name=name)
+               dropout=cfg.dropout, stem=cfg.get("vit_stem", "patch"),
+               stem_hidden=cfg.get("vit_stem_hidden", 32), dtype=dtype, name=name)
   if cfg.backbone == "resnet50":
     return ResNet(width=cfg.resnet_width, stages=tuple(cfg.resnet_stages),
                   base_width=cfg.resnet_base_width, dtype=dtype, name=name)

@@ -146,12 +146,54 @@ class Encoder(nn.Module):
                         name="encoder_norm")(x)
 
 
+class HMlpStem(nn.Module):
+  """Hierarchical MLP patch embedding (hMLP, Touvron et al. 2022, arXiv:2203.09795).
+
+  The patch is embedded in stages, 4x4 pixels first and then 2x2 merges, each a Dense on
+  non-overlapping cells followed by a GELU (but the last): a non-linear embedding at
+  about the linear one's cost. The paper's BatchNorm between stages is left out, and
+  not replaced by a LayerNorm: on motion views most cells are flat, and a per-cell
+  LayerNorm blows their noise up to unit variance (measured: training collapsed). A trained-from-scratch option: an ME is a
+  few-pixel edge shift, which one linear map of a 16x16 patch mixes with everything else
+  in the patch. (N,H,W,C) -> (N,H/p,W/p,D).
+  """
+  patch: int
+  width: int
+  hidden: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    factors, rest = [4], self.patch // 4
+    while rest > 1:
+      factors.append(2)
+      rest //= 2
+    if self.patch < 4 or 4 * 2 ** (len(factors) - 1) != self.patch:
+      raise ValueError(f"the hMLP stem needs a patch of 4 * 2**k pixels, got {self.patch}")
+    for i, f in enumerate(factors):
+      last = i == len(factors) - 1
+      x = einops.rearrange(x, "n (h a) (w b) c -> n h w (a b c)", a=f, b=f)
+      x = nn.Dense(self.width if last else self.hidden, dtype=self.dtype,
+                   kernel_init=_part(nn.initializers.lecun_normal(),
+                                     (None, "embed" if last else None)),
+                   name=f"dense_{i}")(x)
+      if not last:
+        x = nn.gelu(x, approximate=False)
+    return x
+
+
 class ViT(nn.Module):
-  """Frame encoder: images in [-1, 1] -> (cls (N, D), patches (N, h, w, D))."""
+  """Frame encoder: images in [-1, 1] -> (cls (N, D), patches (N, h, w, D)).
+
+  `stem`: 'patch' (ViT's linear patch embedding) or 'hmlp' (`HMlpStem`, `stem_hidden`
+  channels; its weights have no pretrained counterpart).
+  """
   variant: str
   scan: bool = True
   remat_policy: str = "none"
   dropout: float = 0.0
+  stem: str = "patch"
+  stem_hidden: int = 32
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -159,10 +201,15 @@ class ViT(nn.Module):
     dims = vit_dims(self.variant)
     remat_policy(self.remat_policy)  # Fail early on a bad name.
     p, d = dims["patch"], dims["width"]
-    x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                kernel_init=_part(nn.initializers.lecun_normal(),
-                                  (None, None, None, "embed")),
-                name="embedding")(x)
+    if self.stem == "patch":
+      x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                  kernel_init=_part(nn.initializers.lecun_normal(),
+                                    (None, None, None, "embed")),
+                  name="embedding")(x)
+    elif self.stem == "hmlp":
+      x = HMlpStem(p, d, self.stem_hidden, dtype=self.dtype, name="hmlp_stem")(x)
+    else:
+      raise ValueError(f"unknown ViT stem {self.stem!r}; valid: 'patch', 'hmlp'")
     n, h, w, _ = x.shape
     x = einops.rearrange(x, "n h w d -> n (h w) d")
     cls = self.param("cls", _part(nn.initializers.zeros, (None, None, "embed")),

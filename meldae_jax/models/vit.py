@@ -151,11 +151,11 @@ class HMlpStem(nn.Module):
 
   The patch is embedded in stages, 4x4 pixels first and then 2x2 merges, each a Dense on
   non-overlapping cells followed by a GELU (but the last): a non-linear embedding at
-  about the linear one's cost. The paper's BatchNorm between stages is left out, and
-  not replaced by a LayerNorm: on motion views most cells are flat, and a per-cell
-  LayerNorm blows their noise up to unit variance (measured: training collapsed). A trained-from-scratch option: an ME is a
-  few-pixel edge shift, which one linear map of a 16x16 patch mixes with everything else
-  in the patch. (N,H,W,C) -> (N,H/p,W/p,D).
+  about the linear one's cost. A trained-from-scratch option: an ME is a few-pixel edge
+  shift, which one linear map of a 16x16 patch mixes with everything else in the patch.
+  The paper's BatchNorm between stages is left out, and not replaced by a LayerNorm: on
+  motion views most cells are flat, and a per-cell LayerNorm blows their noise up to
+  unit variance (measured: training collapsed). (N,H,W,C) -> (N,H/p,W/p,D).
   """
   patch: int
   width: int
@@ -164,12 +164,9 @@ class HMlpStem(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    factors, rest = [4], self.patch // 4
-    while rest > 1:
-      factors.append(2)
-      rest //= 2
-    if self.patch < 4 or 4 * 2 ** (len(factors) - 1) != self.patch:
+    if self.patch < 4 or self.patch & (self.patch - 1):  # not a power of two >= 4
       raise ValueError(f"the hMLP stem needs a patch of 4 * 2**k pixels, got {self.patch}")
+    factors = [4] + [2] * (self.patch.bit_length() - 3)  # 16 -> 4, 2, 2
     for i, f in enumerate(factors):
       last = i == len(factors) - 1
       x = einops.rearrange(x, "n (h a) (w b) c -> n h w (a b c)", a=f, b=f)

@@ -103,7 +103,8 @@ def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
   a linear patch embedding can sum motion energy over a patch, which signed differences
   (an edge moving gives a +/- pair) cancel in; 'dev': each frame minus the window's mean
   frame (over real frames). Signed differences are scaled by `gain` and re-centred on 128
-  as uint8, so the model's own normalisation applies unchanged. 'rgb+dev': grey frame, and the grey deviation in two channels.
+  as uint8, so the model's own normalisation applies unchanged. 'rgb+dev': grey frame, and
+  the grey deviation in two channels.
   Motion views make tiny transient facial movements (MEs) visible to a backbone trained
   from scratch; with a pretrained backbone keep 'rgb'. `normalize` divides the
   differences by the clip's contrast (intensity std over the central half of the frames,

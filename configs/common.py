@@ -17,12 +17,14 @@ top-level keys are:
   model_init  pretrained ViT weights (.npz / .safetensors) + dont_load regexes
   distributed coordinator address etc. for multi-process runs (or JAX_* env vars)
 """
+import dataclasses
 import os
 
 import ml_collections
 from ml_collections import config_dict
 
 from meldae_jax import losses
+from meldae_jax.data import augment as augment_lib
 from meldae_jax.models import config as model_config_lib
 
 # Threshold candidates tried on validation data.
@@ -58,6 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   d.train_stride = 4             # start grid of the training windows
   d.me_oversample = 1            # ME windows listed this many times per epoch
   d.augment = True
+  d.augment_ranges = ml_collections.ConfigDict(  # data/augment.py:AugmentConfig's fields
+      dataclasses.asdict(augment_lib.AugmentConfig()))
   d.num_threads = 2              # grain read threads
   d.worker_count = 0             # grain worker processes (mp_prefetch)
   d.cache_videos = 4
@@ -67,8 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   # | 'energy124' | 'dev' | 'rgb+dev'.
   # `blur`: Gaussian sigma (px) applied before the motion views (0 = off).
   # `clip`: round and clip the view to uint8 0..255 (False: float32, unclipped).
+  # `compress`: log-compress large differences instead of saturating them.
   c.input = ml_collections.ConfigDict(dict(transform="rgb", gain=4.0, normalize=False,
-                                           blur=0.0, clip=True))
+                                           blur=0.0, clip=True, compress=False))
   c.model = model_config_lib.default_model_config()
   c.loss = losses.default_loss_config()
 

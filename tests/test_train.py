@@ -210,6 +210,36 @@ def test_input_transform_views():
     train.input_transform(video, mask, "flow")
 
 
+def test_input_transform_compress_keeps_large_motions_apart():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  gain = 10.0
+  a = train._log_scale(gain)
+  assert a * np.log1p(gain * 255.0 / a) == pytest.approx(127.0, abs=1e-6)
+  assert train._log_scale(0.4) == float("inf")  # 0.4 * 255 < 127: nothing saturates
+  # One pixel whose grey value steps by d between frames 0 and 1, for several d.
+  steps = np.array([0, 1, 3, 10, 30, 100, 200, 255], np.float64)
+  video = np.zeros((1, 2, 1, len(steps), 3), np.uint8)
+  video[0, 1, 0] = steps[:, None].astype(np.uint8)
+  mask = np.ones((1, 2), np.float32)
+  plain = np.asarray(train.input_transform(jnp.asarray(video), mask, "diff", gain=gain))
+  comp = np.asarray(train.input_transform(jnp.asarray(video), mask, "diff", gain=gain,
+                                          compress=True))
+  want = np.clip(np.round(128 + a * np.log1p(gain * steps / a)), 0, 255)
+  np.testing.assert_array_equal(comp[0, 1, 0, :, 0], want)
+  assert comp.dtype == np.uint8 and (comp[0, 0] == 128).all()
+  assert (plain[0, 1, 0, 4:, 0] == 255).all()  # linear: 30 grey levels and up all saturate
+  assert (np.diff(comp[0, 1, 0, :, 0].astype(int)) > 0).all()  # compressed: still ordered
+  assert comp[0, 1, 0, -1, 0] == 255 and comp[0, 1, 0, 1, 0] >= 128 + 8  # ~gain near 0
+  # Negative steps mirror positive ones around 128; a low gain stays linear.
+  neg = np.asarray(train.input_transform(jnp.asarray(255 - video), mask, "diff", gain=gain,
+                                         compress=True))
+  np.testing.assert_array_equal(neg[0, 1, 0, :, 0].astype(int) - 128,
+                                -(comp[0, 1, 0, :, 0].astype(int) - 128))
+  low = [np.asarray(train.input_transform(jnp.asarray(video), mask, "diff", gain=0.4,
+                                          compress=c)) for c in (False, True)]
+  np.testing.assert_array_equal(low[0], low[1])
+
+
 def test_input_transform_normalize_is_contrast_invariant():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(1)
@@ -241,3 +271,22 @@ def test_input_transform_blur_smooths_noise_not_edges():
   blurred = np.asarray(train._blur(jnp.asarray(noisy, jnp.float32), 1.0))
   ref = ndimage.gaussian_filter(noisy, (0, 0, 1.0, 1.0, 0), truncate=3.0)
   np.testing.assert_allclose(blurred[:, :, 3:-3, 3:-3], ref[:, :, 3:-3, 3:-3], atol=1e-3)
+
+
+def test_augment_ranges_come_from_the_config():
+  from meldae_jax.data import augment  # pylint: disable=g-import-not-at-top
+  cfg = th.synthetic.get_config("easy")
+  assert train.augment_config(cfg.dataset) == augment.AugmentConfig()
+  with cfg.unlocked():
+    cfg.dataset.augment_ranges.min_crop = 1.0
+    cfg.dataset.augment_ranges.flip_prob = 0.0
+  got = train.augment_config(cfg.dataset)
+  assert (got.min_crop, got.flip_prob, got.contrast) == (1.0, 0.0, 0.2)
+  with cfg.unlocked():
+    cfg.dataset.augment = False
+  assert train.augment_config(cfg.dataset) is None
+  with cfg.unlocked():
+    cfg.dataset.augment = True
+    cfg.dataset.augment_ranges.rotate = 5.0
+  with pytest.raises(TypeError, match="rotate"):
+    train.augment_config(cfg.dataset)

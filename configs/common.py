@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- model / loss ------------------------------------------------------------------
   # On-device input view (train.input_transform): 'rgb' (the paper) | 'diff' | 'diff124'
-  # | 'energy124' | 'dev' | 'rgb+dev'.
+  # | 'diff1248' | 'energy124' | 'dev' | 'rgb+dev'.
   # `blur`: Gaussian sigma (px) applied before the motion views (0 = off).
   # `clip`: round and clip the view to uint8 0..255 (False: float32, unclipped).
   # `compress`: log-compress large differences instead of saturating them.

@@ -75,6 +75,7 @@ def _masked_mean(v, mask, axis):
 
 def _shifted(x, lag: int):
   """x delayed by `lag` frames along axis 1; the first frame repeats at the start."""
+  lag = min(lag, x.shape[1])  # a lag past the window: every frame sees the first one
   return jnp.concatenate([jnp.repeat(x[:, :1], lag, axis=1), x[:, :-lag]], axis=1)
 
 
@@ -112,7 +113,8 @@ def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
   'rgb': the frames as they are (the paper's input). 'diff': each frame minus the previous
   one; 'diff124': grey frame minus the grey frame 1, 2 and 4 frames back, one lag per
   channel (an ME's 2-7-frame rise shows whole at lag 4, a blink's or a syllable's speed at
-  lag 1); 'energy124': the magnitudes |diff124|, scaled by `gain` from 0 (no motion) up, so
+  lag 1); 'diff1248': the same plus lag 8 in a fourth channel (a slow speech-emphasis brow
+  raise keeps moving for 8 frames, an ME has peaked by then); 'energy124': the magnitudes |diff124|, scaled by `gain` from 0 (no motion) up, so
   a linear patch embedding can sum motion energy over a patch, which signed differences
   (an edge moving gives a +/- pair) cancel in; 'dev': each frame minus the window's mean
   frame (over real frames). Signed differences are scaled by `gain` and re-centred on 128
@@ -142,15 +144,17 @@ def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
   if kind == "diff":
     xs = smooth(x)
     d = (xs - _shifted(xs, 1)) * m
-  elif kind in ("diff124", "energy124"):
+  elif kind in ("diff124", "energy124", "diff1248"):
     grey = smooth(jnp.mean(x, axis=-1, keepdims=True))  # blur is linear: grey first
-    d = jnp.concatenate([grey - _shifted(grey, lag) for lag in (1, 2, 4)], -1) * m
+    lags = (1, 2, 4, 8) if kind == "diff1248" else (1, 2, 4)
+    d = jnp.concatenate([grey - _shifted(grey, lag) for lag in lags], -1) * m
   elif kind in ("dev", "rgb+dev"):
     xs = smooth(x)
     d = (xs - _masked_mean(xs, m, 1)) * m
   else:
     raise ValueError(
-        f"Unknown input transform {kind!r} (rgb, diff, diff124, energy124, dev, rgb+dev).")
+        f"Unknown input transform {kind!r} "
+        "(rgb, diff, diff124, diff1248, energy124, dev, rgb+dev).")
   if normalize:
     h, w = x.shape[2], x.shape[3]
     centre = x[:, :, h // 4:h - h // 4, w // 4:w - w // 4]
@@ -288,8 +292,15 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
   t, s = mcfg.num_frames, mcfg.image_size
 
   # --- Abstract state (boxed params carry the logical axis names). ---------------------
+  # The input view (channels may differ from the stored RGB: 'diff1248' has 4).
+  view = functools.partial(input_transform, kind=cfg.input.transform, gain=cfg.input.gain,
+                           normalize=bool(cfg.input.get("normalize", False)),
+                           blur=float(cfg.input.get("blur", 0.0)),
+                           clip=bool(cfg.input.get("clip", True)),
+                           compress=bool(cfg.input.get("compress", False)))
+
   def init_params(rng):
-    video = jnp.zeros((1, t, s, s, 3), jnp.uint8)
+    video = view(jnp.zeros((1, t, s, s, 3), jnp.uint8), jnp.ones((1, t), jnp.float32))
     variables = model.init({"params": rng, "dropout": rng}, video,
                            frame_mask=jnp.ones((1, t), jnp.float32), train=False)
     return variables["params"]
@@ -323,12 +334,6 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
   # --- Train step: forward + loss + backward + clip + AdamW (in `tx`). -----------------
   loss_cfg = cfg.loss
   dropout_key = jax.random.key(cfg.seed + 1)
-
-  view = functools.partial(input_transform, kind=cfg.input.transform, gain=cfg.input.gain,
-                           normalize=bool(cfg.input.get("normalize", False)),
-                           blur=float(cfg.input.get("blur", 0.0)),
-                           clip=bool(cfg.input.get("clip", True)),
-                           compress=bool(cfg.input.get("compress", False)))
 
   def train_step(state: TrainState, batch):
     rngs = {"dropout": jax.random.fold_in(dropout_key, state.step)}

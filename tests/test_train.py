@@ -290,3 +290,32 @@ def test_augment_ranges_come_from_the_config():
     cfg.dataset.augment_ranges.rotate = 5.0
   with pytest.raises(TypeError, match="rotate"):
     train.augment_config(cfg.dataset)
+
+
+def test_four_lag_view_trains_with_a_four_channel_stem():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  video = rng.integers(0, 256, (1, 10, 4, 4, 3), dtype=np.uint8)
+  mask = np.ones((1, 10), np.float32)
+  view = np.asarray(train.input_transform(jnp.asarray(video), mask, "diff1248", gain=0.5))
+  grey = video.astype(np.float64).mean(-1)
+  lag8 = grey - np.concatenate([np.repeat(grey[:, :1], 8, 1), grey[:, :-8]], 1)
+  assert view.shape == (1, 10, 4, 4, 4)
+  np.testing.assert_allclose(view[..., 3], np.clip(np.round(128 + 0.5 * lag8), 0, 255), atol=1)
+  short = np.asarray(train.input_transform(jnp.asarray(video[:, :3]), mask[:, :3], "diff1248",
+                                           gain=0.5))  # lag 8 > 3 frames: the first frame
+  np.testing.assert_allclose(short[..., 3], np.clip(np.round(128 + 0.5 * (
+      grey[:, :3] - grey[:, :1])), 0, 255), atol=1)
+  cfg = th.tiny_config(**{"input.transform": "diff1248"})
+  trainer = train.make_trainer(cfg)
+  stem = trainer.abstract_state.params["backbone"]["hmlp_stem"]["dense_0"]["kernel"]
+  assert stem.shape[0] == 4 * 4 * 4  # 4x4 pixels x 4 channels (RGB views: 48)
+  state = trainer.init_fn(jax.random.key(0))
+  b, t, s = cfg.batch_size, cfg.dataset.window, cfg.model.image_size
+  batch = dict(video=rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
+               frame_mask=np.ones((b, t), np.float32), labels=np.zeros((b, t, 1), np.float32),
+               boundary=np.zeros((b, t, 1), np.float32), speaking=np.zeros((b, t), np.int32),
+               me_label=np.zeros((b,), np.float32))
+  state, metrics_ = trainer.train_step(state, batch)
+  assert np.isfinite(float(metrics_["loss"]))

@@ -115,6 +115,18 @@ def test_temporal_respects_prefix_mask(kind):
   np.testing.assert_allclose(out[:, :4], short, rtol=1e-5, atol=1e-6)
 
 
+def test_temporal_hidden_sizes_the_lstm_not_the_output():
+  x = np.random.RandomState(5).normal(size=(2, 6, 8)).astype(np.float32)
+  for hidden, units in ((0, 4), (16, 16)):  # 0: D/2 per direction (the paper)
+    mod = Temporal(width=8, hidden=hidden)
+    params = nn.meta.unbox(mod.init(KEY, x)["params"])
+    for cell in ("forward_cell", "backward_cell"):
+      assert params[cell]["hi"]["kernel"].shape == (units, units), (hidden, cell)
+      assert params[cell]["ii"]["kernel"].shape == (8, units), (hidden, cell)
+    assert params["proj"]["kernel"].shape == (2 * units, 8)
+    assert mod.apply({"params": params}, x).shape == (2, 6, 8)
+
+
 def test_token_fusion_shape_and_mask():
   rng = np.random.RandomState(4)
   fg = rng.normal(size=(2, 5, 16)).astype(np.float32)

@@ -45,7 +45,8 @@ class MELDAE(nn.Module):
     mask = (jnp.ones((b, t), jnp.float32) if frame_mask is None
             else frame_mask.astype(jnp.float32))
 
-    f_global = Temporal(d, cfg.temporal, dtype=dtype, name="temporal")(
+    f_global = Temporal(d, cfg.temporal, dtype=dtype, hidden=cfg.get("temporal_hidden", 0),
+                        name="temporal")(
         cls, frame_mask)
     clip_feats = [masked_mean(f_global, mask)]
     frame_feats = f_global

@@ -16,10 +16,15 @@ Dtype = Any
 
 
 class Temporal(nn.Module):
-  """`kind='bilstm'`: Bi-LSTM (D/2 per direction) + Dense to D; `'none'`: a Dense."""
+  """`kind='bilstm'`: Bi-LSTM (D/2 per direction) + Dense to D; `'none'`: a Dense.
+
+  `hidden` (> 0) overrides the D/2 units per direction: a small frame encoder's D gives
+  a tiny LSTM, and the LSTM's steps cost little next to the frame encoder.
+  """
   width: int
   kind: str = "bilstm"
   dtype: Dtype = jnp.float32
+  hidden: int = 0
 
   @nn.compact
   def __call__(self, cls, frame_mask=None):
@@ -28,7 +33,7 @@ class Temporal(nn.Module):
       lengths = None
       if frame_mask is not None:
         lengths = jnp.sum(frame_mask > 0, axis=-1).astype(jnp.int32)
-      h = self.width // 2
+      h = self.hidden or self.width // 2
       x = nn.Bidirectional(
           nn.RNN(nn.OptimizedLSTMCell(h, dtype=self.dtype, name="forward_cell"),
                  name="forward_rnn"),

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from scipy import optimize
 
 from meldae_jax import checkpointing
 from meldae_jax import losses
@@ -96,13 +97,10 @@ def _blur(x, sigma: float):
 
 def _log_scale(gain: float, full: float = 255.0, half: float = 127.0) -> float:
   """`a` with a * log1p(gain * full / a) == half: the knee of `compress`'s curve."""
-  lo, hi = 1e-3, half  # a * log1p(gain * full / a) rises with a, up to gain * full
   if gain * full <= half:
     return float("inf")  # nothing would saturate: stay linear
-  for _ in range(100):
-    mid = 0.5 * (lo + hi)
-    lo, hi = (mid, hi) if mid * np.log1p(gain * full / mid) < half else (lo, mid)
-  return 0.5 * (lo + hi)
+  # a * log1p(gain * full / a) rises with a, from 0 towards gain * full.
+  return float(optimize.brentq(lambda a: a * np.log1p(gain * full / a) - half, 1e-6, 1e6))
 
 
 def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,

@@ -112,9 +112,10 @@ def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
   one; 'diff124': grey frame minus the grey frame 1, 2 and 4 frames back, one lag per
   channel (an ME's 2-7-frame rise shows whole at lag 4, a blink's or a syllable's speed at
   lag 1); 'diff1248': the same plus lag 8 in a fourth channel (a slow speech-emphasis brow
-  raise keeps moving for 8 frames, an ME has peaked by then); 'energy124': the magnitudes |diff124|, scaled by `gain` from 0 (no motion) up, so
-  a linear patch embedding can sum motion energy over a patch, which signed differences
-  (an edge moving gives a +/- pair) cancel in; 'dev': each frame minus the window's mean
+  raise keeps moving for 8 frames, an ME has peaked by then); 'energy124': the magnitudes
+  |diff124|, scaled by `gain` from 0 (no motion) up, so a linear patch embedding can sum
+  motion energy over a patch, which signed differences (an edge moving gives a +/- pair)
+  cancel in; 'dev': each frame minus the window's mean
   frame (over real frames). Signed differences are scaled by `gain` and re-centred on 128
   as uint8, so the model's own normalisation applies unchanged. 'rgb+dev': grey frame, and
   the grey deviation in two channels.
@@ -245,9 +246,12 @@ def open_splits(cfg: ml_collections.ConfigDict) -> Splits:
 
 def augment_config(d: ml_collections.ConfigDict) -> augment_lib.AugmentConfig | None:
   """`dataset.augment` (on/off) with the ranges of `dataset.augment_ranges`."""
-  if not d.augment:
-    return None
-  return augment_lib.AugmentConfig(**dict(d.get("augment_ranges") or {}))
+  ranges = dict(d.get("augment_ranges") or {})
+  valid = {f.name for f in dataclasses.fields(augment_lib.AugmentConfig)}
+  if unknown := sorted(set(ranges) - valid):
+    raise TypeError(f"dataset.augment_ranges has unknown field(s) {', '.join(unknown)}; "
+                    f"valid: {', '.join(sorted(valid))}")
+  return augment_lib.as_config(ranges if d.augment else None)
 
 
 def train_iterator(cfg, index, image_size: int):

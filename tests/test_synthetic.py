@@ -179,13 +179,24 @@ def test_error_report_counts_hits_misses_and_false_positive_causes():
   perfect = error_report.report({"videos": videos}, "tiny")
   assert perfect["recall"]["all"] == {"tp": n_me, "n": n_me, "recall": 1.0}
   assert sum(perfect["false_positives"]["by_state"].values()) == 0
-  # Shift one ME's prediction off it: one miss and one false positive with a named cause.
+  # Move one ME's prediction to where no ME is: one miss and one false positive with a
+  # named cause.
   vid, mes = first
   on, off = mes[0]
-  videos[vid]["intervals"][0] = {"onset": off + 20, "offset": off + 25}
+  free = next(p for p in range(off, 1000) if all(p + 5 < a or p > b for a, b in mes))
+  videos[vid]["intervals"][0] = {"onset": free, "offset": free + 5}
   shifted = error_report.report({"videos": videos}, "tiny")
   assert shifted["recall"]["all"]["tp"] == n_me - 1
   assert sum(shifted["false_positives"]["by_state"].values()) == 1
   assert sum(shifted["false_positives"]["by_cause"].values()) == 1
+  assert shifted["misses"] == {"mislocalised": 0, "unseen": 1}
+  assert shifted["false_positives"]["on_an_me"] == 0
+  # Twice its length plus one frame: it overlaps the ME, IoU < 0.5 (and ends short of the
+  # next ME, which starts >= 0.6 s later).
+  videos[vid]["intervals"][0] = {"onset": on, "offset": off + (off - on + 1) + 1}
+  wide = error_report.report({"videos": videos}, "tiny")
+  assert wide["recall"]["all"]["tp"] == n_me - 1
+  assert wide["misses"] == {"mislocalised": 1, "unseen": 0}
+  assert wide["false_positives"]["on_an_me"] == 1
   with pytest.raises(SystemExit, match="no synthetic_conversation level"):
     error_report.builder_config("medium")

@@ -1,5 +1,6 @@
 """Where a model's errors fall on a synthetic test split: by ME action, speaking state,
-skin tone, and the nuisance motion under each false positive.
+skin tone, the nuisance motion under each false positive, and whether a miss was
+mislocalised (a prediction overlaps it with IoU < 0.5) or unseen.
 
 The synthetic corpus is a pure function of its seeds, so every test video's timeline
 (what each ME was, which channels moved when) can be replayed without its pixels:
@@ -43,7 +44,8 @@ def skin_luminance(subject_seed: int) -> float:
 
 
 def report(predictions: dict, level: str, split: str = "test") -> dict:
-  """Recall per group and false-positive causes; `predictions` in SPEC §5's format."""
+  """Recall per group, misses by kind and false-positive causes; `predictions` in SPEC
+  §5's format."""
   c = builder_config(level)
   plan = [s for s in generator.corpus_plan(c.num_subjects, videos_per_subject=c.videos_per_subject,
                                            seconds=c.seconds, fps=c.fps,
@@ -51,6 +53,8 @@ def report(predictions: dict, level: str, split: str = "test") -> dict:
   recall = collections.defaultdict(lambda: [0, 0])
   causes = collections.Counter()
   fp_state = collections.Counter()
+  misses = collections.Counter()  # a missed ME: overlapped by a prediction, or not at all
+  fp_on_me = 0
   videos = predictions.get("videos", {})
   for spec in plan:
     tl = generator.video_timeline(spec.seed, spec.num_frames, c.fps, c.difficulty,
@@ -66,16 +70,27 @@ def report(predictions: dict, level: str, split: str = "test") -> dict:
       for key in (f"action={e.action}", f"speaking={e.speaking}", f"skin={tone}", "all"):
         recall[key][0] += i in hit
         recall[key][1] += 1
+      if i not in hit:
+        near = any(_overlap((e.onset, e.offset), q) for q in preds)
+        misses["mislocalised" if near else "unseen"] += 1
     for j, (on, off) in enumerate(preds):
       if j in matched_preds:
         continue
+      fp_on_me += any(_overlap((on, off), g) for g in gts)
       fp_state["speaking" if tl.speaking[(on + off) // 2] == 1 else "listening"] += 1
       lo, hi = max(0, on - 5), min(spec.num_frames, off + 6)
       swing = {name: np.ptp(tl.controls[ch][lo:hi]) / full for name, (ch, full) in _CAUSES.items()}
       causes[max(swing, key=swing.get)] += 1
   return {"recall": {k: {"tp": v[0], "n": v[1], "recall": v[0] / v[1] if v[1] else None}
                      for k, v in sorted(recall.items())},
-          "false_positives": {"by_state": dict(fp_state), "by_cause": dict(causes)}}
+          "misses": {"mislocalised": misses["mislocalised"], "unseen": misses["unseen"]},
+          "false_positives": {"by_state": dict(fp_state), "by_cause": dict(causes),
+                              "on_an_me": fp_on_me}}
+
+
+def _overlap(a, b) -> bool:
+  """Whether two inclusive frame intervals share a frame."""
+  return min(a[1], b[1]) >= max(a[0], b[0])
 
 
 def main(argv=None):
@@ -95,6 +110,11 @@ def main(argv=None):
     return 0
   for key, r in out["recall"].items():
     print(f"{key:32s} {r['tp']:4d} / {r['n']:4d}  recall {r['recall']:.2f}")
+  m, fp = out["misses"], out["false_positives"]
+  print(f"missed MEs: {m['mislocalised']} overlapped by a prediction with IoU < 0.5, "
+        f"{m['unseen']} by none")
+  print(f"false positives overlapping an ME: {fp['on_an_me']} "
+        f"of {sum(fp['by_state'].values())}")
   print("false positives by state:", out["false_positives"]["by_state"])
   print("false positives by nuisance motion:", out["false_positives"]["by_cause"])
   return 0

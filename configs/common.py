@@ -155,6 +155,7 @@ def tiny_model(c: ml_collections.ConfigDict, image_size: int = 32, window: int =
   c.model.num_regions = 2
   c.model.num_queries = 4
   c.model.enhancer_heads = 2
+  c.model.temporal_hidden = 0  # D/2
   c.dataset.window = window
   c.dataset.train_stride = max(window // 2, 1)
   c.eval.stride = max(window // 2, 1)

@@ -40,8 +40,8 @@ def get_config(arg: str | None = None):
   c.model.image_size = 112     # the stored crop size: no resize, MEs keep their ~2.5-3.6 px
   c.model.vit_stem = "hmlp"    # non-linear patch embedding: easy test F1 0.32 -> 0.38-0.45
                                # (docs/learning_easy.md); the paper's linear one: 'patch'
-  c.model.temporal_hidden = 128  # LSTM units per direction (the paper's D/2 is 32 here):
-                                # easy test F1 0.452 / 0.376 -> 0.479 / 0.512 / 0.441 (seeds 0-2)
+  c.model.temporal_hidden = 128  # LSTM units per direction (paper: D/2 = 32); seeds 0-2,
+                                # easy test F1 0.452 / 0.376 -> 0.479 / 0.512 / 0.441
   c.model.num_regions = 4
   c.model.num_queries = 8
   c.model.enhancer_heads = 2

@@ -37,15 +37,24 @@ class WindowAugment:
     return np.clip(np.rint(y), 0, 255).astype(np.uint8)
 
 
-def as_config(augment: Any) -> AugmentConfig | None:
-  """Accepts False/None (off), True (defaults), a dict of fields or an AugmentConfig."""
+def as_config(augment: Any, name: str = "augment") -> AugmentConfig | None:
+  """Accepts False/None (off), True (defaults), a dict of fields or an AugmentConfig.
+
+  A dict with a field AugmentConfig lacks is a TypeError naming it (as `name`, e.g. the
+  config key it came from) and the valid fields.
+  """
   if augment is None or augment is False:
     return None
   if augment is True:
     return AugmentConfig()
   if isinstance(augment, AugmentConfig):
     return augment
-  return AugmentConfig(**dict(augment))
+  fields = dict(augment)
+  valid = {f.name for f in dataclasses.fields(AugmentConfig)}
+  if unknown := sorted(set(fields) - valid):
+    raise TypeError(f"{name} has unknown field(s) {', '.join(unknown)}; "
+                    f"valid: {', '.join(sorted(valid))}")
+  return AugmentConfig(**fields)
 
 
 def sample(rng: np.random.Generator, height: int, width: int,

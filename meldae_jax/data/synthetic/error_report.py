@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from meldae_jax import intervals
 from meldae_jax import metrics
 from meldae_jax.data import build as build_lib
 from meldae_jax.data.synthetic import generator
@@ -71,12 +72,12 @@ def report(predictions: dict, level: str, split: str = "test") -> dict:
         recall[key][0] += i in hit
         recall[key][1] += 1
       if i not in hit:
-        near = any(_overlap((e.onset, e.offset), q) for q in preds)
+        near = any(intervals.iou((e.onset, e.offset), q) > 0 for q in preds)
         misses["mislocalised" if near else "unseen"] += 1
     for j, (on, off) in enumerate(preds):
       if j in matched_preds:
         continue
-      fp_on_me += any(_overlap((on, off), g) for g in gts)
+      fp_on_me += any(intervals.iou((on, off), g) > 0 for g in gts)
       fp_state["speaking" if tl.speaking[(on + off) // 2] == 1 else "listening"] += 1
       lo, hi = max(0, on - 5), min(spec.num_frames, off + 6)
       swing = {name: np.ptp(tl.controls[ch][lo:hi]) / full for name, (ch, full) in _CAUSES.items()}
@@ -86,11 +87,6 @@ def report(predictions: dict, level: str, split: str = "test") -> dict:
           "misses": {"mislocalised": misses["mislocalised"], "unseen": misses["unseen"]},
           "false_positives": {"by_state": dict(fp_state), "by_cause": dict(causes),
                               "on_an_me": fp_on_me}}
-
-
-def _overlap(a, b) -> bool:
-  """Whether two inclusive frame intervals share a frame."""
-  return min(a[1], b[1]) >= max(a[0], b[0])
 
 
 def main(argv=None):

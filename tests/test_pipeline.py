@@ -1,4 +1,5 @@
 """Tests of the grain window pipeline on tiny in-memory sources."""
+import dataclasses
 import json
 
 import cv2
@@ -182,6 +183,30 @@ def test_augmentation_is_the_same_for_every_frame():
   loader = pipeline.WindowLoader(index, 8, ("micro",), SIZE, flip_only)
   w = loader((0, 3), np.random.default_rng(0))
   np.testing.assert_array_equal(w["video"], np.broadcast_to(img[:, ::-1, ::-1], w["video"].shape))
+
+
+def test_low_light_dims_the_window_and_adds_fresh_noise_per_frame():
+  img = np.full((SIZE, SIZE, 3), 200, np.uint8)
+  rec = _record(12, [(2, 4, 0)])
+  rec["frames"] = [_jpeg(img)] * 12
+  index = sources.VideoIndex([rec])
+  plain_cfg = augment_lib.AugmentConfig(flip_prob=0.0, min_crop=1.0, brightness=0.0,
+                                        contrast=0.0)
+  dark_cfg = dataclasses.replace(plain_cfg, low_light_prob=1.0, low_light_min=0.3,
+                                 low_light_noise=2.0)
+  plain = pipeline.WindowLoader(index, 8, ("micro",), SIZE, plain_cfg)((0, 8),
+                                                                        np.random.default_rng(1))
+  aug = augment_lib.sample(np.random.default_rng(1), SIZE, SIZE, dark_cfg)
+  assert 0.3 <= aug.low_light < 1.0 and aug.noise == 2.0
+  dark = pipeline.WindowLoader(index, 8, ("micro",), SIZE, dark_cfg)((0, 8),
+                                                                     np.random.default_rng(1))
+  real = dark["frame_mask"] == 1
+  assert real.sum() == 4 and not dark["video"][~real].any()  # padding stays zero
+  v, p = dark["video"][real].astype(np.float32), plain["video"][real].astype(np.float32)
+  np.testing.assert_allclose(v.mean(), p.mean() * aug.low_light, atol=1.0)
+  assert 1.0 < (v - p * aug.low_light).std() < 3.0  # the added noise, ~2 grey levels
+  assert not np.array_equal(v[0], v[1])  # drawn anew per frame
+  np.testing.assert_array_equal(plain["labels"], dark["labels"])
 
 
 def test_determinism(source):

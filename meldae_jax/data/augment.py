@@ -2,7 +2,8 @@
 
 Labels are per frame and positional in time, so only spatial/photometric changes that
 are identical across the window's frames are allowed: a horizontal flip, a small
-crop-and-resize and a brightness/contrast change. Nothing here moves frames in time.
+crop-and-resize, a brightness/contrast change and a low-light view (the window dimmed
+by one factor, with fresh sensor noise per frame). Nothing here moves frames in time.
 """
 import dataclasses
 from typing import Any
@@ -18,6 +19,13 @@ class AugmentConfig:
   min_crop: float = 0.85  # kept side fraction of the crop, uniform in [min_crop, 1]
   brightness: float = 0.1  # additive delta, uniform in +-brightness * 255
   contrast: float = 0.2  # factor uniform in [1 - contrast, 1 + contrast] around grey 128
+  # Low light: with probability `low_light_prob` the window's intensities are scaled by a
+  # gain uniform in [low_light_min, 1] (towards black) and Gaussian noise of
+  # `low_light_noise` grey levels is added, drawn anew per frame. A dark face's MEs change
+  # few grey levels while a camera's noise stays the same; this shows a model such faces.
+  low_light_prob: float = 0.0
+  low_light_min: float = 0.3
+  low_light_noise: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +35,8 @@ class WindowAugment:
   flip: bool
   brightness: float
   contrast: float
+  low_light: float = 1.0  # intensity gain of the low-light view (1: off)
+  noise: float = 0.0  # its per-frame sensor noise (grey levels)
 
   def lut(self) -> np.ndarray | None:
     """uint8 lookup table of the brightness/contrast change (None when it is identity)."""
@@ -68,7 +78,12 @@ def sample(rng: np.random.Generator, height: int, width: int,
   flip = bool(rng.random() < config.flip_prob)
   brightness = float(rng.uniform(-config.brightness, config.brightness))
   contrast = float(rng.uniform(1.0 - config.contrast, 1.0 + config.contrast))
-  return WindowAugment(box=box, flip=flip, brightness=brightness, contrast=contrast)
+  low_light, noise = 1.0, 0.0
+  if config.low_light_prob > 0 and rng.random() < config.low_light_prob:
+    low_light = float(rng.uniform(config.low_light_min, 1.0))
+    noise = float(config.low_light_noise)
+  return WindowAugment(box=box, flip=flip, brightness=brightness, contrast=contrast,
+                       low_light=low_light, noise=noise)
 
 
 def apply_to_frame(img: np.ndarray, aug: WindowAugment, lut: np.ndarray | None,
@@ -86,6 +101,22 @@ def apply_to_frame(img: np.ndarray, aug: WindowAugment, lut: np.ndarray | None,
   if lut is not None:
     img = cv2.LUT(img, lut)
   return img
+
+
+def apply_low_light(video: np.ndarray, aug: WindowAugment,
+                    rng: np.random.Generator) -> np.ndarray:
+  """Dims a (T, H, W, C) uint8 window by `aug.low_light` and adds per-frame noise, in place.
+
+  Only call it on the window's real frames (padding must stay zero).
+  """
+  if aug.low_light == 1.0 and aug.noise == 0.0:
+    return video
+  x = video.astype(np.float32) * np.float32(aug.low_light)
+  if aug.noise > 0:
+    x += rng.standard_normal(x.shape, dtype=np.float32) * np.float32(aug.noise)
+  np.clip(np.rint(x), 0, 255, out=x)
+  video[...] = x.astype(np.uint8)
+  return video
 
 
 def resize(img: np.ndarray, size: int) -> np.ndarray:

@@ -116,6 +116,8 @@ class WindowLoader:
       else:
         img = augment_lib.apply_to_frame(img, aug, lut, s)
       cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=video[j])
+    if aug is not None:
+      augment_lib.apply_low_light(video[:n], aug, rng)
     return video
 
 

@@ -207,6 +207,8 @@ def test_low_light_dims_the_window_and_adds_fresh_noise_per_frame():
   assert 1.0 < (v - p * aug.low_light).std() < 3.0  # the added noise, ~2 grey levels
   assert not np.array_equal(v[0], v[1])  # drawn anew per frame
   np.testing.assert_array_equal(plain["labels"], dark["labels"])
+  with pytest.raises(ValueError, match="low_light_min"):
+    augment_lib.as_config({"low_light_min": 1.5})
 
 
 def test_determinism(source):

@@ -27,6 +27,13 @@ class AugmentConfig:
   low_light_min: float = 0.3
   low_light_noise: float = 1.0
 
+  def __post_init__(self):
+    for name, ok, want in (("low_light_prob", 0 <= self.low_light_prob <= 1, "in [0, 1]"),
+                           ("low_light_min", 0 < self.low_light_min <= 1, "in (0, 1]"),
+                           ("low_light_noise", self.low_light_noise >= 0, ">= 0")):
+      if not ok:
+        raise ValueError(f"augment {name} must be {want}, got {getattr(self, name)}")
+
 
 @dataclasses.dataclass(frozen=True)
 class WindowAugment:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.special
 
+from meldae_jax.models import gelu
 from meldae_jax.models import vit
 
 # Tiny models: XLA's CPU backend optimisations cost more than they save.
@@ -345,3 +346,28 @@ def test_vit_bad_stem(stem, patch, match):
   model = vit.ViT(f"Mu/{patch}", stem=stem)
   with pytest.raises(ValueError, match=match):
     model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)), train=False)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (40, 35)])
+def test_patch_embed_is_the_strided_conv(size):
+  """Same parameters (names, shapes, initial values) and function as nn.Conv."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, *size, 3), np.float32))
+  ours = vit.PatchEmbed(24, 8)
+  conv = nn.Conv(24, (8, 8), strides=(8, 8), padding="VALID",
+                 kernel_init=nn.initializers.lecun_normal())
+  p_ours = nn.unbox(ours.init(jax.random.key(3), x))
+  p_conv = conv.init(jax.random.key(3), x)
+  jax.tree.map(np.testing.assert_array_equal, p_ours, p_conv)
+  p = jax.tree.map(lambda a: a + 0.1, p_conv)  # a non-zero bias too
+  np.testing.assert_allclose(jax.jit(ours.apply)(p, x), conv.apply(p, x),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_exact_gelu_matches_jax_gelu():
+  x = jnp.linspace(-12.0, 12.0, 4001, dtype=jnp.float32)
+  ref = lambda x: jax.nn.gelu(x, approximate=False)  # noqa: E731
+  np.testing.assert_allclose(gelu.exact_gelu(x), ref(x), rtol=1e-6, atol=1e-6)
+  grad = jax.vmap(jax.grad(gelu.exact_gelu))(x)
+  np.testing.assert_allclose(grad, jax.vmap(jax.grad(ref))(x), rtol=1e-5, atol=1e-6)
+  # Not a tanh approximation (which is 1e-4 off around |x| ~ 2).
+  assert float(jnp.max(jnp.abs(gelu.exact_gelu(x) - jax.nn.gelu(x)))) > 1e-4

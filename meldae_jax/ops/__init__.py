@@ -1,0 +1,1 @@
+"""Custom kernels the models can use in place of XLA ops, each with an XLA fallback."""

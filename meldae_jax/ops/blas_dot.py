@@ -1,0 +1,216 @@
+"""Float32 Dense matmuls on CPU through OpenBLAS's sgemm (an XLA FFI custom call).
+
+Why: on the 2-core AVX2 hosts this project is measured on, XLA's CPU dot emitters run the
+ViT's skinny matmuls (1600x192x768 at Ti112) at 75-117 GFLOP/s, while the OpenBLAS that
+numpy already ships runs them at 130-145 (docs/performance.md). `dot_general` below is a
+drop-in for `lax.dot_general` that Flax's `Dense`, `DenseGeneral` and attention take as
+their `dot_general` argument: a plain matmul (lhs's trailing axes contracted with rhs's
+leading ones, float32, no batch axes) goes to sgemm, with a custom VJP whose two
+gradients are sgemm calls too; anything else goes to `lax.dot_general` unchanged. Same
+FLOPs, same maths; results differ from XLA's dot by float32 rounding only.
+
+It is used only where it is the faster path: the CPU backend with a single device (a
+custom call has no sharding rule, so a multi-device mesh would gather its operands).
+`MELDAE_CPU_GEMM=0` turns it off; `MELDAE_CBLAS_LIB=/path/libmkl_rt.so` picks another
+CBLAS (LP64 `cblas_sgemm`). The handler (`blas_gemm.cc`) is compiled with the system C++
+compiler on first use and cached under `$MELDAE_CACHE` (default `~/.cache/meldae_jax`);
+if there is no compiler or no BLAS, a warning says so once and XLA's dot is used.
+"""
+import contextlib
+import ctypes
+import functools
+import glob
+import hashlib
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+_SRC = pathlib.Path(__file__).with_name("blas_gemm.cc")
+_TARGET = "meldae_gemm"
+# (symbol, ilp64) in the order they are tried: numpy's scipy-openblas (ILP64), its LP64
+# sibling (the scipy-openblas32 wheel), then any plain CBLAS.
+_SYMBOLS = (("scipy_cblas_sgemm64_", True), ("scipy_cblas_sgemm", False),
+            ("cblas_sgemm64_", True), ("cblas_sgemm", False))
+
+
+def _cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get(
+      "MELDAE_CACHE", pathlib.Path.home() / ".cache" / "meldae_jax"))
+
+
+def _blas_candidates() -> list[str]:
+  if os.environ.get("MELDAE_CBLAS_LIB"):
+    return [os.environ["MELDAE_CBLAS_LIB"]]
+  site = pathlib.Path(np.__file__).resolve().parent.parent
+  found = sorted(glob.glob(str(site / "numpy.libs" / "libscipy_openblas*.so*")))
+  try:
+    import scipy_openblas32  # pylint: disable=g-import-not-at-top
+    found.append(os.path.join(scipy_openblas32.get_lib_dir(),
+                              scipy_openblas32.get_library() + ".so"))
+  except ImportError:
+    pass
+  return found
+
+
+_SET_THREADS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                "openblas_set_num_threads", "MKL_Set_Num_Threads")
+
+
+def _private_copy(path: str) -> str:
+  """A copy of the BLAS under its own file name, so dlopen gives this module its own
+  instance: set to one thread here (the handler spreads blocks over XLA's pool) without
+  touching the thread count numpy's copy runs with."""
+  src = pathlib.Path(path)
+  out = _cache_dir() / f"private-{hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:12]}-{src.name}"
+  if not out.exists() or out.stat().st_size != src.stat().st_size:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out.parent, delete=False) as tmp:
+      tmp.write(src.read_bytes())
+    os.replace(tmp.name, out)
+  return str(out)
+
+
+def _find_sgemm() -> tuple[int, bool, str]:
+  """(address, ilp64, library) of the first CBLAS sgemm found, its BLAS single-threaded."""
+  for path in _blas_candidates():
+    try:
+      lib = ctypes.CDLL(_private_copy(path))
+    except OSError:
+      continue
+    for symbol, ilp64 in _SYMBOLS:
+      fn = getattr(lib, symbol, None)
+      if fn is not None:
+        for name in _SET_THREADS:
+          if hasattr(lib, name):
+            getattr(lib, name)(ctypes.c_int(1))
+            break
+        return ctypes.cast(fn, ctypes.c_void_p).value, ilp64, path
+  raise RuntimeError("no CBLAS sgemm found (numpy.libs/libscipy_openblas*.so, "
+                     "$MELDAE_CBLAS_LIB)")
+
+
+def _build() -> pathlib.Path:
+  """Compiles blas_gemm.cc once per (source, jax version); returns the .so path."""
+  include = jax.ffi.include_dir()
+  key = hashlib.sha256(_SRC.read_bytes() + jax.__version__.encode()
+                       + include.encode()).hexdigest()[:16]
+  out = _cache_dir() / f"blas_gemm-{key}.so"
+  if out.exists():
+    return out
+  cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+  if cxx is None:
+    raise RuntimeError("no C++ compiler (g++/c++ or $CXX) to build blas_gemm.cc")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    part = pathlib.Path(tmp) / out.name
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}",
+           str(_SRC), "-o", str(part)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:
+      raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    os.replace(part, out)  # atomic: a concurrent process sees all of it or nothing
+  return out
+
+
+@functools.cache
+def available() -> bool:
+  """Builds and registers the handler once; False (with one warning) if it cannot."""
+  try:
+    so = ctypes.CDLL(str(_build()))
+    address, ilp64, path = _find_sgemm()
+    so.meldae_set_sgemm(ctypes.c_void_p(address), ctypes.c_int(int(ilp64)))
+    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(so.MeldaeGemm),
+                                platform="cpu")
+  except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+    logging.warning("OpenBLAS matmuls unavailable, using XLA's dot: %s", e)
+    return False
+  logging.info("CPU Dense matmuls use sgemm from %s", path)
+  return True
+
+
+_FORCED_OFF = []
+
+
+@contextlib.contextmanager
+def xla_dots():
+  """Within: trace with XLA's dot everywhere (FLOP counts, reference outputs)."""
+  _FORCED_OFF.append(True)
+  try:
+    yield
+  finally:
+    _FORCED_OFF.pop()
+
+
+def enabled() -> bool:
+  """Whether Dense matmuls traced now go to sgemm. Decided when tracing: a function
+  jit has already traced keeps the choice it was traced with."""
+  if _FORCED_OFF or os.environ.get("MELDAE_CPU_GEMM", "1") == "0":
+    return False
+  if jax.default_backend() != "cpu" or jax.device_count() != 1:
+    return False
+  return available()
+
+
+def _call(a, b, trans_a: bool, trans_b: bool):
+  if not available():
+    raise RuntimeError("the sgemm custom call is unavailable (see the warning above)")
+  m = a.shape[1] if trans_a else a.shape[0]
+  n = b.shape[0] if trans_b else b.shape[1]
+  return jax.ffi.ffi_call(
+      _TARGET, jax.ShapeDtypeStruct((m, n), jnp.float32),
+      vmap_method="sequential")(a, b, trans_a=trans_a, trans_b=trans_b)
+
+
+@jax.custom_vjp
+def gemm(a, b):
+  """(M, K) @ (K, N) in float32 by sgemm; differentiable."""
+  return _call(a, b, False, False)
+
+
+def _gemm_fwd(a, b):
+  return _call(a, b, False, False), (a, b)
+
+
+def _gemm_bwd(res, g):
+  a, b = res
+  return _call(g, b, False, True), _call(a, g, True, False)
+
+
+gemm.defvjp(_gemm_fwd, _gemm_bwd)
+
+
+def _is_plain_matmul(lhs, rhs, dimension_numbers, precision,
+                     preferred_element_type) -> bool:
+  (lc, rc), (lb, rb) = dimension_numbers
+  nc = len(lc)
+  return (not lb and not rb and nc > 0
+          and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+          and preferred_element_type in (None, jnp.float32)
+          and precision in (None, lax.Precision.DEFAULT,
+                            (lax.Precision.DEFAULT, lax.Precision.DEFAULT))
+          and tuple(lc) == tuple(range(lhs.ndim - nc, lhs.ndim))
+          and tuple(rc) == tuple(range(nc))
+          and lhs.ndim > nc and rhs.ndim > nc and lhs.size > 0 and rhs.size > 0)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None,
+                preferred_element_type=None, **kwargs):
+  """`lax.dot_general`, with plain float32 matmuls on CPU done by sgemm."""
+  if (kwargs or not _is_plain_matmul(lhs, rhs, dimension_numbers, precision,
+                                     preferred_element_type) or not enabled()):
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                           preferred_element_type=preferred_element_type, **kwargs)
+  nc = len(dimension_numbers[0][0])
+  lhs_free, k_dims = lhs.shape[:lhs.ndim - nc], lhs.shape[lhs.ndim - nc:]
+  rhs_free = rhs.shape[nc:]
+  k = int(np.prod(k_dims))
+  out = gemm(lhs.reshape(-1, k), rhs.reshape(k, -1))
+  return out.reshape(*lhs_free, *rhs_free)

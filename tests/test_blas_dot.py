@@ -1,0 +1,102 @@
+"""The sgemm custom call (meldae_jax/ops/blas_dot.py): same results as XLA's dot, and
+really taken (the lowered program holds the custom call) where it should be."""
+import os
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from meldae_jax.ops import blas_dot
+
+DENSE = (((2,), (0,)), ((), ()))
+
+
+def _rand(shape, seed):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32))
+
+
+def _uses_gemm(fn, *args) -> bool:
+  return "meldae_gemm" in jax.jit(fn).lower(*args).as_text()
+
+
+pytestmark = pytest.mark.skipif(not blas_dot.enabled(),
+                                reason="no C++ compiler or BLAS on this host")
+
+
+@pytest.mark.parametrize("lhs_shape,rhs_shape,dims", [
+    ((2, 50, 192), (192, 3, 64), DENSE),                        # DenseGeneral (q, k, v)
+    ((2, 50, 3, 64), (3, 64, 192), (((2, 3), (0, 1)), ((), ()))),  # attention output
+    ((37, 5), (5, 1), (((1,), (0,)), ((), ()))),                # rows not a tile multiple
+    ((1, 9), (9, 4), (((1,), (0,)), ((), ()))),                 # one row
+])
+def test_matches_xla_dot_values_and_gradients(lhs_shape, rhs_shape, dims):
+  a, b = _rand(lhs_shape, 0), _rand(rhs_shape, 1)
+  ours = lambda a, b: blas_dot.dot_general(a, b, dims)  # noqa: E731
+  ref = lambda a, b: lax.dot_general(a, b, dims)  # noqa: E731
+  assert _uses_gemm(ours, a, b)
+  np.testing.assert_allclose(jax.jit(ours)(a, b), ref(a, b), rtol=1e-5, atol=1e-5)
+  # A loss that weights every output differently, so a transposed gradient shows.
+  w = _rand(ref(a, b).shape, 2)
+  g_ours = jax.jit(jax.grad(lambda a, b: jnp.sum(w * ours(a, b)), (0, 1)))(a, b)
+  g_ref = jax.grad(lambda a, b: jnp.sum(w * ref(a, b)), (0, 1))(a, b)
+  for x, y in zip(g_ours, g_ref):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["batch_dims", "bf16", "contract_leading_lhs"])
+def test_other_dot_generals_go_to_xla_unchanged(case):
+  if case == "batch_dims":
+    a, b, dims = _rand((4, 6, 8), 0), _rand((4, 8, 3), 1), (((2,), (1,)), ((0,), (0,)))
+  elif case == "bf16":
+    a, b, dims = _rand((6, 8), 0).astype(jnp.bfloat16), _rand((8, 3), 1), (
+        ((1,), (0,)), ((), ()))
+  else:
+    a, b, dims = _rand((8, 6), 0), _rand((8, 3), 1), (((0,), (0,)), ((), ()))
+  ours = lambda a, b: blas_dot.dot_general(a, b, dims)  # noqa: E731
+  assert not _uses_gemm(ours, a, b)
+  np.testing.assert_array_equal(jax.jit(ours)(a, b),
+                                jax.jit(lambda a, b: lax.dot_general(a, b, dims))(a, b))
+
+
+def test_xla_dots_context_and_env_switch_it_off(monkeypatch):
+  a, b = _rand((2, 5, 8), 0), _rand((8, 3), 1)
+  # A new function each time: jit caches a trace, and the choice is made when tracing.
+  ours = lambda: lambda a, b: blas_dot.dot_general(a, b, DENSE)  # noqa: E731
+  with blas_dot.xla_dots():
+    assert not _uses_gemm(ours(), a, b)
+  assert _uses_gemm(ours(), a, b)
+  monkeypatch.setenv("MELDAE_CPU_GEMM", "0")
+  assert not _uses_gemm(ours(), a, b)
+
+
+def test_vmap_of_the_custom_call():
+  a, b = _rand((3, 7, 8), 0), _rand((8, 5), 1)
+  out = jax.vmap(blas_dot.gemm, in_axes=(0, None))(a, b)
+  np.testing.assert_allclose(out, jnp.einsum("bmk,kn->bmn", a, b), rtol=1e-5, atol=1e-5)
+
+
+def test_the_compiled_handler_is_cached(tmp_path, monkeypatch):
+  monkeypatch.setenv("MELDAE_CACHE", str(tmp_path))
+  first = blas_dot._build()  # pylint: disable=protected-access
+  mtime = os.path.getmtime(first)
+  assert first.parent == tmp_path and first.suffix == ".so"
+  assert blas_dot._build() == first  # pylint: disable=protected-access
+  assert os.path.getmtime(first) == mtime
+
+
+def test_vit_dense_layers_take_the_gemm_path():
+  """Patch embedding, q/k/v/out and both MLP layers of every block: 1 + 6 * depth calls
+  forward, and the same outputs as with XLA's dots."""
+  from meldae_jax.models import vit  # pylint: disable=g-import-not-at-top
+  model = vit.ViT("Mu/8", scan=False)
+  x = _rand((2, 32, 32, 3), 0)
+  params = model.init(jax.random.key(0), x, train=False)
+  apply = lambda: lambda p, x: model.apply(p, x, train=False)  # noqa: E731
+  text = jax.jit(apply()).lower(params, x).as_text()
+  assert text.count("@meldae_gemm") == 1 + 6 * vit.VARIANTS["Mu"]["depth"]
+  with blas_dot.xla_dots():
+    ref = jax.jit(apply())(params, x)
+  for got, want in zip(jax.jit(apply())(params, x), ref):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,132 @@
+"""Before/after of one optimisation, measured in one process with the steps interleaved.
+
+  python benchmarks/ab_step.py --config Ti112 --mode train current xla_dots conv_embed
+
+Each variant is the project's step (`step.py`) with some optimisations undone, joined by
+'+': `xla_dots` (XLA's dot instead of the sgemm custom call, `meldae_jax/ops/blas_dot.py`),
+`conv_embed` (the patch embedding as XLA's strided convolution instead of patchify +
+matmul), `erfc_gelu` (`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`);
+`current` undoes nothing. All variants are compiled first, then run in turns of
+`--per-turn` steps for `--rounds` rounds, so the drift of a shared VM (+-20 % over
+minutes here) falls on all of them alike. Prints one JSON line per variant.
+Process-wide settings (malloc tuning, XLA flags) cannot be undone in-process: compare
+those across processes (`MELDAE_MALLOC_TUNING=0`, `MELDAE_XLA_FLAGS=0`).
+"""
+import argparse
+import contextlib
+import json
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import meldae_jax  # noqa: F401  first: the project's process settings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from benchmarks import step
+from meldae_jax.models import gelu
+from meldae_jax.models import vit
+from meldae_jax.ops import blas_dot
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+UNDO = ("xla_dots", "conv_embed", "erfc_gelu")
+
+
+class ConvEmbed(nn.Module):
+  """The patch embedding as it was: XLA's strided convolution, same parameters."""
+  features: int
+  patch: int
+  dtype: object = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    p = self.patch
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (p, p, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype),
+                                     (p, p), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias.astype(self.dtype)
+
+
+@contextlib.contextmanager
+def undone(variant: str):
+  """Traces within see the project with the optimisations named in `variant` undone."""
+  names = set() if variant == "current" else set(variant.split("+"))
+  unknown = names - set(UNDO)
+  if unknown:
+    raise ValueError(f"unknown variant part(s) {sorted(unknown)}; valid: {UNDO}")
+  saved = (gelu.exact_gelu, vit.PatchEmbed)
+  if "erfc_gelu" in names:
+    gelu.exact_gelu = lambda x: jax.nn.gelu(x, approximate=False)
+  if "conv_embed" in names:
+    vit.PatchEmbed = ConvEmbed
+  try:
+    with blas_dot.xla_dots() if "xla_dots" in names else contextlib.nullcontext():
+      yield
+  finally:
+    gelu.exact_gelu, vit.PatchEmbed = saved
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("variants", nargs="+")
+  p.add_argument("--config", default="Ti112", choices=sorted(common.CONFIGS))
+  p.add_argument("--mode", default="train", choices=("train", "infer"))
+  p.add_argument("--rounds", type=int, default=8)
+  p.add_argument("--per-turn", type=int, default=4)
+  args = p.parse_args(argv)
+
+  shape = common.CONFIGS[args.config]
+  mcfg = step.model_config(shape)
+  model = step.meldae.MELDAE(mcfg)
+  loss_cfg, opt_cfg, total = step.train_configs()
+  batch = {k: jnp.asarray(v) for k, v in common.make_batch(shape).items()}
+  params = step.init_params(model, mcfg)
+  tx = step.optim.make_optimizer(opt_cfg, total)[0] if args.mode == "train" else None
+
+  compiled, inputs = {}, {}
+  for v in args.variants:
+    with undone(v):
+      fn, donate, fn_args = step.step_fn_and_args(
+          model, args.mode, jax.tree.map(jnp.copy, params), batch, tx, loss_cfg)
+      compiled[v] = jax.jit(fn, donate_argnums=donate).lower(*fn_args).compile()
+    inputs[v] = fn_args
+  times = {v: [] for v in args.variants}
+
+  def run(v, n, record=True):
+    for _ in range(n):
+      t0 = time.perf_counter()
+      out = jax.block_until_ready(compiled[v](*inputs[v]))
+      if record:
+        times[v].append(time.perf_counter() - t0)
+      if args.mode == "train":
+        inputs[v] = (out[0], batch)
+
+  for v in args.variants:
+    run(v, 2, record=False)  # warm-up
+  for r in range(args.rounds):
+    for v in args.variants:
+      run(v, args.per_turn)
+    print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+  for v in args.variants:
+    t = np.asarray(times[v])
+    print(json.dumps(dict(config=args.config, mode=args.mode, variant=v, steps=len(t),
+                          median_s=float(np.median(t)),
+                          p25_s=float(np.percentile(t, 25)), min_s=float(t.min()),
+                          max_s=float(t.max()))))
+
+
+if __name__ == "__main__":
+  main()

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from meldae_jax.ops import blas_dot
+
 Dtype = Any
 
 
@@ -30,11 +32,13 @@ class Mlp(nn.Module):
   def __call__(self, x, *, train: bool = False):
     d = x.shape[-1]
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0",
-                 kernel_init=kernel_init("embed", "mlp"))(x)
+                 kernel_init=kernel_init("embed", "mlp"),
+                 dot_general=blas_dot.dot_general)(x)
     x = nn.gelu(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(d, dtype=self.dtype, name="Dense_1",
-                    kernel_init=kernel_init("mlp", "embed"))(x)
+                    kernel_init=kernel_init("mlp", "embed"),
+                    dot_general=blas_dot.dot_general)(x)
 
 
 class Attention(nn.Module):
@@ -53,7 +57,8 @@ class Attention(nn.Module):
     dh = max(1, d // self.num_heads)  # L/16 (1024) with 12 heads: 12 x 85
     proj = lambda name: nn.DenseGeneral(  # noqa: E731
         (self.num_heads, dh), dtype=self.dtype, name=name,
-        kernel_init=kernel_init("embed", "heads", "kv"))
+        kernel_init=kernel_init("embed", "heads", "kv"),
+        dot_general=blas_dot.dot_general)
     q, k, v = proj("query")(x), proj("key")(kv), proj("value")(kv)
     logits = jnp.einsum("bnhc,bmhc->bhnm", q, k,
                         preferred_element_type=jnp.float32) / jnp.sqrt(dh)

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from meldae_jax.models.enhancer import kernel_init
+from meldae_jax.ops import blas_dot
 
 Dtype = Any
 
@@ -38,7 +39,8 @@ class Head(nn.Module):
   def __call__(self, x, *, train: bool = False):
     x = nn.LayerNorm(dtype=self.dtype, name="norm")(x.astype(self.dtype))
     x = nn.Dense(self.hidden, dtype=self.dtype, name="hidden",
-                 kernel_init=kernel_init("embed", "mlp"))(x)
+                 kernel_init=kernel_init("embed", "mlp"),
+                 dot_general=blas_dot.dot_general)(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(x))
     x = nn.Dense(self.out_dim, dtype=jnp.float32, name="out",
                  kernel_init=kernel_init("mlp", None))(x)

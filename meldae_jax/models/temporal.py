@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from meldae_jax.models.enhancer import kernel_init
+from meldae_jax.ops import blas_dot
 
 Dtype = Any
 
@@ -43,4 +44,5 @@ class Temporal(nn.Module):
     elif self.kind != "none":
       raise ValueError(f"unknown temporal model {self.kind!r}")
     return nn.Dense(self.width, dtype=self.dtype, name="proj",
-                    kernel_init=kernel_init("mlp", "embed"))(x.astype(self.dtype))
+                    kernel_init=kernel_init("mlp", "embed"),
+                    dot_general=blas_dot.dot_general)(x.astype(self.dtype))

@@ -1,0 +1,61 @@
+"""GFLOP/s of the train step's Dense matmul shapes, per library, one JSON line per shape.
+
+  python benchmarks/matmul_shapes.py jax|sgemm|numpy        # in .venv
+  /tmp/torchvenv/bin/python benchmarks/matmul_shapes.py torch  # PyTorch's MKL/oneDNN
+  OPENBLAS_NUM_THREADS=1 taskset -c 0 python benchmarks/matmul_shapes.py numpy  # 1 core
+
+`jax` is XLA's own dot, `sgemm` the project's custom call (`meldae_jax/ops/blas_dot.py`),
+`numpy` the OpenBLAS numpy ships. (M, K, N) are Ti112's (1600 tokens, width 192, MLP 768)
+forward and backward shapes and S112's, plus the 4096^2 peak.
+"""
+import json
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+SHAPES = [(1600, 192, 576), (1600, 192, 192), (1600, 192, 768), (1600, 768, 192),
+          (192, 1600, 768), (768, 1600, 192), (1600, 384, 1152), (1600, 384, 1536),
+          (1600, 1536, 384), (4096, 4096, 4096)]
+
+
+def _matmul(which):
+  if which == "numpy":
+    return np.dot, lambda x: x
+  if which == "torch":
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(int(os.environ.get("THREADS", os.cpu_count())))
+    return torch.mm, torch.from_numpy
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  import meldae_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from meldae_jax.ops import blas_dot  # pylint: disable=g-import-not-at-top
+  fn = jax.jit(blas_dot.gemm if which == "sgemm" else jnp.dot)
+  return (lambda a, b: fn(a, b).block_until_ready()), jnp.asarray
+
+
+def main(which: str):
+  mm, convert = _matmul(which)
+  rng = np.random.default_rng(0)
+  for m, k, n in SHAPES:
+    a = convert(rng.standard_normal((m, k), dtype=np.float32))
+    b = convert(rng.standard_normal((k, n), dtype=np.float32))
+    reps = 5 if m == 4096 else 50
+    mm(a, b)
+    times = []
+    for _ in range(reps):
+      t0 = time.perf_counter()
+      mm(a, b)
+      times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    print(json.dumps(dict(library=which, m=m, k=k, n=n, median_ms=med * 1e3,
+                          gflops_per_s=2 * m * k * n / med / 1e9)), flush=True)
+
+
+if __name__ == "__main__":
+  if len(sys.argv) != 2 or sys.argv[1] not in ("jax", "sgemm", "numpy", "torch"):
+    sys.exit(__doc__)
+  main(sys.argv[1])

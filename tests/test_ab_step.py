@@ -1,0 +1,38 @@
+"""benchmarks/ab_step.py: each variant really undoes its optimisation when tracing."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import ab_step
+from meldae_jax.models import vit
+
+
+def _vit_hlo(variant):
+  model = vit.ViT("Mu/8", scan=False)
+  x = jnp.zeros((1, 16, 16, 3), jnp.float32)
+  with ab_step.undone(variant):
+    params = model.init(jax.random.key(0), x, train=False)
+    text = jax.jit(lambda p, x: model.apply(p, x, train=False)).lower(params, x).as_text()
+    out = jax.jit(lambda p, x: model.apply(p, x, train=False))(params, x + 0.5)
+  return text, params, out
+
+
+def test_variants_change_the_traced_program_not_the_function():
+  cur_text, cur_params, cur_out = _vit_hlo("current")
+  conv_text, conv_params, conv_out = _vit_hlo("conv_embed+xla_dots+erfc_gelu")
+  assert "convolution" not in cur_text and "convolution" in conv_text
+  assert "meldae_gemm" in cur_text and "meldae_gemm" not in conv_text
+  assert "erfc" not in cur_text and "erfc" in conv_text
+  jax.tree.map(np.testing.assert_array_equal, nn.unbox(cur_params),
+               nn.unbox(conv_params))  # same parameters and initial values
+  for a, b in zip(cur_out, conv_out):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert vit.PatchEmbed is not ab_step.ConvEmbed  # restored
+
+
+def test_unknown_variant_is_an_error():
+  with pytest.raises(ValueError, match="valid"):
+    with ab_step.undone("xla_dots+fast_math"):
+      pass

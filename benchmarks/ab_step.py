@@ -9,8 +9,8 @@ matmul), `erfc_gelu` (`jax.nn.gelu(approximate=False)` instead of `models/gelu.p
 `current` undoes nothing. All variants are compiled first, then run in turns of
 `--per-turn` steps for `--rounds` rounds, so the drift of a shared VM (+-20 % over
 minutes here) falls on all of them alike. Prints one JSON line per variant.
-Process-wide settings (malloc tuning, XLA flags) cannot be undone in-process: compare
-those across processes (`MELDAE_MALLOC_TUNING=0`, `MELDAE_XLA_FLAGS=0`).
+Process-wide settings (XLA flags, malloc tunables) cannot be undone in-process: compare
+those across processes (`MELDAE_XLA_FLAGS=0`, `GLIBC_TUNABLES=...`).
 """
 import argparse
 import contextlib

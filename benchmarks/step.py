@@ -48,7 +48,6 @@ import optax
 
 from benchmarks import common
 from configs import common as config_common
-from meldae_jax import host_malloc
 from meldae_jax import losses
 from meldae_jax import optim
 from meldae_jax.models import config as model_config_lib
@@ -338,7 +337,6 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
   figures["cpu_gemm"] = blas_dot.enabled()  # Dense matmuls by sgemm (ops/blas_dot.py)
   figures["sgemm_peak_gflops_per_s"] = (
       matmul_peak(peak_size, dot=blas_dot.gemm) if figures["cpu_gemm"] else None)
-  figures["malloc_tuning"] = host_malloc.APPLIED
   out = holder["out"]
   if out is not None:
     if mode == "train":

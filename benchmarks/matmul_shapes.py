@@ -12,9 +12,11 @@ import json
 import os
 import pathlib
 import sys
-import time
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SHAPES = [(1600, 192, 576), (1600, 192, 192), (1600, 192, 768), (1600, 768, 192),
           (192, 1600, 768), (768, 1600, 192), (1600, 384, 1152), (1600, 384, 1536),
@@ -28,7 +30,6 @@ def _matmul(which):
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(int(os.environ.get("THREADS", os.cpu_count())))
     return torch.mm, torch.from_numpy
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
   import meldae_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -43,13 +44,7 @@ def main(which: str):
   for m, k, n in SHAPES:
     a = convert(rng.standard_normal((m, k), dtype=np.float32))
     b = convert(rng.standard_normal((k, n), dtype=np.float32))
-    reps = 5 if m == 4096 else 50
-    mm(a, b)
-    times = []
-    for _ in range(reps):
-      t0 = time.perf_counter()
-      mm(a, b)
-      times.append(time.perf_counter() - t0)
+    times = common.time_steps(lambda: mm(a, b), 5 if m == 4096 else 50, 1)  # noqa: B023
     med = float(np.median(times))
     print(json.dumps(dict(library=which, m=m, k=k, n=n, median_ms=med * 1e3,
                           gflops_per_s=2 * m * k * n / med / 1e9)), flush=True)

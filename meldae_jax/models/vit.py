@@ -170,7 +170,7 @@ class PatchEmbed(nn.Module):
                         (p, p, c, self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    n, h, w = x.shape[0], x.shape[1] // p, x.shape[2] // p
+    h, w = x.shape[1] // p, x.shape[2] // p
     x = einops.rearrange(x[:, :h * p, :w * p], "n (h a) (w b) c -> n h w (a b c)",
                          a=p, b=p)
     y = blas_dot.dot_general(x, kernel.reshape(p * p * c, self.features),

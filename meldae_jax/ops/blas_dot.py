@@ -35,8 +35,8 @@ import numpy as np
 
 _SRC = pathlib.Path(__file__).with_name("blas_gemm.cc")
 _TARGET = "meldae_gemm"
-# (symbol, ilp64) in the order they are tried: numpy's scipy-openblas (ILP64), its LP64
-# sibling (the scipy-openblas32 wheel), then any plain CBLAS.
+# (symbol, ilp64) in the order they are tried: numpy's scipy-openblas (ILP64), then a
+# library named by $MELDAE_CBLAS_LIB (scipy-openblas32, OpenBLAS, MKL's cblas_sgemm).
 _SYMBOLS = (("scipy_cblas_sgemm64_", True), ("scipy_cblas_sgemm", False),
             ("cblas_sgemm64_", True), ("cblas_sgemm", False))
 
@@ -50,14 +50,7 @@ def _blas_candidates() -> list[str]:
   if os.environ.get("MELDAE_CBLAS_LIB"):
     return [os.environ["MELDAE_CBLAS_LIB"]]
   site = pathlib.Path(np.__file__).resolve().parent.parent
-  found = sorted(glob.glob(str(site / "numpy.libs" / "libscipy_openblas*.so*")))
-  try:
-    import scipy_openblas32  # pylint: disable=g-import-not-at-top
-    found.append(os.path.join(scipy_openblas32.get_lib_dir(),
-                              scipy_openblas32.get_library() + ".so"))
-  except ImportError:
-    pass
-  return found
+  return sorted(glob.glob(str(site / "numpy.libs" / "libscipy_openblas*.so*")))
 
 
 _SET_THREADS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,7 @@ from meldae_jax import optim
 from meldae_jax.models import config as model_config_lib
 from meldae_jax.models import meldae
 from meldae_jax.ops import blas_dot
+from meldae_jax.ops import host_alloc
 # pylint: enable=g-import-not-at-top,wrong-import-position,unused-import
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -305,9 +307,14 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
   compile_s = time.perf_counter() - t0
   rss_compiled = common.peak_rss_mib()
 
-  holder = {"args": args, "out": None}
+  holder = {"args": args, "out": None, "faults": []}
 
   def one_step():
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    _run_step()
+    holder["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+
+  def _run_step():
     if mode == "train":
       state, aux = compiled(*holder["args"])
       holder["args"] = (state, batch)
@@ -321,6 +328,10 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
       rss_compiled)  # before the matmul peak's own matrices
   figures.update(common.timing_figures(times, shape, t))
   figures["compile_seconds"] = compile_s
+  # Page faults of a timed step: XLA's step buffers re-faulted each step if not cached.
+  timed_faults = holder["faults"][warmup:]
+  figures["minor_faults_per_step"] = (int(np.median(timed_faults)) if timed_faults
+                                      else None)
   figures.update(rss)
   figures.update(memory_figures(compiled))
   # Scanned blocks counted once, sgemm custom calls not at all: for reference only.
@@ -335,6 +346,9 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
   figures["fraction_of_peak"] = (figures["gflops_per_s"] / peak
                                  if peak and figures["gflops_per_s"] else None)
   figures["cpu_gemm"] = blas_dot.enabled()  # Dense matmuls by sgemm (ops/blas_dot.py)
+  alloc = host_alloc.stats()  # XLA's big host buffers cached (ops/host_alloc.py)
+  figures["host_alloc"] = alloc["reserved"] > 0
+  figures["host_alloc_cached_mib"] = alloc["cached"] / 2**20
   figures["sgemm_peak_gflops_per_s"] = (
       matmul_peak(peak_size, dot=blas_dot.gemm) if figures["cpu_gemm"] else None)
   out = holder["out"]

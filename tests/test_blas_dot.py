@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from meldae_jax.ops import blas_dot
+from meldae_jax.ops import native
 
 DENSE = (((2,), (0,)), ((), ()))
 
@@ -79,10 +80,10 @@ def test_vmap_of_the_custom_call():
 
 def test_the_compiled_handler_is_cached(tmp_path, monkeypatch):
   monkeypatch.setenv("MELDAE_CACHE", str(tmp_path))
-  first = blas_dot._build()  # pylint: disable=protected-access
+  first = native.build(blas_dot._SRC)  # pylint: disable=protected-access
   mtime = os.path.getmtime(first)
   assert first.parent == tmp_path and first.suffix == ".so"
-  assert blas_dot._build() == first  # pylint: disable=protected-access
+  assert native.build(blas_dot._SRC) == first  # pylint: disable=protected-access
   assert os.path.getmtime(first) == mtime
 
 

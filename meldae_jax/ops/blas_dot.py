@@ -24,7 +24,6 @@ import hashlib
 import logging
 import os
 import pathlib
-import shutil
 import subprocess
 import tempfile
 
@@ -33,17 +32,15 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from meldae_jax.ops import host_alloc
+from meldae_jax.ops import native
+
 _SRC = pathlib.Path(__file__).with_name("blas_gemm.cc")
 _TARGET = "meldae_gemm"
 # (symbol, ilp64) in the order they are tried: numpy's scipy-openblas (ILP64), then a
 # library named by $MELDAE_CBLAS_LIB (scipy-openblas32, OpenBLAS, MKL's cblas_sgemm).
 _SYMBOLS = (("scipy_cblas_sgemm64_", True), ("scipy_cblas_sgemm", False),
             ("cblas_sgemm64_", True), ("cblas_sgemm", False))
-
-
-def _cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get(
-      "MELDAE_CACHE", pathlib.Path.home() / ".cache" / "meldae_jax"))
 
 
 def _blas_candidates() -> list[str]:
@@ -62,7 +59,7 @@ def _private_copy(path: str) -> str:
   instance: set to one thread here (the handler spreads blocks over XLA's pool) without
   touching the thread count numpy's copy runs with."""
   src = pathlib.Path(path)
-  out = _cache_dir() / f"private-{hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:12]}-{src.name}"
+  out = native.cache_dir() / f"private-{hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:12]}-{src.name}"
   if not out.exists() or out.stat().st_size != src.stat().st_size:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, delete=False) as tmp:
@@ -90,34 +87,11 @@ def _find_sgemm() -> tuple[int, bool, str]:
                      "$MELDAE_CBLAS_LIB)")
 
 
-def _build() -> pathlib.Path:
-  """Compiles blas_gemm.cc once per (source, jax version); returns the .so path."""
-  include = jax.ffi.include_dir()
-  key = hashlib.sha256(_SRC.read_bytes() + jax.__version__.encode()
-                       + include.encode()).hexdigest()[:16]
-  out = _cache_dir() / f"blas_gemm-{key}.so"
-  if out.exists():
-    return out
-  cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-  if cxx is None:
-    raise RuntimeError("no C++ compiler (g++/c++ or $CXX) to build blas_gemm.cc")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-    part = pathlib.Path(tmp) / out.name
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}",
-           str(_SRC), "-o", str(part)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode:
-      raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    os.replace(part, out)  # atomic: a concurrent process sees all of it or nothing
-  return out
-
-
 @functools.cache
 def available() -> bool:
   """Builds and registers the handler once; False (with one warning) if it cannot."""
   try:
-    so = ctypes.CDLL(str(_build()))
+    so = ctypes.CDLL(str(native.build(_SRC)))
     address, ilp64, path = _find_sgemm()
     so.meldae_set_sgemm(ctypes.c_void_p(address), ctypes.c_int(int(ilp64)))
     jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(so.MeldaeGemm),
@@ -149,6 +123,7 @@ def enabled() -> bool:
     return False
   if jax.default_backend() != "cpu" or jax.device_count() != 1:
     return False
+  host_alloc.install()  # the CPU fast path's other half: step buffers stay mapped
   return available()
 
 

@@ -5,12 +5,13 @@
 Each variant is the project's step (`step.py`) with some optimisations undone, joined by
 '+': `xla_dots` (XLA's dot instead of the sgemm custom call, `meldae_jax/ops/blas_dot.py`),
 `conv_embed` (the patch embedding as XLA's strided convolution instead of patchify +
-matmul), `erfc_gelu` (`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`);
-`current` undoes nothing. All variants are compiled first, then run in turns of
+matmul), `erfc_gelu` (`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`),
+`row_split` (every sgemm split over the threads by rows, also where columns repack
+less; set while that variant's steps run); `current` undoes nothing. All variants are compiled first, then run in turns of
 `--per-turn` steps for `--rounds` rounds, so the drift of a shared VM (+-20 % over
 minutes here) falls on all of them alike. Prints one JSON line per variant.
 Process-wide settings (XLA flags, malloc tunables) cannot be undone in-process: compare
-those across processes (`MELDAE_XLA_FLAGS=0`, `GLIBC_TUNABLES=...`).
+those across processes (`MELDAE_XLA_FLAGS=0`, `MELDAE_HOST_ALLOC=0`, `GLIBC_TUNABLES=...`).
 """
 import argparse
 import contextlib
@@ -38,7 +39,7 @@ from meldae_jax.models import vit
 from meldae_jax.ops import blas_dot
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-UNDO = ("xla_dots", "conv_embed", "erfc_gelu")
+UNDO = ("xla_dots", "conv_embed", "erfc_gelu", "row_split")
 
 
 class ConvEmbed(nn.Module):
@@ -106,6 +107,7 @@ def main(argv=None):
   times = {v: [] for v in args.variants}
 
   def run(v, n, record=True):
+    blas_dot.set_column_split("row_split" not in v.split("+"))
     for _ in range(n):
       t0 = time.perf_counter()
       out = jax.block_until_ready(compiled[v](*inputs[v]))

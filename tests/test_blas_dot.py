@@ -46,6 +46,24 @@ def test_matches_xla_dot_values_and_gradients(lhs_shape, rhs_shape, dims):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("column_split", [True, False])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False),
+                                             (False, True), (True, True)])
+def test_wide_products_split_by_columns_or_rows(trans_a, trans_b, column_split):
+  """M < N (the weight gradients' shape) is split over the threads by columns unless
+  told otherwise; either split gives the product, with N not a multiple of the tiles."""
+  m, k, n = 24, 40, 67
+  a = _rand((k, m) if trans_a else (m, k), 0)
+  b = _rand((n, k) if trans_b else (k, n), 1)
+  blas_dot.set_column_split(column_split)
+  try:
+    out = jax.jit(blas_dot._call, static_argnums=(2, 3))(a, b, trans_a, trans_b)  # pylint: disable=protected-access
+  finally:
+    blas_dot.set_column_split(True)
+  ref = (a.T if trans_a else a) @ (b.T if trans_b else b)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("case", ["batch_dims", "bf16", "contract_leading_lhs"])
 def test_other_dot_generals_go_to_xla_unchanged(case):
   if case == "batch_dims":

@@ -103,6 +103,14 @@ def available() -> bool:
   return True
 
 
+def set_column_split(on: bool) -> None:
+  """Whether a GEMM with fewer rows than columns is split over the threads by columns
+  (the default) or, as for all others, by rows. For benchmarks (`ab_step.py`): it acts
+  when the call runs, not when it is traced."""
+  if available():
+    ctypes.CDLL(str(native.build(_SRC))).meldae_set_column_split(ctypes.c_int(int(on)))
+
+
 _FORCED_OFF = []
 
 

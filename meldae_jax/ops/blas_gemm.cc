@@ -39,13 +39,16 @@ void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const fl
   }
 }
 
-// The rows of C in `tiles` blocks, claimed one at a time by the calling thread and by
-// helpers scheduled on XLA's own intra-op pool. The caller never waits for a block that
-// nobody has started, so a busy pool cannot deadlock it, and the BLAS itself runs
-// single-threaded: no second thread pool fighting XLA's for the same cores.
+// Whether a GEMM with fewer rows than columns is split by columns (see Gemm).
+std::atomic<bool> g_column_split{true};
+
+// C in `tiles` blocks of rows (or of columns), claimed one at a time by the calling
+// thread and by helpers scheduled on XLA's own intra-op pool. The caller never waits
+// for a block that nobody has started, so a busy pool cannot deadlock it, and the BLAS
+// itself runs single-threaded: no second thread pool fighting XLA's for the same cores.
 struct Job {
-  bool trans_a, trans_b;
-  int64_t m, n, k, lda, ldb, rows_per_tile, tiles;
+  bool trans_a, trans_b, by_cols;
+  int64_t m, n, k, lda, ldb, per_tile, tiles;
   const float* a;
   const float* b;
   float* c;
@@ -55,9 +58,16 @@ struct Job {
 
   void RunTiles() {
     for (int64_t t; (t = next.fetch_add(1)) < tiles;) {
-      const int64_t r0 = t * rows_per_tile, rows = std::min(rows_per_tile, m - r0);
-      const float* a0 = trans_a ? a + r0 : a + r0 * lda;
-      Sgemm(trans_a, trans_b, rows, n, k, a0, lda, b, ldb, c + r0 * n, n);
+      const int64_t i0 = t * per_tile;
+      if (by_cols) {  // columns i0.. of op(B) and of C
+        const int64_t cols = std::min(per_tile, n - i0);
+        const float* b0 = trans_b ? b + i0 * ldb : b + i0;
+        Sgemm(trans_a, trans_b, m, cols, k, a, lda, b0, ldb, c + i0, n);
+      } else {  // rows i0.. of op(A) and of C
+        const int64_t rows = std::min(per_tile, m - i0);
+        const float* a0 = trans_a ? a + i0 : a + i0 * lda;
+        Sgemm(trans_a, trans_b, rows, n, k, a0, lda, b, ldb, c + i0 * n, n);
+      }
       if (done.fetch_add(1) + 1 == tiles) {
         std::lock_guard<std::mutex> lock(mu);
         cv.notify_all();
@@ -82,18 +92,24 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::
   }
   if (m == 0 || n == 0) return ffi::Error::Success();
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  // Blocks of at least 16 rows keep each sgemm call efficient.
-  const int64_t tiles = std::max<int64_t>(1, std::min(threads, m / 16));
+  // Each block packs its own share of op(A) or op(B) and all of the other operand: a
+  // split by rows repacks op(B) (K x N) in every block, a split by columns op(A) (M x K).
+  // The weight gradients (M = width, N = MLP width, K = tokens) repack less by columns.
+  const bool by_cols = g_column_split.load() && n > m;
+  const int64_t extent = by_cols ? n : m;
+  // Blocks of at least 16 rows (columns) keep each sgemm call efficient.
+  const int64_t tiles = std::max<int64_t>(1, std::min(threads, extent / 16));
   auto job = std::make_shared<Job>();
   job->trans_a = trans_a;
   job->trans_b = trans_b;
+  job->by_cols = by_cols;
   job->m = m;
   job->n = n;
   job->k = k;
   job->lda = ad[1];
   job->ldb = bd[1];
-  job->rows_per_tile = (m + tiles - 1) / tiles;
-  job->tiles = (m + job->rows_per_tile - 1) / job->rows_per_tile;
+  job->per_tile = (extent + tiles - 1) / tiles;
+  job->tiles = (extent + job->per_tile - 1) / job->per_tile;
   job->a = a.typed_data();
   job->b = b.typed_data();
   job->c = c->typed_data();
@@ -107,6 +123,8 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::
 }
 
 }  // namespace
+
+extern "C" void meldae_set_column_split(int on) { g_column_split.store(on != 0); }
 
 extern "C" void meldae_set_sgemm(void* fn, int ilp64) {
   g_sgemm64 = ilp64 ? reinterpret_cast<Sgemm64>(fn) : nullptr;

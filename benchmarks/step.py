@@ -21,6 +21,9 @@ path when it is on) are measured in the same run, after the steps.
 
 Memory: `xla_*_mib` is XLA's buffer assignment of the compiled step; `peak_rss_mib` the
 process's peak RSS (compilation included), `steps_peak_rss_mib` the peak while stepping.
+`minor_faults_per_step` is the median page-fault count of a timed step (XLA's step buffers
+faulted in again every step show here), `host_alloc` whether they come from the caching
+allocator (`meldae_jax/ops/host_alloc.py`) and `host_alloc_cached_mib` what it holds free.
 """
 import argparse
 import json

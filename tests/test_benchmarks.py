@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import step  # pylint: disable=g-import-not-at-top,wrong-import-position
+from meldae_jax.ops import host_alloc  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Tiny programs: XLA's backend optimisations cost more than they save.
 FAST = {"xla_backend_optimization_level": 0}
@@ -67,6 +68,10 @@ def _check_common(f, mode):
     assert f["flops_per_step"] == pytest.approx(f["xla_flops_compiled"], rel=0.01)
   if f["cpu_gemm"]:
     assert f["sgemm_peak_gflops_per_s"] > 0
+  # The caching allocator is installed on the CPU backend (unless switched off).
+  assert f["host_alloc"] == (host_alloc.install() > 0)
+  assert f["host_alloc_cached_mib"] >= 0
+  assert isinstance(f["minor_faults_per_step"], int) and f["minor_faults_per_step"] >= 0
   assert f["gflops_per_s"] == pytest.approx(f["flops_per_step"] / f["median_s"] / 1e9)
   assert f["matmul_peak_gflops_per_s"] > 0 and f["fraction_of_peak"] > 0
   assert f["compile_seconds"] > 0

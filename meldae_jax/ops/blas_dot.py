@@ -11,6 +11,8 @@ FLOPs, same maths; results differ from XLA's dot by float32 rounding only.
 
 It is used only where it is the faster path: the CPU backend with a single device (a
 custom call has no sharding rule, so a multi-device mesh would gather its operands).
+The first trace on the CPU backend also installs `host_alloc`, the caching allocator for
+XLA's step buffers, which the CPU step needs as much (docs/performance.md; its own switch).
 `MELDAE_CPU_GEMM=0` turns it off; `MELDAE_CBLAS_LIB=/path/libmkl_rt.so` picks another
 CBLAS (LP64 `cblas_sgemm`). The handler (`blas_gemm.cc`) is compiled with the system C++
 compiler on first use and cached under `$MELDAE_CACHE` (default `~/.cache/meldae_jax`);
@@ -127,11 +129,13 @@ def xla_dots():
 def enabled() -> bool:
   """Whether Dense matmuls traced now go to sgemm. Decided when tracing: a function
   jit has already traced keeps the choice it was traced with."""
+  if jax.default_backend() != "cpu":
+    return False
+  host_alloc.install()  # the CPU step's other half (its own switch): buffers stay mapped
   if _FORCED_OFF or os.environ.get("MELDAE_CPU_GEMM", "1") == "0":
     return False
-  if jax.default_backend() != "cpu" or jax.device_count() != 1:
+  if jax.device_count() != 1:
     return False
-  host_alloc.install()  # the CPU fast path's other half: step buffers stay mapped
   return available()
 
 

@@ -15,8 +15,8 @@ address range, and freed blocks stay there, mapped, for the next request (as PyT
 and XLA's own GPU allocators keep theirs). Every other pointer goes to glibc as before.
 The cost: host memory stays at its peak, as with those allocators.
 
-It is installed with the sgemm path, when a model is first traced on the CPU backend
-(`blas_dot.enabled()`). `MELDAE_HOST_ALLOC=0` leaves malloc alone; without glibc on
+It is installed when a model's Dense layer is first traced on the CPU backend
+(`blas_dot.enabled()`, also with the sgemm path switched off). `MELDAE_HOST_ALLOC=0` leaves malloc alone; without glibc on
 x86-64/aarch64 Linux or a C++ compiler it is skipped with a log line.
 """
 import ctypes

@@ -90,10 +90,15 @@ def _find_sgemm() -> tuple[int, bool, str]:
 
 
 @functools.cache
+def _library() -> ctypes.CDLL:
+  return ctypes.CDLL(str(native.build(_SRC)))
+
+
+@functools.cache
 def available() -> bool:
   """Builds and registers the handler once; False (with one warning) if it cannot."""
   try:
-    so = ctypes.CDLL(str(native.build(_SRC)))
+    so = _library()
     address, ilp64, path = _find_sgemm()
     so.meldae_set_sgemm(ctypes.c_void_p(address), ctypes.c_int(int(ilp64)))
     jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(so.MeldaeGemm),
@@ -110,7 +115,7 @@ def set_column_split(on: bool) -> None:
   (the default) or, as for all others, by rows. For benchmarks (`ab_step.py`): it acts
   when the call runs, not when it is traced."""
   if available():
-    ctypes.CDLL(str(native.build(_SRC))).meldae_set_column_split(ctypes.c_int(int(on)))
+    _library().meldae_set_column_split(ctypes.c_int(int(on)))
 
 
 _FORCED_OFF = []

@@ -37,7 +37,8 @@ setuptools.setup(
     description=__doc__,
     python_requires=">=3.12",
     packages=setuptools.find_packages(include=["meldae_jax", "meldae_jax.*"]),
-    # The sgemm custom call's source: compiled on first use (meldae_jax/ops/blas_dot.py).
+    # C++ sources compiled on first use (meldae_jax/ops/native.py): the sgemm custom
+    # call and the host allocator.
     package_data={"meldae_jax.ops": ["*.cc"]},
     install_requires=CORE,
     extras_require=EXTRAS,

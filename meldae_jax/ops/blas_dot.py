@@ -22,12 +22,10 @@ import contextlib
 import ctypes
 import functools
 import glob
-import hashlib
 import logging
 import os
 import pathlib
 import subprocess
-import tempfile
 
 import jax
 from jax import lax
@@ -56,25 +54,11 @@ _SET_THREADS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_thr
                 "openblas_set_num_threads", "MKL_Set_Num_Threads")
 
 
-def _private_copy(path: str) -> str:
-  """A copy of the BLAS under its own file name, so dlopen gives this module its own
-  instance: set to one thread here (the handler spreads blocks over XLA's pool) without
-  touching the thread count numpy's copy runs with."""
-  src = pathlib.Path(path)
-  out = native.cache_dir() / f"private-{hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:12]}-{src.name}"
-  if not out.exists() or out.stat().st_size != src.stat().st_size:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out.parent, delete=False) as tmp:
-      tmp.write(src.read_bytes())
-    os.replace(tmp.name, out)
-  return str(out)
-
-
 def _find_sgemm() -> tuple[int, bool, str]:
   """(address, ilp64, library) of the first CBLAS sgemm found, its BLAS single-threaded."""
   for path in _blas_candidates():
     try:
-      lib = ctypes.CDLL(_private_copy(path))
+      lib = ctypes.CDLL(native.private_copy(path))
     except OSError:
       continue
     for symbol, ilp64 in _SYMBOLS:

@@ -10,6 +10,7 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
+from typing import Callable
 
 import jax
 
@@ -17,6 +18,28 @@ import jax
 def cache_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get(
       "MELDAE_CACHE", pathlib.Path.home() / ".cache" / "meldae_jax"))
+
+
+def _write_atomically(out: pathlib.Path, make: Callable[[pathlib.Path], None]) -> None:
+  """`make(part)` writes the file at `part`, which then replaces `out` in one step, so a
+  concurrent process sees all of it or nothing."""
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    part = pathlib.Path(tmp) / out.name
+    make(part)
+    os.replace(part, out)
+
+
+def private_copy(path: str) -> str:
+  """A copy of a shared library under its own file name in the cache, so dlopen gives
+  the caller its own instance (a BLAS set to one thread without touching the copy numpy
+  loaded)."""
+  src = pathlib.Path(path)
+  tag = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:12]
+  out = cache_dir() / f"private-{tag}-{src.name}"
+  if not out.exists() or out.stat().st_size != src.stat().st_size:
+    _write_atomically(out, lambda part: part.write_bytes(src.read_bytes()))
+  return str(out)
 
 
 def build(src: pathlib.Path) -> pathlib.Path:
@@ -32,13 +55,13 @@ def build(src: pathlib.Path) -> pathlib.Path:
   cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
   if cxx is None:
     raise RuntimeError(f"no C++ compiler (g++/c++ or $CXX) to build {src.name}")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-    part = pathlib.Path(tmp) / out.name
+
+  def compile_to(part: pathlib.Path) -> None:
     cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}",
            str(src), "-o", str(part)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
       raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    os.replace(part, out)  # atomic: a concurrent process sees all of it or nothing
+
+  _write_atomically(out, compile_to)
   return out

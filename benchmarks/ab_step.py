@@ -2,14 +2,19 @@
 
   python benchmarks/ab_step.py --config Ti112 --mode train current xla_dots conv_embed
 
-Each variant is the project's step (`step.py`) with some optimisations undone, joined by
+Each variant is the project's step (`step.py`) with some choices changed, joined by
 '+': `xla_dots` (XLA's dot instead of the sgemm custom call, `meldae_jax/ops/blas_dot.py`),
-`conv_embed` (the patch embedding as XLA's strided convolution instead of patchify +
+`sgemm_dots` (the sgemm custom call also where the project would use XLA's dot, on
+AVX-512 CPUs), `flax_attention` (flax's attention module: three q/k/v matmuls instead
+of one, `models/attention.py`), `flax_lstm` (flax's Bi-LSTM modules: the input
+projection inside the time loop, `models/lstm.py`), `conv_embed` (the patch embedding as XLA's strided convolution instead of patchify +
 matmul), `erfc_gelu` (`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`),
 `row_split` (every sgemm split over the threads by rows, also where columns repack
-less; set while that variant's steps run); `current` undoes nothing. All variants are compiled first, then run in turns of
+less; set while that variant's steps run); `current` changes nothing. All variants are compiled first, then run in turns of
 `--per-turn` steps for `--rounds` rounds, so the drift of a shared VM (+-20 % over
-minutes here) falls on all of them alike. Prints one JSON line per variant.
+minutes here) falls on all of them alike. Prints one JSON line per variant, with the
+process's CPU time per step (median over the turns): work done, whatever the VM's
+hypervisor took meanwhile.
 Process-wide settings (XLA flags, malloc tunables) cannot be undone in-process: compare
 those across processes (`MELDAE_XLA_FLAGS=0`, `MELDAE_HOST_ALLOC=0`, `GLIBC_TUNABLES=...`).
 """
@@ -17,6 +22,7 @@ import argparse
 import contextlib
 import json
 import pathlib
+import resource
 import sys
 import time
 
@@ -34,12 +40,15 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import step
+from meldae_jax.models import attention
 from meldae_jax.models import gelu
+from meldae_jax.models import lstm
 from meldae_jax.models import vit
 from meldae_jax.ops import blas_dot
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-UNDO = ("xla_dots", "conv_embed", "erfc_gelu", "row_split")
+UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
+        "flax_attention", "flax_lstm")
 
 
 class ConvEmbed(nn.Module):
@@ -60,6 +69,15 @@ class ConvEmbed(nn.Module):
     return y + bias.astype(self.dtype)
 
 
+def flax_attention(num_heads, kernel_init, out_kernel_init, dtype, name):
+  """The ViT's self-attention as it was: flax's module, three q/k/v matmuls."""
+  mha = nn.MultiHeadDotProductAttention(
+      num_heads=num_heads, dtype=dtype, kernel_init=kernel_init,
+      out_kernel_init=out_kernel_init, qkv_dot_general=blas_dot.dot_general,
+      out_dot_general=blas_dot.dot_general, deterministic=True, name=name)
+  return lambda x: mha(x, x)
+
+
 @contextlib.contextmanager
 def undone(variant: str):
   """Traces within see the project with the optimisations named in `variant` undone."""
@@ -67,16 +85,24 @@ def undone(variant: str):
   unknown = names - set(UNDO)
   if unknown:
     raise ValueError(f"unknown variant part(s) {sorted(unknown)}; valid: {UNDO}")
-  saved = (gelu.exact_gelu, vit.PatchEmbed)
+  if {"xla_dots", "sgemm_dots"} <= names:
+    raise ValueError(f"{variant!r}: xla_dots and sgemm_dots exclude each other")
+  saved = (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm)
   if "erfc_gelu" in names:
     gelu.exact_gelu = lambda x: jax.nn.gelu(x, approximate=False)
   if "conv_embed" in names:
     vit.PatchEmbed = ConvEmbed
+  if "flax_attention" in names:
+    attention.SelfAttention = flax_attention
+  if "flax_lstm" in names:
+    lstm.bilstm = lstm.flax_bilstm
   try:
-    with blas_dot.xla_dots() if "xla_dots" in names else contextlib.nullcontext():
+    dots = (blas_dot.xla_dots() if "xla_dots" in names else blas_dot.sgemm_dots()
+            if "sgemm_dots" in names else contextlib.nullcontext())
+    with dots:
       yield
   finally:
-    gelu.exact_gelu, vit.PatchEmbed = saved
+    gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm = saved
 
 
 def main(argv=None):
@@ -106,8 +132,11 @@ def main(argv=None):
     inputs[v] = fn_args
   times = {v: [] for v in args.variants}
 
+  cpu = {v: [] for v in args.variants}  # process CPU seconds per step, one per turn
+
   def run(v, n, record=True):
     blas_dot.set_column_split("row_split" not in v.split("+"))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(n):
       t0 = time.perf_counter()
       out = jax.block_until_ready(compiled[v](*inputs[v]))
@@ -115,6 +144,9 @@ def main(argv=None):
         times[v].append(time.perf_counter() - t0)
       if args.mode == "train":
         inputs[v] = (out[0], batch)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    if record:
+      cpu[v].append((after.ru_utime - usage.ru_utime + after.ru_stime - usage.ru_stime) / n)
 
   for v in args.variants:
     run(v, 2, record=False)  # warm-up
@@ -127,7 +159,8 @@ def main(argv=None):
     print(json.dumps(dict(config=args.config, mode=args.mode, variant=v, steps=len(t),
                           median_s=float(np.median(t)),
                           p25_s=float(np.percentile(t, 25)), min_s=float(t.min()),
-                          max_s=float(t.max()))))
+                          max_s=float(t.max()),
+                          cpu_s_per_step=float(np.median(cpu[v])))))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,16 @@ def _uses_gemm(fn, *args) -> bool:
   return "meldae_gemm" in jax.jit(fn).lower(*args).as_text()
 
 
-pytestmark = pytest.mark.skipif(not blas_dot.enabled(),
-                                reason="no C++ compiler or BLAS on this host")
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "cpu" or not blas_dot.available(),
+    reason="no C++ compiler or BLAS on this host")
+
+
+@pytest.fixture(autouse=True)
+def _sgemm_path():
+  """The path under test, also on AVX-512 CPUs (where the project uses XLA's dot)."""
+  with blas_dot.sgemm_dots():
+    yield
 
 
 @pytest.mark.parametrize("lhs_shape,rhs_shape,dims", [
@@ -83,11 +91,36 @@ def test_xla_dots_context_and_env_switch_it_off(monkeypatch):
   a, b = _rand((2, 5, 8), 0), _rand((8, 3), 1)
   # A new function each time: jit caches a trace, and the choice is made when tracing.
   ours = lambda: lambda a, b: blas_dot.dot_general(a, b, DENSE)  # noqa: E731
+  assert _uses_gemm(ours(), a, b)  # within sgemm_dots (the fixture)
   with blas_dot.xla_dots():
     assert not _uses_gemm(ours(), a, b)
   assert _uses_gemm(ours(), a, b)
+  monkeypatch.setattr(blas_dot, "_FORCED", [])  # the env and the CPU decide
   monkeypatch.setenv("MELDAE_CPU_GEMM", "0")
   assert not _uses_gemm(ours(), a, b)
+  monkeypatch.setenv("MELDAE_CPU_GEMM", "1")
+  assert _uses_gemm(ours(), a, b)
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_by_default_avx512_cpus_keep_xla_dots(monkeypatch, avx512):
+  """XLA's dots use AVX-512 themselves (docs/performance.md, session 10): the custom call
+  is for CPUs without it, unless MELDAE_CPU_GEMM says otherwise."""
+  a, b = _rand((2, 5, 8), 0), _rand((8, 3), 1)
+  ours = lambda: lambda a, b: blas_dot.dot_general(a, b, DENSE)  # noqa: E731
+  monkeypatch.setattr(blas_dot, "_FORCED", [])
+  monkeypatch.delenv("MELDAE_CPU_GEMM", raising=False)
+  monkeypatch.setattr(blas_dot, "cpu_has_avx512", lambda: avx512)
+  assert _uses_gemm(ours(), a, b) is not avx512
+  monkeypatch.setenv("MELDAE_CPU_GEMM", "auto")
+  assert _uses_gemm(ours(), a, b) is not avx512
+
+
+def test_info_names_the_library_and_its_kernels():
+  info = blas_dot.info()
+  assert os.path.exists(info["library"])
+  if "openblas" in os.path.basename(info["library"]).lower():
+    assert info["core"]  # e.g. 'Haswell', 'SkylakeX'
 
 
 def test_vmap_of_the_custom_call():
@@ -106,15 +139,15 @@ def test_the_compiled_handler_is_cached(tmp_path, monkeypatch):
 
 
 def test_vit_dense_layers_take_the_gemm_path():
-  """Patch embedding, q/k/v/out and both MLP layers of every block: 1 + 6 * depth calls
-  forward, and the same outputs as with XLA's dots."""
+  """Patch embedding, the fused q/k/v projection, out and both MLP layers of every
+  block: 1 + 4 * depth calls forward, and the same outputs as with XLA's dots."""
   from meldae_jax.models import vit  # pylint: disable=g-import-not-at-top
   model = vit.ViT("Mu/8", scan=False)
   x = _rand((2, 32, 32, 3), 0)
   params = model.init(jax.random.key(0), x, train=False)
   apply = lambda: lambda p, x: model.apply(p, x, train=False)  # noqa: E731
   text = jax.jit(apply()).lower(params, x).as_text()
-  assert text.count("@meldae_gemm") == 1 + 6 * vit.VARIANTS["Mu"]["depth"]
+  assert text.count("@meldae_gemm") == 1 + 4 * vit.VARIANTS["Mu"]["depth"]
   with blas_dot.xla_dots():
     ref = jax.jit(apply())(params, x)
   for got, want in zip(jax.jit(apply())(params, x), ref):

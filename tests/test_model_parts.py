@@ -127,6 +127,37 @@ def test_temporal_hidden_sizes_the_lstm_not_the_output():
     assert mod.apply({"params": params}, x).shape == (2, 6, 8)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_bilstm_is_flax_bidirectional_lstm(dtype):
+  """`lstm.bilstm` (input projection out of the loop, both directions in one): flax's
+  parameters and initial values, and its outputs and gradients, with padded clips."""
+  from meldae_jax.models import lstm  # pylint: disable=g-import-not-at-top
+
+  class Wrap(nn.Module):
+    fn: object
+
+    @nn.compact
+    def __call__(self, x, lengths):
+      return self.fn(x, lengths, features=5, dtype=dtype)
+
+  ours, ref = Wrap(lstm.bilstm), Wrap(lstm.flax_bilstm)
+  x = jnp.asarray(np.random.RandomState(7).normal(size=(3, 6, 4)), jnp.float32)
+  lengths = jnp.array([6, 4, 1])
+  p_ours, p_ref = ours.init(KEY, x, lengths), ref.init(KEY, x, lengths)
+  jax.tree.map(np.testing.assert_array_equal, p_ours, p_ref)  # same names, values
+  # Non-zero biases, so a bias on the wrong gate shows.
+  params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(KEY, p.shape), p_ref)
+  tol = dict(rtol=1e-5, atol=1e-6) if dtype == jnp.float32 else dict(rtol=0, atol=3e-2)
+  np.testing.assert_allclose(np.asarray(ours.apply(params, x, lengths), np.float32),
+                             np.asarray(ref.apply(params, x, lengths), np.float32), **tol)
+  if dtype == jnp.float32:
+    w = jnp.asarray(np.random.RandomState(8).normal(size=(3, 6, 10)), jnp.float32)
+    grad = lambda m: jax.grad(  # noqa: E731
+        lambda p, x: jnp.sum(w * m.apply(p, x, lengths)), (0, 1))(params, x)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+                 grad(ours), grad(ref))
+
+
 def test_token_fusion_shape_and_mask():
   rng = np.random.RandomState(4)
   fg = rng.normal(size=(2, 5, 16)).astype(np.float32)

@@ -371,3 +371,45 @@ def test_exact_gelu_matches_jax_gelu():
   np.testing.assert_allclose(grad, jax.vmap(jax.grad(ref))(x), rtol=1e-5, atol=1e-6)
   # Not a tanh approximation (which is 1e-4 off around |x| ~ 2).
   assert float(jnp.max(jnp.abs(gelu.exact_gelu(x) - jax.nn.gelu(x)))) > 1e-4
+
+
+def test_self_attention_is_flax_attention_with_one_qkv_matmul():
+  """`attention.SelfAttention` (one (D, 3D) projection): flax's parameters, initial
+  values and logical axes, and its outputs and gradients."""
+  from meldae_jax.models import attention  # pylint: disable=g-import-not-at-top
+  xavier = nn.initializers.xavier_uniform()
+  inits = dict(kernel_init=nn.with_logical_partitioning(xavier, ("embed", "heads", "kv")),
+               out_kernel_init=nn.with_logical_partitioning(xavier,
+                                                            ("heads", "kv", "embed")))
+  name = "MultiHeadDotProductAttention_0"
+
+  class Ref(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.MultiHeadDotProductAttention(num_heads=3, deterministic=True, name=name,
+                                             **inits)(x, x)
+
+  class Ours(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return attention.SelfAttention(num_heads=3, name=name, **inits)(x)
+
+  x = jax.random.normal(jax.random.key(1), (2, 10, 24))
+  ref_vars, our_vars = Ref().init(jax.random.key(0), x), Ours().init(jax.random.key(0), x)
+  boxed = lambda p: isinstance(p, nn.LogicallyPartitioned)  # noqa: E731
+  names = lambda v: jax.tree.map(lambda p: p.names if boxed(p) else None, v,  # noqa: E731
+                                 is_leaf=boxed)
+  assert names(our_vars) == names(ref_vars)
+  jax.tree.map(np.testing.assert_array_equal, nn.unbox(ref_vars), nn.unbox(our_vars))
+  # Non-zero biases, so that a bias added to the wrong projection shows.
+  params = jax.tree.map(
+      lambda p: p + 0.1 * jax.random.normal(jax.random.key(p.size), p.shape),
+      nn.unbox(ref_vars))
+  np.testing.assert_allclose(Ours().apply(params, x), Ref().apply(params, x),
+                             rtol=1e-5, atol=1e-5)
+  w = jax.random.normal(jax.random.key(2), x.shape)
+  grad = lambda m: jax.grad(lambda p, x: jnp.sum(w * m.apply(p, x)), (0, 1))(params, x)  # noqa: E731
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5),
+               grad(Ours()), grad(Ref()))
+  with pytest.raises(ValueError, match="multiple of num_heads"):
+    attention.SelfAttention(num_heads=5).init(jax.random.key(0), x)

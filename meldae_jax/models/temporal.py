@@ -1,5 +1,7 @@
 """Temporal model (SPEC §1.2): Bi-LSTM over the per-frame CLS tokens -> F_global.
 
+The Bi-LSTM is `lstm.bilstm`: flax's `Bidirectional(RNN(OptimizedLSTMCell))` parameters and
+function, with the input projection out of the time loop.
 Padding: `frame_mask` becomes `seq_lengths = sum_t mask`, which flax's `nn.RNN` reads as
 "the first L steps are real". That matches the pipeline, which pads windows at the end;
 a mask with holes in the middle would be treated as its prefix length. Outputs at
@@ -10,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from meldae_jax.models import lstm
 from meldae_jax.models.enhancer import kernel_init
 from meldae_jax.ops import blas_dot
 
@@ -35,12 +38,7 @@ class Temporal(nn.Module):
       if frame_mask is not None:
         lengths = jnp.sum(frame_mask > 0, axis=-1).astype(jnp.int32)
       h = self.hidden or self.width // 2
-      x = nn.Bidirectional(
-          nn.RNN(nn.OptimizedLSTMCell(h, dtype=self.dtype, name="forward_cell"),
-                 name="forward_rnn"),
-          nn.RNN(nn.OptimizedLSTMCell(h, dtype=self.dtype, name="backward_cell"),
-                 name="backward_rnn"),
-          name="bilstm")(x, seq_lengths=lengths)
+      x = lstm.bilstm(x, lengths, features=h, dtype=self.dtype)
     elif self.kind != "none":
       raise ValueError(f"unknown temporal model {self.kind!r}")
     return nn.Dense(self.width, dtype=self.dtype, name="proj",

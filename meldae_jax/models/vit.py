@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from meldae_jax.models import attention
 from meldae_jax.models import gelu
 from meldae_jax.ops import blas_dot
 
@@ -101,13 +102,11 @@ class Encoder1DBlock(nn.Module):
   def __call__(self, x, _=None):
     xavier = nn.initializers.xavier_uniform()
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)(x)
-    y = nn.MultiHeadDotProductAttention(
+    y = attention.SelfAttention(
         num_heads=self.num_heads, dtype=self.dtype,
         kernel_init=_part(xavier, ("embed", "heads", "kv")),
         out_kernel_init=_part(xavier, ("heads", "kv", "embed")),
-        qkv_dot_general=blas_dot.dot_general,
-        out_dot_general=blas_dot.dot_general,
-        deterministic=True)(y, y)
+        name="MultiHeadDotProductAttention_0")(y)
     y = nn.Dropout(rate=self.dropout)(y, self.deterministic)
     x = x + y
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)(x)

@@ -10,11 +10,15 @@ gradients are sgemm calls too; anything else goes to `lax.dot_general` unchanged
 FLOPs, same maths; results differ from XLA's dot by float32 rounding only.
 
 It is used only where it is the faster path: the CPU backend with a single device (a
-custom call has no sharding rule, so a multi-device mesh would gather its operands).
+custom call has no sharding rule, so a multi-device mesh would gather its operands), on a
+CPU without AVX-512. Where the CPU has AVX-512, XLA's own dots (YNNPACK) use it and ran
+the step level with OpenBLAS's AVX-512 kernels and 1.5x faster than its AVX2 ones, which
+`OPENBLAS_CORETYPE=Haswell` selects (set on some hosts for older OpenBLAS builds), so
+XLA's dot is used there (docs/performance.md, session 10).
 The first trace on the CPU backend also installs `host_alloc`, the caching allocator for
 XLA's step buffers, which the CPU step needs as much (docs/performance.md; its own switch).
-`MELDAE_CPU_GEMM=0` turns it off; `MELDAE_CBLAS_LIB=/path/libmkl_rt.so` picks another
-CBLAS (LP64 `cblas_sgemm`). The handler (`blas_gemm.cc`) is compiled with the system C++
+`MELDAE_CPU_GEMM=0` turns it off, `=1` on whatever the CPU; `MELDAE_CBLAS_LIB=/path/
+libmkl_rt.so` picks another CBLAS (LP64 `cblas_sgemm`). The handler (`blas_gemm.cc`) is compiled with the system C++
 compiler on first use and cached under `$MELDAE_CACHE` (default `~/.cache/meldae_jax`);
 if there is no compiler or no BLAS, a warning says so once and XLA's dot is used.
 """
@@ -54,6 +58,22 @@ _SET_THREADS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_thr
                 "openblas_set_num_threads", "MKL_Set_Num_Threads")
 
 
+_CORENAME = ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+             "openblas_get_corename64_", "openblas_get_corename")
+_LOADED = {}  # what `available()` registered: library path, OpenBLAS kernel family
+
+
+def corename(lib: ctypes.CDLL) -> str | None:
+  """The kernel family an OpenBLAS library runs with ('Haswell', 'SkylakeX', ...): its
+  own pick for this CPU, or $OPENBLAS_CORETYPE's when that is set as it is loaded."""
+  for symbol in _CORENAME:
+    fn = getattr(lib, symbol, None)
+    if fn is not None:
+      fn.restype = ctypes.c_char_p
+      return fn().decode()
+  return None
+
+
 def _find_sgemm() -> tuple[int, bool, str]:
   """(address, ilp64, library) of the first CBLAS sgemm found, its BLAS single-threaded."""
   for path in _blas_candidates():
@@ -68,9 +88,16 @@ def _find_sgemm() -> tuple[int, bool, str]:
           if hasattr(lib, name):
             getattr(lib, name)(ctypes.c_int(1))
             break
+        _LOADED.update(library=path, core=corename(lib))
         return ctypes.cast(fn, ctypes.c_void_p).value, ilp64, path
   raise RuntimeError("no CBLAS sgemm found (numpy.libs/libscipy_openblas*.so, "
                      "$MELDAE_CBLAS_LIB)")
+
+
+def info() -> dict:
+  """The BLAS behind the custom call: {'library': path, 'core': kernel family or None};
+  empty when the path is unavailable."""
+  return dict(_LOADED) if available() else {}
 
 
 @functools.cache
@@ -90,7 +117,8 @@ def available() -> bool:
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
     logging.warning("OpenBLAS matmuls unavailable, using XLA's dot: %s", e)
     return False
-  logging.info("CPU Dense matmuls use sgemm from %s", path)
+  logging.info("CPU Dense matmuls use sgemm from %s (kernels: %s)", path,
+               _LOADED.get("core"))
   return True
 
 
@@ -102,17 +130,36 @@ def set_column_split(on: bool) -> None:
     _library().meldae_set_column_split(ctypes.c_int(int(on)))
 
 
-_FORCED_OFF = []
+_FORCED = []  # innermost last: True (sgemm wherever it can run) or False (XLA's dot)
 
 
 @contextlib.contextmanager
 def xla_dots():
   """Within: trace with XLA's dot everywhere (FLOP counts, reference outputs)."""
-  _FORCED_OFF.append(True)
+  _FORCED.append(False)
   try:
     yield
   finally:
-    _FORCED_OFF.pop()
+    _FORCED.pop()
+
+
+@contextlib.contextmanager
+def sgemm_dots():
+  """Within: trace with the sgemm path wherever it can run, AVX-512 or not (benchmarks)."""
+  _FORCED.append(True)
+  try:
+    yield
+  finally:
+    _FORCED.pop()
+
+
+def cpu_has_avx512() -> bool:
+  """AVX-512 F/CD/BW/DQ/VL (numpy's own detection of this CPU)."""
+  try:
+    features = np._core._multiarray_umath.__cpu_features__  # pylint: disable=protected-access
+  except AttributeError:
+    return False
+  return bool(features.get("AVX512_SKX"))
 
 
 def enabled() -> bool:
@@ -121,11 +168,16 @@ def enabled() -> bool:
   if jax.default_backend() != "cpu":
     return False
   host_alloc.install()  # the CPU step's other half (its own switch): buffers stay mapped
-  if _FORCED_OFF or os.environ.get("MELDAE_CPU_GEMM", "1") == "0":
-    return False
   if jax.device_count() != 1:
     return False
-  return available()
+  mode = os.environ.get("MELDAE_CPU_GEMM", "auto")
+  if _FORCED:
+    wanted = _FORCED[-1]
+  elif mode in ("0", "1"):
+    wanted = mode == "1"
+  else:  # auto
+    wanted = not cpu_has_avx512()
+  return wanted and available()
 
 
 def _call(a, b, trans_a: bool, trans_b: bool):

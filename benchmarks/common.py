@@ -110,21 +110,64 @@ def reset_peak_rss() -> bool:
     return False
 
 
+def _proc_stat() -> list[int] | None:
+  """The machine's CPU time so far, in jiffies: user nice system idle iowait irq softirq
+  steal ... (the first line of /proc/stat); None where there is none."""
+  try:
+    with open("/proc/stat") as f:
+      return [int(v) for v in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return None
+
+
 def rss_figures(time_steps_fn: Callable[[], list], rss_after_compile: float):
-  """Runs `time_steps_fn` between peak-RSS marks -> (its result, RSS figures in MiB).
+  """Runs `time_steps_fn` between peak-RSS marks -> (its result, figures of the run).
 
   `peak_rss_mib` is the process's lifetime peak (compilation included),
   `steps_peak_rss_mib` the peak while stepping, `rss_before_steps_mib` the RSS the
-  steps started from (their difference is what the steps add).
+  steps started from (their difference is what the steps add). `steps_cpu_s` is the
+  CPU time this process used while stepping (user + system, every thread; spinning
+  thread pools count), and `steps_steal_fraction` the share of the machine's CPU time
+  the hypervisor gave to others meanwhile: on a shared VM a high one explains a slow run.
   """
   reset = reset_peak_rss()
   before = _status_mib("VmRSS") if reset else None
+  usage0, stat0 = resource.getrusage(resource.RUSAGE_SELF), _proc_stat()
   result = time_steps_fn()
+  usage1, stat1 = resource.getrusage(resource.RUSAGE_SELF), _proc_stat()
   steps_peak = _status_mib("VmHWM") if reset else None
   figures = dict(peak_rss_after_compile_mib=rss_after_compile,
                  rss_before_steps_mib=before, steps_peak_rss_mib=steps_peak,
                  peak_rss_mib=max(rss_after_compile, peak_rss_mib(), steps_peak or 0.0))
+  figures["steps_cpu_s"] = (usage1.ru_utime - usage0.ru_utime
+                            + usage1.ru_stime - usage0.ru_stime)
+  steal = None
+  if stat0 and stat1 and len(stat0) > 7:
+    delta = [b - a for a, b in zip(stat0, stat1)]
+    steal = delta[7] / sum(delta) if sum(delta) > 0 else 0.0
+  figures["steps_steal_fraction"] = steal
   return result, figures
+
+
+def cpu_model() -> dict:
+  """What the CPU is (the figures depend on it): model name, family, AVX-512 or not,
+  and the OpenBLAS kernel family asked for through the environment, if any."""
+  info = {}
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "cpu family", "flags") and key not in info:
+          info[key] = value.strip()
+        if len(info) == 3:
+          break
+  except OSError:
+    pass
+  flags = set(info.get("flags", "").split())
+  return dict(cpu_model_name=info.get("model name"), cpu_family=info.get("cpu family"),
+              cpu_avx512=("avx512f" in flags) if flags else None,
+              openblas_coretype_env=os.environ.get("OPENBLAS_CORETYPE"))
 
 
 def time_steps(step: Callable[[], None], steps: int, warmup: int) -> list[float]:
@@ -150,7 +193,7 @@ def timing_figures(times: list[float], shape: Shape, frames: int) -> dict:
 
 def host_figures() -> dict:
   return dict(cpu_count=os.cpu_count(), machine=platform.machine(),
-              python=platform.python_version())
+              python=platform.python_version(), **cpu_model())
 
 
 def emit(figures: dict) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every CPU figure of docs/performance.md, one JSON line each, into $OUT (default
 # /tmp/meldae_perf). Run on an otherwise idle machine:
-#   bash benchmarks/cpu_suite.sh [jax|torch|flags|memory|all]
+#   bash benchmarks/cpu_suite.sh [compare|jax|torch|flags|memory|bf16|all]
+# `compare` is the JAX/PyTorch table (benchmarks/compare.py: alternating processes).
 # JAX runs in .venv; the PyTorch port in $TORCH_PY (a Python 3.11 venv with
 # torch==2.13.0 and numpy: see benchmarks/torch_port.py).
 set -u
@@ -21,6 +22,26 @@ labelled() {  # kind (jax|torch), label, command...: its last line, labelled, to
 jax_run() { local label=$1; shift; labelled jax "$label" $PY benchmarks/step.py "$@"; }
 torch_run() { local label=$1; shift; labelled torch "$label" $TORCH_PY benchmarks/torch_port.py "$@"; }
 
+compare_run() {  # rounds, compare.py arguments...: the summary line to $OUT/compare.jsonl
+  local rounds=$1; shift
+  echo "== compare $*" >&2
+  $PY benchmarks/compare.py --rounds "$rounds" --torch-python "$TORCH_PY" "$@" \
+    | tee -a "$OUT/compare_runs.jsonl" | grep '"kind": "compare"' >> "$OUT/compare.jsonl"
+}
+if [[ $what == compare || $what == all ]]; then
+  compare_run 3 --config Ti112 --mode train --steps 20
+  compare_run 3 --config Ti112 --mode infer --backend compile --steps 20
+  compare_run 2 --config S112 --mode train --steps 10
+  compare_run 2 --config S112 --mode infer --backend compile --steps 10
+  compare_run 1 --config B224 --mode train --steps 3 --warmup 1
+  compare_run 2 --config Ti112 --mode train --dtype bf16 --steps 10
+  compare_run 2 --config Ti112 --mode infer --dtype bf16 --steps 20
+  compare_run 1 --config S112 --mode train --dtype bf16 --steps 5
+  compare_run 1 --config S112 --mode infer --dtype bf16 --steps 10
+fi
+if [[ $what == bf16 || $what == all ]]; then
+  $PY benchmarks/bf16_loss.py --config Ti112 --steps 30 >> "$OUT/bf16_loss.jsonl"
+fi
 if [[ $what == jax || $what == all ]]; then
   for c in Ti112 S112; do
     for m in train infer; do

@@ -24,6 +24,12 @@ process's peak RSS (compilation included), `steps_peak_rss_mib` the peak while s
 `minor_faults_per_step` is the median page-fault count of a timed step (XLA's step buffers
 faulted in again every step show here), `host_alloc` whether they come from the caching
 allocator (`meldae_jax/ops/host_alloc.py`) and `host_alloc_cached_mib` what it holds free.
+
+The machine: `cpu_s_per_step` is the process's CPU time per step (both cores busy: up to
+2x the seconds), `steps_steal_fraction` the share of the host's CPU time a shared VM's
+hypervisor took while stepping (a slow run with a high one says little), `cpu_*` the
+CPU model and whether it has AVX-512, `cpu_gemm` whether the Dense matmuls ran by the
+sgemm custom call (on CPUs without AVX-512) and `blas_core` the OpenBLAS kernels it used.
 """
 import argparse
 import json
@@ -330,6 +336,7 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
       lambda: common.time_steps(one_step, steps, warmup) if steps > 0 else [],
       rss_compiled)  # before the matmul peak's own matrices
   figures.update(common.timing_figures(times, shape, t))
+  figures["cpu_s_per_step"] = rss.pop("steps_cpu_s") / max(1, steps + warmup)
   figures["compile_seconds"] = compile_s
   # Page faults of a timed step: XLA's step buffers re-faulted each step if not cached.
   timed_faults = holder["faults"][warmup:]
@@ -349,6 +356,7 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
   figures["fraction_of_peak"] = (figures["gflops_per_s"] / peak
                                  if peak and figures["gflops_per_s"] else None)
   figures["cpu_gemm"] = blas_dot.enabled()  # Dense matmuls by sgemm (ops/blas_dot.py)
+  figures["blas_core"] = blas_dot.info().get("core") if figures["cpu_gemm"] else None
   alloc = host_alloc.stats()  # XLA's big host buffers cached (ops/host_alloc.py)
   figures["host_alloc"] = alloc["reserved"] > 0
   figures["host_alloc_cached_mib"] = alloc["cached"] / 2**20

@@ -645,6 +645,7 @@ def run(config: str, mode: str, backend: str = "eager", dtype: str = "fp32",
       lambda: common.time_steps(one_step, steps, warmup) if steps > 0 else [],
       rss_compiled)
   figures.update(common.timing_figures(times, shape, t))
+  figures["cpu_s_per_step"] = rss.pop("steps_cpu_s") / max(1, steps + warmup)
   figures["compile_seconds"] = compile_s
   figures.update(rss)
   # The count does not depend on backend or dtype; fp32 eager always runs under it.

@@ -1,11 +1,11 @@
 """Training loss with bf16 compute against fp32 over a short run from the same start.
 
-  python benchmarks/bf16_loss.py --config Ti112 --steps 30 [--rtol 0.02]
+  python benchmarks/bf16_loss.py --config Ti112 --steps 30 [--rtol 0.02] [--dtype bf16_matmul]
 
 Both runs are the project's train step (`step.py`: forward, total loss, backward, clip,
 AdamW, one jit), from the same initial parameters (float32 in both: `model.dtype`
-bfloat16 computes activations and matmuls in bf16 and keeps float32 master weights),
-fed the same sequence of synthetic batches (a new one per step, seeded by the step).
+bfloat16 computes activations and matmuls in bf16 and keeps float32 master weights;
+`--dtype bf16_matmul` only rounds the Dense matmuls' operands to bf16), fed the same sequence of synthetic batches (a new one per step, seeded by the step).
 Prints one JSON line: both loss curves, the largest and the final relative difference
 |bf16 - fp32| / |fp32|, and `within_rtol`. Exit status 1 when a difference exceeds
 --rtol or a loss is not finite.
@@ -55,12 +55,13 @@ def losses(config: str, dtype: str, steps: int, seed: int = 0,
 
 
 def compare(config: str = "Ti112", steps: int = 30, rtol: float = 0.02, seed: int = 0,
-            compiler_options: dict | None = None) -> dict:
+            compiler_options: dict | None = None, dtype: str = "bf16") -> dict:
   ref = losses(config, "fp32", steps, seed, compiler_options)
-  low = losses(config, "bf16", steps, seed, compiler_options)
+  low = losses(config, dtype, steps, seed, compiler_options)
   rel = [abs(b - a) / max(abs(a), 1e-12) for a, b in zip(ref, low)]
   finite = bool(np.all(np.isfinite(ref)) and np.all(np.isfinite(low)))
-  return dict(kind="bf16_loss", config=config, steps=steps, seed=seed, rtol=rtol,
+  return dict(kind="bf16_loss", config=config, dtype=dtype, steps=steps, seed=seed,
+              rtol=rtol,
               fp32_loss=ref, bf16_loss=low, max_rel_diff=max(rel), final_rel_diff=rel[-1],
               within_rtol=finite and max(rel) <= rtol, **common.host_figures())
 
@@ -72,10 +73,12 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=30)
   p.add_argument("--rtol", type=float, default=0.02)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dtype", default="bf16", choices=("bf16", "bf16_matmul"),
+                 help="bf16: the whole model in bf16; bf16_matmul: matmul operands only")
   a = p.parse_args(argv)
   if a.steps < 1:
     p.error("--steps must be at least 1")
-  report = compare(a.config, a.steps, a.rtol, a.seed)
+  report = compare(a.config, a.steps, a.rtol, a.seed, dtype=a.dtype)
   common.emit(report)
   sys.exit(0 if report["within_rtol"] else 1)
 

@@ -45,13 +45,14 @@ def run_one(cmd: list[str], timeout: float | None = None) -> dict:
 
 
 def commands(a) -> dict[str, list[str]]:
-  common_args = ["--config", a.config, "--mode", a.mode, "--dtype", a.dtype,
+  common_args = ["--config", a.config, "--mode", a.mode,
                  "--steps", str(a.steps), "--warmup", str(a.warmup), "--peak-size", "0"]
   here = pathlib.Path(__file__).resolve().parent
   return dict(
-      jax=[a.jax_python, str(here / "step.py"), *common_args],
+      jax=[a.jax_python, str(here / "step.py"), *common_args,
+           "--dtype", a.jax_dtype or a.dtype],
       torch=[a.torch_python, str(here / "torch_port.py"), *common_args,
-             "--backend", a.backend])
+             "--dtype", a.dtype, "--backend", a.backend])
 
 
 def summarise(rounds: list[dict]) -> dict:
@@ -71,6 +72,8 @@ def main(argv=None):
   p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
   p.add_argument("--backend", default="eager", choices=("eager", "compile"),
                  help="the PyTorch side's")
+  p.add_argument("--jax-dtype", default=None, choices=("fp32", "bf16", "bf16_matmul"),
+                 help="the JAX side's, if not --dtype (bf16_matmul: autocast's kind)")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--warmup", type=int, default=2)
@@ -93,6 +96,7 @@ def main(argv=None):
       common.emit(dict(kind="run", side=side, round=r + 1, **result[side]))
     rounds.append(result)
   common.emit(dict(kind="compare", config=a.config, mode=a.mode, dtype=a.dtype,
+                   jax_dtype=a.jax_dtype or a.dtype,
                    torch_backend=a.backend, steps=a.steps, warmup=a.warmup,
                    **summarise(rounds), **common.host_figures()))
 

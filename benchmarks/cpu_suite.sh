@@ -38,9 +38,15 @@ if [[ $what == compare || $what == all ]]; then
   compare_run 2 --config Ti112 --mode infer --dtype bf16 --steps 20
   compare_run 1 --config S112 --mode train --dtype bf16 --steps 5
   compare_run 1 --config S112 --mode infer --dtype bf16 --steps 10
+  # JAX with only the matmul operands in bf16 (model.matmul_dtype), as autocast does
+  compare_run 2 --config Ti112 --mode train --dtype bf16 --jax-dtype bf16_matmul --steps 10
+  compare_run 2 --config Ti112 --mode infer --dtype bf16 --jax-dtype bf16_matmul --steps 20
+  compare_run 1 --config S112 --mode train --dtype bf16 --jax-dtype bf16_matmul --steps 5
+  compare_run 1 --config S112 --mode infer --dtype bf16 --jax-dtype bf16_matmul --steps 10
 fi
 if [[ $what == bf16 || $what == all ]]; then
   $PY benchmarks/bf16_loss.py --config Ti112 --steps 30 >> "$OUT/bf16_loss.jsonl"
+  $PY benchmarks/bf16_loss.py --config Ti112 --steps 30 --dtype bf16_matmul >> "$OUT/bf16_loss.jsonl"
 fi
 if [[ $what == jax || $what == all ]]; then
   for c in Ti112 S112; do

@@ -66,7 +66,10 @@ from meldae_jax.ops import blas_dot
 from meldae_jax.ops import host_alloc
 # pylint: enable=g-import-not-at-top,wrong-import-position,unused-import
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+# --dtype -> (model.dtype, model.matmul_dtype): 'bf16' computes the whole model in bf16,
+# 'bf16_matmul' only the Dense matmuls' operands (float32 sums and all else, as autocast).
+DTYPES = {"fp32": ("float32", ""), "bf16": ("bfloat16", ""),
+          "bf16_matmul": ("float32", "bfloat16")}
 REMATS = ("none", "full", "dots", "dots_no_batch")
 SWEEP_FRAMES = (16, 32, 64)
 MIB = 2.0 ** 20
@@ -85,7 +88,7 @@ def model_config(shape: common.Shape, dtype: str = "fp32", remat: str = "none",
   c.enhancer_layers = 1
   c.fusion = "per_frame"
   c.num_classes = common.NUM_CLASSES
-  c.dtype = DTYPES[dtype]
+  c.dtype, c.matmul_dtype = DTYPES[dtype]
   c.remat_policy = remat
   for key, value in (overrides or {}).items():  # `--model key=value`: before/after figures
     if key not in c:

@@ -205,11 +205,14 @@ def test_flops_of_scanned_blocks_count_every_block():
   assert step.unrolled_flops(mcfg, "infer", batch) > scanned > 0
 
 
-def test_bf16_training_loss_tracks_fp32():
-  """benchmarks/bf16_loss.py on the tiny model: bf16 compute really differs from fp32
-  (so it ran in bf16), and stays within the stated tolerance over a short run."""
+@pytest.mark.parametrize("dtype", ["bf16", "bf16_matmul"])
+def test_bf16_training_loss_tracks_fp32(dtype):
+  """benchmarks/bf16_loss.py on the tiny model: bf16 compute (all of it, or the matmul
+  operands) really differs from fp32 (so it ran in bf16), and stays within the stated
+  tolerance over a short run."""
   from benchmarks import bf16_loss  # pylint: disable=g-import-not-at-top
-  report = bf16_loss.compare("tiny", steps=4, rtol=0.02, compiler_options=FAST)
+  report = bf16_loss.compare("tiny", steps=4, rtol=0.02, compiler_options=FAST,
+                             dtype=dtype)
   assert len(report["fp32_loss"]) == len(report["bf16_loss"]) == 4
   assert 0 < report["max_rel_diff"] <= 0.02, report
   assert report["within_rtol"]

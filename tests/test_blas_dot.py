@@ -152,3 +152,28 @@ def test_vit_dense_layers_take_the_gemm_path():
     ref = jax.jit(apply())(params, x)
   for got, want in zip(jax.jit(apply())(params, x), ref):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_matmul_operands_rounds_to_bf16_and_keeps_float32():
+  """Within `matmul_operands(bfloat16)`: the product of the bf16-rounded operands with
+  float32 sums, float32 out; its gradients are products of rounded values too."""
+  a, b = _rand((2, 5, 8), 0), _rand((8, 3), 1)
+  w = _rand((2, 5, 3), 2)
+  fn = lambda: lambda a, b: jnp.sum(w * blas_dot.dot_general(a, b, DENSE))  # noqa: E731
+  with blas_dot.matmul_operands(jnp.bfloat16):
+    ours = lambda a, b: blas_dot.dot_general(a, b, DENSE)  # noqa: E731
+    out = jax.jit(ours)(a, b)
+    grads = jax.jit(jax.grad(fn(), (0, 1)))(a, b)
+    assert not _uses_gemm(ours, a, b)
+  r = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, jnp.einsum("bmk,kn->bmn", r(a), r(b)), rtol=1e-6,
+                             atol=1e-6)
+  assert float(jnp.abs(out - jnp.einsum("bmk,kn->bmn", a, b)).max()) > 1e-4  # rounded
+  g = r(w)  # the cotangent is rounded as well
+  np.testing.assert_allclose(grads[0], jnp.einsum("bmn,kn->bmk", g, r(b)), rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(grads[1], jnp.einsum("bmk,bmn->kn", r(a), g), rtol=1e-5,
+                             atol=1e-5)
+  with blas_dot.matmul_operands(None):  # None: unchanged
+    assert _uses_gemm(lambda a, b: blas_dot.dot_general(a, b, DENSE), a, b)

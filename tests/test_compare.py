@@ -32,14 +32,16 @@ def test_rounds_alternate_and_the_ratio_is_torch_over_jax(tmp_path, capsys):
   jax_py = _fake_interpreter(tmp_path, "jaxpy", 0.25, log)
   torch_py = _fake_interpreter(tmp_path, "torchpy", 0.5, log)
   compare.main(["--rounds", "3", "--steps", "4", "--jax-python", jax_py,
-                "--torch-python", torch_py, "--backend", "compile"])
+                "--torch-python", torch_py, "--backend", "compile", "--dtype", "bf16",
+                "--jax-dtype", "bf16_matmul"])
   calls = log.read_text().splitlines()
   assert [c.split()[0] for c in calls] == ["jaxpy", "torchpy", "torchpy", "jaxpy",
                                            "jaxpy", "torchpy"]
   assert all("--steps 4" in c and "--peak-size 0" in c for c in calls)
   assert all(c.split()[1].endswith("step.py") for c in calls if c.startswith("jaxpy"))
-  assert all("torch_port.py" in c and "--backend compile" in c
+  assert all("torch_port.py" in c and "--backend compile" in c and "--dtype bf16 " in c
              for c in calls if c.startswith("torchpy"))
+  assert all("--dtype bf16_matmul" in c for c in calls if c.startswith("jaxpy"))
   lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
   assert [l["kind"] for l in lines] == ["run"] * 6 + ["compare"]
   summary = lines[-1]

@@ -29,4 +29,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.num_classes = 1             # K: 1 = micro, 2 = micro + macro
   c.dropout = 0.0
   c.dtype = "float32"           # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+  c.matmul_dtype = ""           # '' | 'bfloat16': Dense matmul operands rounded to it, f32
+                                # sums and everything else as `dtype` (like PyTorch's
+                                # autocast; CPU Ti112 train 0.30 -> see docs/performance.md)
   return c

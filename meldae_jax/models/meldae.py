@@ -10,6 +10,7 @@ from meldae_jax.models.heads import Heads, masked_mean
 from meldae_jax.models.region_pool import RegionPool
 from meldae_jax.models.resnet import ResNet
 from meldae_jax.models.temporal import Temporal
+from meldae_jax.ops import blas_dot
 
 
 def make_backbone(cfg, dtype, name="backbone"):
@@ -33,6 +34,11 @@ class MELDAE(nn.Module):
   def __call__(self, video, *, frame_mask=None, train: bool = False,
                return_attention: bool = False):
     """video (B,T,H,W,3) uint8; frame_mask (B,T) 1 real / 0 padding."""
+    with blas_dot.matmul_operands(self.config.get("matmul_dtype") or None):
+      return self._forward(video, frame_mask, train, return_attention)
+
+  @nn.nowrap
+  def _forward(self, video, frame_mask, train, return_attention):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     b, t = video.shape[:2]

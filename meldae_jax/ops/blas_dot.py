@@ -180,6 +180,51 @@ def enabled() -> bool:
   return wanted and available()
 
 
+_OPERANDS = []  # innermost last: the dtype Dense matmul operands are rounded to, or None
+
+
+@contextlib.contextmanager
+def matmul_operands(dtype):
+  """Within: float32 Dense matmuls traced here round their operands to `dtype` (e.g.
+  bfloat16) and accumulate in float32; outputs, gradients and all other ops stay float32.
+
+  Why: PyTorch's bf16 autocast; XLA's CPU dots run bf16 x bf16 -> f32 at 2x their
+  float32 speed on CPUs with AVX512-BF16 (docs/performance.md), while a model computed
+  wholly in bf16 (`model.dtype`) pays for converts and slow bf16 reductions. None:
+  unchanged.
+  """
+  _OPERANDS.append(None if dtype is None else jnp.dtype(dtype))
+  try:
+    yield
+  finally:
+    _OPERANDS.pop()
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rounded_gemm(a, b, dtype):
+  """(M, K) @ (K, N) float32 with both operands rounded to `dtype`, float32 sums; its
+  gradients are the same kind of product (g rounded too), as under autocast."""
+  return lax.dot(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _rounded_fwd(a, b, dtype):
+  a16, b16 = a.astype(dtype), b.astype(dtype)
+  return lax.dot(a16, b16, preferred_element_type=jnp.float32), (a16, b16)
+
+
+def _rounded_bwd(dtype, res, g):
+  a16, b16 = res
+  g16 = g.astype(dtype)
+  da = lax.dot_general(g16, b16, (((1,), (1,)), ((), ())),
+                       preferred_element_type=jnp.float32)
+  db = lax.dot_general(a16, g16, (((0,), (0,)), ((), ())),
+                       preferred_element_type=jnp.float32)
+  return da, db
+
+
+rounded_gemm.defvjp(_rounded_fwd, _rounded_bwd)
+
+
 def _call(a, b, trans_a: bool, trans_b: bool):
   if not available():
     raise RuntimeError("the sgemm custom call is unavailable (see the warning above)")
@@ -224,14 +269,20 @@ def _is_plain_matmul(lhs, rhs, dimension_numbers, precision,
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None,
                 preferred_element_type=None, **kwargs):
-  """`lax.dot_general`, with plain float32 matmuls on CPU done by sgemm."""
+  """`lax.dot_general`, with plain float32 matmuls on CPU done by sgemm, or with their
+  operands rounded within `matmul_operands`."""
+  rounded = bool(_OPERANDS) and _OPERANDS[-1] is not None
   if (kwargs or not _is_plain_matmul(lhs, rhs, dimension_numbers, precision,
-                                     preferred_element_type) or not enabled()):
+                                     preferred_element_type)
+      or not (enabled() or rounded)):
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                            preferred_element_type=preferred_element_type, **kwargs)
   nc = len(dimension_numbers[0][0])
   lhs_free, k_dims = lhs.shape[:lhs.ndim - nc], lhs.shape[lhs.ndim - nc:]
   rhs_free = rhs.shape[nc:]
   k = int(np.prod(k_dims))
-  out = gemm(lhs.reshape(-1, k), rhs.reshape(k, -1))
+  if rounded:
+    out = rounded_gemm(lhs.reshape(-1, k), rhs.reshape(k, -1), _OPERANDS[-1])
+  else:
+    out = gemm(lhs.reshape(-1, k), rhs.reshape(k, -1))
   return out.reshape(*lhs_free, *rhs_free)

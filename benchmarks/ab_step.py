@@ -7,13 +7,14 @@ Each variant is the project's step (`step.py`) with some choices changed, joined
 `sgemm_dots` (the sgemm custom call also where the project would use XLA's dot, on
 AVX-512 CPUs), `flax_attention` (flax's attention module: three q/k/v matmuls instead
 of one, `models/attention.py`), `flax_lstm` (flax's Bi-LSTM modules: the input
-projection inside the time loop, `models/lstm.py`), `conv_embed` (the patch embedding as XLA's strided convolution instead of patchify +
-matmul), `erfc_gelu` (`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`),
-`row_split` (every sgemm split over the threads by rows, also where columns repack
-less; set while that variant's steps run); `current` changes nothing. All variants are compiled first, then run in turns of
-`--per-turn` steps for `--rounds` rounds, so the drift of a shared VM (+-20 % over
-minutes here) falls on all of them alike. Prints one JSON line per variant, with the
-process's CPU time per step (median over the turns): work done, whatever the VM's
+projection inside the time loop, `models/lstm.py`), `conv_embed` (the patch embedding
+as XLA's strided convolution instead of patchify + matmul), `erfc_gelu`
+(`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`), `row_split` (every sgemm
+split over the threads by rows, also where columns repack less; set while that
+variant's steps run); `current` changes nothing. All variants are compiled first, then
+run in turns of `--per-turn` steps for `--rounds` rounds, so the drift of a shared VM
+(+-20 % over minutes here) falls on all of them alike. Prints one JSON line per
+variant, with the process's CPU time per step (median over the turns): work done, whatever the VM's
 hypervisor took meanwhile.
 Process-wide settings (XLA flags, malloc tunables) cannot be undone in-process: compare
 those across processes (`MELDAE_XLA_FLAGS=0`, `MELDAE_HOST_ALLOC=0`, `GLIBC_TUNABLES=...`).

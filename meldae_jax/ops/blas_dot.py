@@ -18,8 +18,8 @@ XLA's dot is used there (docs/performance.md, session 10).
 The first trace on the CPU backend also installs `host_alloc`, the caching allocator for
 XLA's step buffers, which the CPU step needs as much (docs/performance.md; its own switch).
 `MELDAE_CPU_GEMM=0` turns it off, `=1` on whatever the CPU; `MELDAE_CBLAS_LIB=/path/
-libmkl_rt.so` picks another CBLAS (LP64 `cblas_sgemm`). The handler (`blas_gemm.cc`) is compiled with the system C++
-compiler on first use and cached under `$MELDAE_CACHE` (default `~/.cache/meldae_jax`);
+libmkl_rt.so` picks another CBLAS (LP64 `cblas_sgemm`). The handler (`blas_gemm.cc`) is
+compiled with the system C++ compiler on first use and cached under `$MELDAE_CACHE` (default `~/.cache/meldae_jax`);
 if there is no compiler or no BLAS, a warning says so once and XLA's dot is used.
 """
 import contextlib
@@ -134,23 +134,23 @@ _FORCED = []  # innermost last: True (sgemm wherever it can run) or False (XLA's
 
 
 @contextlib.contextmanager
+def _within(stack: list, value):
+  """`value` on top of `stack` (a tracing-time setting) for the duration."""
+  stack.append(value)
+  try:
+    yield
+  finally:
+    stack.pop()
+
+
 def xla_dots():
   """Within: trace with XLA's dot everywhere (FLOP counts, reference outputs)."""
-  _FORCED.append(False)
-  try:
-    yield
-  finally:
-    _FORCED.pop()
+  return _within(_FORCED, False)
 
 
-@contextlib.contextmanager
 def sgemm_dots():
   """Within: trace with the sgemm path wherever it can run, AVX-512 or not (benchmarks)."""
-  _FORCED.append(True)
-  try:
-    yield
-  finally:
-    _FORCED.pop()
+  return _within(_FORCED, True)
 
 
 def cpu_has_avx512() -> bool:
@@ -183,7 +183,6 @@ def enabled() -> bool:
 _OPERANDS = []  # innermost last: the dtype Dense matmul operands are rounded to, or None
 
 
-@contextlib.contextmanager
 def matmul_operands(dtype):
   """Within: float32 Dense matmuls traced here round their operands to `dtype` (e.g.
   bfloat16) and accumulate in float32; outputs, gradients and all other ops stay float32.
@@ -193,18 +192,14 @@ def matmul_operands(dtype):
   wholly in bf16 (`model.dtype`) pays for converts and slow bf16 reductions. None:
   unchanged.
   """
-  _OPERANDS.append(None if dtype is None else jnp.dtype(dtype))
-  try:
-    yield
-  finally:
-    _OPERANDS.pop()
+  return _within(_OPERANDS, None if dtype is None else jnp.dtype(dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def rounded_gemm(a, b, dtype):
   """(M, K) @ (K, N) float32 with both operands rounded to `dtype`, float32 sums; its
   gradients are the same kind of product (g rounded too), as under autocast."""
-  return lax.dot(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+  return _rounded_fwd(a, b, dtype)[0]
 
 
 def _rounded_fwd(a, b, dtype):
@@ -271,18 +266,18 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None,
                 preferred_element_type=None, **kwargs):
   """`lax.dot_general`, with plain float32 matmuls on CPU done by sgemm, or with their
   operands rounded within `matmul_operands`."""
-  rounded = bool(_OPERANDS) and _OPERANDS[-1] is not None
+  rounded_to = _OPERANDS[-1] if _OPERANDS else None
   if (kwargs or not _is_plain_matmul(lhs, rhs, dimension_numbers, precision,
                                      preferred_element_type)
-      or not (enabled() or rounded)):
+      or not (enabled() or rounded_to is not None)):
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                            preferred_element_type=preferred_element_type, **kwargs)
   nc = len(dimension_numbers[0][0])
   lhs_free, k_dims = lhs.shape[:lhs.ndim - nc], lhs.shape[lhs.ndim - nc:]
   rhs_free = rhs.shape[nc:]
   k = int(np.prod(k_dims))
-  if rounded:
-    out = rounded_gemm(lhs.reshape(-1, k), rhs.reshape(k, -1), _OPERANDS[-1])
+  if rounded_to is not None:
+    out = rounded_gemm(lhs.reshape(-1, k), rhs.reshape(k, -1), rounded_to)
   else:
     out = gemm(lhs.reshape(-1, k), rhs.reshape(k, -1))
   return out.reshape(*lhs_free, *rhs_free)

@@ -7,9 +7,12 @@ Each variant is the project's step (`step.py`) with some choices changed, joined
 `sgemm_dots` (the sgemm custom call also where the project would use XLA's dot, on
 AVX-512 CPUs), `flax_attention` (flax's attention module: three q/k/v matmuls instead
 of one, `models/attention.py`), `flax_lstm` (flax's Bi-LSTM modules: the input
-projection inside the time loop, `models/lstm.py`), `conv_embed` (the patch embedding
-as XLA's strided convolution instead of patchify + matmul), `erfc_gelu`
-(`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`), `row_split` (every sgemm
+projection inside the time loop, `models/lstm.py`), `lhs_t_weight_grads` (with
+`--dtype bf16_matmul`: the weight gradients as XLA's transposed-lhs dot, which it runs
+in float32, instead of a bf16 dot on a row-major copy, `blas_dot.weight_grad`),
+`conv_embed` (the patch embedding as XLA's strided convolution instead of patchify +
+matmul), `erfc_gelu` (`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`),
+`row_split` (every sgemm
 split over the threads by rows, also where columns repack less; set while that
 variant's steps run); `current` changes nothing. All variants are compiled first, then
 run in turns of `--per-turn` steps for `--rounds` rounds, so the drift of a shared VM
@@ -49,7 +52,7 @@ from meldae_jax.ops import blas_dot
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
-        "flax_attention", "flax_lstm")
+        "flax_attention", "flax_lstm", "lhs_t_weight_grads")
 
 
 class ConvEmbed(nn.Module):
@@ -88,7 +91,8 @@ def undone(variant: str):
     raise ValueError(f"unknown variant part(s) {sorted(unknown)}; valid: {UNDO}")
   if {"xla_dots", "sgemm_dots"} <= names:
     raise ValueError(f"{variant!r}: xla_dots and sgemm_dots exclude each other")
-  saved = (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm)
+  saved = (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,
+           blas_dot.weight_grad)
   if "erfc_gelu" in names:
     gelu.exact_gelu = lambda x: jax.nn.gelu(x, approximate=False)
   if "conv_embed" in names:
@@ -97,13 +101,16 @@ def undone(variant: str):
     attention.SelfAttention = flax_attention
   if "flax_lstm" in names:
     lstm.bilstm = lstm.flax_bilstm
+  if "lhs_t_weight_grads" in names:
+    blas_dot.weight_grad = blas_dot.transposed_lhs_dot
   try:
     dots = (blas_dot.xla_dots() if "xla_dots" in names else blas_dot.sgemm_dots()
             if "sgemm_dots" in names else contextlib.nullcontext())
     with dots:
       yield
   finally:
-    gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm = saved
+    (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,
+     blas_dot.weight_grad) = saved
 
 
 def main(argv=None):
@@ -112,12 +119,13 @@ def main(argv=None):
   p.add_argument("variants", nargs="+")
   p.add_argument("--config", default="Ti112", choices=sorted(common.CONFIGS))
   p.add_argument("--mode", default="train", choices=("train", "infer"))
+  p.add_argument("--dtype", default="fp32", choices=sorted(step.DTYPES))
   p.add_argument("--rounds", type=int, default=8)
   p.add_argument("--per-turn", type=int, default=4)
   args = p.parse_args(argv)
 
   shape = common.CONFIGS[args.config]
-  mcfg = step.model_config(shape)
+  mcfg = step.model_config(shape, args.dtype)
   model = step.meldae.MELDAE(mcfg)
   loss_cfg, opt_cfg, total = step.train_configs()
   batch = {k: jnp.asarray(v) for k, v in common.make_batch(shape).items()}
@@ -157,7 +165,8 @@ def main(argv=None):
     print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
   for v in args.variants:
     t = np.asarray(times[v])
-    print(json.dumps(dict(config=args.config, mode=args.mode, variant=v, steps=len(t),
+    print(json.dumps(dict(config=args.config, mode=args.mode, dtype=args.dtype,
+                          variant=v, steps=len(t),
                           median_s=float(np.median(t)),
                           p25_s=float(np.percentile(t, 25)), min_s=float(t.min()),
                           max_s=float(t.max()),

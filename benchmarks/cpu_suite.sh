@@ -39,14 +39,17 @@ if [[ $what == compare || $what == all ]]; then
   compare_run 1 --config S112 --mode train --dtype bf16 --steps 5
   compare_run 1 --config S112 --mode infer --dtype bf16 --steps 10
   # JAX with only the matmul operands in bf16 (model.matmul_dtype), as autocast does
-  compare_run 2 --config Ti112 --mode train --dtype bf16 --jax-dtype bf16_matmul --steps 10
+  compare_run 3 --config Ti112 --mode train --dtype bf16 --jax-dtype bf16_matmul --steps 20
   compare_run 2 --config Ti112 --mode infer --dtype bf16 --jax-dtype bf16_matmul --steps 20
-  compare_run 1 --config S112 --mode train --dtype bf16 --jax-dtype bf16_matmul --steps 5
+  compare_run 2 --config S112 --mode train --dtype bf16 --jax-dtype bf16_matmul --steps 10
   compare_run 1 --config S112 --mode infer --dtype bf16 --jax-dtype bf16_matmul --steps 10
 fi
 if [[ $what == bf16 || $what == all ]]; then
   $PY benchmarks/bf16_loss.py --config Ti112 --steps 30 >> "$OUT/bf16_loss.jsonl"
   $PY benchmarks/bf16_loss.py --config Ti112 --steps 30 --dtype bf16_matmul >> "$OUT/bf16_loss.jsonl"
+  $PY benchmarks/dot_forms.py >> "$OUT/dot_forms.jsonl"  # each Dense product, fp32 and bf16
+  $PY benchmarks/ab_step.py --config Ti112 --dtype bf16_matmul current lhs_t_weight_grads \
+    --rounds 6 >> "$OUT/ab_step.jsonl"
 fi
 if [[ $what == jax || $what == all ]]; then
   for c in Ti112 S112; do

@@ -39,3 +39,11 @@ def test_unknown_variant_is_an_error():
   with pytest.raises(ValueError, match="exclude"):
     with ab_step.undone("xla_dots+sgemm_dots"):
       pass
+
+
+def test_lhs_t_weight_grads_swaps_the_weight_gradient_and_restores_it():
+  from meldae_jax.ops import blas_dot  # pylint: disable=g-import-not-at-top
+  ours = blas_dot.weight_grad
+  with ab_step.undone("lhs_t_weight_grads"):
+    assert blas_dot.weight_grad is blas_dot.transposed_lhs_dot
+  assert blas_dot.weight_grad is ours

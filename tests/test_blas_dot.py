@@ -1,6 +1,7 @@
 """The sgemm custom call (meldae_jax/ops/blas_dot.py): same results as XLA's dot, and
 really taken (the lowered program holds the custom call) where it should be."""
 import os
+import re
 
 import jax
 from jax import lax
@@ -154,11 +155,12 @@ def test_vit_dense_layers_take_the_gemm_path():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_matmul_operands_rounds_to_bf16_and_keeps_float32():
+@pytest.mark.parametrize("k,n", [(8, 3), (3, 8), (6, 6)])  # both ways of weight_grad
+def test_matmul_operands_rounds_to_bf16_and_keeps_float32(k, n):
   """Within `matmul_operands(bfloat16)`: the product of the bf16-rounded operands with
   float32 sums, float32 out; its gradients are products of rounded values too."""
-  a, b = _rand((2, 5, 8), 0), _rand((8, 3), 1)
-  w = _rand((2, 5, 3), 2)
+  a, b = _rand((2, 5, k), 0), _rand((k, n), 1)
+  w = _rand((2, 5, n), 2)
   fn = lambda: lambda a, b: jnp.sum(w * blas_dot.dot_general(a, b, DENSE))  # noqa: E731
   with blas_dot.matmul_operands(jnp.bfloat16):
     ours = lambda a, b: blas_dot.dot_general(a, b, DENSE)  # noqa: E731
@@ -177,3 +179,36 @@ def test_matmul_operands_rounds_to_bf16_and_keeps_float32():
                              atol=1e-5)
   with blas_dot.matmul_operands(None):  # None: unchanged
     assert _uses_gemm(lambda a, b: blas_dot.dot_general(a, b, DENSE), a, b)
+
+
+def _dot_operand_types(hlo: str) -> list:
+  """(lhs, rhs) element types of every dot in a compiled HLO module's text."""
+  types, found = {}, []
+  for line in hlo.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%([\w.-]+) = (\w+)\[", line)
+    if not m:
+      continue
+    types[m.group(1)] = m.group(2)
+    d = re.search(r" dot\(%([\w.-]+), %([\w.-]+)\)", line)
+    if d:
+      found.append((types[d.group(1)], types[d.group(2)]))
+  return found
+
+
+@pytest.mark.parametrize("k,n", [(48, 96), (96, 48)])
+def test_bf16_weight_gradients_stay_bf16_dots(k, n, monkeypatch):
+  """XLA runs a^T g with bf16 operands as a float32 dot (it upcasts dots whose lhs is
+  transposed); `weight_grad` keeps every dot of the backward pass bf16 x bf16."""
+  a, b, w = _rand((64, k), 0), _rand((k, n), 1), _rand((64, n), 2)
+
+  def dots():
+    with blas_dot.matmul_operands(jnp.bfloat16):
+      loss = lambda a, b: jnp.sum(  # noqa: E731
+          w * blas_dot.dot_general(a, b, (((1,), (0,)), ((), ()))))
+      hlo = jax.jit(jax.grad(loss, (0, 1))).lower(a, b).compile().as_text()
+    return _dot_operand_types(hlo)
+
+  ours = dots()
+  assert len(ours) == 2 and set(ours) == {("bf16", "bf16")}, ours
+  monkeypatch.setattr(blas_dot, "weight_grad", blas_dot.transposed_lhs_dot)
+  assert ("f32", "f32") in dots()  # what it replaces

@@ -188,9 +188,9 @@ def matmul_operands(dtype):
   bfloat16) and accumulate in float32; outputs, gradients and all other ops stay float32.
 
   Why: PyTorch's bf16 autocast; XLA's CPU dots run bf16 x bf16 -> f32 at 2x their
-  float32 speed on CPUs with AVX512-BF16 (docs/performance.md), while a model computed
-  wholly in bf16 (`model.dtype`) pays for converts and slow bf16 reductions. None:
-  unchanged.
+  float32 speed on CPUs with AVX512-BF16 (`benchmarks/dot_forms.py`), while a model
+  computed wholly in bf16 (`model.dtype`) pays for converts and slow bf16 reductions.
+  None: unchanged.
   """
   return _within(_OPERANDS, None if dtype is None else jnp.dtype(dtype))
 
@@ -198,7 +198,8 @@ def matmul_operands(dtype):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def rounded_gemm(a, b, dtype):
   """(M, K) @ (K, N) float32 with both operands rounded to `dtype`, float32 sums; its
-  gradients are the same kind of product (g rounded too), as under autocast."""
+  gradients are the same kind of product (g rounded too), as under autocast, the weight
+  gradient by `weight_grad`."""
   return _rounded_fwd(a, b, dtype)[0]
 
 
@@ -212,9 +213,46 @@ def _rounded_bwd(dtype, res, g):
   g16 = g.astype(dtype)
   da = lax.dot_general(g16, b16, (((1,), (1,)), ((), ())),
                        preferred_element_type=jnp.float32)
-  db = lax.dot_general(a16, g16, (((0,), (0,)), ((), ())),
-                       preferred_element_type=jnp.float32)
-  return da, db
+  return da, weight_grad(a16, g16)
+
+
+def weight_grad(a16, g16):
+  """a16^T g16 (M contracted) as a canonical bf16 x bf16 -> f32 dot.
+
+  Why: XLA's CPU backend hands a dot to YNNPACK only when its lhs is row-major. a^T g
+  contracts a's rows, so XLA would upcast both bf16 operands and run a float32 dot, at
+  half the bf16 speed or less. So the narrower of the two is copied transposed
+  (`_row_major_transpose`) and made the lhs: a^T g directly, or (g^T a)^T when g is
+  narrower. The product sits behind an optimization barrier there: otherwise XLA folds
+  the outer transpose back into the dot, after its bf16 decision, and XLA 0.12 then
+  fails at run time ("Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32").
+  """
+  if not canonical_weight_grads():
+    return transposed_lhs_dot(a16, g16)
+  if a16.shape[1] <= g16.shape[1]:
+    return lax.dot(_row_major_transpose(a16), g16, preferred_element_type=jnp.float32)
+  gta = lax.dot(_row_major_transpose(g16), a16, preferred_element_type=jnp.float32)
+  return lax.optimization_barrier(gta).T
+
+
+def canonical_weight_grads() -> bool:
+  """Whether `weight_grad` copies an operand transposed: on the CPU backend with a single
+  device. GPU and TPU dots take transposed operands as they are, and on a multi-device
+  mesh the 1-D reshape would gather a sharded operand."""
+  return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
+def transposed_lhs_dot(a, g):
+  """a^T g as XLA's dot with a transposed lhs (what `weight_grad` replaces)."""
+  return lax.dot_general(a, g, (((0,), (0,)), ((), ())),
+                         preferred_element_type=jnp.float32)
+
+
+def _row_major_transpose(x):
+  """x.T (2-D) as a real row-major copy: through a 1-D reshape behind an optimization
+  barrier, so that XLA can neither fold it into the dot nor make it a layout change."""
+  rows, cols = x.shape
+  return lax.optimization_barrier(x.T.reshape(-1)).reshape(cols, rows)
 
 
 rounded_gemm.defvjp(_rounded_fwd, _rounded_bwd)

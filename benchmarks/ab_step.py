@@ -12,13 +12,12 @@ projection inside the time loop, `models/lstm.py`), `lhs_t_weight_grads` (with
 in float32, instead of a bf16 dot on a row-major copy, `blas_dot.weight_grad`),
 `conv_embed` (the patch embedding as XLA's strided convolution instead of patchify +
 matmul), `erfc_gelu` (`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`),
-`row_split` (every sgemm
-split over the threads by rows, also where columns repack less; set while that
-variant's steps run); `current` changes nothing. All variants are compiled first, then
-run in turns of `--per-turn` steps for `--rounds` rounds, so the drift of a shared VM
-(+-20 % over minutes here) falls on all of them alike. Prints one JSON line per
-variant, with the process's CPU time per step (median over the turns): work done, whatever the VM's
-hypervisor took meanwhile.
+`row_split` (every sgemm split over the threads by rows, also where columns repack less;
+set while that variant's steps run); `current` changes nothing. All variants are
+compiled first, then run in turns of `--per-turn` steps for `--rounds` rounds, so the
+drift of a shared VM (+-20 % over minutes here) falls on all of them alike. Prints one
+JSON line per variant, with the process's CPU time per step (median over the turns):
+work done, whatever the VM's hypervisor took meanwhile.
 Process-wide settings (XLA flags, malloc tunables) cannot be undone in-process: compare
 those across processes (`MELDAE_XLA_FLAGS=0`, `MELDAE_HOST_ALLOC=0`, `GLIBC_TUNABLES=...`).
 """

@@ -5,7 +5,8 @@
 Both runs are the project's train step (`step.py`: forward, total loss, backward, clip,
 AdamW, one jit), from the same initial parameters (float32 in both: `model.dtype`
 bfloat16 computes activations and matmuls in bf16 and keeps float32 master weights;
-`--dtype bf16_matmul` only rounds the Dense matmuls' operands to bf16), fed the same sequence of synthetic batches (a new one per step, seeded by the step).
+`--dtype bf16_matmul` only rounds the Dense matmuls' operands to bf16), fed the same
+sequence of synthetic batches (a new one per step, seeded by the step).
 Prints one JSON line: both loss curves, the largest and the final relative difference
 |bf16 - fp32| / |fp32|, and `within_rtol`. Exit status 1 when a difference exceeds
 --rtol or a loss is not finite.

@@ -19,8 +19,9 @@ The first trace on the CPU backend also installs `host_alloc`, the caching alloc
 XLA's step buffers, which the CPU step needs as much (docs/performance.md; its own switch).
 `MELDAE_CPU_GEMM=0` turns it off, `=1` on whatever the CPU; `MELDAE_CBLAS_LIB=/path/
 libmkl_rt.so` picks another CBLAS (LP64 `cblas_sgemm`). The handler (`blas_gemm.cc`) is
-compiled with the system C++ compiler on first use and cached under `$MELDAE_CACHE` (default `~/.cache/meldae_jax`);
-if there is no compiler or no BLAS, a warning says so once and XLA's dot is used.
+compiled with the system C++ compiler on first use and cached under `$MELDAE_CACHE`
+(default `~/.cache/meldae_jax`); if there is no compiler or no BLAS, a warning says so
+once and XLA's dot is used.
 """
 import contextlib
 import ctypes
@@ -162,13 +163,20 @@ def cpu_has_avx512() -> bool:
   return bool(features.get("AVX512_SKX"))
 
 
+def one_cpu_device() -> bool:
+  """The CPU backend with a single device: where the rewrites here may run. Accelerator
+  dots take transposed operands as they are, and on a multi-device mesh a custom call or
+  a 1-D reshape would gather a sharded operand."""
+  return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
 def enabled() -> bool:
   """Whether Dense matmuls traced now go to sgemm. Decided when tracing: a function
   jit has already traced keeps the choice it was traced with."""
   if jax.default_backend() != "cpu":
     return False
   host_alloc.install()  # the CPU step's other half (its own switch): buffers stay mapped
-  if jax.device_count() != 1:
+  if not one_cpu_device():
     return False
   mode = os.environ.get("MELDAE_CPU_GEMM", "auto")
   if _FORCED:
@@ -198,8 +206,8 @@ def matmul_operands(dtype):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def rounded_gemm(a, b, dtype):
   """(M, K) @ (K, N) float32 with both operands rounded to `dtype`, float32 sums; its
-  gradients are the same kind of product (g rounded too), as under autocast, the weight
-  gradient by `weight_grad`."""
+  gradients are the same kind of product (g rounded too), as under autocast. The weight
+  gradient is `weight_grad`'s."""
   return _rounded_fwd(a, b, dtype)[0]
 
 
@@ -226,20 +234,14 @@ def weight_grad(a16, g16):
   narrower. The product sits behind an optimization barrier there: otherwise XLA folds
   the outer transpose back into the dot, after its bf16 decision, and XLA 0.12 then
   fails at run time ("Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32").
+  Only on one CPU device (`one_cpu_device`); elsewhere XLA's transposed-lhs dot.
   """
-  if not canonical_weight_grads():
+  if not one_cpu_device():
     return transposed_lhs_dot(a16, g16)
   if a16.shape[1] <= g16.shape[1]:
     return lax.dot(_row_major_transpose(a16), g16, preferred_element_type=jnp.float32)
   gta = lax.dot(_row_major_transpose(g16), a16, preferred_element_type=jnp.float32)
   return lax.optimization_barrier(gta).T
-
-
-def canonical_weight_grads() -> bool:
-  """Whether `weight_grad` copies an operand transposed: on the CPU backend with a single
-  device. GPU and TPU dots take transposed operands as they are, and on a multi-device
-  mesh the 1-D reshape would gather a sharded operand."""
-  return jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
 def transposed_lhs_dot(a, g):

@@ -1,5 +1,6 @@
 """Model parts in isolation: region pooling, per-frame fusion identity, masking, ResNet."""
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -156,6 +157,38 @@ def test_bilstm_is_flax_bidirectional_lstm(dtype):
         lambda p, x: jnp.sum(w * m.apply(p, x, lengths)), (0, 1))(params, x)
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
                  grad(ours), grad(ref))
+
+
+def test_bilstm_backward_multiplies_by_a_pretransposed_wh(monkeypatch):
+  """On one CPU device the loop's input gradient is g @ (a row-major copy of W_h^T), no
+  per-step dot with a transposed rhs (which YNNPACK repacks every step); same gradients
+  as with W_h itself."""
+  from meldae_jax.models import lstm  # pylint: disable=g-import-not-at-top
+  from meldae_jax.ops import blas_dot  # pylint: disable=g-import-not-at-top
+  if not blas_dot.one_cpu_device():
+    pytest.skip("the copy is made on one CPU device only")
+
+  class Wrap(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return lstm.bilstm(x, features=5)
+
+  x = jnp.asarray(np.random.RandomState(3).normal(size=(3, 6, 4)), jnp.float32)
+  mod = Wrap()
+  params = mod.init(KEY, x)
+  grad = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(mod.apply(p, x)))))
+
+  def batched_rhs_contracting():  # per batched (per-direction) dot in the compiled grad
+    hlo = grad.lower(params).compile().as_text()
+    return re.findall(r" dot\(.*?rhs_batch_dims=\{0\}, rhs_contracting_dims=\{(\d)\}", hlo)
+
+  ours, got = batched_rhs_contracting(), grad(params)
+  assert ours and "2" not in ours, ours
+  monkeypatch.setattr(lstm, "pretransposed", lambda wh: None)
+  grad = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(mod.apply(p, x)))))
+  assert "2" in batched_rhs_contracting()  # what it replaces
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+               got, grad(params))
 
 
 def test_token_fusion_shape_and_mask():

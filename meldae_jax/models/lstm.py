@@ -46,6 +46,46 @@ class _CellParams(nn.Module):
     return (jnp.concatenate(wi, -1), jnp.concatenate(wh, -1), jnp.concatenate(b, -1))
 
 
+@jax.custom_vjp
+def recurrent_matmul(hid, wh, wh_t):
+  """(2, B, H) @ (2, H, 4H) per direction, whose input gradient multiplies by `wh_t`,
+  a row-major copy of wh's transpose made once before the loop (or None).
+
+  Why: the loop's backward multiplies each step's gradient by wh^T. Given wh itself,
+  XLA's CPU backend hands YNNPACK a dot with a transposed rhs, which repacks the
+  (2, H, 4H) weight on every one of the T steps: ~1 ms each, serial, in an S112 train
+  step ~16 ms for 0.02 GFLOP (docs/performance.md, session 13).
+  """
+  return _rm_fwd(hid, wh, wh_t)[0]
+
+
+def _rm_fwd(hid, wh, wh_t):
+  return jnp.einsum("dbh,dhg->dbg", hid, wh), (hid, wh, wh_t)
+
+
+def _rm_bwd(res, g):
+  hid, wh, wh_t = res
+  dhid = (jnp.einsum("dbg,dhg->dbh", g, wh) if wh_t is None
+          else jnp.einsum("dbg,dgh->dbh", g, wh_t))
+  dwh = jnp.einsum("dbh,dbg->dhg", hid, g)
+  return dhid, dwh, None if wh_t is None else jnp.zeros_like(wh_t)
+
+
+recurrent_matmul.defvjp(_rm_fwd, _rm_bwd)
+
+
+def pretransposed(wh):
+  """(2, H, 4H) -> (2, 4H, H) as a real row-major copy that XLA can neither fold back
+  into the dot nor turn into a layout change (an optimization barrier around a 1-D
+  reshape), with no gradient of its own; None off a single CPU device, where dots take
+  transposed operands as they are."""
+  if not blas_dot.one_cpu_device():
+    return None
+  d, h, g = wh.shape
+  flat = jax.lax.optimization_barrier(jnp.swapaxes(wh, 1, 2).reshape(-1))
+  return jax.lax.stop_gradient(flat.reshape(d, g, h))
+
+
 def bilstm(x, seq_lengths=None, *, features: int, dtype: Any = jnp.float32,
            unroll: int = 1):
   """(B, T, D) -> (B, T, 2H): [forward outputs, backward outputs in input order].
@@ -69,9 +109,11 @@ def bilstm(x, seq_lengths=None, *, features: int, dtype: Any = jnp.float32,
   bwd = recurrent.flip_sequences(bwd, seq_lengths, num_batch_dims=1, time_major=False)
   xw = jnp.stack([fwd, bwd]).transpose(2, 0, 1, 3)              # (T, 2, B, 4H)
 
+  wh_t = pretransposed(wh)
+
   def step(carry, xw_t):
     c, hid = carry
-    y = jnp.einsum("dbh,dhg->dbg", hid.astype(wh.dtype), wh) + bias[:, None]
+    y = recurrent_matmul(hid.astype(wh.dtype), wh, wh_t) + bias[:, None]
     i, f, g, o = jnp.split(y + xw_t, 4, axis=-1)
     i, f, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o)
     c = f * c + i * jnp.tanh(g)

@@ -10,10 +10,14 @@ of one, `models/attention.py`), `flax_lstm` (flax's Bi-LSTM modules: the input
 projection inside the time loop, `models/lstm.py`), `lhs_t_weight_grads` (with
 `--dtype bf16_matmul`: the weight gradients as XLA's transposed-lhs dot, which it runs
 in float32, instead of a bf16 dot on a row-major copy, `blas_dot.weight_grad`),
-`conv_embed` (the patch embedding as XLA's strided convolution instead of patchify +
-matmul), `erfc_gelu` (`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`),
-`row_split` (every sgemm split over the threads by rows, also where columns repack less;
-set while that variant's steps run); `current` changes nothing. All variants are
+`xla_weight_grads` (float32 weight gradients as XLA's transposed-lhs dot on its copy
+of the wider operand, instead of `blas_dot.weight_grad`), `lstm_wh_grad` (the Bi-LSTM
+loop's input gradient multiplied by W_h itself, a transposed rhs on every step, instead
+of by a copy of W_h^T made before the loop), `conv_embed` (the patch embedding as XLA's
+strided convolution instead of patchify + matmul), `erfc_gelu`
+(`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`), `row_split` (every sgemm
+split over the threads by rows, also where columns repack less; set while that
+variant's steps run); `current` changes nothing. All variants are
 compiled first, then run in turns of `--per-turn` steps for `--rounds` rounds, so the
 drift of a shared VM (+-20 % over minutes here) falls on all of them alike. Prints one
 JSON line per variant, with the process's CPU time per step (median over the turns):
@@ -51,7 +55,8 @@ from meldae_jax.ops import blas_dot
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
-        "flax_attention", "flax_lstm", "lhs_t_weight_grads")
+        "flax_attention", "flax_lstm", "lhs_t_weight_grads", "lstm_wh_grad",
+        "xla_weight_grads")
 
 
 class ConvEmbed(nn.Module):
@@ -91,7 +96,7 @@ def undone(variant: str):
   if {"xla_dots", "sgemm_dots"} <= names:
     raise ValueError(f"{variant!r}: xla_dots and sgemm_dots exclude each other")
   saved = (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,
-           blas_dot.weight_grad)
+           blas_dot.weight_grad, lstm.pretransposed, blas_dot.cpu_weight_grads)
   if "erfc_gelu" in names:
     gelu.exact_gelu = lambda x: jax.nn.gelu(x, approximate=False)
   if "conv_embed" in names:
@@ -102,6 +107,10 @@ def undone(variant: str):
     lstm.bilstm = lstm.flax_bilstm
   if "lhs_t_weight_grads" in names:
     blas_dot.weight_grad = blas_dot.transposed_lhs_dot
+  if "lstm_wh_grad" in names:
+    lstm.pretransposed = lambda wh: None
+  if "xla_weight_grads" in names:
+    blas_dot.cpu_weight_grads = lambda: False
   try:
     dots = (blas_dot.xla_dots() if "xla_dots" in names else blas_dot.sgemm_dots()
             if "sgemm_dots" in names else contextlib.nullcontext())
@@ -109,7 +118,7 @@ def undone(variant: str):
       yield
   finally:
     (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,
-     blas_dot.weight_grad) = saved
+     blas_dot.weight_grad, lstm.pretransposed, blas_dot.cpu_weight_grads) = saved
 
 
 def main(argv=None):

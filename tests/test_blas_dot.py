@@ -212,3 +212,36 @@ def test_bf16_weight_gradients_stay_bf16_dots(k, n, monkeypatch):
   assert len(ours) == 2 and set(ours) == {("bf16", "bf16")}, ours
   monkeypatch.setattr(blas_dot, "weight_grad", blas_dot.transposed_lhs_dot)
   assert ("f32", "f32") in dots()  # what it replaces
+
+
+def _dot_dims(hlo: str) -> list:
+  """(lhs contracting dims, rhs contracting dims) of every dot in a compiled HLO text."""
+  return re.findall(r" dot\(.*?lhs_contracting_dims=\{([\d,]*)\}.*?"
+                    r"rhs_contracting_dims=\{([\d,]*)\}", hlo)
+
+
+@pytest.mark.parametrize("k,n", [(48, 96), (96, 48)])  # both ways of weight_grad
+def test_float32_weight_gradients_are_row_major_dots(k, n, monkeypatch):
+  """With XLA's float32 dots on one CPU device, a Dense's weight gradient is
+  `weight_grad`'s dot on a row-major copy (lhs contracted on its last axis), not XLA's
+  transposed-lhs dot; values and gradients as `lax.dot_general`'s."""
+  if not blas_dot.one_cpu_device():
+    pytest.skip("the rewrite runs on one CPU device only")
+  a, b, w = _rand((64, k), 0), _rand((k, n), 1), _rand((64, n), 2)
+  dims = (((1,), (0,)), ((), ()))
+
+  def grads(dot):
+    loss = lambda a, b: jnp.sum(w * dot(a, b, dims))  # noqa: E731
+    fn = jax.jit(jax.grad(loss, (0, 1)))
+    return fn(a, b), fn.lower(a, b).compile().as_text()
+
+  with blas_dot.xla_dots():
+    (ga, gb), hlo = grads(blas_dot.dot_general)
+    want, _ = grads(lax.dot_general)
+    np.testing.assert_allclose(ga, want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gb, want[1], rtol=1e-5, atol=1e-5)
+    assert len(_dot_dims(hlo)) == 2 and ("0", "0") not in _dot_dims(hlo), hlo
+    assert all(lhs == "1" for lhs, _ in _dot_dims(hlo)), _dot_dims(hlo)
+    monkeypatch.setattr(blas_dot, "cpu_weight_grads", lambda: False)
+    _, hlo = grads(blas_dot.dot_general)
+    assert any(lhs == "0" for lhs, _ in _dot_dims(hlo)), _dot_dims(hlo)  # what it replaces

@@ -188,6 +188,15 @@ def enabled() -> bool:
   return wanted and available()
 
 
+def cpu_weight_grads() -> bool:
+  """Whether float32 Dense matmuls that XLA's dot runs take `weight_grad`'s weight
+  gradient (one CPU device): a row-major copy of the narrower operand and a dot YNNPACK
+  runs, instead of XLA's copy of the wider one and its transposed-lhs dot. Same FLOPs;
+  on an S112 train step XLA copied each MLP's (1600, 1536) cotangent, ~1.6 ms, where the
+  (1600, 384) input suffices (docs/performance.md, session 13)."""
+  return one_cpu_device()
+
+
 _OPERANDS = []  # innermost last: the dtype Dense matmul operands are rounded to, or None
 
 
@@ -207,7 +216,8 @@ def matmul_operands(dtype):
 def rounded_gemm(a, b, dtype):
   """(M, K) @ (K, N) float32 with both operands rounded to `dtype`, float32 sums; its
   gradients are the same kind of product (g rounded too), as under autocast. The weight
-  gradient is `weight_grad`'s."""
+  gradient is `weight_grad`'s. With `dtype` float32 nothing is rounded: XLA's float32
+  dot with `weight_grad`'s weight gradient (`cpu_weight_grads`)."""
   return _rounded_fwd(a, b, dtype)[0]
 
 
@@ -305,11 +315,14 @@ def _is_plain_matmul(lhs, rhs, dimension_numbers, precision,
 def dot_general(lhs, rhs, dimension_numbers, precision=None,
                 preferred_element_type=None, **kwargs):
   """`lax.dot_general`, with plain float32 matmuls on CPU done by sgemm, or with their
-  operands rounded within `matmul_operands`."""
+  operands rounded within `matmul_operands`, or else (one CPU device) with
+  `weight_grad`'s weight gradient."""
   rounded_to = _OPERANDS[-1] if _OPERANDS else None
-  if (kwargs or not _is_plain_matmul(lhs, rhs, dimension_numbers, precision,
-                                     preferred_element_type)
-      or not (enabled() or rounded_to is not None)):
+  plain = not kwargs and _is_plain_matmul(lhs, rhs, dimension_numbers, precision,
+                                          preferred_element_type)
+  if plain and rounded_to is None and not enabled() and cpu_weight_grads():
+    rounded_to = jnp.dtype(jnp.float32)  # XLA's dots, row-major weight gradients
+  if not plain or not (rounded_to is not None or enabled()):
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                            preferred_element_type=preferred_element_type, **kwargs)
   nc = len(dimension_numbers[0][0])

@@ -11,7 +11,9 @@ projection inside the time loop, `models/lstm.py`), `lhs_t_weight_grads` (with
 `--dtype bf16_matmul`: the weight gradients as XLA's transposed-lhs dot, which it runs
 in float32, instead of a bf16 dot on a row-major copy, `blas_dot.weight_grad`),
 `xla_weight_grads` (float32 weight gradients as XLA's transposed-lhs dot on its copy
-of the wider operand, instead of `blas_dot.weight_grad`), `lstm_wh_grad` (the Bi-LSTM
+of the wider operand, instead of `blas_dot.weight_grad`), `xla_attention` (the
+attention's products as XLA's batched dots on transposed q, k, v instead of
+`ops/blas_attention.py`'s sgemm per head), `lstm_wh_grad` (the Bi-LSTM
 loop's input gradient multiplied by W_h itself, a transposed rhs on every step, instead
 of by a copy of W_h^T made before the loop), `conv_embed` (the patch embedding as XLA's
 strided convolution instead of patchify + matmul), `erfc_gelu`
@@ -51,12 +53,13 @@ from meldae_jax.models import attention
 from meldae_jax.models import gelu
 from meldae_jax.models import lstm
 from meldae_jax.models import vit
+from meldae_jax.ops import blas_attention
 from meldae_jax.ops import blas_dot
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
         "flax_attention", "flax_lstm", "lhs_t_weight_grads", "lstm_wh_grad",
-        "xla_weight_grads")
+        "xla_weight_grads", "xla_attention")
 
 
 class ConvEmbed(nn.Module):
@@ -114,7 +117,9 @@ def undone(variant: str):
   try:
     dots = (blas_dot.xla_dots() if "xla_dots" in names else blas_dot.sgemm_dots()
             if "sgemm_dots" in names else contextlib.nullcontext())
-    with dots:
+    attn = (blas_attention.xla_attention() if "xla_attention" in names
+            else contextlib.nullcontext())
+    with dots, attn:
       yield
   finally:
     (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,

@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks import ab_step
 from meldae_jax.models import vit
+from meldae_jax.ops import blas_attention
 
 
 def _vit_hlo(variant):
@@ -21,10 +22,12 @@ def _vit_hlo(variant):
 
 def test_variants_change_the_traced_program_not_the_function():
   cur_text, cur_params, cur_out = _vit_hlo("sgemm_dots")
-  conv_text, conv_params, conv_out = _vit_hlo("conv_embed+xla_dots+erfc_gelu")
+  conv_text, conv_params, conv_out = _vit_hlo("conv_embed+xla_dots+erfc_gelu+xla_attention")
   assert "convolution" not in cur_text and "convolution" in conv_text
   assert "meldae_gemm" in cur_text and "meldae_gemm" not in conv_text  # any CPU
   assert "erfc" not in cur_text and "erfc" in conv_text
+  if blas_attention.enabled(jnp.float32):
+    assert "meldae_attention" in cur_text and "meldae_attention" not in conv_text
   jax.tree.map(np.testing.assert_array_equal, nn.unbox(cur_params),
                nn.unbox(conv_params))  # same parameters and initial values
   for a, b in zip(cur_out, conv_out):

@@ -8,7 +8,9 @@ slow reduce-windows (about 2.5 ms each in a Ti112 train step, 36 per step). Here
 kernels are concatenated into one (D, 3D) matrix (a copy of the weights, not of the
 activations), the projection is one `blas_dot` matmul on the 2-D (N*L, D) tokens, and
 every bias gradient is a 2-D column sum. PyTorch's `nn.MultiheadAttention` and timm's
-ViT fuse the projection the same way; `benchmarks/torch_port.py` does too.
+ViT fuse the projection the same way; `benchmarks/torch_port.py` does too. On one CPU
+device, in float32, the softmax attention itself is `ops/blas_attention.py`'s, which
+reads q, k and v in this projection's layout.
 """
 from typing import Any, Callable
 
@@ -18,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from meldae_jax.ops import blas_attention
 from meldae_jax.ops import blas_dot
 
 
@@ -89,8 +92,11 @@ class SelfAttention(nn.Module):
 
     tokens = x.reshape(n * length, d)
     qkv = blas_dot.dot_general(tokens, kernel, (((1,), (0,)), ((), ()))) + bias
-    qkv = qkv.reshape(n, length, 3, h, dh)
-    ctx = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+    if blas_attention.enabled(qkv.dtype):  # one CPU device: sgemm per head, no transposes
+      ctx = blas_attention.attention(qkv.reshape(n, length, 3 * d), h)
+    else:
+      qkv = qkv.reshape(n, length, 3, h, dh)
+      ctx = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
     out = blas_dot.dot_general(ctx.reshape(n * length, d), out_kernel.reshape(d, d),
                                (((1,), (0,)), ((), ()))) + out_bias
     return out.reshape(n, length, d)

@@ -75,8 +75,10 @@ def corename(lib: ctypes.CDLL) -> str | None:
   return None
 
 
-def _find_sgemm() -> tuple[int, bool, str]:
-  """(address, ilp64, library) of the first CBLAS sgemm found, its BLAS single-threaded."""
+@functools.cache
+def find_sgemm() -> tuple[int, bool, str]:
+  """(address, ilp64, library) of the first CBLAS sgemm found, its BLAS single-threaded
+  (also `blas_attention`'s); raises RuntimeError if there is none."""
   for path in _blas_candidates():
     try:
       lib = ctypes.CDLL(native.private_copy(path))
@@ -111,7 +113,7 @@ def available() -> bool:
   """Builds and registers the handler once; False (with one warning) if it cannot."""
   try:
     so = _library()
-    address, ilp64, path = _find_sgemm()
+    address, ilp64, path = find_sgemm()
     so.meldae_set_sgemm(ctypes.c_void_p(address), ctypes.c_int(int(ilp64)))
     jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(so.MeldaeGemm),
                                 platform="cpu")
@@ -135,7 +137,7 @@ _FORCED = []  # innermost last: True (sgemm wherever it can run) or False (XLA's
 
 
 @contextlib.contextmanager
-def _within(stack: list, value):
+def within(stack: list, value):
   """`value` on top of `stack` (a tracing-time setting) for the duration."""
   stack.append(value)
   try:
@@ -146,12 +148,12 @@ def _within(stack: list, value):
 
 def xla_dots():
   """Within: trace with XLA's dot everywhere (FLOP counts, reference outputs)."""
-  return _within(_FORCED, False)
+  return within(_FORCED, False)
 
 
 def sgemm_dots():
   """Within: trace with the sgemm path wherever it can run, AVX-512 or not (benchmarks)."""
-  return _within(_FORCED, True)
+  return within(_FORCED, True)
 
 
 def cpu_has_avx512() -> bool:
@@ -209,7 +211,7 @@ def matmul_operands(dtype):
   computed wholly in bf16 (`model.dtype`) pays for converts and slow bf16 reductions.
   None: unchanged.
   """
-  return _within(_OPERANDS, None if dtype is None else jnp.dtype(dtype))
+  return within(_OPERANDS, None if dtype is None else jnp.dtype(dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -1,0 +1,63 @@
+"""The sgemm attention (meldae_jax/ops/blas_attention.py): XLA's attention's outputs and
+gradients, taken where it should be, and left where it should not."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from meldae_jax.models import attention
+from meldae_jax.ops import blas_attention
+
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "cpu" or not blas_attention.available(),
+    reason="no C++ compiler or BLAS on this host")
+
+
+def _reference(qkv, heads):
+  n, length, three_d = qkv.shape
+  d = three_d // 3
+  q5 = qkv.reshape(n, length, 3, heads, d // heads)
+  return attention.dot_product_attention(q5[:, :, 0], q5[:, :, 1],
+                                         q5[:, :, 2]).reshape(n, length, d)
+
+
+@pytest.mark.parametrize("n,length,heads,dh", [(3, 7, 2, 4), (2, 50, 6, 64), (1, 5, 3, 6)])
+def test_outputs_and_gradients_are_xla_attentions(n, length, heads, dh):
+  rng = np.random.default_rng(n * length + heads)
+  qkv = jnp.asarray(rng.standard_normal((n, length, 3 * heads * dh), np.float32))
+  w = jnp.asarray(rng.standard_normal((n, length, heads * dh), np.float32))
+  ours = functools.partial(blas_attention.attention, heads=heads)
+  ref = functools.partial(_reference, heads=heads)
+  np.testing.assert_allclose(jax.jit(ours)(qkv), jax.jit(ref)(qkv), rtol=1e-5, atol=1e-5)
+  grad = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(w * f(x))))(qkv)  # noqa: E731
+  want = grad(ref)
+  assert float(jnp.abs(want).max()) > 0.1  # the comparison compares something
+  np.testing.assert_allclose(grad(ours), want, rtol=1e-4, atol=1e-5)
+  # Under remat (the ViT's `remat` option) and vmap, the same.
+  np.testing.assert_allclose(grad(jax.checkpoint(ours)), want, rtol=1e-4, atol=1e-5)
+  batched = jax.jit(jax.vmap(ours))(qkv[None])
+  np.testing.assert_allclose(batched[0], jax.jit(ref)(qkv), rtol=1e-5, atol=1e-5)
+
+
+def _module_hlo(dtype=jnp.float32):
+  mod = attention.SelfAttention(num_heads=2, dtype=dtype)
+  x = jax.random.normal(jax.random.key(0), (2, 6, 8))
+  params = mod.init(jax.random.key(1), x)
+  grad = jax.grad(lambda p: jnp.sum(mod.apply(p, x).astype(jnp.float32)))
+  return jax.jit(grad).lower(params).as_text(), jax.jit(mod.apply)(params, x)
+
+
+def test_self_attention_takes_it_on_one_cpu_device_in_float32(monkeypatch):
+  text, out = _module_hlo()
+  for name in ("scores", "context", "scores_grad", "qkv_grad"):
+    assert f"meldae_attention_{name}" in text, name
+  with blas_attention.xla_attention():
+    ref_text, ref = _module_hlo()
+  assert "meldae_attention" not in ref_text
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  bf16_text, _ = _module_hlo(jnp.bfloat16)  # a bf16 model keeps XLA's attention
+  assert "meldae_attention" not in bf16_text
+  monkeypatch.setenv("MELDAE_CPU_ATTENTION", "0")
+  assert "meldae_attention" not in _module_hlo()[0]

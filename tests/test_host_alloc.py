@@ -93,3 +93,24 @@ def test_blocks_are_reused_coalesced_and_realloc_copies():
   assert out["realloc_copied"]
   stats = out["stats"]
   assert stats["live"] == 0 and stats["cached"] == stats["mapped"] == 5 << 20, stats
+
+
+_TRACE = r"""
+import json, sys
+import jax, jax.numpy as jnp
+from meldae_jax.ops import blas_dot, host_alloc
+with blas_dot.matmul_operands(sys.argv[1] if sys.argv[1] != "none" else None):
+  jax.jit(lambda a, b: blas_dot.dot_general(a, b, (((1,), (0,)), ((), ())))).lower(
+      jnp.ones((4, 8)), jnp.ones((8, 2)))
+print(json.dumps(dict(installed=host_alloc.install.cache_info().currsize == 1)))
+"""
+
+
+@pytest.mark.parametrize("operands", ["none", "bfloat16"])
+def test_tracing_a_dense_matmul_installs_it_whatever_its_operand_dtype(operands):
+  """Session 13 lost it for `model.matmul_dtype` steps (a short-circuit skipped the
+  call that installs it): the Ti112 bf16_matmul train step ran 30-60 % slower."""
+  done = subprocess.run([sys.executable, "-c", _TRACE, operands], env=dict(os.environ),
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.loads(done.stdout.strip().splitlines()[-1])["installed"]

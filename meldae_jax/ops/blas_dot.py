@@ -322,9 +322,10 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None,
   rounded_to = _OPERANDS[-1] if _OPERANDS else None
   plain = not kwargs and _is_plain_matmul(lhs, rhs, dimension_numbers, precision,
                                           preferred_element_type)
-  if plain and rounded_to is None and not enabled() and cpu_weight_grads():
+  sgemm = plain and enabled()  # asked first, whatever the path: it installs host_alloc
+  if plain and rounded_to is None and not sgemm and cpu_weight_grads():
     rounded_to = jnp.dtype(jnp.float32)  # XLA's dots, row-major weight gradients
-  if not plain or not (rounded_to is not None or enabled()):
+  if not plain or not (rounded_to is not None or sgemm):
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                            preferred_element_type=preferred_element_type, **kwargs)
   nc = len(dimension_numbers[0][0])

@@ -15,7 +15,6 @@ q).
 Used where `enabled()`: one CPU device (a custom call has no sharding rule), float32,
 the sgemm that `blas_dot` found; `MELDAE_CPU_ATTENTION=0` turns it off.
 """
-import contextlib
 import ctypes
 import functools
 import logging

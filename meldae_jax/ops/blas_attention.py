@@ -6,7 +6,7 @@ at 35-100 GFLOP/s, and around them q, k, v, the context and their gradients are
 transposed between (N, L, H, dh) and (N, H, L, dh), and the q|k|v gradient is assembled
 from three padded pieces. `attention` reads q, k and v where the fused projection put
 them, (N, L, 3D) with (3, H, dh) along the last axis, with a row stride per operand, and
-writes the context and the q|k|v gradient the same way (`attention_gemm.cc`, one
+writes the context and the q|k|v gradient the same way (`blas_gemm.cc`, one
 single-threaded sgemm per (frame, head) on XLA's own thread pool). The softmax and its
 gradient stay in XLA. Same products and FLOPs as `models.attention.dot_product_attention`;
 results differ by float32 rounding (the 1/sqrt(dh) scale is applied to q k^T instead of
@@ -15,38 +15,29 @@ q).
 Used where `enabled()`: one CPU device (a custom call has no sharding rule), float32,
 the sgemm that `blas_dot` found; `MELDAE_CPU_ATTENTION=0` turns it off.
 """
-import ctypes
 import functools
-import logging
 import os
-import pathlib
-import subprocess
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from meldae_jax.ops import blas_dot
-from meldae_jax.ops import native
 
-_SRC = pathlib.Path(__file__).with_name("attention_gemm.cc")
 _TARGETS = {"scores": "MeldaeAttentionScores", "context": "MeldaeAttentionContext",
             "scores_grad": "MeldaeAttentionScoresGrad", "qkv_grad": "MeldaeAttentionQkvGrad"}
 
 
 @functools.cache
 def available() -> bool:
-  """Builds and registers the handlers once; False (with one warning) if it cannot."""
-  try:
-    so = ctypes.CDLL(str(native.build(_SRC)))
-    address, ilp64, _ = blas_dot.find_sgemm()
-    so.meldae_attention_set_sgemm(ctypes.c_void_p(address), ctypes.c_int(int(ilp64)))
-    for name, symbol in _TARGETS.items():
-      jax.ffi.register_ffi_target(f"meldae_attention_{name}",
-                                  jax.ffi.pycapsule(getattr(so, symbol)), platform="cpu")
-  except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-    logging.warning("sgemm attention unavailable, using XLA's: %s", e)
+  """Registers the handlers once, from `blas_dot`'s library and with its sgemm; False
+  if `blas_dot` could not build or find them (it warns once)."""
+  if not blas_dot.available():
     return False
+  so = blas_dot.library()
+  for name, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(f"meldae_attention_{name}",
+                                jax.ffi.pycapsule(getattr(so, symbol)), platform="cpu")
   return True
 
 
@@ -74,11 +65,9 @@ def _call(name, out_shape, *args, **attrs):
                           vmap_method="sequential")(*args, **attrs)
 
 
-def _attrs(heads, dh, scaled=True):
-  out = dict(heads=np.int64(heads))
-  if scaled:
-    out["scale"] = np.float32(1.0 / np.sqrt(dh))
-  return out
+def _scaled(heads, d):
+  """The attributes of the calls that apply q k^T's 1/sqrt(dh)."""
+  return dict(heads=np.int64(heads), scale=np.float32(1.0 / np.sqrt(d // heads)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -90,7 +79,7 @@ def attention(qkv, heads: int):
 def _fwd(qkv, heads):
   n, length, three_d = qkv.shape
   d = three_d // 3
-  s = _call("scores", (n, heads, length, length), qkv, **_attrs(heads, d // heads))
+  s = _call("scores", (n, heads, length, length), qkv, **_scaled(heads, d))
   p = jax.nn.softmax(s)
   ctx = _call("context", (n, length, d), p, qkv, heads=np.int64(heads))
   return ctx, (qkv, p)
@@ -101,7 +90,7 @@ def _bwd(heads, res, g):
   d = qkv.shape[-1] // 3
   dp = _call("scores_grad", p.shape, g, qkv, heads=np.int64(heads))
   ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
-  return (_call("qkv_grad", qkv.shape, ds, p, g, qkv, **_attrs(heads, d // heads)),)
+  return (_call("qkv_grad", qkv.shape, ds, p, g, qkv, **_scaled(heads, d)),)
 
 
 attention.defvjp(_fwd, _bwd)

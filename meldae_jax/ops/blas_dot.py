@@ -75,10 +75,8 @@ def corename(lib: ctypes.CDLL) -> str | None:
   return None
 
 
-@functools.cache
-def find_sgemm() -> tuple[int, bool, str]:
-  """(address, ilp64, library) of the first CBLAS sgemm found, its BLAS single-threaded
-  (also `blas_attention`'s); raises RuntimeError if there is none."""
+def _find_sgemm() -> tuple[int, bool, str]:
+  """(address, ilp64, library) of the first CBLAS sgemm found, its BLAS single-threaded."""
   for path in _blas_candidates():
     try:
       lib = ctypes.CDLL(native.private_copy(path))
@@ -104,7 +102,8 @@ def info() -> dict:
 
 
 @functools.cache
-def _library() -> ctypes.CDLL:
+def library() -> ctypes.CDLL:
+  """`blas_gemm.cc` built and loaded (its attention handlers are `blas_attention`'s)."""
   return ctypes.CDLL(str(native.build(_SRC)))
 
 
@@ -112,8 +111,8 @@ def _library() -> ctypes.CDLL:
 def available() -> bool:
   """Builds and registers the handler once; False (with one warning) if it cannot."""
   try:
-    so = _library()
-    address, ilp64, path = find_sgemm()
+    so = library()
+    address, ilp64, path = _find_sgemm()
     so.meldae_set_sgemm(ctypes.c_void_p(address), ctypes.c_int(int(ilp64)))
     jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(so.MeldaeGemm),
                                 platform="cpu")
@@ -130,7 +129,7 @@ def set_column_split(on: bool) -> None:
   (the default) or, as for all others, by rows. For benchmarks (`ab_step.py`): it acts
   when the call runs, not when it is traced."""
   if available():
-    _library().meldae_set_column_split(ctypes.c_int(int(on)))
+    library().meldae_set_column_split(ctypes.c_int(int(on)))
 
 
 _FORCED = []  # innermost last: True (sgemm wherever it can run) or False (XLA's dot)

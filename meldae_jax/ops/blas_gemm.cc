@@ -1,5 +1,6 @@
-// One XLA FFI handler: a row-major float32 GEMM, C = op(A) @ op(B), done by the CBLAS
-// sgemm whose address Python hands over once (numpy's bundled OpenBLAS by default).
+// XLA FFI handlers done by the CBLAS sgemm whose address Python hands over once (numpy's
+// bundled OpenBLAS by default): a row-major float32 GEMM, C = op(A) @ op(B), and the
+// ViT's attention products (below).
 // Why: on 2-core AVX2 hosts OpenBLAS runs the ViT's skinny matmuls 20-80 % faster than
 // XLA's own dot emitters; see docs/performance.md. Same FLOPs, same maths.
 #include <algorithm>
@@ -27,14 +28,16 @@ Sgemm32 g_sgemm32 = nullptr;
 
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
-void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
-           int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
+// C (m x n, row stride ldc) = alpha op(A) op(B), single-threaded.
+void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+           int64_t ldc) {
   const int ta = trans_a ? kTrans : kNoTrans, tb = trans_b ? kTrans : kNoTrans;
   if (g_sgemm64 != nullptr) {
-    g_sgemm64(kRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+    g_sgemm64(kRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, 0.0f, c, ldc);
   } else {
     g_sgemm32(kRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), 1.0f, a, static_cast<int>(lda), b,
+              static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
               static_cast<int>(ldb), 0.0f, c, static_cast<int>(ldc));
   }
 }
@@ -62,11 +65,11 @@ struct Job {
       if (by_cols) {  // columns i0.. of op(B) and of C
         const int64_t cols = std::min(per_tile, n - i0);
         const float* b0 = trans_b ? b + i0 * ldb : b + i0;
-        Sgemm(trans_a, trans_b, m, cols, k, a, lda, b0, ldb, c + i0, n);
+        Sgemm(trans_a, trans_b, m, cols, k, 1.0f, a, lda, b0, ldb, c + i0, n);
       } else {  // rows i0.. of op(A) and of C
         const int64_t rows = std::min(per_tile, m - i0);
         const float* a0 = trans_a ? a + i0 : a + i0 * lda;
-        Sgemm(trans_a, trans_b, rows, n, k, a0, lda, b, ldb, c + i0 * n, n);
+        Sgemm(trans_a, trans_b, rows, n, k, 1.0f, a0, lda, b, ldb, c + i0 * n, n);
       }
       if (done.fetch_add(1) + 1 == tiles) {
         std::lock_guard<std::mutex> lock(mu);
@@ -122,6 +125,173 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::
   return ffi::Error::Success();
 }
 
+// The ViT's attention products, one small sgemm per (frame, head), read from and
+// written to the fused q|k|v projection's own (N, L, 3D) layout (blas_attention.py).
+// Why: XLA's CPU backend runs these (L x dh x L) batched products (50 x 64 x 50 at S112)
+// at a fraction of its matmul speed, and around them it transposes q, k, v, the context
+// and their gradients between (N, L, H, dh) and (N, H, L, dh) and assembles the q|k|v
+// gradient from three padded pieces; a row stride per operand makes all of that
+// unnecessary (docs/performance.md, session 13). Same products, same FLOPs; the softmax
+// and its gradient stay in XLA between the calls.
+
+// Runs body(i) for i in [0, count) on the calling thread and on helpers scheduled on
+// XLA's intra-op pool, in chunks claimed one at a time; the caller never waits for a
+// chunk nobody has started, so a busy pool cannot deadlock it (as Job above).
+template <typename Body>
+void ParallelFor(ffi::ThreadPool& pool, int64_t count, const Body& body) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    int64_t chunks = 0, per_chunk = 1, count = 0;
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  auto st = std::make_shared<State>();
+  st->count = count;
+  // A few chunks per thread, so a thread slowed by other work leaves its share to others.
+  st->per_chunk = std::max<int64_t>(1, count / (4 * threads));
+  st->chunks = (count + st->per_chunk - 1) / st->per_chunk;
+  auto run = [st, &body] {
+    for (int64_t c; (c = st->next.fetch_add(1)) < st->chunks;) {
+      const int64_t end = std::min(st->count, (c + 1) * st->per_chunk);
+      for (int64_t i = c * st->per_chunk; i < end; ++i) body(i);
+      if (st->done.fetch_add(1) + 1 == st->chunks) {
+        std::lock_guard<std::mutex> lock(st->mu);
+        st->cv.notify_all();
+      }
+    }
+  };
+  // Helpers hold `st` and a reference to `body`, which outlives them: the caller waits
+  // until every chunk is done, and a helper that starts later finds none left.
+  for (int64_t i = 1; i < std::min(threads, st->chunks); ++i) {
+    pool.Schedule([run] { run(); });
+  }
+  run();
+  std::unique_lock<std::mutex> lock(st->mu);
+  st->cv.wait(lock, [&] { return st->done.load() == st->chunks; });
+}
+
+// The shapes every handler shares: q|k|v (N, L, 3D), H heads of dh = D / H.
+struct Dims {
+  int64_t n, l, d, h, dh;
+};
+
+ffi::Error CheckQkv(ffi::Buffer<ffi::F32>& qkv, int64_t heads, Dims* dims) {
+  auto qd = qkv.dimensions();
+  if (qd.size() != 3 || qd[2] % 3 != 0 || heads <= 0 || (qd[2] / 3) % heads != 0) {
+    return ffi::Error::InvalidArgument(
+        "meldae_attention: q|k|v must be (N, L, 3D) with D a multiple of heads");
+  }
+  if (g_sgemm64 == nullptr && g_sgemm32 == nullptr) {
+    return ffi::Error::Internal("meldae_attention: no sgemm registered");
+  }
+  *dims = Dims{qd[0], qd[1], qd[2] / 3, heads, qd[2] / 3 / heads};
+  return ffi::Error::Success();
+}
+
+bool IsScores(ffi::Span<const int64_t> s, const Dims& d) {  // (N, H, L, L)
+  return s.size() == 4 && s[0] == d.n && s[1] == d.h && s[2] == d.l && s[3] == d.l;
+}
+
+bool IsTokens(ffi::Span<const int64_t> s, const Dims& d, int64_t width) {  // (N, L, w)
+  return s.size() == 3 && s[0] == d.n && s[1] == d.l && s[2] == width;
+}
+
+// Pointers into one (frame, head): q, k, v in q|k|v, and its rows of a (N, L, D) array.
+struct Head {
+  const Dims& d;
+  int64_t frame, head;
+  const float* q(const float* qkv) const { return qkv + frame * d.l * 3 * d.d + head * d.dh; }
+  const float* k(const float* qkv) const { return q(qkv) + d.d; }
+  const float* v(const float* qkv) const { return q(qkv) + 2 * d.d; }
+  int64_t tokens() const { return frame * d.l * d.d + head * d.dh; }
+  int64_t scores() const { return (frame * d.h + head) * d.l * d.l; }
+};
+
+Head HeadOf(const Dims& d, int64_t i) { return Head{d, i / d.h, i % d.h}; }
+
+// S (N, H, L, L) = scale q k^T per (frame, head).
+ffi::Error Scores(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
+                  ffi::ResultBuffer<ffi::F32> s, int64_t heads, float scale) {
+  Dims d;
+  if (auto e = CheckQkv(qkv, heads, &d); e.failure()) return e;
+  if (!IsScores(s->dimensions(), d)) {
+    return ffi::Error::InvalidArgument("meldae_attention_scores: output shape");
+  }
+  const float* x = qkv.typed_data();
+  float* out = s->typed_data();
+  ParallelFor(pool, d.n * d.h, [&](int64_t i) {
+    const Head hd = HeadOf(d, i);
+    Sgemm(false, true, d.l, d.l, d.dh, scale, hd.q(x), 3 * d.d, hd.k(x), 3 * d.d,
+          out + hd.scores(), d.l);
+  });
+  return ffi::Error::Success();
+}
+
+// ctx (N, L, D) = p v per (frame, head), heads side by side as (N, L, H, dh).
+ffi::Error Context(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p,
+                   ffi::Buffer<ffi::F32> qkv, ffi::ResultBuffer<ffi::F32> ctx,
+                   int64_t heads) {
+  Dims d;
+  if (auto e = CheckQkv(qkv, heads, &d); e.failure()) return e;
+  if (!IsScores(p.dimensions(), d) || !IsTokens(ctx->dimensions(), d, d.d)) {
+    return ffi::Error::InvalidArgument("meldae_attention_context: shapes");
+  }
+  const float *x = qkv.typed_data(), *pp = p.typed_data();
+  float* out = ctx->typed_data();
+  ParallelFor(pool, d.n * d.h, [&](int64_t i) {
+    const Head hd = HeadOf(d, i);
+    Sgemm(false, false, d.l, d.dh, d.l, 1.0f, pp + hd.scores(), d.l, hd.v(x), 3 * d.d,
+          out + hd.tokens(), d.d);
+  });
+  return ffi::Error::Success();
+}
+
+// dP (N, H, L, L) = dctx v^T per (frame, head).
+ffi::Error ScoresGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dctx,
+                      ffi::Buffer<ffi::F32> qkv, ffi::ResultBuffer<ffi::F32> dp,
+                      int64_t heads) {
+  Dims d;
+  if (auto e = CheckQkv(qkv, heads, &d); e.failure()) return e;
+  if (!IsTokens(dctx.dimensions(), d, d.d) || !IsScores(dp->dimensions(), d)) {
+    return ffi::Error::InvalidArgument("meldae_attention_scores_grad: shapes");
+  }
+  const float *x = qkv.typed_data(), *g = dctx.typed_data();
+  float* out = dp->typed_data();
+  ParallelFor(pool, d.n * d.h, [&](int64_t i) {
+    const Head hd = HeadOf(d, i);
+    Sgemm(false, true, d.l, d.l, d.dh, 1.0f, g + hd.tokens(), d.d, hd.v(x), 3 * d.d,
+          out + hd.scores(), d.l);
+  });
+  return ffi::Error::Success();
+}
+
+// d(q|k|v) (N, L, 3D): dq = scale dS k, dk = scale dS^T q, dv = p^T dctx per (frame, head).
+ffi::Error QkvGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ds, ffi::Buffer<ffi::F32> p,
+                   ffi::Buffer<ffi::F32> dctx, ffi::Buffer<ffi::F32> qkv,
+                   ffi::ResultBuffer<ffi::F32> dqkv, int64_t heads, float scale) {
+  Dims d;
+  if (auto e = CheckQkv(qkv, heads, &d); e.failure()) return e;
+  if (!IsScores(ds.dimensions(), d) || !IsScores(p.dimensions(), d) ||
+      !IsTokens(dctx.dimensions(), d, d.d) || !IsTokens(dqkv->dimensions(), d, 3 * d.d)) {
+    return ffi::Error::InvalidArgument("meldae_attention_qkv_grad: shapes");
+  }
+  const float *x = qkv.typed_data(), *gs = ds.typed_data(), *pp = p.typed_data(),
+              *g = dctx.typed_data();
+  float* out = dqkv->typed_data();
+  const int64_t ld = 3 * d.d;
+  ParallelFor(pool, d.n * d.h, [&](int64_t i) {
+    const Head hd = HeadOf(d, i);
+    float* dq = out + (hd.q(x) - x);
+    Sgemm(false, false, d.l, d.dh, d.l, scale, gs + hd.scores(), d.l, hd.k(x), ld, dq, ld);
+    Sgemm(true, false, d.l, d.dh, d.l, scale, gs + hd.scores(), d.l, hd.q(x), ld,
+          dq + d.d, ld);
+    Sgemm(true, false, d.l, d.dh, d.l, 1.0f, pp + hd.scores(), d.l, g + hd.tokens(), d.d,
+          dq + 2 * d.d, ld);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 extern "C" void meldae_set_column_split(int on) { g_column_split.store(on != 0); }
@@ -139,3 +309,38 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeGemm, Gemm,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<bool>("trans_a")
                                   .Attr<bool>("trans_b"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionScores, Scores,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("heads")
+                                  .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionContext, Context,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("heads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionScoresGrad, ScoresGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("heads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionQkvGrad, QkvGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("heads")
+                                  .Attr<float>("scale"));

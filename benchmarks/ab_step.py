@@ -11,7 +11,9 @@ projection inside the time loop, `models/lstm.py`), `lhs_t_weight_grads` (with
 `--dtype bf16_matmul`: the weight gradients as XLA's transposed-lhs dot, which it runs
 in float32, instead of a bf16 dot on a row-major copy, `blas_dot.weight_grad`),
 `xla_weight_grads` (float32 weight gradients as XLA's transposed-lhs dot on its copy
-of the wider operand, instead of `blas_dot.weight_grad`), `xla_attention` (the
+of the wider operand, instead of `blas_dot.weight_grad`), `copy_weight_grads` (float32
+weight gradients as a row-major copy and YNNPACK's dot, session 13's, instead of sgemm
+with a transposed A, `blas_dot.sgemm_weight_grads`), `xla_attention` (the
 attention's products as XLA's batched dots on transposed q, k, v instead of
 `ops/blas_attention.py`'s sgemm per head), `lstm_wh_grad` (the Bi-LSTM
 loop's input gradient multiplied by W_h itself, a transposed rhs on every step, instead
@@ -59,7 +61,7 @@ from meldae_jax.ops import blas_dot
 
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
         "flax_attention", "flax_lstm", "lhs_t_weight_grads", "lstm_wh_grad",
-        "xla_weight_grads", "xla_attention")
+        "xla_weight_grads", "xla_attention", "copy_weight_grads")
 
 
 class ConvEmbed(nn.Module):
@@ -99,7 +101,8 @@ def undone(variant: str):
   if {"xla_dots", "sgemm_dots"} <= names:
     raise ValueError(f"{variant!r}: xla_dots and sgemm_dots exclude each other")
   saved = (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,
-           blas_dot.weight_grad, lstm.pretransposed, blas_dot.cpu_weight_grads)
+           blas_dot.weight_grad, lstm.pretransposed, blas_dot.cpu_weight_grads,
+           blas_dot.sgemm_weight_grads)
   if "erfc_gelu" in names:
     gelu.exact_gelu = lambda x: jax.nn.gelu(x, approximate=False)
   if "conv_embed" in names:
@@ -114,6 +117,8 @@ def undone(variant: str):
     lstm.pretransposed = lambda wh: None
   if "xla_weight_grads" in names:
     blas_dot.cpu_weight_grads = lambda: False
+  if "copy_weight_grads" in names:
+    blas_dot.sgemm_weight_grads = lambda: False
   try:
     dots = (blas_dot.xla_dots() if "xla_dots" in names else blas_dot.sgemm_dots()
             if "sgemm_dots" in names else contextlib.nullcontext())
@@ -123,7 +128,8 @@ def undone(variant: str):
       yield
   finally:
     (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,
-     blas_dot.weight_grad, lstm.pretransposed, blas_dot.cpu_weight_grads) = saved
+     blas_dot.weight_grad, lstm.pretransposed, blas_dot.cpu_weight_grads,
+     blas_dot.sgemm_weight_grads) = saved
 
 
 def main(argv=None):

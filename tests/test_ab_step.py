@@ -50,3 +50,11 @@ def test_lhs_t_weight_grads_swaps_the_weight_gradient_and_restores_it():
   with ab_step.undone("lhs_t_weight_grads"):
     assert blas_dot.weight_grad is blas_dot.transposed_lhs_dot
   assert blas_dot.weight_grad is ours
+
+
+def test_copy_weight_grads_switches_sgemm_weight_gradients_off_and_restores_them():
+  from meldae_jax.ops import blas_dot  # pylint: disable=g-import-not-at-top
+  ours = blas_dot.sgemm_weight_grads
+  with ab_step.undone("copy_weight_grads"):
+    assert blas_dot.sgemm_weight_grads() is False
+  assert blas_dot.sgemm_weight_grads is ours

@@ -245,3 +245,33 @@ def test_float32_weight_gradients_are_row_major_dots(k, n, monkeypatch):
     monkeypatch.setattr(blas_dot, "cpu_weight_grads", lambda: False)
     _, hlo = grads(blas_dot.dot_general)
     assert any(lhs == "0" for lhs, _ in _dot_dims(hlo)), _dot_dims(hlo)  # what it replaces
+
+
+def _eqns(jaxpr, prim: str) -> list:
+  return [e for e in jaxpr.eqns if e.primitive.name == prim]
+
+
+@pytest.mark.parametrize("k,n", [(48, 96), (96, 48)])
+def test_float32_weight_gradient_is_sgemm_on_the_input_itself(k, n, monkeypatch):
+  """Where XLA's dot runs a float32 Dense (as on an AVX-512 CPU), its weight gradient is
+  one sgemm call with a transposed A on the layer input itself, no transposed copy;
+  values and gradients as `lax.dot_general`'s. Without it, no custom call."""
+  if not blas_dot.one_cpu_device():
+    pytest.skip("the rewrite runs on one CPU device only")
+  monkeypatch.setattr(blas_dot, "_FORCED", [])  # not the fixture's sgemm_dots
+  monkeypatch.setattr(blas_dot, "cpu_has_avx512", lambda: True)  # XLA's dots, whatever the CPU
+  monkeypatch.delenv("MELDAE_CPU_GEMM", raising=False)
+  a, b, w = _rand((64, k), 0), _rand((k, n), 1), _rand((64, n), 2)
+  dims = (((1,), (0,)), ((), ()))
+  grad = lambda dot: jax.grad(  # noqa: E731
+      lambda a, b: jnp.sum(w * dot(a, b, dims)), (0, 1))
+
+  got, want = jax.jit(grad(blas_dot.dot_general))(a, b), jax.jit(grad(lax.dot_general))(a, b)
+  for x, y in zip(got, want):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+  jaxpr = jax.make_jaxpr(grad(blas_dot.dot_general))(a, b).jaxpr
+  (call,) = _eqns(jaxpr, "ffi_call")
+  assert call.params["attributes"] == (("trans_a", True), ("trans_b", False))
+  assert call.invars[0] is jaxpr.invars[0]  # a itself, not a transposed copy
+  monkeypatch.setenv("MELDAE_CPU_GEMM", "0")
+  assert not _eqns(jax.make_jaxpr(grad(blas_dot.dot_general))(a, b).jaxpr, "ffi_call")

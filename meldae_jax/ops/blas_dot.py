@@ -15,6 +15,8 @@ CPU without AVX-512. Where the CPU has AVX-512, XLA's own dots (YNNPACK) use it 
 the step level with OpenBLAS's AVX-512 kernels and 1.5x faster than its AVX2 ones, which
 `OPENBLAS_CORETYPE=Haswell` selects (set on some hosts for older OpenBLAS builds), so
 XLA's dot is used there (docs/performance.md, session 10).
+Where XLA's dot runs the matmuls, the weight gradients of float32 Dense layers still go
+to sgemm (`sgemm_weight_grads`): it reads the transposed operand in place.
 The first trace on the CPU backend also installs `host_alloc`, the caching allocator for
 XLA's step buffers, which the CPU step needs as much (docs/performance.md; its own switch).
 `MELDAE_CPU_GEMM=0` turns it off, `=1` on whatever the CPU; `MELDAE_CBLAS_LIB=/path/
@@ -191,11 +193,25 @@ def enabled() -> bool:
 
 def cpu_weight_grads() -> bool:
   """Whether float32 Dense matmuls that XLA's dot runs take `weight_grad`'s weight
-  gradient (one CPU device): a row-major copy of the narrower operand and a dot YNNPACK
-  runs, instead of XLA's copy of the wider one and its transposed-lhs dot. Same FLOPs;
-  on an S112 train step XLA copied each MLP's (1600, 1536) cotangent, ~1.6 ms, where the
+  gradient (one CPU device) instead of XLA's copy of the wider operand and its
+  transposed-lhs dot: sgemm's product with a transposed A (`sgemm_weight_grads`), or
+  else a row-major copy of the narrower operand and a dot YNNPACK runs. Same FLOPs; on
+  an S112 train step XLA copied each MLP's (1600, 1536) cotangent, ~1.6 ms, where the
   (1600, 384) input suffices (docs/performance.md, session 13)."""
   return one_cpu_device()
+
+
+def sgemm_weight_grads() -> bool:
+  """Whether `weight_grad`'s float32 products go to sgemm with a transposed A (one CPU
+  device, the sgemm handler built): OpenBLAS packs x's rows as they lie, so the
+  transposed copy that YNNPACK's dot needs is not made. On an S112 train step those
+  copies (48 a step, 1600 x 384 each) ran on one core with the other idle for ~28 ms
+  (docs/performance.md, session 15). Off within `xla_dots()` and with
+  MELDAE_CPU_GEMM=0."""
+  if not one_cpu_device():
+    return False
+  wanted = _FORCED[-1] if _FORCED else os.environ.get("MELDAE_CPU_GEMM", "auto") != "0"
+  return wanted and available()
 
 
 _OPERANDS = []  # innermost last: the dtype Dense matmul operands are rounded to, or None
@@ -245,10 +261,14 @@ def weight_grad(a16, g16):
   narrower. The product sits behind an optimization barrier there: otherwise XLA folds
   the outer transpose back into the dot, after its bf16 decision, and XLA 0.12 then
   fails at run time ("Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32").
-  Only on one CPU device (`one_cpu_device`); elsewhere XLA's transposed-lhs dot.
+  Only on one CPU device (`one_cpu_device`); elsewhere XLA's transposed-lhs dot. In
+  float32 it is sgemm's product with a transposed A where that can run
+  (`sgemm_weight_grads`), which needs no copy.
   """
   if not one_cpu_device():
     return transposed_lhs_dot(a16, g16)
+  if a16.dtype == g16.dtype == jnp.float32 and sgemm_weight_grads():
+    return _call(a16, g16, True, False)
   if a16.shape[1] <= g16.shape[1]:
     return lax.dot(_row_major_transpose(a16), g16, preferred_element_type=jnp.float32)
   gta = lax.dot(_row_major_transpose(g16), a16, preferred_element_type=jnp.float32)

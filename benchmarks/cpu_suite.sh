@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every CPU figure of docs/performance.md, one JSON line each, into $OUT (default
 # /tmp/meldae_perf). Run on an otherwise idle machine:
-#   bash benchmarks/cpu_suite.sh [compare|jax|torch|flags|memory|bf16|all]
-# `compare` is the JAX/PyTorch table (benchmarks/compare.py: alternating processes).
+#   bash benchmarks/cpu_suite.sh [compare|jax|torch|flags|memory|bf16|trace|all]
+# `compare` is the JAX/PyTorch table (benchmarks/compare.py: alternating processes);
+# `trace` where the S112 train step's time goes (benchmarks/trace_step.py).
 # JAX runs in .venv; the PyTorch port in $TORCH_PY (a Python 3.11 venv with
 # torch==2.13.0 and numpy: see benchmarks/torch_port.py).
 set -u
@@ -82,5 +83,8 @@ if [[ $what == flags || $what == all ]]; then
 fi
 if [[ $what == memory || $what == all ]]; then
   $PY benchmarks/step.py --memory-sweep --sweep-remat none,full,dots --steps 3 --warmup 1 >> "$OUT/memory.jsonl"
+fi
+if [[ $what == trace || $what == all ]]; then
+  $PY benchmarks/trace_step.py --config S112 --mode train --top 25 >> "$OUT/trace.jsonl"
 fi
 echo "results in $OUT" >&2

@@ -29,7 +29,9 @@ The machine: `cpu_s_per_step` is the process's CPU time per step (both cores bus
 2x the seconds), `steps_steal_fraction` the share of the host's CPU time a shared VM's
 hypervisor took while stepping (a slow run with a high one says little), `cpu_*` the
 CPU model and whether it has AVX-512, `cpu_gemm` whether the Dense matmuls ran by the
-sgemm custom call (on CPUs without AVX-512) and `blas_core` the OpenBLAS kernels it used.
+sgemm custom call (on CPUs without AVX-512) and `blas_core` the OpenBLAS kernels it used;
+`sgemm_weight_grads` whether the float32 weight gradients did (where XLA's dot runs the
+rest).
 """
 import argparse
 import json
@@ -359,6 +361,9 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
   figures["fraction_of_peak"] = (figures["gflops_per_s"] / peak
                                  if peak and figures["gflops_per_s"] else None)
   figures["cpu_gemm"] = blas_dot.enabled()  # Dense matmuls by sgemm (ops/blas_dot.py)
+  # float32 weight gradients by sgemm where XLA's dot runs the rest
+  figures["sgemm_weight_grads"] = (mode == "train" and dtype == "fp32"
+                                   and blas_dot.sgemm_weight_grads())
   figures["blas_core"] = blas_dot.info().get("core") if figures["cpu_gemm"] else None
   alloc = host_alloc.stats()  # XLA's big host buffers cached (ops/host_alloc.py)
   figures["host_alloc"] = alloc["reserved"] > 0

@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import step  # pylint: disable=g-import-not-at-top,wrong-import-position
+from meldae_jax.ops import blas_dot  # pylint: disable=g-import-not-at-top,wrong-import-position
 from meldae_jax.ops import host_alloc  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Tiny programs: XLA's backend optimisations cost more than they save.
@@ -62,7 +63,8 @@ def _check_common(f, mode):
   # XLA counts scanned blocks once and sgemm custom calls not at all, so step.py counts
   # an unrolled twin with XLA's dots; the compiled program's own count is lower.
   assert f["cpu_gemm"] in (True, False)
-  if f["scan_blocks"] or f["cpu_gemm"]:
+  assert f["sgemm_weight_grads"] is (mode == "train" and blas_dot.sgemm_weight_grads())
+  if f["scan_blocks"] or f["cpu_gemm"] or f["sgemm_weight_grads"]:
     assert f["flops_per_step"] > f["xla_flops_compiled"] > 0
   else:  # the same program, before and after XLA's rewrites (1.1 % apart at 'tiny')
     assert f["flops_per_step"] == pytest.approx(f["xla_flops_compiled"], rel=0.05)

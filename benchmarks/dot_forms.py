@@ -5,8 +5,9 @@ fp32 and bf16, on the train step's shapes: one JSON line per shape and dtype.
 
 For x (M, K) @ w (K, N) with cotangent g (M, N): `forward` x w, `input_grad` g w^T,
 `weight_grad_xla` x^T g as XLA's dot with a transposed lhs (what JAX's autodiff emits),
-`weight_grad_ours` the same product through `blas_dot.weight_grad` (a row-major copy of
-the narrower operand transposed, then a canonical dot; the copy is timed with it). bf16
+`weight_grad_ours` the same product through `blas_dot.weight_grad` (in float32, sgemm
+with a transposed A where the handler builds; else, and in bf16, a row-major copy of the
+narrower operand transposed, then a canonical dot, the copy timed with it). bf16
 means bf16 operands, float32 sums and output (`model.matmul_dtype`). Why: XLA's CPU
 backend gives YNNPACK only dots with a row-major lhs and upcasts the others from bf16 to
 float32, so XLA's own weight gradient runs at fp32 speed (docs/performance.md).

@@ -132,6 +132,27 @@ def undone(variant: str):
      blas_dot.sgemm_weight_grads) = saved
 
 
+def setup(config: str, mode: str, dtype: str):
+  """The benchmark step's pieces for one shape: (model, params, batch, tx, loss_cfg);
+  tx is None in infer mode."""
+  shape = common.CONFIGS[config]
+  mcfg = step.model_config(shape, dtype)
+  model = step.meldae.MELDAE(mcfg)
+  loss_cfg, opt_cfg, total = step.train_configs()
+  batch = {k: jnp.asarray(v) for k, v in common.make_batch(shape).items()}
+  params = step.init_params(model, mcfg)
+  tx = step.optim.make_optimizer(opt_cfg, total)[0] if mode == "train" else None
+  return model, params, batch, tx, loss_cfg
+
+
+def compile_variant(variant: str, mode: str, model, params, batch, tx, loss_cfg):
+  """The step traced with `variant`'s optimisations undone, compiled with its state
+  donated: (compiled, its arguments)."""
+  with undone(variant):
+    fn, donate, fn_args = step.step_fn_and_args(model, mode, params, batch, tx, loss_cfg)
+    return jax.jit(fn, donate_argnums=donate).lower(*fn_args).compile(), fn_args
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,21 +164,12 @@ def main(argv=None):
   p.add_argument("--per-turn", type=int, default=4)
   args = p.parse_args(argv)
 
-  shape = common.CONFIGS[args.config]
-  mcfg = step.model_config(shape, args.dtype)
-  model = step.meldae.MELDAE(mcfg)
-  loss_cfg, opt_cfg, total = step.train_configs()
-  batch = {k: jnp.asarray(v) for k, v in common.make_batch(shape).items()}
-  params = step.init_params(model, mcfg)
-  tx = step.optim.make_optimizer(opt_cfg, total)[0] if args.mode == "train" else None
-
+  model, params, batch, tx, loss_cfg = setup(args.config, args.mode, args.dtype)
   compiled, inputs = {}, {}
-  for v in args.variants:
-    with undone(v):
-      fn, donate, fn_args = step.step_fn_and_args(
-          model, args.mode, jax.tree.map(jnp.copy, params), batch, tx, loss_cfg)
-      compiled[v] = jax.jit(fn, donate_argnums=donate).lower(*fn_args).compile()
-    inputs[v] = fn_args
+  for v in args.variants:  # each its own copy of the state: the steps donate it
+    compiled[v], inputs[v] = compile_variant(v, args.mode, model,
+                                             jax.tree.map(jnp.copy, params), batch, tx,
+                                             loss_cfg)
   times = {v: [] for v in args.variants}
 
   cpu = {v: [] for v in args.variants}  # process CPU seconds per step, one per turn

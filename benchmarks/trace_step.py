@@ -39,7 +39,6 @@ if str(ROOT) not in sys.path:
 import meldae_jax  # noqa: F401  first: the project's process settings
 
 import jax
-import jax.numpy as jnp
 
 from benchmarks import ab_step
 from benchmarks import common
@@ -98,10 +97,11 @@ def hlo_index(hlo: str) -> dict[str, dict]:
   `kind` is 'product' for matmuls (a dot, a YNNPACK fusion holding one, the sgemm call),
   else 'custom call', 'reduction', 'copy' or 'elementwise'; `flops` is 2 M N K."""
   bodies = {m.group(1): m.group(2) for m in _COMPUTATION.finditer(hlo)}
+  instructions = list(_INSTR.finditer(hlo))
   shapes = {m.group(1): _dims(m.group(2)[m.group(2).index("[") + 1:m.group(2).index("]")])
-            for m in _INSTR.finditer(hlo) if not m.group(2).startswith("(")}  # unique names
+            for m in instructions if not m.group(2).startswith("(")}  # unique names
   index = {}
-  for m in _INSTR.finditer(hlo):
+  for m in instructions:
     name, opcode, rest = m.group(1), m.group(3), m.group(4)
     op = re.search(r'op_name="([^"]*)"', rest)
     op = op.group(1) if op else ""
@@ -119,40 +119,39 @@ def hlo_index(hlo: str) -> dict[str, dict]:
   return index
 
 
-def shares(events: list[dict]) -> list[float]:
-  """Each event's share of the wall clock: every interval split evenly among the events
-  running in it (events: dicts with `ts` and `dur`, in the same unit)."""
+def _intervals(events: list[dict]):
+  """(length, indices of the events running) for each interval between the events'
+  starts and ends, in time order (gaps included, with nothing running)."""
   points = sorted([(e["ts"], 1, i) for i, e in enumerate(events)] +
                   [(e["ts"] + e["dur"], -1, i) for i, e in enumerate(events)],
                   key=lambda p: (p[0], p[1]))
-  out, active, last = [0.0] * len(events), set(), None
+  active, last = set(), None
   for t, kind, i in points:
-    if last is not None and active:
-      for j in active:
-        out[j] += (t - last) / len(active)
+    if last is not None:
+      yield t - last, active
     last = t
     if kind == 1:
       active.add(i)
     else:
       active.discard(i)
+
+
+def shares(events: list[dict]) -> list[float]:
+  """Each event's share of the wall clock: every interval split evenly among the events
+  running in it (events: dicts with `ts` and `dur`, in the same unit)."""
+  out = [0.0] * len(events)
+  for length, active in _intervals(events):
+    for j in active:
+      out[j] += length / len(active)
   return out
 
 
 def overlap(events: list[dict], is_product) -> dict[tuple[int, int], float]:
   """(products running, others running) -> wall time, over the events' span."""
-  points = sorted([(e["ts"], 1, i) for i, e in enumerate(events)] +
-                  [(e["ts"] + e["dur"], -1, i) for i, e in enumerate(events)],
-                  key=lambda p: (p[0], p[1]))
-  out, active, last = collections.Counter(), set(), None
-  for t, kind, i in points:
-    if last is not None:
-      n = sum(1 for j in active if is_product(events[j]))
-      out[(n, len(active) - n)] += t - last
-    last = t
-    if kind == 1:
-      active.add(i)
-    else:
-      active.discard(i)
+  out = collections.Counter()
+  for length, active in _intervals(events):
+    n = sum(1 for j in active if is_product(events[j]))
+    out[(n, len(active) - n)] += length
   return dict(out)
 
 
@@ -168,9 +167,10 @@ def thunk_events(trace_dir: str, index: dict) -> list[dict]:
   return [e for e in trace if e.get("ph") == "X" and e.get("name") in index]
 
 
-def summarize(events: list[dict], index: dict, steps: int, top: int = 15) -> list[dict]:
-  """The JSON lines (all but `step`) from the thunk events of `steps` steps (us)."""
-  share = shares(events)
+def summarize(events: list[dict], share: list[float], index: dict, steps: int,
+              top: int = 15) -> list[dict]:
+  """The JSON lines (all but `step`) from the thunk events of `steps` steps and their
+  `shares` (us)."""
   lines = []
   is_product = lambda e: index[e["name"]]["kind"] == "product"  # noqa: E731
   for (n, m), us in sorted(overlap(events, is_product).items(), key=lambda kv: -kv[1]):
@@ -217,17 +217,9 @@ def main(argv=None):
   p.add_argument("--trace-dir", default=None)
   args = p.parse_args(argv)
 
-  shape = common.CONFIGS[args.config]
-  mcfg = step.model_config(shape, args.dtype)
-  model = step.meldae.MELDAE(mcfg)
-  loss_cfg, opt_cfg, total = step.train_configs()
-  batch = {k: jnp.asarray(v) for k, v in common.make_batch(shape).items()}
-  params = step.init_params(model, mcfg)
-  tx = step.optim.make_optimizer(opt_cfg, total)[0] if args.mode == "train" else None
-  with ab_step.undone(args.variant):
-    fn, donate, fn_args = step.step_fn_and_args(model, args.mode, params, batch, tx,
-                                                loss_cfg)
-    compiled = jax.jit(fn, donate_argnums=donate).lower(*fn_args).compile()
+  model, params, batch, tx, loss_cfg = ab_step.setup(args.config, args.mode, args.dtype)
+  compiled, fn_args = ab_step.compile_variant(args.variant, args.mode, model, params,
+                                              batch, tx, loss_cfg)
   index = hlo_index(compiled.as_text())
 
   def run(fn_args):
@@ -244,11 +236,12 @@ def main(argv=None):
       fn_args = run(fn_args)
     wall = (time.perf_counter() - t0) / args.steps
   events = thunk_events(trace_dir, index)
+  share = shares(events)
   head = dict(kind="step", config=args.config, mode=args.mode, dtype=args.dtype,
               variant=args.variant, steps=args.steps, wall_s=wall,
-              thunk_s=sum(shares(events)) / args.steps / 1e6, thunks=len(events),
+              thunk_s=sum(share) / args.steps / 1e6, thunks=len(events),
               product_gflop=sum(index[e["name"]]["flops"] for e in events) / args.steps / 1e9)
-  for line in [head] + summarize(events, index, args.steps, args.top):
+  for line in [head] + summarize(events, share, index, args.steps, args.top):
     print(json.dumps(line))
 
 

@@ -173,6 +173,15 @@ def one_cpu_device() -> bool:
   return jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
+def _wanted(auto: bool) -> bool:
+  """The sgemm switch as `within` (innermost), else MELDAE_CPU_GEMM ('0' off, '1' on),
+  else `auto`."""
+  if _FORCED:
+    return _FORCED[-1]
+  mode = os.environ.get("MELDAE_CPU_GEMM", "auto")
+  return mode == "1" if mode in ("0", "1") else auto
+
+
 def enabled() -> bool:
   """Whether Dense matmuls traced now go to sgemm. Decided when tracing: a function
   jit has already traced keeps the choice it was traced with."""
@@ -181,13 +190,7 @@ def enabled() -> bool:
   host_alloc.install()  # the CPU step's other half (its own switch): buffers stay mapped
   if not one_cpu_device():
     return False
-  mode = os.environ.get("MELDAE_CPU_GEMM", "auto")
-  if _FORCED:
-    wanted = _FORCED[-1]
-  elif mode in ("0", "1"):
-    wanted = mode == "1"
-  else:  # auto
-    wanted = not cpu_has_avx512()
+  wanted = _wanted(auto=not cpu_has_avx512())
   return wanted and available()
 
 
@@ -210,8 +213,7 @@ def sgemm_weight_grads() -> bool:
   MELDAE_CPU_GEMM=0."""
   if not one_cpu_device():
     return False
-  wanted = _FORCED[-1] if _FORCED else os.environ.get("MELDAE_CPU_GEMM", "auto") != "0"
-  return wanted and available()
+  return _wanted(auto=True) and available()
 
 
 _OPERANDS = []  # innermost last: the dtype Dense matmul operands are rounded to, or None

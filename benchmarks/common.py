@@ -191,6 +191,29 @@ def timing_figures(times: list[float], shape: Shape, frames: int) -> dict:
               frames_per_s=shape.batch * frames / med)
 
 
+# Dense bf16 tensor-core peaks, TFLOP/s: half the with-sparsity figures of NVIDIA's
+# datasheets. Matched against the device kind in order (the first name it contains);
+# `MELDAE_BF16_PEAK_TFLOPS` gives any other device's.
+NOMINAL_BF16_TFLOPS = (
+    ("H200 NVL", 835.5),
+    ("H200", 989.4),
+    ("H100 NVL", 835.5),
+    ("H100 PCIe", 756.5),
+    ("H100", 989.4),
+    ("A100", 312.0),
+)
+
+
+def nominal_bf16_tflops(device_kind: str, environ=os.environ) -> float | None:
+  """The datasheet bf16 peak of `device_kind` (e.g. 'NVIDIA H200'), None if unknown."""
+  if environ.get("MELDAE_BF16_PEAK_TFLOPS"):
+    return float(environ["MELDAE_BF16_PEAK_TFLOPS"])
+  for name, tflops in NOMINAL_BF16_TFLOPS:
+    if name.lower() in (device_kind or "").lower():
+      return tflops
+  return None
+
+
 def host_figures() -> dict:
   return dict(cpu_count=os.cpu_count(), machine=platform.machine(),
               python=platform.python_version(), **cpu_model())

@@ -1,7 +1,7 @@
 """Seconds, FLOPs and memory of one MELDAE train step (or forward pass), as JSON.
 
   python benchmarks/step.py --config Ti112 --mode train [--dtype bf16] [--steps 10]
-      [--warmup 2] [--remat none|full|dots|dots_no_batch] [--frames T]
+      [--warmup 2] [--remat none|full|dots|dots_no_batch] [--frames T] [--batch B]
   python benchmarks/step.py --memory-sweep     # S112 train, T=16/32/64 x remat, 1 line each
   python benchmarks/step.py --config Ti112 --export /tmp/ti112   # for torch_port.py --check
 
@@ -17,7 +17,11 @@ sgemm custom calls that run the Dense matmuls on CPU (`meldae_jax/ops/blas_dot.p
 at all, so the twin that computes the same thing with XLA ops is the one counted.
 `xla_flops_compiled` is the compiled program's own count (for reference only). With remat
 both include the recomputation. The matmul peaks (4096^2 fp32: `jnp.dot`, and the sgemm
-path when it is on) are measured in the same run, after the steps.
+path when it is on) are measured in the same run, after the steps. On an accelerator,
+`mfu` is the step's FLOP rate over the device's datasheet bf16 peak, and
+`fraction_of_bf16_matmul_peak` the same over an 8192^2 bf16 `jnp.dot` timed in the run
+(`accelerator_figures`; `benchmarks/gpu_suite.sh` runs the GPU rows). `frames_per_s` is
+B*T over the median step: each frame is one image through the ViT.
 
 Memory: `xla_*_mib` is XLA's buffer assignment of the compiled step; `peak_rss_mib` the
 process's peak RSS (compilation included), `steps_peak_rss_mib` the peak while stepping.
@@ -34,6 +38,7 @@ sgemm custom call (on CPUs without AVX-512) and `blas_core` the OpenBLAS kernels
 rest).
 """
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -228,16 +233,39 @@ def memory_figures(compiled) -> dict:
   return out
 
 
-def matmul_peak(n: int = 4096, reps: int = 3, dot=jnp.dot) -> float | None:
-  """GFLOP/s of a jitted n x n fp32 `dot` (median of `reps`); None if n <= 0."""
+def matmul_peak(n: int = 4096, reps: int = 3, dot=jnp.dot,
+                dtype=jnp.float32) -> float | None:
+  """GFLOP/s of a jitted n x n `dot` in `dtype` (median of `reps`); None if n <= 0."""
   if n <= 0:
     return None
   ka, kb = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(ka, (n, n), jnp.float32)
-  b = jax.random.normal(kb, (n, n), jnp.float32)
+  a = jax.random.normal(ka, (n, n), dtype)
+  b = jax.random.normal(kb, (n, n), dtype)
   dot = jax.jit(dot)
   times = common.time_steps(lambda: dot(a, b).block_until_ready(), reps, 1)
   return 2.0 * n ** 3 / statistics.median(times) / 1e9
+
+
+def accelerator_figures(gflops_per_s: float | None, device_kind: str, backend: str,
+                        bf16_peak_size: int | None, reps: int = 20) -> dict:
+  """MFU: the step's FLOP rate against the device's bf16 peak, as the issue asks.
+
+  `mfu` divides by the datasheet's dense bf16 peak (`common.nominal_bf16_tflops`),
+  `fraction_of_bf16_matmul_peak` by an n x n bf16 `jnp.dot` measured in the same run
+  (n = `bf16_peak_size`; default 8192 on an accelerator, none on the CPU, where a bf16
+  product that size takes minutes). Both count XLA's FLOPs of the step as it is (with
+  remat, its recomputation too).
+  """
+  n = (0 if backend == "cpu" else 8192) if bf16_peak_size is None else bf16_peak_size
+  measured = matmul_peak(n, reps, dtype=jnp.bfloat16) if n > 0 else None
+  nominal = common.nominal_bf16_tflops(device_kind) if backend != "cpu" else None
+  rate = lambda peak_gflops: (gflops_per_s / peak_gflops  # noqa: E731
+                              if peak_gflops and gflops_per_s else None)
+  return dict(nominal_bf16_peak_tflops=nominal,
+              mfu=rate(nominal * 1e3 if nominal else None),
+              bf16_matmul_peak_tflops=measured / 1e3 if measured else None,
+              bf16_matmul_peak_size=n or None,
+              fraction_of_bf16_matmul_peak=rate(measured))
 
 
 def export(path: str, model, mcfg, params, batch: dict, loss_cfg, opt_cfg, meta: dict,
@@ -285,15 +313,21 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
         warmup: int = 2, peak_size: int = 4096, export_dir: str | None = None,
         seed: int = 0, compiler_options: dict | None = None,
         return_outputs: bool = False, export_grads: bool = True,
-        model_overrides: dict | None = None):
+        model_overrides: dict | None = None, batch: int | None = None,
+        bf16_peak_size: int | None = None):
   """Builds, compiles and times one configuration; returns the figures.
 
   `compiler_options` go to XLA (the tests lower the optimisation level: tiny models
   compile for longer than they run); `return_outputs` also returns the last step's
   outputs (the loss terms in train mode), as `(figures, outputs)`; `export_grads`:
-  see `export`.
+  see `export`. `batch` replaces the config's B (the paper trains on 16 clips);
+  `bf16_peak_size`: see `accelerator_figures`.
   """
   shape = common.CONFIGS[config]
+  if batch is not None:
+    if batch < 1:
+      raise ValueError(f"--batch {batch}: a step needs at least one clip")
+    shape = dataclasses.replace(shape, batch=batch)
   t = frames or shape.frames
   mcfg = model_config(shape, dtype, remat, t, model_overrides)
   model = meldae.MELDAE(mcfg)
@@ -378,6 +412,8 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
       figures["loc_logits_finite"] = bool(np.all(np.isfinite(np.asarray(
           out["loc_logits"]))))
   dev = jax.devices()[0]
+  figures.update(accelerator_figures(figures["gflops_per_s"], dev.device_kind,
+                                     jax.default_backend(), bf16_peak_size))
   figures.update(jax_version=jax.__version__, flax_version=flax.__version__,
                  backend=jax.default_backend(), device_kind=dev.device_kind,
                  device_count=jax.device_count(), **common.host_figures())
@@ -448,6 +484,11 @@ def parse_args(argv=None):
   p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                  help="model config override, e.g. scan_blocks=false (repeatable)")
   p.add_argument("--frames", type=int, default=None, help="T (default: the config's)")
+  p.add_argument("--batch", type=int, default=None,
+                 help="B clips (default: the config's; the paper's batch is 16)")
+  p.add_argument("--bf16-peak-size", type=int, default=None,
+                 help="side of the bf16 matmul measuring the MFU peak (default 8192 on "
+                      "an accelerator, 0 = skip on the CPU)")
   p.add_argument("--steps", type=int, default=None,
                  help="timed steps, default 10 (2 per sweep run); 0: none")
   p.add_argument("--warmup", type=int, default=None, help="default 2 (1 per sweep run)")
@@ -475,7 +516,8 @@ def main(argv=None):
   common.emit(run(a.config or "Ti112", a.mode, a.dtype, a.remat, a.frames,
                   10 if a.steps is None else a.steps,
                   2 if a.warmup is None else a.warmup, a.peak_size, a.export, a.seed,
-                  model_overrides=dict(kv.split("=", 1) for kv in a.model)))
+                  model_overrides=dict(kv.split("=", 1) for kv in a.model),
+                  batch=a.batch, bf16_peak_size=a.bf16_peak_size))
 
 
 if __name__ == "__main__":

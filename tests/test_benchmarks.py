@@ -23,6 +23,7 @@ from meldae_jax.ops import host_alloc  # pylint: disable=g-import-not-at-top,wro
 # Tiny programs: XLA's backend optimisations cost more than they save.
 FAST = {"xla_backend_optimization_level": 0}
 STEPS = 2
+TRAIN_BATCH = 3  # not the tiny config's 2
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,9 @@ def runs(tmp_path_factory):
   kw = dict(steps=STEPS, warmup=1, peak_size=128, compiler_options=FAST,
             return_outputs=True)
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    train = pool.submit(step.run, "tiny", "train", **kw)
+    # The train run on B=TRAIN_BATCH clips (`--batch`), with a small bf16 peak (MFU's).
+    train = pool.submit(step.run, "tiny", "train", batch=TRAIN_BATCH, bf16_peak_size=64,
+                        **kw)
     # No gradients in the export: the backward pass would double the compile time.
     infer = pool.submit(step.run, "tiny", "infer", export_dir=str(out),
                         export_grads=False, **kw)
@@ -53,13 +56,15 @@ def exported(runs):
   return runs["infer"][0]
 
 
-def _check_common(f, mode):
+def _check_common(f, mode, batch):
   shape = common.CONFIGS["tiny"]
   assert f["config"] == "tiny" and f["mode"] == mode and f["dtype"] == "fp32"
-  assert f["frames"] == shape.frames and f["batch"] == shape.batch
+  assert f["frames"] == shape.frames and f["batch"] == batch
   assert f["steps"] == STEPS and f["params"] > 0
   assert 0 < f["min_s"] <= f["median_s"] <= f["max_s"]
-  assert f["frames_per_s"] == pytest.approx(shape.batch * shape.frames / f["median_s"])
+  assert f["frames_per_s"] == pytest.approx(batch * shape.frames / f["median_s"])
+  # No datasheet peak on the CPU, so no MFU.
+  assert f["nominal_bf16_peak_tflops"] is None and f["mfu"] is None
   # XLA counts scanned blocks once and sgemm custom calls not at all, so step.py counts
   # an unrolled twin with XLA's dots; the compiled program's own count is lower.
   assert f["cpu_gemm"] in (True, False)
@@ -92,18 +97,66 @@ def _check_common(f, mode):
 
 def test_train_figures(train_figures):
   f = train_figures
-  _check_common(f, "train")
+  _check_common(f, "train", TRAIN_BATCH)
   assert np.isfinite(f["loss"]) and f["loss"] > 0
   assert f["xla_alias_mib"] > 0  # the donated state is reused in place
+  assert f["bf16_matmul_peak_size"] == 64 and f["bf16_matmul_peak_tflops"] > 0
+  assert f["fraction_of_bf16_matmul_peak"] == pytest.approx(
+      f["gflops_per_s"] / (f["bf16_matmul_peak_tflops"] * 1e3))
 
 
 def test_infer_figures(exported):
-  _check_common(exported, "infer")
+  _check_common(exported, "infer", common.CONFIGS["tiny"].batch)
   assert exported["loc_logits_finite"]
+  # The CPU default: no bf16 peak (a product that size would take minutes).
+  assert exported["bf16_matmul_peak_tflops"] is None
+  assert exported["fraction_of_bf16_matmul_peak"] is None
+
+
+def test_batch_must_be_positive():
+  with pytest.raises(ValueError, match="--batch 0"):
+    step.run("tiny", "infer", batch=0)
+
+
+@pytest.mark.parametrize("kind,tflops", [
+    ("NVIDIA H200", 989.4), ("NVIDIA H200 NVL", 835.5), ("NVIDIA H100 80GB HBM3", 989.4),
+    ("NVIDIA H100 PCIe", 756.5), ("NVIDIA A100-SXM4-80GB", 312.0), ("cpu", None),
+    ("TPU v5 lite", None)])
+def test_nominal_bf16_peak_by_device_kind(kind, tflops):
+  assert common.nominal_bf16_tflops(kind, environ={}) == tflops
+  assert common.nominal_bf16_tflops(kind, {"MELDAE_BF16_PEAK_TFLOPS": "197"}) == 197.0
+
+
+def test_mfu_divides_by_the_device_peak():
+  f = step.accelerator_figures(445e3, "NVIDIA H200", "gpu", bf16_peak_size=0)
+  assert f["nominal_bf16_peak_tflops"] == 989.4
+  assert f["mfu"] == pytest.approx(445.0 / 989.4)
+  assert f["bf16_matmul_peak_tflops"] is None and f["fraction_of_bf16_matmul_peak"] is None
+  f = step.accelerator_figures(None, "NVIDIA H200", "gpu", bf16_peak_size=0)
+  assert f["mfu"] is None  # an untimed run
 
 
 def test_train_step_counts_more_flops_than_forward(train_figures, exported):
   assert train_figures["flops_per_step"] > 2 * exported["flops_per_step"]
+
+
+def test_gpu_table_lists_runs_and_failures():
+  from benchmarks import gpu_table  # pylint: disable=g-import-not-at-top
+  ok = dict(label="B224 train bf16 B16", median_s=0.0312, frames_per_s=8205.1,
+            gflops_per_s=445.2e3, mfu=0.45, fraction_of_bf16_matmul_peak=0.563,
+            compile_seconds=41.0, xla_total_mib=30 * 1024.0, device_kind="NVIDIA H200",
+            backend="gpu", jax_version="0.11.2", nominal_bf16_peak_tflops=989.4,
+            bf16_matmul_peak_tflops=790.4, bf16_matmul_peak_size=8192)
+  text = gpu_table.table([ok, dict(label="S112 train bf16 B16", rc=124, error=""),
+                          dict(label="B224 train fp32 B16", rc=1,
+                               error="Traceback\nRuntimeError: out of memory\n")])
+  lines = text.splitlines()
+  assert lines[0].split()[:3] == ["run", "median", "s"]
+  assert lines[1].split() == ["B224", "train", "bf16", "B16", "0.0312", "8205", "445.2",
+                              "45.0%", "56.3%", "41", "30.0"]
+  assert "NVIDIA H200" in lines[2] and "989.4" in lines[2] and "790" in lines[2]
+  assert lines[3] == "S112 train bf16 B16: timed out"
+  assert lines[4] == "B224 train fp32 B16: failed (rc 1) RuntimeError: out of memory"
 
 
 def test_export_round_trips(runs):

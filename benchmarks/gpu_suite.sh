@@ -64,4 +64,4 @@ gpu_run "B224 train fp32 B16" --config B224 --mode train --batch 16 --steps "$ST
 gpu_run "S112 train bf16 B16" --config S112 --mode train --dtype bf16 --batch 16 --steps "$STEPS"
 rm -f "$OUT/run.out" "$OUT/run.err"
 
-$PY benchmarks/gpu_table.py "$OUT/gpu.jsonl"
+$PY benchmarks/table.py "$OUT/gpu.jsonl"

@@ -140,23 +140,31 @@ def test_train_step_counts_more_flops_than_forward(train_figures, exported):
   assert train_figures["flops_per_step"] > 2 * exported["flops_per_step"]
 
 
-def test_gpu_table_lists_runs_and_failures():
-  from benchmarks import gpu_table  # pylint: disable=g-import-not-at-top
-  ok = dict(label="B224 train bf16 B16", median_s=0.0312, frames_per_s=8205.1,
-            gflops_per_s=445.2e3, mfu=0.45, fraction_of_bf16_matmul_peak=0.563,
-            compile_seconds=41.0, xla_total_mib=30 * 1024.0, device_kind="NVIDIA H200",
-            backend="gpu", jax_version="0.11.2", nominal_bf16_peak_tflops=989.4,
+def test_table_lists_runs_and_failures():
+  from benchmarks import table  # pylint: disable=g-import-not-at-top
+  ok = dict(label="B224 train bf16 B16", median_s=0.0312, min_s=0.0301, max_s=0.0350,
+            frames_per_s=8205.1, gflops_per_s=445.2e3, fraction_of_peak=None, mfu=0.45,
+            fraction_of_bf16_matmul_peak=0.563, compile_seconds=41.0, peak_rss_mib=5120.4,
+            xla_total_mib=30 * 1024.0, device_kind="NVIDIA H200", backend="gpu",
+            jax_version="0.11.2", nominal_bf16_peak_tflops=989.4,
             bf16_matmul_peak_tflops=790.4, bf16_matmul_peak_size=8192)
-  text = gpu_table.table([ok, dict(label="S112 train bf16 B16", rc=124, error=""),
-                          dict(label="B224 train fp32 B16", rc=1,
-                               error="Traceback\nRuntimeError: out of memory\n")])
-  lines = text.splitlines()
-  assert lines[0].split()[:3] == ["run", "median", "s"]
-  assert lines[1].split() == ["B224", "train", "bf16", "B16", "0.0312", "8205", "445.2",
-                              "45.0%", "56.3%", "41", "30.0"]
-  assert "NVIDIA H200" in lines[2] and "989.4" in lines[2] and "790" in lines[2]
+  rows = [ok, dict(label="S112 train bf16 B16", rc=124, error=""),
+          dict(label="B224 train fp32 B16", rc=1,
+               error="Traceback\nRuntimeError: out of memory\n")]
+  lines = table.table(rows).splitlines()
+  # No run has a fraction of the fp32 peak: that column is left out.
+  assert lines[0].split() == ["run", "median", "s", "min", "s", "max", "s", "img/s",
+                              "GFLOP/s", "MFU", "of", "bf16", "dot", "compile", "s",
+                              "peak", "RSS", "MiB", "XLA", "MiB"]
+  assert lines[1].split() == ["B224", "train", "bf16", "B16", "0.0312", "0.0301",
+                              "0.0350", "8205", "445200", "45.0%", "56.3%", "41", "5120",
+                              "30720"]
+  assert "NVIDIA H200" in lines[2] and "989.4" in lines[2] and "790 TFLOP/s" in lines[2]
   assert lines[3] == "S112 train bf16 B16: timed out"
   assert lines[4] == "B224 train fp32 B16: failed (rc 1) RuntimeError: out of memory"
+  md = table.table(rows[:1], markdown=True).splitlines()
+  assert md[0].startswith("| run | median s |") and md[1].startswith("| --- |")
+  assert md[2].startswith("| B224 train bf16 B16 | 0.0312 |")
 
 
 def test_export_round_trips(runs):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import time
@@ -78,6 +79,25 @@ def make_batch(shape: Shape, frames: int | None = None, seed: int = 0) -> dict:
       "speaking": rng.integers(-1, 2, (b, t)).astype(np.int8),
       "me_label": labels.max(axis=(1, 2)).astype(np.float32),
   }
+
+
+def stack_blocks(flat: dict) -> dict:
+  """Unrolled ViT blocks ('.../encoderblock_3/...', the model's default) stacked into the
+  scanned layout ('.../encoderblock/...', leading axis = block) that `torch_port.py
+  --check` reads; a scanned export passes through unchanged."""
+  out, blocks = {}, {}
+  for name, value in flat.items():
+    m = re.fullmatch(r"(.*)/encoderblock_(\d+)/(.*)", name)
+    if m is None:
+      out[name] = value
+    else:
+      blocks.setdefault((m.group(1), m.group(3)), {})[int(m.group(2))] = value
+  for (prefix, suffix), by_index in blocks.items():
+    if sorted(by_index) != list(range(len(by_index))):
+      raise ValueError(f"{prefix}/encoderblock_*/{suffix}: blocks {sorted(by_index)}")
+    out[f"{prefix}/encoderblock/{suffix}"] = np.stack([by_index[i]
+                                                      for i in range(len(by_index))])
+  return out
 
 
 def peak_rss_mib() -> float:

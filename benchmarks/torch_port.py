@@ -2,6 +2,7 @@
 
   /tmp/torchvenv/bin/python benchmarks/torch_port.py --config Ti112 --mode train
       [--backend eager|compile] [--dtype fp32|bf16] [--steps 10] [--warmup 2]
+      [--batch B] [--device cpu|cuda]
   /tmp/torchvenv/bin/python benchmarks/torch_port.py --check /tmp/ti112/meldae_Ti112.npz
 
 Runs under its own interpreter with torch (no JAX). The modules mirror
@@ -31,6 +32,7 @@ by more than `--rtol` (1e-4) relative to the largest value of its kind (fp32 agr
 """
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -551,21 +553,34 @@ def make_optimizer(model: MELDAE, cfg: dict) -> torch.optim.AdamW:
 # ---------------------------------------------------------------------------------------
 
 
-def to_torch(batch: dict) -> dict:
-  return {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+def to_torch(batch: dict, device: str = "cpu") -> dict:
+  return {k: torch.from_numpy(np.asarray(v)).to(device) for k, v in batch.items()}
 
 
-def autocast(dtype: str):
+def autocast(dtype: str, device: str = "cpu"):
   if dtype == "bf16":
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
   return contextlib.nullcontext()
 
 
-def matmul_peak(n: int = 4096, reps: int = 3) -> float | None:
+def sync(device: str) -> None:
+  """Waits for the device's queued work (CPU ops are synchronous already)."""
+  if torch.device(device).type == "cuda":
+    torch.cuda.synchronize(device)
+
+
+def matmul_peak(n: int = 4096, reps: int = 3, device: str = "cpu",
+                dtype=torch.float32) -> float | None:
   if n <= 0:
     return None
-  a, b = torch.randn(n, n), torch.randn(n, n)
-  times = common.time_steps(lambda: torch.mm(a, b), reps, 1)
+  a = torch.randn(n, n, device=device, dtype=dtype)
+  b = torch.randn(n, n, device=device, dtype=dtype)
+
+  def mm():
+    torch.mm(a, b)
+    sync(device)
+
+  times = common.time_steps(mm, reps, 1)
   return 2.0 * n ** 3 / statistics.median(times) / 1e9
 
 
@@ -584,27 +599,32 @@ def count_flops(fn) -> float | None:
 
 
 def run(config: str, mode: str, backend: str = "eager", dtype: str = "fp32",
-        steps: int = 10, warmup: int = 2, peak_size: int = 4096, seed: int = 0) -> dict:
+        steps: int = 10, warmup: int = 2, peak_size: int = 4096, seed: int = 0,
+        batch_size: int | None = None, device: str = "cpu") -> dict:
+  """The figures of one configuration; `batch_size` replaces the config's B, `device`
+  is torch's ('cuda' for the GPU rows of gpu_suite.sh)."""
   shape = common.CONFIGS[config]
+  if batch_size is not None:
+    shape = dataclasses.replace(shape, batch=batch_size)
   t = shape.frames
   torch.manual_seed(seed)
-  model = MELDAE(shape, t, common.NUM_CLASSES)
-  batch = to_torch(common.make_batch(shape, t, seed))
+  model = MELDAE(shape, t, common.NUM_CLASSES).to(device)
+  batch = to_torch(common.make_batch(shape, t, seed), device)
   n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
   figures = dict(config=config, mode=mode, dtype=dtype, backend=backend, frames=t,
                  batch=shape.batch, steps=steps, warmup=warmup, variant=shape.variant,
-                 image_size=shape.image_size, params=n_params)
+                 image_size=shape.image_size, params=n_params, device=device)
 
   def step_fn(step_dtype: str, compiled: bool, no_grad=torch.inference_mode):
-    """One train step or forward pass (blocking: CPU ops are synchronous)."""
+    """One train step or forward pass, blocking (`sync` on an accelerator)."""
 
     def forward_loss(video, frame_mask, b):
-      with autocast(step_dtype):
+      with autocast(step_dtype, device):
         out = model(video, frame_mask)
         return total_loss(out, b, LOSS_CONFIG)
 
     def forward(video, frame_mask):
-      with autocast(step_dtype):
+      with autocast(step_dtype, device):
         return model(video, frame_mask)
 
     if compiled:
@@ -616,11 +636,13 @@ def run(config: str, mode: str, backend: str = "eager", dtype: str = "fp32",
       loss.backward()
       torch.nn.utils.clip_grad_norm_(trainable, OPT_CONFIG["clip_norm"])
       opt.step()
-      holder["loss"] = float(loss.detach())
+      holder["loss"] = float(loss.detach())  # waits for the loss, not the update
+      sync(device)
 
     def infer_step():
       with no_grad():
         holder["out"] = forward(batch["video"], batch["frame_mask"])
+      sync(device)
 
     return train_step if mode == "train" else infer_step
 
@@ -656,10 +678,20 @@ def run(config: str, mode: str, backend: str = "eager", dtype: str = "fp32",
                              if flops else None)
   med = figures["median_s"]
   figures["gflops_per_s"] = flops / med / 1e9 if flops and med else None
-  peak = matmul_peak(peak_size)
+  peak = matmul_peak(peak_size, device=device)
   figures["matmul_peak_gflops_per_s"] = peak
   figures["fraction_of_peak"] = (figures["gflops_per_s"] / peak
                                  if peak and figures["gflops_per_s"] else None)
+  if torch.device(device).type == "cuda":  # MFU as step.py's accelerator_figures
+    kind = torch.cuda.get_device_name(device)
+    nominal = common.nominal_bf16_tflops(kind)
+    bf16 = matmul_peak(8192, 20, device, torch.bfloat16)
+    rate = figures["gflops_per_s"]
+    figures.update(device_kind=kind, backend="gpu", nominal_bf16_peak_tflops=nominal,
+                   mfu=rate / (nominal * 1e3) if rate and nominal else None,
+                   bf16_matmul_peak_tflops=bf16 / 1e3 if bf16 else None,
+                   bf16_matmul_peak_size=8192,
+                   fraction_of_bf16_matmul_peak=rate / bf16 if rate and bf16 else None)
   if "loss" in holder:
     figures["loss"] = holder["loss"]
   if "out" in holder:
@@ -684,7 +716,7 @@ def check(path: str, rtol: float = 1e-4) -> dict:
                                       ("enhancer_layers", 1)) if m[k] != want}
   if unported:
     raise ValueError(f"the port covers only the benchmark's model; export has {unported}")
-  flat = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
+  flat = common.stack_blocks({k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")})
   model = MELDAE(shape, m["num_frames"], m["num_classes"])
   load_flax(model, flat)
   n_torch = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -713,7 +745,7 @@ def check(path: str, rtol: float = 1e-4) -> dict:
     compare(f"loss/{k}", v, z[f"loss/{k}"])
 
   # Gradients: in the torch layout, relative to the largest gradient of all.
-  grads = {k[len("grad/"):]: z[k] for k in z.files if k.startswith("grad/")}
+  grads = common.stack_blocks({k[len("grad/"):]: z[k] for k in z.files if k.startswith("grad/")})
   if not grads:  # exported without them
     report["diffs"]["grads"] = None
   else:
@@ -746,6 +778,9 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--peak-size", type=int, default=4096)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--batch", type=int, default=None,
+                 help="B clips (default: the config's; the paper's batch is 16)")
+  p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
   p.add_argument("--threads", type=int, default=None,
                  help="torch.set_num_threads (default: torch's, the core count)")
   p.add_argument("--check", default=None, metavar="NPZ",
@@ -764,7 +799,7 @@ def main(argv=None):
     common.emit(report)
     sys.exit(0 if report["ok"] else 1)
   common.emit(run(a.config, a.mode, a.backend, a.dtype, a.steps, a.warmup, a.peak_size,
-                  a.seed))
+                  a.seed, a.batch, a.device))
 
 
 if __name__ == "__main__":

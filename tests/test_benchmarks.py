@@ -208,6 +208,21 @@ def test_export_round_trips(runs):
     np.testing.assert_allclose(z[f"loss/{k}"], v, rtol=1e-5, atol=1e-7)
 
 
+def test_stack_blocks_turns_unrolled_blocks_into_the_scanned_layout():
+  """torch_port.py --check reads the scanned layout; the model's default is unrolled."""
+  w0, w1 = np.zeros((2, 3)), np.ones((2, 3))
+  flat = {"backbone/Transformer/encoderblock_1/Dense_0/kernel": w1,
+          "backbone/Transformer/encoderblock_0/Dense_0/kernel": w0,
+          "backbone/cls": np.full((1, 1, 3), 7.0)}
+  out = common.stack_blocks(flat)
+  assert set(out) == {"backbone/Transformer/encoderblock/Dense_0/kernel", "backbone/cls"}
+  np.testing.assert_array_equal(out["backbone/Transformer/encoderblock/Dense_0/kernel"],
+                                np.stack([w0, w1]))
+  assert common.stack_blocks(out).keys() == out.keys()  # scanned: unchanged
+  with pytest.raises(ValueError, match=r"blocks \[0, 2\]"):
+    common.stack_blocks({"t/encoderblock_0/b": w0, "t/encoderblock_2/b": w1})
+
+
 def test_vit_variants_copy_matches():
   from meldae_jax.models import vit  # pylint: disable=g-import-not-at-top
   assert common.VIT_VARIANTS == vit.VARIANTS

@@ -61,7 +61,8 @@ def table(rows: list[dict], markdown: bool = False) -> str:
                + (", ".join(p for p in peaks if p) or "not measured"))
   for row in rows:
     if "error" in row:
-      why = "timed out" if row.get("rc") in (124, 137) else f"failed (rc {row.get('rc')})"
+      why = ("timed out" if row.get("rc") in (124, 137) else "not run:"
+             if row.get("rc") == -1 else f"failed (rc {row.get('rc')})")
       last = row["error"].strip().splitlines()[-1:] or [""]
       out.append(f"{row.get('label')}: {why} {last[0][:200]}".rstrip())
   return "\n".join(out)

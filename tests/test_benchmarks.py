@@ -150,7 +150,8 @@ def test_table_lists_runs_and_failures():
             bf16_matmul_peak_tflops=790.4, bf16_matmul_peak_size=8192)
   rows = [ok, dict(label="S112 train bf16 B16", rc=124, error=""),
           dict(label="B224 train fp32 B16", rc=1,
-               error="Traceback\nRuntimeError: out of memory\n")]
+               error="Traceback\nRuntimeError: out of memory\n"),
+          dict(label="S112 infer", rc=-1, error="the suite's 500 s budget was spent")]
   lines = table.table(rows).splitlines()
   # No run has a fraction of the fp32 peak: that column is left out.
   assert lines[0].split() == ["run", "median", "s", "min", "s", "max", "s", "img/s",
@@ -162,6 +163,7 @@ def test_table_lists_runs_and_failures():
   assert "NVIDIA H200" in lines[2] and "989.4" in lines[2] and "790 TFLOP/s" in lines[2]
   assert lines[3] == "S112 train bf16 B16: timed out"
   assert lines[4] == "B224 train fp32 B16: failed (rc 1) RuntimeError: out of memory"
+  assert lines[5] == "S112 infer: not run: the suite's 500 s budget was spent"
   md = table.table(rows[:1], markdown=True).splitlines()
   assert md[0].startswith("| run | median s |") and md[1].startswith("| --- |")
   assert md[2].startswith("| B224 train bf16 B16 | 0.0312 |")

@@ -179,8 +179,8 @@ def step_fn_and_args(model, mode: str, params, batch, tx=None, loss_cfg=None):
 def unrolled_flops(mcfg, mode: str, batch, tx=None, loss_cfg=None) -> float | None:
   """FLOPs of the step with the ViT blocks unrolled, from the lowered (unoptimised) HLO.
 
-  XLA's cost analysis counts a while loop's body once, so the scanned encoder (the
-  project default) would be counted as one block of `depth`. The unrolled twin computes
+  XLA's cost analysis counts a while loop's body once, so a scanned encoder
+  (`scan_blocks=True`) would be counted as one block of `depth`. The unrolled twin computes
   the same thing; lowering it (no compile) takes seconds on abstract arguments. The
   Bi-LSTM's scan over T is still counted once (< 0.1% of the step at T=16).
   """

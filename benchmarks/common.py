@@ -50,6 +50,15 @@ CONFIGS = {
 NUM_CLASSES = 1
 
 
+def with_batch(shape: Shape, batch: int | None) -> Shape:
+  """`shape` with B = `batch` clips (`--batch`; None keeps the config's)."""
+  if batch is None:
+    return shape
+  if batch < 1:
+    raise ValueError(f"--batch {batch}: a step needs at least one clip")
+  return dataclasses.replace(shape, batch=batch)
+
+
 def make_batch(shape: Shape, frames: int | None = None, seed: int = 0) -> dict:
   """A synthetic batch in the pipeline's format (docs/contracts.md) and dtypes.
 
@@ -232,6 +241,20 @@ def nominal_bf16_tflops(device_kind: str, environ=os.environ) -> float | None:
     if name.lower() in (device_kind or "").lower():
       return tflops
   return None
+
+
+def mfu_figures(gflops_per_s: float | None, device_kind: str,
+                bf16_peak_gflops: float | None, bf16_peak_size: int | None) -> dict:
+  """MFU figures of a step on an accelerator: its FLOP rate over the datasheet bf16 peak
+  (`mfu`) and over a bf16 matmul measured in the same run; None where a term is."""
+  nominal = nominal_bf16_tflops(device_kind)
+  rate = lambda peak_gflops: (gflops_per_s / peak_gflops  # noqa: E731
+                              if peak_gflops and gflops_per_s else None)
+  return dict(nominal_bf16_peak_tflops=nominal,
+              mfu=rate(nominal * 1e3 if nominal else None),
+              bf16_matmul_peak_tflops=bf16_peak_gflops / 1e3 if bf16_peak_gflops else None,
+              bf16_matmul_peak_size=bf16_peak_size or None,
+              fraction_of_bf16_matmul_peak=rate(bf16_peak_gflops))
 
 
 def host_figures() -> dict:

@@ -38,7 +38,6 @@ sgemm custom call (on CPUs without AVX-512) and `blas_core` the OpenBLAS kernels
 rest).
 """
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -258,14 +257,9 @@ def accelerator_figures(gflops_per_s: float | None, device_kind: str, backend: s
   """
   n = (0 if backend == "cpu" else 8192) if bf16_peak_size is None else bf16_peak_size
   measured = matmul_peak(n, reps, dtype=jnp.bfloat16) if n > 0 else None
-  nominal = common.nominal_bf16_tflops(device_kind) if backend != "cpu" else None
-  rate = lambda peak_gflops: (gflops_per_s / peak_gflops  # noqa: E731
-                              if peak_gflops and gflops_per_s else None)
-  return dict(nominal_bf16_peak_tflops=nominal,
-              mfu=rate(nominal * 1e3 if nominal else None),
-              bf16_matmul_peak_tflops=measured / 1e3 if measured else None,
-              bf16_matmul_peak_size=n or None,
-              fraction_of_bf16_matmul_peak=rate(measured))
+  # No datasheet peak for a CPU, so no MFU there.
+  return common.mfu_figures(gflops_per_s, "" if backend == "cpu" else device_kind,
+                            measured, n)
 
 
 def export(path: str, model, mcfg, params, batch: dict, loss_cfg, opt_cfg, meta: dict,
@@ -323,11 +317,7 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
   see `export`. `batch` replaces the config's B (the paper trains on 16 clips);
   `bf16_peak_size`: see `accelerator_figures`.
   """
-  shape = common.CONFIGS[config]
-  if batch is not None:
-    if batch < 1:
-      raise ValueError(f"--batch {batch}: a step needs at least one clip")
-    shape = dataclasses.replace(shape, batch=batch)
+  shape = common.with_batch(common.CONFIGS[config], batch)
   t = frames or shape.frames
   mcfg = model_config(shape, dtype, remat, t, model_overrides)
   model = meldae.MELDAE(mcfg)

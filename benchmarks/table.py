@@ -56,9 +56,10 @@ def table(rows: list[dict], markdown: bool = False) -> str:
              f"datasheet bf16 {r['nominal_bf16_peak_tflops']} TFLOP/s"
              if r.get("nominal_bf16_peak_tflops") else None]
     device = r.get("cpu_model_name") if r.get("backend") == "cpu" else r.get("device_kind")
-    out.append(f"{'' if not markdown else chr(10)}device {device} ({r.get('backend')}), "
-               f"jax {r.get('jax_version')}; peaks (first run): "
-               + (", ".join(p for p in peaks if p) or "not measured"))
+    if markdown:  # a paragraph of its own after the table
+      out.append("")
+    out.append(f"device {device} ({r.get('backend')}), jax {r.get('jax_version')}; "
+               "peaks (first run): " + (", ".join(p for p in peaks if p) or "not measured"))
   for row in rows:
     if "error" in row:
       why = ("timed out" if row.get("rc") in (124, 137) else "not run:"

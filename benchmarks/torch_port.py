@@ -32,7 +32,6 @@ by more than `--rtol` (1e-4) relative to the largest value of its kind (fp32 agr
 """
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -603,9 +602,7 @@ def run(config: str, mode: str, backend: str = "eager", dtype: str = "fp32",
         batch_size: int | None = None, device: str = "cpu") -> dict:
   """The figures of one configuration; `batch_size` replaces the config's B, `device`
   is torch's ('cuda' for the GPU rows of gpu_suite.sh)."""
-  shape = common.CONFIGS[config]
-  if batch_size is not None:
-    shape = dataclasses.replace(shape, batch=batch_size)
+  shape = common.with_batch(common.CONFIGS[config], batch_size)
   t = shape.frames
   torch.manual_seed(seed)
   model = MELDAE(shape, t, common.NUM_CLASSES).to(device)
@@ -684,14 +681,9 @@ def run(config: str, mode: str, backend: str = "eager", dtype: str = "fp32",
                                  if peak and figures["gflops_per_s"] else None)
   if torch.device(device).type == "cuda":  # MFU as step.py's accelerator_figures
     kind = torch.cuda.get_device_name(device)
-    nominal = common.nominal_bf16_tflops(kind)
-    bf16 = matmul_peak(8192, 20, device, torch.bfloat16)
-    rate = figures["gflops_per_s"]
-    figures.update(device_kind=kind, backend="gpu", nominal_bf16_peak_tflops=nominal,
-                   mfu=rate / (nominal * 1e3) if rate and nominal else None,
-                   bf16_matmul_peak_tflops=bf16 / 1e3 if bf16 else None,
-                   bf16_matmul_peak_size=8192,
-                   fraction_of_bf16_matmul_peak=rate / bf16 if rate and bf16 else None)
+    figures.update(device_kind=kind, backend="gpu", **common.mfu_figures(
+        figures["gflops_per_s"], kind, matmul_peak(8192, 20, device, torch.bfloat16),
+        8192))
   if "loss" in holder:
     figures["loss"] = holder["loss"]
   if "out" in holder:

@@ -61,7 +61,7 @@ from meldae_jax.ops import blas_dot
 
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
         "flax_attention", "flax_lstm", "lhs_t_weight_grads", "lstm_wh_grad",
-        "xla_weight_grads", "xla_attention", "copy_weight_grads", "tiled_gemm")
+        "xla_weight_grads", "xla_attention", "copy_weight_grads")
 
 
 class ConvEmbed(nn.Module):
@@ -176,7 +176,6 @@ def main(argv=None):
 
   def run(v, n, record=True):
     blas_dot.set_column_split("row_split" not in v.split("+"))
-    blas_dot.set_tiled_gemm("tiled_gemm" in v.split("+"))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(n):
       t0 = time.perf_counter()

@@ -134,15 +134,6 @@ def set_column_split(on: bool) -> None:
     library().meldae_set_column_split(ctypes.c_int(int(on)))
 
 
-def set_tiled_gemm(on: bool) -> bool:
-  """Whether the sgemm custom call runs `blas_gemm.cc`'s own AVX-512 kernel instead of
-  the BLAS; returns whether it now does (never without AVX-512F). Acts when the call
-  runs, not when it is traced."""
-  if not available():
-    return False
-  return bool(library().meldae_set_tiled_gemm(ctypes.c_int(int(on))))
-
-
 _FORCED = []  # innermost last: True (sgemm wherever it can run) or False (XLA's dot)
 
 

@@ -7,12 +7,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <mutex>
-#include <vector>
-
-#include <immintrin.h>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -46,148 +42,6 @@ void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
   }
 }
 
-// An AVX-512 sgemm of our own for the Dense products (`Tiled`), used instead of the BLAS
-// where `meldae_set_tiled_gemm(1)` turned it on and the CPU has AVX-512F.
-// Why: on a Zen 4 host the step's matmuls ran at 82-86 % of the CPU's FMA peak with
-// OpenBLAS's and YNNPACK's kernels, while a 12 x 32 register tile (24 zmm accumulators,
-// A read in place with its own strides, B packed in 32-column panels) runs at ~99 % from
-// cache and 2-5 % ahead of OpenBLAS's sgemm on the step's shapes (docs/performance.md,
-// session 17). Same products, float32 sums in the same k order within a KC block.
-namespace tiled {
-
-constexpr int64_t kMr = 12, kNr = 32, kKc = 256, kNc = 512;
-
-// C[kMr x kNr] (+)= A (kMr x kc) B (kc x kNr): A's element (r, k) at a[r * sr + k * sk],
-// B a packed panel (kNr floats per k), C with row stride ldc.
-template <bool kTransA>
-__attribute__((target("avx512f,fma"))) inline void Kernel(
-    int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b,
-    float* __restrict c, int64_t ldc, bool accumulate) {
-  const int64_t sr = kTransA ? 1 : lda, sk = kTransA ? lda : 1;
-  for (int r = 0; r < kMr; ++r) {  // C's lines on their way while the sums run
-    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 16), _MM_HINT_T0);
-  }
-  __m512 acc[kMr][2];
-  for (int r = 0; r < kMr; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k, b += kNr) {
-    const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-    const float* ak = a + k * sk;
-#pragma GCC unroll 12
-    for (int r = 0; r < kMr; ++r) {
-      const __m512 ar = _mm512_set1_ps(ak[r * sr]);
-      acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
-    }
-  }
-  for (int r = 0; r < kMr; ++r) {
-    float* cr = c + r * ldc;
-    if (accumulate) {
-      acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_loadu_ps(cr));
-      acc[r][1] = _mm512_add_ps(acc[r][1], _mm512_loadu_ps(cr + 16));
-    }
-    _mm512_storeu_ps(cr, acc[r][0]);
-    _mm512_storeu_ps(cr + 16, acc[r][1]);
-  }
-}
-
-// op(B)'s rows [pc, pc + kc) and columns [jc, jc + nc) as kNr-column panels, zero-padded.
-template <bool kTransB>
-void PackB(const float* b, int64_t ldb, int64_t pc, int64_t kc, int64_t jc, int64_t nc,
-           float* dst) {
-  for (int64_t jr = 0; jr < nc; jr += kNr, dst += kc * kNr) {
-    const int64_t w = std::min(kNr, nc - jr);
-    if (!kTransB) {
-      for (int64_t kk = 0; kk < kc; ++kk) {
-        const float* src = b + (pc + kk) * ldb + jc + jr;
-        std::memcpy(dst + kk * kNr, src, w * sizeof(float));
-        std::fill(dst + kk * kNr + w, dst + (kk + 1) * kNr, 0.0f);
-      }
-    } else {
-      for (int64_t j = 0; j < kNr; ++j) {
-        const float* src = b + (jc + jr + j) * ldb + pc;
-        for (int64_t kk = 0; kk < kc; ++kk) dst[kk * kNr + j] = j < w ? src[kk] : 0.0f;
-      }
-    }
-  }
-}
-
-// C (m x n, row stride ldc) = op(A) op(B), single-threaded.
-template <bool kTransA, bool kTransB>
-__attribute__((target("avx512f,fma"))) void Gemm(int64_t m, int64_t n, int64_t k,
-                                                 const float* a, int64_t lda,
-                                                 const float* b, int64_t ldb, float* c,
-                                                 int64_t ldc) {
-  if (k == 0) {
-    for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
-    return;
-  }
-  thread_local std::vector<float> b_buffer;
-  b_buffer.resize(kKc * kNc + 16);
-  float* bp = reinterpret_cast<float*>(
-      (reinterpret_cast<uintptr_t>(b_buffer.data()) + 63) & ~uintptr_t{63});
-  alignas(64) float a_edge[kMr * kKc];  // the last rows, zero-padded, k-major
-  alignas(64) float c_edge[kMr * kNr];
-  for (int64_t pc = 0; pc < k; pc += kKc) {
-    const int64_t kc = std::min(kKc, k - pc);
-    const bool accumulate = pc > 0;
-    for (int64_t jc = 0; jc < n; jc += kNc) {
-      const int64_t nc = std::min(kNc, n - jc);
-      PackB<kTransB>(b, ldb, pc, kc, jc, nc, bp);
-      for (int64_t ir = 0; ir < m; ir += kMr) {
-        const int64_t h = std::min(kMr, m - ir);
-        const float* ap = kTransA ? a + pc * lda + ir : a + ir * lda + pc;
-        if (h < kMr) {
-          for (int64_t kk = 0; kk < kc; ++kk) {
-            for (int64_t r = 0; r < kMr; ++r) {
-              a_edge[kk * kMr + r] =
-                  r < h ? (kTransA ? ap[kk * lda + r] : ap[r * lda + kk]) : 0.0f;
-            }
-          }
-        }
-        for (int64_t jr = 0; jr < nc; jr += kNr) {
-          const int64_t w = std::min(kNr, nc - jr);
-          const float* panel = bp + jr * kc;
-          float* cp = c + ir * ldc + jc + jr;
-          if (h == kMr && w == kNr) {
-            Kernel<kTransA>(kc, ap, lda, panel, cp, ldc, accumulate);
-            continue;
-          }
-          if (h < kMr) {
-            Kernel<true>(kc, a_edge, kMr, panel, c_edge, kNr, false);
-          } else {
-            Kernel<kTransA>(kc, ap, lda, panel, c_edge, kNr, false);
-          }
-          for (int64_t r = 0; r < h; ++r) {
-            for (int64_t j = 0; j < w; ++j) {
-              cp[r * ldc + j] = (accumulate ? cp[r * ldc + j] : 0.0f) + c_edge[r * kNr + j];
-            }
-          }
-        }
-      }
-    }
-  }
-}
-
-}  // namespace tiled
-
-std::atomic<bool> g_tiled{false};
-
-// C (m x n, row stride ldc) = op(A) op(B) by `tiled::Gemm` where it is on, else the BLAS.
-void DenseGemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-               const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-               int64_t ldc) {
-  if (!g_tiled.load(std::memory_order_relaxed)) {
-    Sgemm(trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, c, ldc);
-  } else if (trans_a) {
-    trans_b ? tiled::Gemm<true, true>(m, n, k, a, lda, b, ldb, c, ldc)
-            : tiled::Gemm<true, false>(m, n, k, a, lda, b, ldb, c, ldc);
-  } else {
-    trans_b ? tiled::Gemm<false, true>(m, n, k, a, lda, b, ldb, c, ldc)
-            : tiled::Gemm<false, false>(m, n, k, a, lda, b, ldb, c, ldc);
-  }
-}
-
 // Whether a GEMM with fewer rows than columns is split by columns (see Gemm).
 std::atomic<bool> g_column_split{true};
 
@@ -211,11 +65,11 @@ struct Job {
       if (by_cols) {  // columns i0.. of op(B) and of C
         const int64_t cols = std::min(per_tile, n - i0);
         const float* b0 = trans_b ? b + i0 * ldb : b + i0;
-        DenseGemm(trans_a, trans_b, m, cols, k, a, lda, b0, ldb, c + i0, n);
+        Sgemm(trans_a, trans_b, m, cols, k, 1.0f, a, lda, b0, ldb, c + i0, n);
       } else {  // rows i0.. of op(A) and of C
         const int64_t rows = std::min(per_tile, m - i0);
         const float* a0 = trans_a ? a + i0 : a + i0 * lda;
-        DenseGemm(trans_a, trans_b, rows, n, k, a0, lda, b, ldb, c + i0 * n, n);
+        Sgemm(trans_a, trans_b, rows, n, k, 1.0f, a0, lda, b, ldb, c + i0 * n, n);
       }
       if (done.fetch_add(1) + 1 == tiles) {
         std::lock_guard<std::mutex> lock(mu);
@@ -441,13 +295,6 @@ ffi::Error QkvGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ds, ffi::Buffer<f
 }  // namespace
 
 extern "C" void meldae_set_column_split(int on) { g_column_split.store(on != 0); }
-
-// Turns `tiled::Gemm` on or off for the Dense products; returns whether it is on (never
-// on a CPU without AVX-512F).
-extern "C" int meldae_set_tiled_gemm(int on) {
-  g_tiled.store(on != 0 && __builtin_cpu_supports("avx512f"));
-  return g_tiled.load() ? 1 : 0;
-}
 
 extern "C" void meldae_set_sgemm(void* fn, int ilp64) {
   g_sgemm64 = ilp64 ? reinterpret_cast<Sgemm64>(fn) : nullptr;

@@ -17,7 +17,9 @@ sgemm custom calls that run the Dense matmuls on CPU (`meldae_jax/ops/blas_dot.p
 at all, so the twin that computes the same thing with XLA ops is the one counted.
 `xla_flops_compiled` is the compiled program's own count (for reference only). With remat
 both include the recomputation. The matmul peaks (4096^2 fp32: `jnp.dot`, and the sgemm
-path when it is on) are measured in the same run, after the steps. On an accelerator,
+path when it is on) are measured in the same run, after the steps, and on the CPU so is
+its float32 FMA peak over all cores (`fma_peak.py`, the hardware's limit:
+`fraction_of_fma_peak`). On an accelerator,
 `mfu` is the step's FLOP rate over the device's datasheet bf16 peak, and
 `fraction_of_bf16_matmul_peak` the same over an 8192^2 bf16 `jnp.dot` timed in the run
 (`accelerator_figures`; `benchmarks/gpu_suite.sh` runs the GPU rows). `frames_per_s` is
@@ -63,6 +65,7 @@ import numpy as np
 import optax
 
 from benchmarks import common
+from benchmarks import fma_peak
 from configs import common as config_common
 from meldae_jax import losses
 from meldae_jax import optim
@@ -245,6 +248,25 @@ def matmul_peak(n: int = 4096, reps: int = 3, dot=jnp.dot,
   return 2.0 * n ** 3 / statistics.median(times) / 1e9
 
 
+def cpu_fma_figures(gflops_per_s: float | None, measure: bool) -> dict:
+  """The step's FLOP rate against the cores' float32 FMA peak (`fma_peak.py`), the
+  hardware's limit; None where not measured (accelerators, `--peak-size 0`) or where
+  there is no C++ compiler to build the measuring loop."""
+  figures = dict(fma_peak_gflops_per_s=None, fma_vector_bits=None,
+                 fraction_of_fma_peak=None)
+  if not measure:
+    return figures
+  try:
+    peak = fma_peak.fma_peak()
+  except RuntimeError as e:  # no compiler
+    print(f"step.py: no FMA peak: {e}", file=sys.stderr)
+    return figures
+  rate = peak["fma_peak_gflops_per_s"]
+  figures.update(fma_peak_gflops_per_s=rate, fma_vector_bits=peak["fma_vector_bits"],
+                 fraction_of_fma_peak=gflops_per_s / rate if gflops_per_s else None)
+  return figures
+
+
 def accelerator_figures(gflops_per_s: float | None, device_kind: str, backend: str,
                         bf16_peak_size: int | None, reps: int = 20) -> dict:
   """MFU: the step's FLOP rate against the device's bf16 peak, as the issue asks.
@@ -384,6 +406,8 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
   figures["matmul_peak_gflops_per_s"] = peak
   figures["fraction_of_peak"] = (figures["gflops_per_s"] / peak
                                  if peak and figures["gflops_per_s"] else None)
+  figures.update(cpu_fma_figures(figures["gflops_per_s"],
+                                 jax.default_backend() == "cpu" and peak_size > 0))
   figures["cpu_gemm"] = blas_dot.enabled()  # Dense matmuls by sgemm (ops/blas_dot.py)
   # float32 weight gradients by sgemm where XLA's dot runs the rest
   figures["sgemm_weight_grads"] = (mode == "train" and dtype == "fp32"

@@ -18,6 +18,7 @@ COLUMNS = (  # header, key, format
     ("img/s", "frames_per_s", "{:.0f}"),
     ("GFLOP/s", "gflops_per_s", "{:.0f}"),
     ("of fp32 dot", "fraction_of_peak", "{:.0%}"),
+    ("of FMA peak", "fraction_of_fma_peak", "{:.0%}"),
     ("MFU", "mfu", "{:.1%}"),
     ("of bf16 dot", "fraction_of_bf16_matmul_peak", "{:.1%}"),
     ("compile s", "compile_seconds", "{:.0f}"),
@@ -50,6 +51,9 @@ def table(rows: list[dict], markdown: bool = False) -> str:
     r = ok[0]
     peaks = [f"fp32 {r['matmul_peak_gflops_per_s']:.0f} GFLOP/s (4096^2 dot)"
              if r.get("matmul_peak_gflops_per_s") else None,
+             f"fp32 FMA {r['fma_peak_gflops_per_s']:.0f} GFLOP/s "
+             f"({r.get('fma_vector_bits')}-bit, all cores)"
+             if r.get("fma_peak_gflops_per_s") else None,
              f"bf16 {r['bf16_matmul_peak_tflops']:.0f} TFLOP/s "
              f"({r.get('bf16_matmul_peak_size')}^2 dot)"
              if r.get("bf16_matmul_peak_tflops") else None,

@@ -6,6 +6,7 @@ equivalence is checked by hand with `torch_port.py --check` on an export.
 import concurrent.futures
 import json
 import pathlib
+import shutil
 import sys
 
 import numpy as np
@@ -86,6 +87,10 @@ def _check_common(f, mode, batch):
   assert isinstance(f["minor_faults_per_step"], int) and f["minor_faults_per_step"] >= 0
   assert f["gflops_per_s"] == pytest.approx(f["flops_per_step"] / f["median_s"] / 1e9)
   assert f["matmul_peak_gflops_per_s"] > 0 and f["fraction_of_peak"] > 0
+  if shutil.which("g++") or shutil.which("c++"):  # the FMA loop could be built
+    assert f["fma_vector_bits"] in (128, 256, 512)
+    assert f["fraction_of_fma_peak"] == pytest.approx(
+        f["gflops_per_s"] / f["fma_peak_gflops_per_s"])
   assert f["compile_seconds"] > 0
   assert f["peak_rss_mib"] >= f["peak_rss_after_compile_mib"] > 0
   # (No ordering: the other thread's run resets the same process's peak mark.)
@@ -138,6 +143,30 @@ def test_mfu_divides_by_the_device_peak():
 
 def test_train_step_counts_more_flops_than_forward(train_figures, exported):
   assert train_figures["flops_per_step"] > 2 * exported["flops_per_step"]
+
+
+def test_fma_peak_measures_every_thread_at_the_cpus_vector_width():
+  from benchmarks import fma_peak  # pylint: disable=g-import-not-at-top
+  if not (shutil.which("g++") or shutil.which("c++")):
+    pytest.skip("no C++ compiler")
+  f = fma_peak.fma_peak(seconds=0.02, threads=2, repeats=3)
+  assert f["fma_threads"] == 2 and len(f["fma_peak_per_thread"]) == 2
+  assert all(r > 0 for r in f["fma_peak_per_thread"])
+  assert f["fma_peak_gflops_per_s"] == pytest.approx(sum(f["fma_peak_per_thread"]))
+  assert len(f["fma_peak_sums"]) == 3 and f["fma_peak_gflops_per_s"] == max(f["fma_peak_sums"])
+  features = np._core._multiarray_umath.__cpu_features__  # pylint: disable=protected-access
+  want = 512 if features.get("AVX512F") else 256 if (
+      features.get("AVX2") and features.get("FMA3")) else 128
+  assert f["fma_vector_bits"] == want
+  for bad in (dict(seconds=0), dict(threads=0), dict(repeats=0)):
+    with pytest.raises(ValueError):
+      fma_peak.fma_peak(**bad)
+
+
+def test_step_reports_no_fma_peak_where_not_measured():
+  f = step.cpu_fma_figures(100.0, measure=False)
+  assert f == dict(fma_peak_gflops_per_s=None, fma_vector_bits=None,
+                   fraction_of_fma_peak=None)
 
 
 def test_table_lists_runs_and_failures():

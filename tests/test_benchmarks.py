@@ -6,7 +6,6 @@ equivalence is checked by hand with `torch_port.py --check` on an export.
 import concurrent.futures
 import json
 import pathlib
-import shutil
 import sys
 
 import numpy as np
@@ -20,6 +19,7 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-impor
 from benchmarks import step  # pylint: disable=g-import-not-at-top,wrong-import-position
 from meldae_jax.ops import blas_dot  # pylint: disable=g-import-not-at-top,wrong-import-position
 from meldae_jax.ops import host_alloc  # pylint: disable=g-import-not-at-top,wrong-import-position
+from meldae_jax.ops import native  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Tiny programs: XLA's backend optimisations cost more than they save.
 FAST = {"xla_backend_optimization_level": 0}
@@ -87,7 +87,7 @@ def _check_common(f, mode, batch):
   assert isinstance(f["minor_faults_per_step"], int) and f["minor_faults_per_step"] >= 0
   assert f["gflops_per_s"] == pytest.approx(f["flops_per_step"] / f["median_s"] / 1e9)
   assert f["matmul_peak_gflops_per_s"] > 0 and f["fraction_of_peak"] > 0
-  if shutil.which("g++") or shutil.which("c++"):  # the FMA loop could be built
+  if native.compiler():  # the FMA loop could be built
     assert f["fma_vector_bits"] in (128, 256, 512)
     assert f["fraction_of_fma_peak"] == pytest.approx(
         f["gflops_per_s"] / f["fma_peak_gflops_per_s"])
@@ -147,7 +147,7 @@ def test_train_step_counts_more_flops_than_forward(train_figures, exported):
 
 def test_fma_peak_measures_every_thread_at_the_cpus_vector_width():
   from benchmarks import fma_peak  # pylint: disable=g-import-not-at-top
-  if not (shutil.which("g++") or shutil.which("c++")):
+  if not native.compiler():
     pytest.skip("no C++ compiler")
   f = fma_peak.fma_peak(seconds=0.02, threads=2, repeats=3)
   assert f["fma_threads"] == 2 and len(f["fma_peak_per_thread"]) == 2

@@ -42,6 +42,11 @@ def private_copy(path: str) -> str:
   return str(out)
 
 
+def compiler() -> str | None:
+  """The C++ compiler `build` uses ($CXX, else g++, else c++), or None."""
+  return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
 def build(src: pathlib.Path) -> pathlib.Path:
   """Compiles `src` once per (source, jax version); returns the .so path.
 
@@ -52,7 +57,7 @@ def build(src: pathlib.Path) -> pathlib.Path:
   out = cache_dir() / f"{src.stem}-{key}.so"
   if out.exists():
     return out
-  cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+  cxx = compiler()
   if cxx is None:
     raise RuntimeError(f"no C++ compiler (g++/c++ or $CXX) to build {src.name}")
 

@@ -10,9 +10,19 @@ runs first; the figure is the ratio PyTorch / JAX of each round's medians (> 1: 
 faster), summarised by the median, min and max over the rounds. Prints one JSON line per
 run (`kind: run`) and a summary line (`kind: compare`). Both sides get the same
 `--steps`/`--warmup`; the matmul peaks are skipped (`--peak-size 0`).
+
+Whether a ratio target is met is a question about the median over rounds, so the summary
+gives a distribution-free interval for it (order statistics, >= 95 % where there are
+enough rounds) and, with `--target`, a verdict: `met` when the whole interval is at or
+above the target, `missed` when it is below, `undecided` when it straddles it.
+
+  python benchmarks/compare.py --summarise OUT1.jsonl OUT2.jsonl --target 1.3
+
+pools the rounds of saved outputs (same config, mode and dtypes) without running anything.
 """
 import argparse
 import json
+import math
 import pathlib
 import statistics
 import subprocess
@@ -55,13 +65,63 @@ def commands(a) -> dict[str, list[str]]:
              "--dtype", a.dtype, "--backend", a.backend])
 
 
-def summarise(rounds: list[dict]) -> dict:
-  """Ratios PyTorch / JAX of each round's medians (> 1: JAX faster)."""
+def median_interval(values: list[float], confidence: float = 0.95):
+  """(low, high, achieved): the narrowest order-statistic interval [x_(k), x_(n+1-k)]
+  that holds the median with at least `confidence` for any continuous distribution of
+  independent rounds; with too few rounds for that, [min, max] and what it achieves."""
+  xs, n = sorted(values), len(values)
+  def coverage(k):  # P(x_(k) <= median <= x_(n+1-k)) = 1 - 2 P(Binomial(n, 1/2) < k)
+    return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2.0 ** n
+  k = 1
+  while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+    k += 1
+  return xs[k - 1], xs[n - k], coverage(k)
+
+
+def summarise(rounds: list[dict], target: float | None = None) -> dict:
+  """Ratios PyTorch / JAX of each round's medians (> 1: JAX faster), the median's
+  interval and, with a target ratio, how many rounds reached it and the verdict."""
   ratios = [r["torch"]["median_s"] / r["jax"]["median_s"] for r in rounds]
   med = lambda side: statistics.median(r[side]["median_s"] for r in rounds)  # noqa: E731
-  return dict(rounds=len(rounds), ratios=ratios, ratio_median=statistics.median(ratios),
-              ratio_min=min(ratios), ratio_max=max(ratios), jax_median_s=med("jax"),
-              torch_median_s=med("torch"))
+  low, high, achieved = median_interval(ratios)
+  out = dict(rounds=len(rounds), ratios=ratios, ratio_median=statistics.median(ratios),
+             ratio_min=min(ratios), ratio_max=max(ratios),
+             ratio_median_interval=[low, high], interval_confidence=achieved,
+             jax_median_s=med("jax"), torch_median_s=med("torch"))
+  if target is not None:
+    verdict = "met" if low >= target else "missed" if high < target else "undecided"
+    out.update(target=target, rounds_at_target=sum(r >= target for r in ratios),
+               verdict=verdict)
+  return out
+
+
+SAME = ("config", "mode", "dtype", "jax_dtype", "torch_backend")
+
+
+def load_rounds(paths: list[str]) -> tuple[dict, list[dict]]:
+  """The rounds of saved compare outputs, pooled: (what they measured, rounds). Each
+  file must hold whole rounds and its own `compare` line; all must agree on SAME."""
+  setting, rounds = None, []
+  for path in paths:
+    lines = [json.loads(l) for l in pathlib.Path(path).read_text().splitlines()
+             if l.startswith("{")]
+    summary = [l for l in lines if l.get("kind") == "compare"]
+    if not summary:
+      raise ValueError(f"{path}: no `kind: compare` line (an unfinished run?)")
+    this = {k: summary[-1].get(k) for k in SAME}
+    if setting is None:
+      setting = this
+    elif this != setting:
+      raise ValueError(f"{path} measured {this}, the first file {setting}")
+    by_round = {}
+    for l in lines:
+      if l.get("kind") == "run":
+        by_round.setdefault(l["round"], {})[l["side"]] = l
+    for number, pair in sorted(by_round.items()):
+      if set(pair) != {"jax", "torch"}:
+        raise ValueError(f"{path}: round {number} lacks a side ({sorted(pair)})")
+      rounds.append(pair)
+  return setting, rounds
 
 
 def main(argv=None):
@@ -81,7 +141,19 @@ def main(argv=None):
   p.add_argument("--torch-python", default="/tmp/torchvenv/bin/python",
                  help="an interpreter with torch (see torch_port.py)")
   p.add_argument("--timeout", type=float, default=1800, help="seconds per process")
+  p.add_argument("--target", type=float, default=None,
+                 help="a ratio to judge the rounds' median against (e.g. 1.3)")
+  p.add_argument("--summarise", nargs="+", metavar="OUT.jsonl", default=None,
+                 help="pool saved outputs of this script instead of running")
   a = p.parse_args(argv)
+  if a.summarise:
+    try:
+      setting, rounds = load_rounds(a.summarise)
+    except (OSError, ValueError, KeyError) as e:
+      p.error(str(e))
+    common.emit(dict(kind="compare", files=a.summarise, **setting,
+                     **summarise(rounds, a.target)))
+    return
   if a.rounds < 1 or a.steps < 1:
     p.error("--rounds and --steps must be at least 1")
   cmds = commands(a)
@@ -98,7 +170,7 @@ def main(argv=None):
   common.emit(dict(kind="compare", config=a.config, mode=a.mode, dtype=a.dtype,
                    jax_dtype=a.jax_dtype or a.dtype,
                    torch_backend=a.backend, steps=a.steps, warmup=a.warmup,
-                   **summarise(rounds), **common.host_figures()))
+                   **summarise(rounds, a.target), **common.host_figures()))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import json
 import pathlib
 import stat
+import subprocess
 import sys
 
 import pytest
@@ -64,3 +65,64 @@ def test_a_failing_process_is_named(tmp_path):
   bad.chmod(0o755)
   with pytest.raises(RuntimeError, match=r"(?s)bad step.py failed \(exit 3\).*oops"):
     compare.run_one([str(bad), "step.py"])
+
+
+def test_median_interval_is_the_order_statistic_one():
+  # n = 10: [x_(2), x_(9)] holds the median with 1 - 2 * 11 / 1024; [x_(3), x_(8)] only 0.89.
+  low, high, achieved = compare.median_interval([float(v) for v in range(10, 0, -1)])
+  assert (low, high) == (2.0, 9.0) and achieved == pytest.approx(1 - 22 / 1024)
+  # Too few rounds for 95 %: [min, max] and the 75 % it reaches at n = 3.
+  assert compare.median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0, 0.75)
+  assert compare.median_interval([1.5]) == (1.5, 1.5, 0.0)
+
+
+def _rounds(*pairs):
+  return [dict(jax=dict(median_s=j), torch=dict(median_s=t)) for j, t in pairs]
+
+
+@pytest.mark.parametrize("ratios,verdict,at_target", [
+    ((1.4, 1.35, 1.5, 1.31, 1.45, 1.32), "met", 6),
+    ((1.2, 1.25, 1.1, 1.28, 1.15, 1.29), "missed", 0),
+    ((1.2, 1.35, 1.25, 1.4, 1.31, 1.28), "undecided", 3),
+])
+def test_the_verdict_needs_the_whole_interval_on_one_side(ratios, verdict, at_target):
+  s = compare.summarise(_rounds(*[(1.0, r) for r in ratios]), target=1.3)
+  assert s["verdict"] == verdict and s["rounds_at_target"] == at_target
+  assert s["ratio_median_interval"] == [min(ratios), max(ratios)]  # n = 6: 96.9 %
+  assert s["interval_confidence"] == pytest.approx(1 - 2 / 64)
+
+
+def _saved_run(tmp_path, name, jax_median, torch_median, rounds=2, dtype="fp32"):
+  log = tmp_path / f"{name}.log"
+  jax_py = _fake_interpreter(tmp_path, f"{name}_jax", jax_median, log)
+  torch_py = _fake_interpreter(tmp_path, f"{name}_torch", torch_median, log)
+  out = tmp_path / f"{name}.jsonl"
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--rounds", str(rounds),
+       "--steps", "1", "--dtype", dtype, "--jax-python", jax_py, "--torch-python",
+       torch_py], capture_output=True, text=True, check=True)
+  out.write_text(proc.stdout)
+  return str(out)
+
+
+def test_saved_outputs_are_pooled(tmp_path, capsys):
+  a = _saved_run(tmp_path, "a", 1.0, 1.2)
+  b = _saved_run(tmp_path, "b", 1.0, 1.5, rounds=3)
+  compare.main(["--summarise", a, b, "--target", "1.3"])
+  s = json.loads(capsys.readouterr().out.splitlines()[-1])
+  assert s["rounds"] == 5 and s["ratios"] == pytest.approx([1.2, 1.2, 1.5, 1.5, 1.5])
+  assert s["ratio_median"] == pytest.approx(1.5) and s["rounds_at_target"] == 3
+  assert s["verdict"] == "undecided" and s["config"] == "Ti112" and s["files"] == [a, b]
+
+
+def test_pooling_refuses_mixed_or_unfinished_outputs(tmp_path, capsys):
+  a = _saved_run(tmp_path, "a", 1.0, 1.2)
+  bf16 = _saved_run(tmp_path, "c", 1.0, 1.2, dtype="bf16")
+  with pytest.raises(SystemExit):
+    compare.main(["--summarise", a, bf16])
+  assert "the first file" in capsys.readouterr().err
+  cut = tmp_path / "cut.jsonl"
+  cut.write_text("".join(l + "\n" for l in pathlib.Path(a).read_text().splitlines()[:3]))
+  with pytest.raises(SystemExit):
+    compare.main(["--summarise", str(cut)])
+  assert "no `kind: compare` line" in capsys.readouterr().err

@@ -326,3 +326,27 @@ def test_bf16_training_loss_tracks_fp32(dtype):
   assert 0 < report["max_rel_diff"] <= 0.02, report
   assert report["within_rtol"]
   assert len(set(report["fp32_loss"])) == 4  # a new batch every step: the loss moves
+
+
+def test_attention_calls_times_every_piece_and_checks_the_cores_agree():
+  from benchmarks import attention_calls  # pylint: disable=g-import-not-at-top
+  n, length, d, h = attention_calls.dims("S112")
+  assert (n, length, d, h) == (32, 50, 384, 6)  # B T frames of 7 x 7 patches + class
+  lines = {l["piece"]: l for l in attention_calls.measure("tiny", reps=2)}
+  assert set(lines) == {"scores", "softmax", "context", "scores_grad", "softmax_grad",
+                        "qkv_grad", "qkv_read_write", "core_calls", "core_xla"}
+  assert all(l["median_ms"] > 0 and l["gb_per_s"] > 0 for l in lines.values())
+  one = lines["scores"]["gflop"]
+  n, length, d, h = attention_calls.dims("tiny")
+  assert one == pytest.approx(2 * n * h * length * length * (d // h) / 1e9)
+  assert lines["qkv_grad"]["gflop"] == pytest.approx(3 * one)
+  assert lines["core_calls"]["gflop"] == lines["core_xla"]["gflop"] == pytest.approx(6 * one)
+  assert lines["softmax"]["gflops_per_s"] is None
+  assert lines["core_calls"]["grad_max_abs_diff"] < 1e-3
+
+
+def test_attention_calls_says_when_the_calls_are_off(monkeypatch):
+  from benchmarks import attention_calls  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("MELDAE_CPU_ATTENTION", "0")
+  with pytest.raises(SystemExit, match="not available"):
+    attention_calls.measure("tiny", reps=1)

@@ -7,9 +7,9 @@ four custom calls of `meldae_jax/ops/blas_attention.py` (`scores` q k^T, `contex
 `scores_grad` dctx v^T, `qkv_grad` the three products of d(q|k|v)), XLA's softmax and its
 gradient between them, a read-and-write pass over q|k|v for the memory's pace, and the
 whole core forward + backward through the calls and through XLA's batched dots. Each
-line gives the median milliseconds, GFLOP/s of its products, and MiB/s of the bytes it
-must touch at least once (inputs read, outputs written; q|k|v's unused third not
-counted). Why: the calls took 44-50 ms of an S112 train step under the profiler
+line gives the median milliseconds, GFLOP/s of its products, and the MiB it must touch
+at least once with the GB/s that makes (inputs read, outputs written; q|k|v's unused
+third not counted). Why: the calls took 44-50 ms of an S112 train step under the profiler
 (docs/performance.md); this says how much of that is products and how much the bytes.
 """
 import argparse

@@ -29,6 +29,10 @@ CORE = [
 
 EXTRAS = {
     "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    # MKL's sgemm for the CPU Dense matmuls on Intel CPUs (meldae_jax/ops/blas_dot.py):
+    # 10-20 % faster than XLA's own dots there (docs/performance.md, session 19). The
+    # Makefile adds it on Intel hosts.
+    "mkl": ["mkl>=2025; platform_system == 'Linux' and platform_machine == 'x86_64'"],
 }
 
 setuptools.setup(

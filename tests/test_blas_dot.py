@@ -1,7 +1,10 @@
 """The sgemm custom call (meldae_jax/ops/blas_dot.py): same results as XLA's dot, and
 really taken (the lowered program holds the custom call) where it should be."""
+import json
 import os
 import re
+import subprocess
+import sys
 
 import jax
 from jax import lax
@@ -103,25 +106,82 @@ def test_xla_dots_context_and_env_switch_it_off(monkeypatch):
   assert _uses_gemm(ours(), a, b)
 
 
-@pytest.mark.parametrize("avx512", [True, False])
-def test_by_default_avx512_cpus_keep_xla_dots(monkeypatch, avx512):
-  """XLA's dots use AVX-512 themselves (docs/performance.md, session 10): the custom call
-  is for CPUs without it, unless MELDAE_CPU_GEMM says otherwise."""
+@pytest.mark.parametrize("avx512,vendor,want", [
+    (True, "openblas", False), (False, "openblas", True), (True, "mkl", True),
+    (False, "mkl", True)])
+def test_by_default_sgemm_only_without_avx512_or_with_mkl(monkeypatch, avx512, vendor, want):
+  """XLA's dots use AVX-512 themselves and were level with OpenBLAS's (docs/performance.md,
+  session 10): the custom call is for CPUs without it, or where the BLAS is MKL (faster
+  than XLA's dots on Intel CPUs, session 19), unless MELDAE_CPU_GEMM says otherwise."""
   a, b = _rand((2, 5, 8), 0), _rand((8, 3), 1)
   ours = lambda: lambda a, b: blas_dot.dot_general(a, b, DENSE)  # noqa: E731
   monkeypatch.setattr(blas_dot, "_FORCED", [])
   monkeypatch.delenv("MELDAE_CPU_GEMM", raising=False)
   monkeypatch.setattr(blas_dot, "cpu_has_avx512", lambda: avx512)
-  assert _uses_gemm(ours(), a, b) is not avx512
+  monkeypatch.setattr(blas_dot, "info", lambda: {"vendor": vendor})
+  assert blas_dot.sgemm_by_default() is want
+  assert _uses_gemm(ours(), a, b) is want
   monkeypatch.setenv("MELDAE_CPU_GEMM", "auto")
-  assert _uses_gemm(ours(), a, b) is not avx512
+  assert _uses_gemm(ours(), a, b) is want
+  monkeypatch.setenv("MELDAE_CPU_GEMM", "0")
+  assert not _uses_gemm(ours(), a, b)
 
 
 def test_info_names_the_library_and_its_kernels():
   info = blas_dot.info()
   assert os.path.exists(info["library"])
+  assert info["vendor"] == ("mkl" if blas_dot.is_mkl(info["library"]) else "openblas")
   if "openblas" in os.path.basename(info["library"]).lower():
     assert info["core"]  # e.g. 'Haswell', 'SkylakeX'
+  if info["vendor"] == "mkl":
+    assert re.fullmatch(r"MKL \d{4}\.\d+(\.\d+)?", info["core"]), info["core"]
+
+
+@pytest.mark.parametrize("intel", [True, False])
+def test_mkl_is_tried_first_on_intel_cpus_only(monkeypatch, tmp_path, intel):
+  """MKL (where the `mkl` extra installed it) comes before numpy's OpenBLAS on Intel
+  CPUs; on others it is not tried (generic code paths there); $MELDAE_CBLAS_LIB alone
+  wins over both."""
+  mkl = str(tmp_path / "libmkl_rt.so.3")
+  monkeypatch.delenv("MELDAE_CBLAS_LIB", raising=False)
+  monkeypatch.setattr(blas_dot, "cpu_is_intel", lambda: intel)
+  monkeypatch.setattr(blas_dot, "mkl_libraries", lambda: [mkl])
+  found = blas_dot._blas_candidates()  # pylint: disable=protected-access
+  openblas = [p for p in found if "openblas" in os.path.basename(p)]
+  assert openblas, found  # numpy's own, always after
+  assert found == ([mkl] if intel else []) + openblas
+  monkeypatch.setenv("MELDAE_CBLAS_LIB", "/some/libcblas.so")
+  assert blas_dot._blas_candidates() == ["/some/libcblas.so"]  # pylint: disable=protected-access
+
+
+_MKL_CHILD = """
+import json, numpy as np, jax
+import meldae_jax
+from meldae_jax.ops import blas_dot
+a = np.random.default_rng(0).standard_normal((300, 70), np.float32)
+b = np.random.default_rng(1).standard_normal((70, 90), np.float32)
+got = np.asarray(jax.jit(blas_dot.gemm)(a, b))
+np.testing.assert_allclose(got, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+maps = open("/proc/self/maps").read()
+print(json.dumps(dict(blas_dot.info(), default=blas_dot.sgemm_by_default(),
+                      sequential="libmkl_sequential" in maps, iomp="libiomp5" in maps)))
+"""
+
+
+@pytest.mark.skipif(not blas_dot.mkl_libraries(), reason="the mkl extra is not installed")
+def test_mkl_runs_the_gemm_in_place_and_sequential():
+  """MKL loaded where it lies (it opens its other libraries from there, so no private
+  copy), with its sequential layer: right products, no OpenMP runtime; and it makes the
+  sgemm path the default."""
+  env = dict(os.environ, MELDAE_CBLAS_LIB=blas_dot.mkl_libraries()[0])
+  env.pop("MELDAE_CPU_GEMM", None)
+  out = subprocess.run([sys.executable, "-c", _MKL_CHILD], env=env, capture_output=True,
+                       text=True, check=False, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  got = json.loads(out.stdout.strip().splitlines()[-1])
+  assert got["vendor"] == "mkl" and got["core"].startswith("MKL"), got
+  assert got["sequential"] and not got["iomp"], got
+  assert got["default"] is True, got
 
 
 def test_vmap_of_the_custom_call():
@@ -259,7 +319,7 @@ def test_float32_weight_gradient_is_sgemm_on_the_input_itself(k, n, monkeypatch)
   if not blas_dot.one_cpu_device():
     pytest.skip("the rewrite runs on one CPU device only")
   monkeypatch.setattr(blas_dot, "_FORCED", [])  # not the fixture's sgemm_dots
-  monkeypatch.setattr(blas_dot, "cpu_has_avx512", lambda: True)  # XLA's dots, whatever the CPU
+  monkeypatch.setattr(blas_dot, "sgemm_by_default", lambda: False)  # XLA's dots, whatever the CPU
   monkeypatch.delenv("MELDAE_CPU_GEMM", raising=False)
   a, b, w = _rand((64, k), 0), _rand((k, n), 1), _rand((64, n), 2)
   dims = (((1,), (0,)), ((), ()))

@@ -1,29 +1,34 @@
-"""Float32 Dense matmuls on CPU through OpenBLAS's sgemm (an XLA FFI custom call).
+"""Float32 Dense matmuls on CPU through a CBLAS sgemm (an XLA FFI custom call): MKL's on
+Intel CPUs where the `mkl` extra is installed, else the OpenBLAS numpy ships.
 
-Why: on the 2-core AVX2 hosts this project is measured on, XLA's CPU dot emitters run the
-ViT's skinny matmuls (1600x192x768 at Ti112) at 75-117 GFLOP/s, while the OpenBLAS that
-numpy already ships runs them at 130-145 (docs/performance.md). `dot_general` below is a
+Why: on the 2-core AVX2 hosts this project was first measured on, XLA's CPU dot emitters
+ran the ViT's skinny matmuls (1600x192x768 at Ti112) at 75-117 GFLOP/s, while numpy's
+OpenBLAS ran them at 130-145; on an AVX-512 Intel Xeon with AMX (session 19) XLA's
+YNNPACK dots run the step's shapes at 340-400 GFLOP/s and MKL's sgemm at 400-440
+(docs/performance.md). `dot_general` below is a
 drop-in for `lax.dot_general` that Flax's `Dense`, `DenseGeneral` and attention take as
 their `dot_general` argument: a plain matmul (lhs's trailing axes contracted with rhs's
 leading ones, float32, no batch axes) goes to sgemm, with a custom VJP whose two
 gradients are sgemm calls too; anything else goes to `lax.dot_general` unchanged. Same
 FLOPs, same maths; results differ from XLA's dot by float32 rounding only.
 
-It is used only where it is the faster path: the CPU backend with a single device (a
-custom call has no sharding rule, so a multi-device mesh would gather its operands), on a
-CPU without AVX-512. Where the CPU has AVX-512, XLA's own dots (YNNPACK) use it and ran
-the step level with OpenBLAS's AVX-512 kernels and 1.5x faster than its AVX2 ones, which
-`OPENBLAS_CORETYPE=Haswell` selects (set on some hosts for older OpenBLAS builds), so
-XLA's dot is used there (docs/performance.md, session 10).
+It is used only where it is the faster path (`sgemm_by_default`): the CPU backend with a
+single device (a custom call has no sharding rule, so a multi-device mesh would gather
+its operands), on a CPU without AVX-512, or where the BLAS is MKL. On an AVX-512 CPU
+with OpenBLAS, XLA's own dots (YNNPACK) ran the step level with OpenBLAS's AVX-512
+kernels and 1.5x faster than its AVX2 ones, which `OPENBLAS_CORETYPE=Haswell` selects
+(set on some hosts for older OpenBLAS builds), so XLA's dot is used there
+(docs/performance.md, session 10). MKL is looked for only on Intel CPUs: on AMD ones it
+takes generic code paths.
 Where XLA's dot runs the matmuls, the weight gradients of float32 Dense layers still go
 to sgemm (`sgemm_weight_grads`): it reads the transposed operand in place.
 The first trace on the CPU backend also installs `host_alloc`, the caching allocator for
 XLA's step buffers, which the CPU step needs as much (docs/performance.md; its own switch).
 `MELDAE_CPU_GEMM=0` turns it off, `=1` on whatever the CPU; `MELDAE_CBLAS_LIB=/path/
-libmkl_rt.so` picks another CBLAS (LP64 `cblas_sgemm`). The handler (`blas_gemm.cc`) is
-compiled with the system C++ compiler on first use and cached under `$MELDAE_CACHE`
-(default `~/.cache/meldae_jax`); if there is no compiler or no BLAS, a warning says so
-once and XLA's dot is used.
+libX.so` picks the CBLAS (LP64 `cblas_sgemm`, or OpenBLAS's ILP64 names). The handler
+(`blas_gemm.cc`) is compiled with the system C++ compiler on first use and cached under
+`$MELDAE_CACHE` (default `~/.cache/meldae_jax`); if there is no compiler or no BLAS, a
+warning says so once and XLA's dot is used.
 """
 import contextlib
 import ctypes
@@ -33,6 +38,7 @@ import logging
 import os
 import pathlib
 import subprocess
+import sys
 
 import jax
 from jax import lax
@@ -50,11 +56,53 @@ _SYMBOLS = (("scipy_cblas_sgemm64_", True), ("scipy_cblas_sgemm", False),
             ("cblas_sgemm64_", True), ("cblas_sgemm", False))
 
 
+def cpu_is_intel() -> bool:
+  """Whether /proc/cpuinfo names an Intel CPU: where MKL runs its own AVX-512 kernels
+  (on AMD CPUs it takes generic code paths, docs/performance.md)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+      return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+  except OSError:
+    return False
+
+
+def mkl_libraries() -> list[str]:
+  """MKL's single dynamic library (`libmkl_rt.so.N`) as the `mkl` wheel installs it,
+  into this environment's lib/ (`pip install -e '.[mkl]'`); empty when it is not there."""
+  found = set()
+  for prefix in {sys.prefix, sys.base_prefix}:
+    found.update(glob.glob(str(pathlib.Path(prefix) / "lib" / "libmkl_rt.so*")))
+  return sorted(found)
+
+
 def _blas_candidates() -> list[str]:
+  """$MELDAE_CBLAS_LIB alone when set; else MKL first on Intel CPUs where it is
+  installed, then numpy's bundled OpenBLAS."""
   if os.environ.get("MELDAE_CBLAS_LIB"):
     return [os.environ["MELDAE_CBLAS_LIB"]]
   site = pathlib.Path(np.__file__).resolve().parent.parent
-  return sorted(glob.glob(str(site / "numpy.libs" / "libscipy_openblas*.so*")))
+  openblas = sorted(glob.glob(str(site / "numpy.libs" / "libscipy_openblas*.so*")))
+  return (mkl_libraries() if cpu_is_intel() else []) + openblas
+
+
+def is_mkl(path: str) -> bool:
+  return os.path.basename(path).startswith("libmkl_rt")
+
+
+_MKL_THREADING_SEQUENTIAL = 1  # MKL_Set_Threading_Layer's value for no threading layer
+
+
+def _load(path: str) -> ctypes.CDLL:
+  """The library at `path`, its BLAS single-threaded on the calling thread.
+
+  OpenBLAS is loaded as a private copy (numpy's own stays as numpy set it); MKL in
+  place, since it opens its other libraries from its own folder, with its sequential
+  layer chosen before any other call, so it starts no OpenMP threads of its own."""
+  if is_mkl(path):
+    lib = ctypes.CDLL(path)
+    lib.MKL_Set_Threading_Layer(ctypes.c_int(_MKL_THREADING_SEQUENTIAL))
+    return lib
+  return ctypes.CDLL(native.private_copy(path))
 
 
 _SET_THREADS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
@@ -68,12 +116,18 @@ _LOADED = {}  # what `available()` registered: library path, OpenBLAS kernel fam
 
 def corename(lib: ctypes.CDLL) -> str | None:
   """The kernel family an OpenBLAS library runs with ('Haswell', 'SkylakeX', ...): its
-  own pick for this CPU, or $OPENBLAS_CORETYPE's when that is set as it is loaded."""
+  own pick for this CPU, or $OPENBLAS_CORETYPE's when that is set as it is loaded;
+  for MKL its version ('MKL 2026.2')."""
   for symbol in _CORENAME:
     fn = getattr(lib, symbol, None)
     if fn is not None:
       fn.restype = ctypes.c_char_p
       return fn().decode()
+  if hasattr(lib, "MKL_Get_Version_String"):
+    text = ctypes.create_string_buffer(256)
+    lib.MKL_Get_Version_String(text, ctypes.c_int(len(text)))
+    version = text.value.decode(errors="replace").split("Version ", 1)[-1]
+    return "MKL " + version.split("-", 1)[0].split(" ", 1)[0]
   return None
 
 
@@ -81,7 +135,7 @@ def _find_sgemm() -> tuple[int, bool, str]:
   """(address, ilp64, library) of the first CBLAS sgemm found, its BLAS single-threaded."""
   for path in _blas_candidates():
     try:
-      lib = ctypes.CDLL(native.private_copy(path))
+      lib = _load(path)
     except OSError:
       continue
     for symbol, ilp64 in _SYMBOLS:
@@ -91,15 +145,16 @@ def _find_sgemm() -> tuple[int, bool, str]:
           if hasattr(lib, name):
             getattr(lib, name)(ctypes.c_int(1))
             break
-        _LOADED.update(library=path, core=corename(lib))
+        _LOADED.update(library=path, core=corename(lib),
+                       vendor="mkl" if is_mkl(path) else "openblas")
         return ctypes.cast(fn, ctypes.c_void_p).value, ilp64, path
   raise RuntimeError("no CBLAS sgemm found (numpy.libs/libscipy_openblas*.so, "
-                     "$MELDAE_CBLAS_LIB)")
+                     "MKL's libmkl_rt, $MELDAE_CBLAS_LIB)")
 
 
 def info() -> dict:
-  """The BLAS behind the custom call: {'library': path, 'core': kernel family or None};
-  empty when the path is unavailable."""
+  """The BLAS behind the custom call: {'library': path, 'core': kernel family or MKL
+  version, 'vendor': 'mkl' or 'openblas'}; empty when the path is unavailable."""
   return dict(_LOADED) if available() else {}
 
 
@@ -119,9 +174,9 @@ def available() -> bool:
     jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(so.MeldaeGemm),
                                 platform="cpu")
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-    logging.warning("OpenBLAS matmuls unavailable, using XLA's dot: %s", e)
+    logging.warning("CPU sgemm unavailable, using XLA's dot: %s", e)
     return False
-  logging.info("CPU Dense matmuls use sgemm from %s (kernels: %s)", path,
+  logging.info("CPU sgemm from %s (kernels: %s)", path,
                _LOADED.get("core"))
   return True
 
@@ -182,6 +237,15 @@ def _wanted(auto: bool) -> bool:
   return mode == "1" if mode in ("0", "1") else auto
 
 
+def sgemm_by_default() -> bool:
+  """Whether the sgemm path runs the Dense matmuls unless told otherwise: on CPUs
+  without AVX-512 (OpenBLAS beats XLA's AVX2 dot emitters, sessions 3-9), and where the
+  BLAS is MKL (on Intel CPUs with the `mkl` extra installed: it runs the step's shapes
+  at 400-440 GFLOP/s where XLA's YNNPACK dots run 340-400, docs/performance.md,
+  session 19). Elsewhere XLA's AVX-512 dots are level with OpenBLAS's (session 10)."""
+  return not cpu_has_avx512() or (available() and info().get("vendor") == "mkl")
+
+
 def enabled() -> bool:
   """Whether Dense matmuls traced now go to sgemm. Decided when tracing: a function
   jit has already traced keeps the choice it was traced with."""
@@ -190,8 +254,7 @@ def enabled() -> bool:
   host_alloc.install()  # the CPU step's other half (its own switch): buffers stay mapped
   if not one_cpu_device():
     return False
-  wanted = _wanted(auto=not cpu_has_avx512())
-  return wanted and available()
+  return _wanted(auto=sgemm_by_default()) and available()
 
 
 def cpu_weight_grads() -> bool:

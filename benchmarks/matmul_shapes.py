@@ -2,12 +2,17 @@
 
   python benchmarks/matmul_shapes.py jax|sgemm|numpy        # in .venv
   /tmp/torchvenv/bin/python benchmarks/matmul_shapes.py torch  # PyTorch's MKL/oneDNN
+  python benchmarks/matmul_shapes.py jax|torch --dtype bf16   # bf16 operands
   OPENBLAS_NUM_THREADS=1 taskset -c 0 python benchmarks/matmul_shapes.py numpy  # 1 core
 
 `jax` is XLA's own dot, `sgemm` the project's custom call (`meldae_jax/ops/blas_dot.py`),
-`numpy` the OpenBLAS numpy ships. (M, K, N) are Ti112's (1600 tokens, width 192, MLP 768)
+`numpy` the OpenBLAS numpy ships (`sgemm` and `numpy` are float32 only). With
+`--dtype bf16` both operands are bf16: JAX's dot sums into float32
+(`preferred_element_type`, as `model.matmul_dtype` runs it), `torch.mm` returns bf16 as
+autocast's does (oneDNN; on CPUs with AMX, its tiles). (M, K, N) are Ti112's (1600 tokens, width 192, MLP 768)
 forward and backward shapes and S112's, plus the 4096^2 peak.
 """
+import argparse
 import json
 import os
 import pathlib
@@ -23,34 +28,47 @@ SHAPES = [(1600, 192, 576), (1600, 192, 192), (1600, 192, 768), (1600, 768, 192)
           (1600, 1536, 384), (4096, 4096, 4096)]
 
 
-def _matmul(which):
+def _matmul(which, dtype="fp32"):
   if which == "numpy":
     return np.dot, lambda x: x
   if which == "torch":
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(int(os.environ.get("THREADS", os.cpu_count())))
+    if dtype == "bf16":
+      return torch.mm, lambda x: torch.from_numpy(x).to(torch.bfloat16)
     return torch.mm, torch.from_numpy
   import meldae_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from meldae_jax.ops import blas_dot  # pylint: disable=g-import-not-at-top
+  if dtype == "bf16":
+    fn = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    return (lambda a, b: fn(a, b).block_until_ready()), (
+        lambda x: jnp.asarray(x, jnp.bfloat16))
   fn = jax.jit(blas_dot.gemm if which == "sgemm" else jnp.dot)
   return (lambda a, b: fn(a, b).block_until_ready()), jnp.asarray
 
 
-def main(which: str):
-  mm, convert = _matmul(which)
+def main(which: str, dtype: str = "fp32", shapes=SHAPES):
+  if dtype == "bf16" and which not in ("jax", "torch"):
+    raise ValueError(f"--dtype bf16 is for jax and torch, not {which}")
+  mm, convert = _matmul(which, dtype)
   rng = np.random.default_rng(0)
-  for m, k, n in SHAPES:
+  for m, k, n in shapes:
     a = convert(rng.standard_normal((m, k), dtype=np.float32))
     b = convert(rng.standard_normal((k, n), dtype=np.float32))
     times = common.time_steps(lambda: mm(a, b), 5 if m == 4096 else 50, 1)  # noqa: B023
     med = float(np.median(times))
-    print(json.dumps(dict(library=which, m=m, k=k, n=n, median_ms=med * 1e3,
+    print(json.dumps(dict(library=which, dtype=dtype, m=m, k=k, n=n, median_ms=med * 1e3,
                           gflops_per_s=2 * m * k * n / med / 1e9)), flush=True)
 
 
 if __name__ == "__main__":
-  if len(sys.argv) != 2 or sys.argv[1] not in ("jax", "sgemm", "numpy", "torch"):
-    sys.exit(__doc__)
-  main(sys.argv[1])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("which", choices=("jax", "sgemm", "numpy", "torch"))
+  parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+  args = parser.parse_args()
+  try:
+    main(args.which, args.dtype)
+  except ValueError as e:
+    parser.error(str(e))

@@ -350,3 +350,22 @@ def test_attention_calls_says_when_the_calls_are_off(monkeypatch):
   monkeypatch.setenv("MELDAE_CPU_ATTENTION", "0")
   with pytest.raises(SystemExit, match="not available"):
     attention_calls.measure("tiny", reps=1)
+
+
+@pytest.mark.parametrize("which,dtype", [("jax", "fp32"), ("jax", "bf16"), ("sgemm", "fp32")])
+def test_matmul_shapes_prints_a_rate_per_shape(capsys, which, dtype):
+  from benchmarks import matmul_shapes  # pylint: disable=g-import-not-at-top
+  if which == "sgemm" and not blas_dot.available():
+    pytest.skip("no sgemm custom call on this host")
+  matmul_shapes.main(which, dtype, shapes=[(64, 32, 48), (16, 8, 24)])
+  lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+  assert [(l["m"], l["k"], l["n"]) for l in lines] == [(64, 32, 48), (16, 8, 24)]
+  for l in lines:
+    assert l["library"] == which and l["dtype"] == dtype and l["median_ms"] > 0
+    assert l["gflops_per_s"] == pytest.approx(2 * l["m"] * l["k"] * l["n"] / l["median_ms"] / 1e6)
+
+
+def test_matmul_shapes_bf16_is_for_jax_and_torch_only():
+  from benchmarks import matmul_shapes  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="bf16 is for jax and torch"):
+    matmul_shapes.main("numpy", "bf16")

@@ -43,7 +43,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["meldae_jax", "meldae_jax.*"]),
     # C++ sources compiled on first use (meldae_jax/ops/native.py): the sgemm custom
     # call and the host allocator.
-    package_data={"meldae_jax.ops": ["*.cc"]},
+    package_data={"meldae_jax.ops": ["*.cc", "*.h"]},
     install_requires=CORE,
     extras_require=EXTRAS,
 )

@@ -15,7 +15,8 @@ of the wider operand, instead of `blas_dot.weight_grad`), `copy_weight_grads` (f
 weight gradients as a row-major copy and YNNPACK's dot, session 13's, instead of sgemm
 with a transposed A, `blas_dot.sgemm_weight_grads`), `xla_attention` (the
 attention's products as XLA's batched dots on transposed q, k, v instead of
-`ops/blas_attention.py`'s sgemm per head), `lstm_wh_grad` (the Bi-LSTM
+`ops/blas_attention.py`'s sgemm per head), `flax_layer_norm` (the ViT's LayerNorms as
+flax computes them instead of `ops/cpu_layer_norm.py`'s two custom calls), `lstm_wh_grad` (the Bi-LSTM
 loop's input gradient multiplied by W_h itself, a transposed rhs on every step, instead
 of by a copy of W_h^T made before the loop), `conv_embed` (the patch embedding as XLA's
 strided convolution instead of patchify + matmul), `erfc_gelu`
@@ -57,11 +58,12 @@ from meldae_jax.models import lstm
 from meldae_jax.models import vit
 from meldae_jax.ops import blas_attention
 from meldae_jax.ops import blas_dot
+from meldae_jax.ops import cpu_layer_norm
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
         "flax_attention", "flax_lstm", "lhs_t_weight_grads", "lstm_wh_grad",
-        "xla_weight_grads", "xla_attention", "copy_weight_grads")
+        "xla_weight_grads", "xla_attention", "copy_weight_grads", "flax_layer_norm")
 
 
 class ConvEmbed(nn.Module):
@@ -124,7 +126,9 @@ def undone(variant: str):
             if "sgemm_dots" in names else contextlib.nullcontext())
     attn = (blas_attention.xla_attention() if "xla_attention" in names
             else contextlib.nullcontext())
-    with dots, attn:
+    norm = (cpu_layer_norm.flax_layer_norm() if "flax_layer_norm" in names
+            else contextlib.nullcontext())
+    with dots, attn, norm:
       yield
   finally:
     (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,

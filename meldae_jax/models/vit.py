@@ -21,6 +21,7 @@ import numpy as np
 from meldae_jax.models import attention
 from meldae_jax.models import gelu
 from meldae_jax.ops import blas_dot
+from meldae_jax.ops import cpu_layer_norm
 
 # name -> (width, depth, mlp_dim, num_heads); Table 2 of arXiv:2106.04560.
 # `Mu` is a toy size for tests and the CPU demo.
@@ -101,7 +102,7 @@ class Encoder1DBlock(nn.Module):
   @nn.compact
   def __call__(self, x, _=None):
     xavier = nn.initializers.xavier_uniform()
-    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)(x)
+    y = cpu_layer_norm.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_0")(x)
     y = attention.SelfAttention(
         num_heads=self.num_heads, dtype=self.dtype,
         kernel_init=_part(xavier, ("embed", "heads", "kv")),
@@ -109,7 +110,7 @@ class Encoder1DBlock(nn.Module):
         name="MultiHeadDotProductAttention_0")(y)
     y = nn.Dropout(rate=self.dropout)(y, self.deterministic)
     x = x + y
-    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)(x)
+    y = cpu_layer_norm.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_1")(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
                  deterministic=self.deterministic, dtype=self.dtype)(y)
     y = nn.Dropout(rate=self.dropout)(y, self.deterministic)
@@ -148,8 +149,8 @@ class Encoder(nn.Module):
     else:
       for i in range(self.depth):
         x, _ = block_cls(name=f"encoderblock_{i}", **kw)(x)
-    return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype,
-                        name="encoder_norm")(x)
+    return cpu_layer_norm.LayerNorm(epsilon=LN_EPS, dtype=self.dtype,
+                                    name="encoder_norm")(x)
 
 
 class PatchEmbed(nn.Module):

@@ -12,6 +12,8 @@
 
 #include "xla/ffi/api/ffi.h"
 
+#include "parallel_for.h"
+
 namespace ffi = xla::ffi;
 
 namespace {
@@ -134,43 +136,6 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::
 // unnecessary (docs/performance.md, session 13). Same products, same FLOPs; the softmax
 // and its gradient stay in XLA between the calls.
 
-// Runs body(i) for i in [0, count) on the calling thread and on helpers scheduled on
-// XLA's intra-op pool, in chunks claimed one at a time; the caller never waits for a
-// chunk nobody has started, so a busy pool cannot deadlock it (as Job above).
-template <typename Body>
-void ParallelFor(ffi::ThreadPool& pool, int64_t count, const Body& body) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-    int64_t chunks = 0, per_chunk = 1, count = 0;
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  auto st = std::make_shared<State>();
-  st->count = count;
-  // A few chunks per thread, so a thread slowed by other work leaves its share to others.
-  st->per_chunk = std::max<int64_t>(1, count / (4 * threads));
-  st->chunks = (count + st->per_chunk - 1) / st->per_chunk;
-  auto run = [st, &body] {
-    for (int64_t c; (c = st->next.fetch_add(1)) < st->chunks;) {
-      const int64_t end = std::min(st->count, (c + 1) * st->per_chunk);
-      for (int64_t i = c * st->per_chunk; i < end; ++i) body(i);
-      if (st->done.fetch_add(1) + 1 == st->chunks) {
-        std::lock_guard<std::mutex> lock(st->mu);
-        st->cv.notify_all();
-      }
-    }
-  };
-  // Helpers hold `st` and a reference to `body`, which outlives them: the caller waits
-  // until every chunk is done, and a helper that starts later finds none left.
-  for (int64_t i = 1; i < std::min(threads, st->chunks); ++i) {
-    pool.Schedule([run] { run(); });
-  }
-  run();
-  std::unique_lock<std::mutex> lock(st->mu);
-  st->cv.wait(lock, [&] { return st->done.load() == st->chunks; });
-}
-
 // The shapes every handler shares: q|k|v (N, L, 3D), H heads of dh = D / H.
 struct Dims {
   int64_t n, l, d, h, dh;
@@ -220,7 +185,7 @@ ffi::Error Scores(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
   }
   const float* x = qkv.typed_data();
   float* out = s->typed_data();
-  ParallelFor(pool, d.n * d.h, [&](int64_t i) {
+  meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
     const Head hd = HeadOf(d, i);
     Sgemm(false, true, d.l, d.l, d.dh, scale, hd.q(x), 3 * d.d, hd.k(x), 3 * d.d,
           out + hd.scores(), d.l);
@@ -239,7 +204,7 @@ ffi::Error Context(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p,
   }
   const float *x = qkv.typed_data(), *pp = p.typed_data();
   float* out = ctx->typed_data();
-  ParallelFor(pool, d.n * d.h, [&](int64_t i) {
+  meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
     const Head hd = HeadOf(d, i);
     Sgemm(false, false, d.l, d.dh, d.l, 1.0f, pp + hd.scores(), d.l, hd.v(x), 3 * d.d,
           out + hd.tokens(), d.d);
@@ -258,7 +223,7 @@ ffi::Error ScoresGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dctx,
   }
   const float *x = qkv.typed_data(), *g = dctx.typed_data();
   float* out = dp->typed_data();
-  ParallelFor(pool, d.n * d.h, [&](int64_t i) {
+  meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
     const Head hd = HeadOf(d, i);
     Sgemm(false, true, d.l, d.l, d.dh, 1.0f, g + hd.tokens(), d.d, hd.v(x), 3 * d.d,
           out + hd.scores(), d.l);
@@ -280,7 +245,7 @@ ffi::Error QkvGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ds, ffi::Buffer<f
               *g = dctx.typed_data();
   float* out = dqkv->typed_data();
   const int64_t ld = 3 * d.d;
-  ParallelFor(pool, d.n * d.h, [&](int64_t i) {
+  meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
     const Head hd = HeadOf(d, i);
     float* dq = out + (hd.q(x) - x);
     Sgemm(false, false, d.l, d.dh, d.l, scale, gs + hd.scores(), d.l, hd.k(x), ld, dq, ld);

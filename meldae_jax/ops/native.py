@@ -48,11 +48,13 @@ def compiler() -> str | None:
 
 
 def build(src: pathlib.Path) -> pathlib.Path:
-  """Compiles `src` once per (source, jax version); returns the .so path.
+  """Compiles `src` once per (source, the headers beside it, jax version); returns the
+  .so path.
 
   Raises RuntimeError if there is no compiler or the compile fails."""
   include = jax.ffi.include_dir()
-  key = hashlib.sha256(src.read_bytes() + jax.__version__.encode()
+  headers = b"".join(h.read_bytes() for h in sorted(src.parent.glob("*.h")))
+  key = hashlib.sha256(src.read_bytes() + headers + jax.__version__.encode()
                        + include.encode()).hexdigest()[:16]
   out = cache_dir() / f"{src.stem}-{key}.so"
   if out.exists():
@@ -63,7 +65,7 @@ def build(src: pathlib.Path) -> pathlib.Path:
 
   def compile_to(part: pathlib.Path) -> None:
     cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}",
-           str(src), "-o", str(part)]
+           f"-I{src.parent}", str(src), "-o", str(part)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
       raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")

@@ -16,7 +16,6 @@ Used where `enabled()`: one CPU device (a custom call has no sharding rule), flo
 the sgemm that `blas_dot` found; `MELDAE_CPU_ATTENTION=0` turns it off.
 """
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -51,12 +50,7 @@ def xla_attention():
 
 def enabled(dtype) -> bool:
   """Whether an attention over `dtype` arrays traced now takes this path."""
-  if _FORCED and not _FORCED[-1]:
-    return False
-  if os.environ.get("MELDAE_CPU_ATTENTION", "1") == "0":
-    return False
-  return (jnp.dtype(dtype) == jnp.float32 and blas_dot.one_cpu_device()
-          and available())
+  return blas_dot.float32_path_on(_FORCED, "MELDAE_CPU_ATTENTION", dtype) and available()
 
 
 def _call(name, out_shape, *args, **attrs):

@@ -202,6 +202,16 @@ def within(stack: list, value):
     stack.pop()
 
 
+def float32_path_on(stack: list, env: str, dtype) -> bool:
+  """The common switch of the float32 custom-call paths (attention, LayerNorm): not
+  turned off by `within(stack, False)` nor by $env = '0', float32, one CPU device."""
+  if stack and not stack[-1]:
+    return False
+  if os.environ.get(env, "1") == "0":
+    return False
+  return jnp.dtype(dtype) == jnp.float32 and one_cpu_device()
+
+
 def xla_dots():
   """Within: trace with XLA's dot everywhere (FLOP counts, reference outputs)."""
   return within(_FORCED, False)

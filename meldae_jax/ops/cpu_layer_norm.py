@@ -19,7 +19,6 @@ rounding (flax takes the variance as E[x^2] - E[x]^2).
 import ctypes
 import functools
 import logging
-import os
 import pathlib
 import subprocess
 from typing import Any, Callable
@@ -73,11 +72,7 @@ def flax_layer_norm():
 
 def enabled(dtype) -> bool:
   """Whether a LayerNorm over `dtype` inputs traced now takes the custom calls."""
-  if _FORCED and not _FORCED[-1]:
-    return False
-  if os.environ.get("MELDAE_CPU_LAYERNORM", "1") == "0":
-    return False
-  return (jnp.dtype(dtype) == jnp.float32 and blas_dot.one_cpu_device()
+  return (blas_dot.float32_path_on(_FORCED, "MELDAE_CPU_LAYERNORM", dtype)
           and blas_dot.cpu_has_avx512() and available())
 
 

@@ -100,6 +100,8 @@ def _load(path: str) -> ctypes.CDLL:
   layer chosen before any other call, so it starts no OpenMP threads of its own."""
   if is_mkl(path):
     lib = ctypes.CDLL(path)
+    if not hasattr(lib, "MKL_Set_Threading_Layer"):
+      raise OSError(f"{path} has no MKL_Set_Threading_Layer (not MKL's runtime library?)")
     lib.MKL_Set_Threading_Layer(ctypes.c_int(_MKL_THREADING_SEQUENTIAL))
     return lib
   return ctypes.CDLL(native.private_copy(path))

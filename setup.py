@@ -30,7 +30,7 @@ CORE = [
 EXTRAS = {
     "test": ["pytest>=8", "pytest-xdist>=3.5"],
     # MKL's sgemm for the CPU Dense matmuls on Intel CPUs (meldae_jax/ops/blas_dot.py):
-    # 10-20 % faster than XLA's own dots there (docs/performance.md, session 19). The
+    # 5-20 % faster than XLA's own dots there (docs/performance.md, session 19). The
     # Makefile adds it on Intel hosts.
     "mkl": ["mkl>=2025; platform_system == 'Linux' and platform_machine == 'x86_64'"],
 }
@@ -41,8 +41,8 @@ setuptools.setup(
     description=__doc__,
     python_requires=">=3.12",
     packages=setuptools.find_packages(include=["meldae_jax", "meldae_jax.*"]),
-    # C++ sources compiled on first use (meldae_jax/ops/native.py): the sgemm custom
-    # call and the host allocator.
+    # C++ sources compiled on first use (meldae_jax/ops/native.py): the sgemm and
+    # attention custom calls, the LayerNorm calls and the host allocator.
     package_data={"meldae_jax.ops": ["*.cc", "*.h"]},
     install_requires=CORE,
     extras_require=EXTRAS,

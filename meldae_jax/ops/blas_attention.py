@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from meldae_jax.ops import blas_dot
+from meldae_jax.ops import native
 
 _TARGETS = {"scores": "MeldaeAttentionScores", "context": "MeldaeAttentionContext",
             "scores_grad": "MeldaeAttentionScoresGrad", "qkv_grad": "MeldaeAttentionQkvGrad"}
@@ -33,10 +34,8 @@ def available() -> bool:
   if `blas_dot` could not build or find them (it warns once)."""
   if not blas_dot.available():
     return False
-  so = blas_dot.library()
-  for name, symbol in _TARGETS.items():
-    jax.ffi.register_ffi_target(f"meldae_attention_{name}",
-                                jax.ffi.pycapsule(getattr(so, symbol)), platform="cpu")
+  native.register_targets(blas_dot.library(), {
+      f"meldae_attention_{name}": symbol for name, symbol in _TARGETS.items()})
   return True
 
 

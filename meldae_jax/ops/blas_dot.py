@@ -173,8 +173,7 @@ def available() -> bool:
     so = library()
     address, ilp64, path = _find_sgemm()
     so.meldae_set_sgemm(ctypes.c_void_p(address), ctypes.c_int(int(ilp64)))
-    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(so.MeldaeGemm),
-                                platform="cpu")
+    native.register_targets(so, {_TARGET: "MeldaeGemm"})
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
     logging.warning("CPU sgemm unavailable, using XLA's dot: %s", e)
     return False
@@ -240,13 +239,13 @@ def one_cpu_device() -> bool:
   return jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
-def _wanted(auto: bool) -> bool:
+def _wanted(auto) -> bool:
   """The sgemm switch as `within` (innermost), else MELDAE_CPU_GEMM ('0' off, '1' on),
-  else `auto`."""
+  else `auto()`, asked only then (it may build and load the BLAS)."""
   if _FORCED:
     return _FORCED[-1]
   mode = os.environ.get("MELDAE_CPU_GEMM", "auto")
-  return mode == "1" if mode in ("0", "1") else auto
+  return mode == "1" if mode in ("0", "1") else auto()
 
 
 def sgemm_by_default() -> bool:
@@ -266,7 +265,7 @@ def enabled() -> bool:
   host_alloc.install()  # the CPU step's other half (its own switch): buffers stay mapped
   if not one_cpu_device():
     return False
-  return _wanted(auto=sgemm_by_default()) and available()
+  return _wanted(auto=sgemm_by_default) and available()
 
 
 def cpu_weight_grads() -> bool:
@@ -288,7 +287,7 @@ def sgemm_weight_grads() -> bool:
   MELDAE_CPU_GEMM=0."""
   if not one_cpu_device():
     return False
-  return _wanted(auto=True) and available()
+  return _wanted(auto=lambda: True) and available()
 
 
 _OPERANDS = []  # innermost last: the dtype Dense matmul operands are rounded to, or None

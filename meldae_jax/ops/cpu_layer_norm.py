@@ -51,11 +51,8 @@ def set_plain(on: bool) -> None:
 def available() -> bool:
   """Builds and registers the two handlers once; False (with one warning) if it cannot."""
   try:
-    so = library()
-    jax.ffi.register_ffi_target(_FWD, jax.ffi.pycapsule(so.MeldaeLayerNorm),
-                                platform="cpu")
-    jax.ffi.register_ffi_target(_BWD, jax.ffi.pycapsule(so.MeldaeLayerNormGrad),
-                                platform="cpu")
+    native.register_targets(library(), {_FWD: "MeldaeLayerNorm",
+                                         _BWD: "MeldaeLayerNormGrad"})
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
     logging.warning("CPU LayerNorm unavailable, using flax's: %s", e)
     return False

@@ -72,3 +72,10 @@ def build(src: pathlib.Path) -> pathlib.Path:
 
   _write_atomically(out, compile_to)
   return out
+
+
+def register_targets(so, targets: dict[str, str]) -> None:
+  """Registers each {FFI target name: handler symbol in `so`} for the CPU platform."""
+  for name, symbol in targets.items():
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(so, symbol)),
+                                platform="cpu")

@@ -16,7 +16,9 @@ weight gradients as a row-major copy and YNNPACK's dot, session 13's, instead of
 with a transposed A, `blas_dot.sgemm_weight_grads`), `xla_attention` (the
 attention's products as XLA's batched dots on transposed q, k, v instead of
 `ops/blas_attention.py`'s sgemm per head), `flax_layer_norm` (the ViT's LayerNorms as
-flax computes them instead of `ops/cpu_layer_norm.py`'s two custom calls), `lstm_wh_grad` (the Bi-LSTM
+flax computes them instead of `ops/cpu_layer_norm.py`'s two custom calls),
+`xla_bf16_dots` (with `--dtype bf16_matmul`: XLA's converts and bf16 dots instead of
+`ops/amx_gemm.py`'s AMX call on CPUs with AMX), `lstm_wh_grad` (the Bi-LSTM
 loop's input gradient multiplied by W_h itself, a transposed rhs on every step, instead
 of by a copy of W_h^T made before the loop), `conv_embed` (the patch embedding as XLA's
 strided convolution instead of patchify + matmul), `erfc_gelu`
@@ -56,6 +58,7 @@ from meldae_jax.models import attention
 from meldae_jax.models import gelu
 from meldae_jax.models import lstm
 from meldae_jax.models import vit
+from meldae_jax.ops import amx_gemm
 from meldae_jax.ops import blas_attention
 from meldae_jax.ops import blas_dot
 from meldae_jax.ops import cpu_layer_norm
@@ -63,7 +66,8 @@ from meldae_jax.ops import cpu_layer_norm
 
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
         "flax_attention", "flax_lstm", "lhs_t_weight_grads", "lstm_wh_grad",
-        "xla_weight_grads", "xla_attention", "copy_weight_grads", "flax_layer_norm")
+        "xla_weight_grads", "xla_attention", "copy_weight_grads", "flax_layer_norm",
+        "xla_bf16_dots")
 
 
 class ConvEmbed(nn.Module):
@@ -128,7 +132,9 @@ def undone(variant: str):
             else contextlib.nullcontext())
     norm = (cpu_layer_norm.flax_layer_norm() if "flax_layer_norm" in names
             else contextlib.nullcontext())
-    with dots, attn, norm:
+    amx = (amx_gemm.xla_bf16_dots() if "xla_bf16_dots" in names
+           else contextlib.nullcontext())
+    with dots, attn, norm, amx:
       yield
   finally:
     (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,

@@ -11,7 +11,7 @@ the step spent in thunks, which is close to its wall time. Lines, all per step:
   `overlap`   wall ms with `products` matmul thunks and `others` other thunks running;
   `products`  each matmul shape (lhs, rhs, out, where in the model): calls, ms (shares),
               GFLOP/s on those shares; YNNPACK's dot fusions, XLA's dots and the sgemm
-              custom calls (`meldae_gemm`), the FLOPs read from the compiled HLO;
+              custom calls (`meldae_gemm`, `meldae_amx_gemm`), the FLOPs read from the compiled HLO;
   `category`  ms per (kind of thunk, part of the model);
   `alone`     the thunks that ran with no other thunk beside them (`--top`), summed over
               the encoder blocks; XLA's own loop fusions run on one core, so there the
@@ -73,7 +73,7 @@ def part_of(op_name: str) -> str:
 _DOT = re.compile(r"= \w+\[([\d,]*)\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\),[^\n]*?"
                   r"lhs_contracting_dims=\{([\d,]*)\}")
 _GEMM = re.compile(r"custom-call\(%([\w.\-]+), %([\w.\-]+)\)[^\n]*"
-                   r"custom_call_target=\"meldae_gemm\"")
+                   r"custom_call_target=\"meldae_(?:amx_)?gemm\"")
 
 
 def _product(text: str, shapes: dict):

@@ -1,5 +1,6 @@
 """The sgemm custom call (meldae_jax/ops/blas_dot.py): same results as XLA's dot, and
 really taken (the lowered program holds the custom call) where it should be."""
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from meldae_jax.ops import amx_gemm
 from meldae_jax.ops import blas_dot
 from meldae_jax.ops import native
 
@@ -157,6 +159,7 @@ def test_mkl_is_tried_first_on_intel_cpus_only(monkeypatch, tmp_path, intel):
 _MKL_CHILD = """
 import json, numpy as np, jax
 import meldae_jax
+from meldae_jax.ops import amx_gemm
 from meldae_jax.ops import blas_dot
 a = np.random.default_rng(0).standard_normal((300, 70), np.float32)
 b = np.random.default_rng(1).standard_normal((70, 90), np.float32)
@@ -215,18 +218,25 @@ def test_vit_dense_layers_take_the_gemm_path():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("path", ["xla", "amx"])
 @pytest.mark.parametrize("k,n", [(8, 3), (3, 8), (6, 6)])  # both ways of weight_grad
-def test_matmul_operands_rounds_to_bf16_and_keeps_float32(k, n):
+def test_matmul_operands_rounds_to_bf16_and_keeps_float32(k, n, path):
   """Within `matmul_operands(bfloat16)`: the product of the bf16-rounded operands with
-  float32 sums, float32 out; its gradients are products of rounded values too."""
+  float32 sums, float32 out; its gradients are products of rounded values too. Both
+  paths: XLA's converts and bf16 dots, and `amx_gemm`'s call (on CPUs with AMX)."""
+  if path == "amx" and not amx_gemm.enabled(jnp.bfloat16):
+    pytest.skip("no AMX on this host")
   a, b = _rand((2, 5, k), 0), _rand((k, n), 1)
   w = _rand((2, 5, n), 2)
   fn = lambda: lambda a, b: jnp.sum(w * blas_dot.dot_general(a, b, DENSE))  # noqa: E731
-  with blas_dot.matmul_operands(jnp.bfloat16):
+  xla = amx_gemm.xla_bf16_dots() if path == "xla" else contextlib.nullcontext()
+  with blas_dot.matmul_operands(jnp.bfloat16), xla:
     ours = lambda a, b: blas_dot.dot_general(a, b, DENSE)  # noqa: E731
     out = jax.jit(ours)(a, b)
     grads = jax.jit(jax.grad(fn(), (0, 1)))(a, b)
     assert not _uses_gemm(ours, a, b)
+    hlo = jax.jit(jax.value_and_grad(fn(), (0, 1))).lower(a, b).as_text()
+    assert hlo.count("@meldae_amx_gemm") == (3 if path == "amx" else 0)
   r = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
   assert out.dtype == jnp.float32
   np.testing.assert_allclose(out, jnp.einsum("bmk,kn->bmn", r(a), r(b)), rtol=1e-6,
@@ -262,7 +272,7 @@ def test_bf16_weight_gradients_stay_bf16_dots(k, n, monkeypatch):
   a, b, w = _rand((64, k), 0), _rand((k, n), 1), _rand((64, n), 2)
 
   def dots():
-    with blas_dot.matmul_operands(jnp.bfloat16):
+    with blas_dot.matmul_operands(jnp.bfloat16), amx_gemm.xla_bf16_dots():
       loss = lambda a, b: jnp.sum(  # noqa: E731
           w * blas_dot.dot_general(a, b, (((1,), (0,)), ((), ()))))
       hlo = jax.jit(jax.grad(loss, (0, 1))).lower(a, b).compile().as_text()

@@ -310,17 +310,28 @@ def rounded_gemm(a, b, dtype):
   """(M, K) @ (K, N) float32 with both operands rounded to `dtype`, float32 sums; its
   gradients are the same kind of product (g rounded too), as under autocast. The weight
   gradient is `weight_grad`'s. With `dtype` float32 nothing is rounded: XLA's float32
-  dot with `weight_grad`'s weight gradient (`cpu_weight_grads`)."""
+  dot with `weight_grad`'s weight gradient (`cpu_weight_grads`). Rounded to bf16 on
+  a CPU with AMX, all three products are `amx_gemm`'s, which rounds as it packs."""
   return _rounded_fwd(a, b, dtype)[0]
 
 
+def _amx():
+  """`amx_gemm`, imported when first needed (it imports this module)."""
+  from meldae_jax.ops import amx_gemm  # pylint: disable=g-import-not-at-top
+  return amx_gemm
+
+
 def _rounded_fwd(a, b, dtype):
+  if _amx().enabled(dtype):  # rounds while it packs: float32 residuals, no converts
+    return _amx().gemm(a, b), (a, b)
   a16, b16 = a.astype(dtype), b.astype(dtype)
   return lax.dot(a16, b16, preferred_element_type=jnp.float32), (a16, b16)
 
 
 def _rounded_bwd(dtype, res, g):
   a16, b16 = res
+  if a16.dtype != jnp.dtype(dtype):  # the forward took amx_gemm (float32 residuals)
+    return _amx().gemm(g, b16, trans_b=True), _amx().gemm(a16, g, trans_a=True)
   g16 = g.astype(dtype)
   da = lax.dot_general(g16, b16, (((1,), (1,)), ((), ())),
                        preferred_element_type=jnp.float32)

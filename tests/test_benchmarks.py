@@ -352,11 +352,15 @@ def test_attention_calls_says_when_the_calls_are_off(monkeypatch):
     attention_calls.measure("tiny", reps=1)
 
 
-@pytest.mark.parametrize("which,dtype", [("jax", "fp32"), ("jax", "bf16"), ("sgemm", "fp32")])
+@pytest.mark.parametrize("which,dtype", [("jax", "fp32"), ("jax", "bf16"), ("sgemm", "fp32"),
+                                         ("amx", "bf16")])
 def test_matmul_shapes_prints_a_rate_per_shape(capsys, which, dtype):
   from benchmarks import matmul_shapes  # pylint: disable=g-import-not-at-top
+  from meldae_jax.ops import amx_gemm  # pylint: disable=g-import-not-at-top
   if which == "sgemm" and not blas_dot.available():
     pytest.skip("no sgemm custom call on this host")
+  if which == "amx" and not amx_gemm.available():
+    pytest.skip("no AMX on this host")
   matmul_shapes.main(which, dtype, shapes=[(64, 32, 48), (16, 8, 24)])
   lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
   assert [(l["m"], l["k"], l["n"]) for l in lines] == [(64, 32, 48), (16, 8, 24)]
@@ -365,7 +369,9 @@ def test_matmul_shapes_prints_a_rate_per_shape(capsys, which, dtype):
     assert l["gflops_per_s"] == pytest.approx(2 * l["m"] * l["k"] * l["n"] / l["median_ms"] / 1e6)
 
 
-def test_matmul_shapes_bf16_is_for_jax_and_torch_only():
+def test_matmul_shapes_bf16_is_for_jax_torch_and_amx_only():
   from benchmarks import matmul_shapes  # pylint: disable=g-import-not-at-top
-  with pytest.raises(ValueError, match="bf16 is for jax and torch"):
+  with pytest.raises(ValueError, match="bf16 is for jax, torch and amx"):
     matmul_shapes.main("numpy", "bf16")
+  with pytest.raises(ValueError, match="pass --dtype bf16"):
+    matmul_shapes.main("amx", "fp32")

@@ -133,27 +133,54 @@ void PackTile(const float* x, int64_t ld, bool along_rows, int64_t r0, int64_t r
     }                                                                                   \
   } while (0)
 
+// A 16 x 16 float32 tile register loaded from C's rows r0.., columns c0.. (zeros past
+// C's edges): to go on summing into it.
+#define MELDAE_LOAD_TILE(t, r0, c0)                                                     \
+  do {                                                                                  \
+    if ((r0) + 16 <= m && (c0) + 16 <= n) {                                             \
+      _tile_loadd(t, c + (r0) * ldc + (c0), ldc * sizeof(float));                       \
+    } else {                                                                            \
+      alignas(64) float tmp[256] = {};                                                  \
+      for (int64_t i = 0; i < std::min<int64_t>(16, m - (r0)); ++i) {                    \
+        std::memcpy(tmp + 16 * i, c + ((r0) + i) * ldc + (c0),                          \
+                    sizeof(float) * std::max<int64_t>(0, std::min<int64_t>(16, n - (c0)))); \
+      }                                                                                 \
+      asm volatile("" ::: "memory");                                                    \
+      _tile_loadd(t, tmp, 64);                                                          \
+    }                                                                                   \
+  } while (0)
+
 // C's 32 x 32 block at rows r0.., columns c0.. (RM, RN: 1 or 2 tiles of 16 valid in
-// the packing), from the packed A tiles `ap` (row tile r0/16, all k) and B tiles `bp`.
+// the packing): the sum over `kcount` k-tiles of the packed A tiles from `ap` (the
+// second row tile `stride` tiles further) and B tiles from `bp` (likewise), added to
+// C's values when `accumulate` (a later part of a split contraction).
 template <int RM, int RN>
-void Block(const uint16_t* ap, const uint16_t* bp, int64_t kts, float* c, int64_t ldc,
-           int64_t m, int64_t n, int64_t r0, int64_t c0) {
-  _tile_zero(0);
-  if constexpr (RN == 2) _tile_zero(1);
-  if constexpr (RM == 2) _tile_zero(2);
-  if constexpr (RM == 2 && RN == 2) _tile_zero(3);
-  for (int64_t kt = 0; kt < kts; ++kt) {
+void Block(const uint16_t* ap, const uint16_t* bp, int64_t stride, int64_t kcount,
+           bool accumulate, float* c, int64_t ldc, int64_t m, int64_t n, int64_t r0,
+           int64_t c0) {
+  if (accumulate) {
+    MELDAE_LOAD_TILE(0, r0, c0);
+    if constexpr (RN == 2) MELDAE_LOAD_TILE(1, r0, c0 + 16);
+    if constexpr (RM == 2) MELDAE_LOAD_TILE(2, r0 + 16, c0);
+    if constexpr (RM == 2 && RN == 2) MELDAE_LOAD_TILE(3, r0 + 16, c0 + 16);
+  } else {
+    _tile_zero(0);
+    if constexpr (RN == 2) _tile_zero(1);
+    if constexpr (RM == 2) _tile_zero(2);
+    if constexpr (RM == 2 && RN == 2) _tile_zero(3);
+  }
+  for (int64_t kt = 0; kt < kcount; ++kt) {
     // Each load as late as its first reader allows: AMX does not rename tile
     // registers, so a load waits for the products still reading its register.
     _tile_loadd(4, ap + kt * kTile, 64);
     _tile_loadd(6, bp + kt * kTile, 64);
     _tile_dpbf16ps(0, 4, 6);
     if constexpr (RN == 2) {
-      _tile_loadd(7, bp + (kts + kt) * kTile, 64);
+      _tile_loadd(7, bp + (stride + kt) * kTile, 64);
       _tile_dpbf16ps(1, 4, 7);
     }
     if constexpr (RM == 2) {
-      _tile_loadd(5, ap + (kts + kt) * kTile, 64);
+      _tile_loadd(5, ap + (stride + kt) * kTile, 64);
       _tile_dpbf16ps(2, 5, 6);
     }
     if constexpr (RM == 2 && RN == 2) _tile_dpbf16ps(3, 5, 7);
@@ -164,6 +191,22 @@ void Block(const uint16_t* ap, const uint16_t* bp, int64_t kts, float* c, int64_
   if constexpr (RM == 2 && RN == 2) MELDAE_STORE_TILE(3, r0 + 16, c0 + 16);
 }
 
+// Block<RM, RN> for the row and column tiles left at this block.
+void AnyBlock(int64_t rm, int64_t rn, const uint16_t* ap, const uint16_t* bp,
+              int64_t stride, int64_t kcount, bool accumulate, float* c, int64_t ldc,
+              int64_t m, int64_t n, int64_t r0, int64_t c0) {
+  if (rm == 2 && rn == 2) {
+    Block<2, 2>(ap, bp, stride, kcount, accumulate, c, ldc, m, n, r0, c0);
+  } else if (rm == 2) {
+    Block<2, 1>(ap, bp, stride, kcount, accumulate, c, ldc, m, n, r0, c0);
+  } else if (rn == 2) {
+    Block<1, 2>(ap, bp, stride, kcount, accumulate, c, ldc, m, n, r0, c0);
+  } else {
+    Block<1, 1>(ap, bp, stride, kcount, accumulate, c, ldc, m, n, r0, c0);
+  }
+}
+
+#undef MELDAE_LOAD_TILE
 #undef MELDAE_STORE_TILE
 
 // Eight 16 x 64-byte tiles. A constant in memory: GCC's _tile_loadconfig declares only
@@ -223,65 +266,71 @@ ffi::Error AmxGemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ff
   }
   const int64_t mts = (m + 15) / 16, nts = (n + 15) / 16, kts = (k + 31) / 32;
   const int64_t mblocks = (mts + 1) / 2, nblocks = (nts + 1) / 2;
-  // C is computed in 32-row blocks by groups of 32-column blocks whose packed B (up to
-  // 1.5 MiB) stays in a core's L2 while the row blocks pass over it. With one group
-  // (all of the step's forward and input-gradient shapes), each row block packs its
-  // own 32 rows of A just before it multiplies them, while they are in cache; with
-  // several, A is packed once beforehand, as B always is.
-  const int64_t per_group = std::max<int64_t>(1, (1536 << 10) / (2 * kts * 2 * kTile));
+  // C is computed in 32-row blocks by groups of 32-column blocks whose packed B stays
+  // in a core's L2 (up to 1.5 MiB) while the row blocks pass over it, and a long
+  // contraction in parts of up to 512 (16 k-tiles), so that a row block's A tiles
+  // (32 KiB) stay in L1 meanwhile; C sums the parts. With one part and one group (the
+  // step's forward and input-gradient shapes), each row block packs its own 32 rows
+  // of A just before it multiplies them, while they are in cache; else A is packed
+  // once beforehand, as B always is.
+  const int64_t kpart = std::min<int64_t>(kts, 16), parts = (kts + kpart - 1) / kpart;
+  const int64_t per_group = std::max<int64_t>(1, (1536 << 10) / (2 * kpart * 2 * kTile));
   const int64_t groups = (nblocks + per_group - 1) / per_group;
-  const bool pack_a_first = groups > 1;
-  const int64_t a_strips = pack_a_first ? mts : 0;
-  uint16_t* bp = Scratch((a_strips + nts) * kts * kTile, 0);
+  const bool pack_a_first = groups > 1 || parts > 1;
+  uint16_t* bp = Scratch(((pack_a_first ? mts : 0) + nts) * kts * kTile, 0);
   if (bp == nullptr) return ffi::Error::Internal("meldae_amx_gemm: out of memory");
   uint16_t* ap = bp + nts * kts * kTile;
   const float *x = a.typed_data(), *y = b.typed_data();
-  // A strip: 16 rows, all k. A is M x K along rows, or transposed (K x M).
-  auto pack_a = [&](int64_t i, uint16_t* dst) {
-    for (int64_t kt = 0; kt < kts; ++kt) {
-      PackTile(x, ad[1], !trans_a, 16 * i, m, 32 * kt, k, false, dst + kt * kTile);
-    }
+  // A's tile (row strip i, k-tile kt): A is M x K along rows, or transposed (K x M).
+  auto pack_a = [&](int64_t i, int64_t kt, uint16_t* dst) {
+    PackTile(x, ad[1], !trans_a, 16 * i, m, 32 * kt, k, false, dst);
   };
-  // B strip: 16 columns, all k. B is K x N (k-pairs down columns), or N x K.
-  auto pack_b = [&](int64_t j, uint16_t* dst) {
-    for (int64_t kt = 0; kt < kts; ++kt) {
-      PackTile(y, bd[1], trans_b, 16 * j, n, 32 * kt, k, true, dst + kt * kTile);
-    }
+  // B's tile (column strip j, k-tile kt): B is K x N (k-pairs down columns), or N x K.
+  auto pack_b = [&](int64_t j, int64_t kt) {
+    PackTile(y, bd[1], trans_b, 16 * j, n, 32 * kt, k, true, bp + (j * kts + kt) * kTile);
   };
-  meldae::ParallelFor(pool, nts + a_strips, [&](int64_t i) {
-    if (i < nts) {
-      pack_b(i, bp + i * kts * kTile);
+  // An operand whose contraction runs along its rows is packed a strip at a time (each
+  // row read in order); one whose contraction runs down its columns a k-tile at a time,
+  // over all strips (32 rows read in order), not down 32 x kts rows per strip.
+  const bool b_by_strip = trans_b, a_by_strip = !trans_a;
+  const int64_t b_tasks = b_by_strip ? nts : kts;
+  const int64_t a_tasks = !pack_a_first ? 0 : a_by_strip ? mts : kts;
+  meldae::ParallelFor(pool, b_tasks + a_tasks, [&](int64_t t) {
+    if (t < b_tasks) {
+      for (int64_t u = 0; u < (b_by_strip ? kts : nts); ++u) {
+        b_by_strip ? pack_b(t, u) : pack_b(u, t);
+      }
     } else {
-      pack_a(i - nts, ap + (i - nts) * kts * kTile);
-    }
-  });
-  meldae::ParallelFor(pool, groups * mblocks, [&](int64_t i) {
-    const int64_t g = i / mblocks, mb = i % mblocks;
-    const int64_t rt = 2 * mb, rm = std::min<int64_t>(2, mts - rt);
-    const uint16_t* arow = ap + rt * kts * kTile;
-    if (!pack_a_first) {
-      uint16_t* panel = Scratch(2 * kts * kTile, 1);
-      if (panel == nullptr) std::abort();  // 2 x K bf16 rows: a few hundred KiB at most
-      for (int64_t r = 0; r < rm; ++r) pack_a(rt + r, panel + r * kts * kTile);
-      arow = panel;
-    }
-    ConfigureTiles();
-    for (int64_t nb = g * per_group; nb < std::min(nblocks, (g + 1) * per_group); ++nb) {
-      const int64_t ct = 2 * nb, rn = std::min<int64_t>(2, nts - ct);
-      const uint16_t* bcol = bp + ct * kts * kTile;
-      const int64_t r0 = 16 * rt, c0 = 16 * ct;
-      if (rm == 2 && rn == 2) {
-        Block<2, 2>(arow, bcol, kts, c, n, m, n, r0, c0);
-      } else if (rm == 2) {
-        Block<2, 1>(arow, bcol, kts, c, n, m, n, r0, c0);
-      } else if (rn == 2) {
-        Block<1, 2>(arow, bcol, kts, c, n, m, n, r0, c0);
-      } else {
-        Block<1, 1>(arow, bcol, kts, c, n, m, n, r0, c0);
+      t -= b_tasks;
+      for (int64_t u = 0; u < (a_by_strip ? kts : mts); ++u) {
+        const int64_t i = a_by_strip ? t : u, kt = a_by_strip ? u : t;
+        pack_a(i, kt, ap + (i * kts + kt) * kTile);
       }
     }
-    ReleaseTiles();
   });
+  for (int64_t part = 0; part < parts; ++part) {  // one after the other: C sums them
+    const int64_t k0 = part * kpart, kcount = std::min(kpart, kts - k0);
+    meldae::ParallelFor(pool, groups * mblocks, [&](int64_t i) {
+      const int64_t g = i / mblocks, mb = i % mblocks;
+      const int64_t rt = 2 * mb, rm = std::min<int64_t>(2, mts - rt);
+      const uint16_t* arow = ap + rt * kts * kTile;
+      if (!pack_a_first) {
+        uint16_t* panel = Scratch(2 * kts * kTile, 1);
+        if (panel == nullptr) std::abort();  // 2 x K bf16 rows: a few hundred KiB at most
+        for (int64_t kt = 0; kt < kts; ++kt) {
+          for (int64_t r = 0; r < rm; ++r) pack_a(rt + r, kt, panel + (r * kts + kt) * kTile);
+        }
+        arow = panel;
+      }
+      ConfigureTiles();
+      for (int64_t nb = g * per_group; nb < std::min(nblocks, (g + 1) * per_group); ++nb) {
+        const int64_t ct = 2 * nb, rn = std::min<int64_t>(2, nts - ct);
+        AnyBlock(rm, rn, arow + k0 * kTile, bp + (ct * kts + k0) * kTile, kts, kcount,
+                 part > 0, c, n, m, n, 16 * rt, 16 * ct);
+      }
+      ReleaseTiles();
+    });
+  }
   return ffi::Error::Success();
 }
 

@@ -3,7 +3,8 @@
   python benchmarks/ab_step.py --config Ti112 --mode train current xla_dots conv_embed
 
 Each variant is the project's step (`step.py`) with some choices changed, joined by
-'+': `xla_dots` (XLA's dot instead of the sgemm custom call, `meldae_jax/ops/blas_dot.py`),
+'+': `xla_dots` (XLA's dot instead of the sgemm custom call, `meldae_jax/ops/blas_dot.py`,
+and instead of the AMX call),
 `sgemm_dots` (the sgemm custom call also where the project would use XLA's dot, on
 AVX-512 CPUs), `flax_attention` (flax's attention module: three q/k/v matmuls instead
 of one, `models/attention.py`), `flax_lstm` (flax's Bi-LSTM modules: the input

@@ -115,7 +115,7 @@ def test_vit_bf16_matmul_takes_amx_and_agrees():
 
 def test_enabled_only_for_bf16_on_one_cpu_device_with_amx(monkeypatch):
   """The switch, on any host: bf16 only; off without AMX, with MELDAE_CPU_AMX=0, within
-  `xla_bf16_dots`, and off a single CPU device."""
+  `xla_bf16_dots` or `blas_dot.xla_dots`, and off a single CPU device."""
   monkeypatch.delenv("MELDAE_CPU_AMX", raising=False)
   monkeypatch.setattr(amx_gemm, "available", lambda: True)
   monkeypatch.setattr(blas_dot, "one_cpu_device", lambda: True)
@@ -123,6 +123,10 @@ def test_enabled_only_for_bf16_on_one_cpu_device_with_amx(monkeypatch):
   assert not amx_gemm.enabled(jnp.float32) and not amx_gemm.enabled(jnp.float16)
   with amx_gemm.xla_bf16_dots():
     assert not amx_gemm.enabled(jnp.bfloat16)
+  with blas_dot.xla_dots():  # XLA's dots everywhere: FLOP counts, reference outputs
+    assert not amx_gemm.enabled(jnp.bfloat16)
+    with blas_dot.sgemm_dots():
+      assert amx_gemm.enabled(jnp.bfloat16)
   monkeypatch.setenv("MELDAE_CPU_AMX", "0")
   assert not amx_gemm.enabled(jnp.bfloat16)
   monkeypatch.delenv("MELDAE_CPU_AMX")

@@ -12,7 +12,8 @@ operands; the float32 sums differ from XLA's by their order. Like AMX itself (an
 XLA's AMX dots), the conversion flushes float32 subnormals (|x| < 1.2e-38) to zero.
 
 `MELDAE_CPU_AMX=0` turns it off (XLA's bf16 dots); `xla_bf16_dots()` does so within a
-trace (benchmarks, tests). The handler is built with the system C++ compiler at first
+trace (benchmarks, tests), and so does `blas_dot.xla_dots()` (XLA's dots everywhere:
+FLOP counts, reference outputs). The handler is built with the system C++ compiler at first
 use (`native.build`); Linux must grant the process AMX's tile state (arch_prctl), which
 `available` asks for once.
 """
@@ -81,8 +82,11 @@ def xla_bf16_dots():
 
 def enabled(dtype) -> bool:
   """Whether a Dense matmul rounded to `dtype`, traced now, takes the AMX call: bf16,
-  one CPU device, not turned off ($MELDAE_CPU_AMX=0, `xla_bf16_dots`), AMX here."""
+  one CPU device, not turned off ($MELDAE_CPU_AMX=0, `xla_bf16_dots`,
+  `blas_dot.xla_dots`), AMX here."""
   if jnp.dtype(dtype) != jnp.bfloat16 or (_FORCED and not _FORCED[-1]):
+    return False
+  if blas_dot.within_xla_dots():
     return False
   if os.environ.get("MELDAE_CPU_AMX", "1") == "0":
     return False

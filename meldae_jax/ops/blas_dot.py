@@ -214,8 +214,14 @@ def float32_path_on(stack: list, env: str, dtype) -> bool:
 
 
 def xla_dots():
-  """Within: trace with XLA's dot everywhere (FLOP counts, reference outputs)."""
+  """Within: trace with XLA's dot everywhere (FLOP counts, reference outputs), the
+  bf16-rounded products (`amx_gemm`) included."""
   return within(_FORCED, False)
+
+
+def within_xla_dots() -> bool:
+  """Whether the innermost of `xla_dots` / `sgemm_dots` now is `xla_dots`."""
+  return bool(_FORCED) and not _FORCED[-1]
 
 
 def sgemm_dots():

@@ -31,11 +31,13 @@ def _rounded64(x):
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("mkn", [(1, 1, 1), (17, 33, 15), (32, 64, 32), (33, 31, 47),
-                                 (40, 70, 50), (3, 200, 5), (100, 2000, 1200)])
+                                 (40, 70, 50), (3, 200, 5), (40, 1100, 50),
+                                 (100, 2000, 1200)])
 def test_product_of_rounded_operands(mkn, trans_a, trans_b):
   """Every layout, sizes that are and are not multiples of the tiles (16 rows and
   columns, 32 along k), one element, and a shape whose packed B is split into groups
-  (100 x 2000 x 1200): float32 sums of the bf16-rounded operands."""
+  (100 x 2000 x 1200), one whose contraction goes in parts (40 x 1100 x 50): float32
+  sums of the bf16-rounded operands."""
   m, k, n = mkn
   a = _rand((k, m) if trans_a else (m, k), 0)
   b = _rand((n, k) if trans_b else (k, n), 1)

@@ -266,17 +266,18 @@ ffi::Error AmxGemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ff
   }
   const int64_t mts = (m + 15) / 16, nts = (n + 15) / 16, kts = (k + 31) / 32;
   const int64_t mblocks = (mts + 1) / 2, nblocks = (nts + 1) / 2;
-  // C is computed in 32-row blocks by groups of 32-column blocks whose packed B stays
-  // in a core's L2 (up to 1.5 MiB) while the row blocks pass over it, and a long
-  // contraction in parts of up to 512 (16 k-tiles), so that a row block's A tiles
-  // (32 KiB) stay in L1 meanwhile; C sums the parts. With one part and one group (the
-  // step's forward and input-gradient shapes), each row block packs its own 32 rows
-  // of A just before it multiplies them, while they are in cache; else A is packed
-  // once beforehand, as B always is.
-  const int64_t kpart = std::min<int64_t>(kts, 16), parts = (kts + kpart - 1) / kpart;
-  const int64_t per_group = std::max<int64_t>(1, (1536 << 10) / (2 * kpart * 2 * kTile));
+  // C is computed in 32-row blocks by groups of 32-column blocks whose packed B (all of
+  // k, up to 1.5 MiB) stays in a core's L2 while the row blocks of that group pass over
+  // it. Within a row block, a long contraction goes in parts of up to 512 (16 k-tiles)
+  // over the group's columns, so that the row block's A tiles of one part (32 KiB) stay
+  // in L1 and the group's C (summing the parts) in L1 or L2. With one group (all of the
+  // step's forward and input-gradient shapes), each row block packs its own 32 rows of
+  // A just before it multiplies them, while they are in cache; else A is packed once
+  // beforehand, as B always is.
+  const int64_t parts = (kts + 15) / 16, kpart = (kts + parts - 1) / parts;
+  const int64_t per_group = std::max<int64_t>(1, (1536 << 10) / (2 * kts * 2 * kTile));
   const int64_t groups = (nblocks + per_group - 1) / per_group;
-  const bool pack_a_first = groups > 1 || parts > 1;
+  const bool pack_a_first = groups > 1;
   uint16_t* bp = Scratch(((pack_a_first ? mts : 0) + nts) * kts * kTile, 0);
   if (bp == nullptr) return ffi::Error::Internal("meldae_amx_gemm: out of memory");
   uint16_t* ap = bp + nts * kts * kTile;
@@ -308,29 +309,30 @@ ffi::Error AmxGemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ff
       }
     }
   });
-  for (int64_t part = 0; part < parts; ++part) {  // one after the other: C sums them
-    const int64_t k0 = part * kpart, kcount = std::min(kpart, kts - k0);
-    meldae::ParallelFor(pool, groups * mblocks, [&](int64_t i) {
-      const int64_t g = i / mblocks, mb = i % mblocks;
-      const int64_t rt = 2 * mb, rm = std::min<int64_t>(2, mts - rt);
-      const uint16_t* arow = ap + rt * kts * kTile;
-      if (!pack_a_first) {
-        uint16_t* panel = Scratch(2 * kts * kTile, 1);
-        if (panel == nullptr) std::abort();  // 2 x K bf16 rows: a few hundred KiB at most
-        for (int64_t kt = 0; kt < kts; ++kt) {
-          for (int64_t r = 0; r < rm; ++r) pack_a(rt + r, kt, panel + (r * kts + kt) * kTile);
-        }
-        arow = panel;
+  meldae::ParallelFor(pool, groups * mblocks, [&](int64_t i) {
+    const int64_t g = i / mblocks, mb = i % mblocks;
+    const int64_t rt = 2 * mb, rm = std::min<int64_t>(2, mts - rt);
+    const uint16_t* arow = ap + rt * kts * kTile;
+    if (!pack_a_first) {
+      uint16_t* panel = Scratch(2 * kts * kTile, 1);
+      if (panel == nullptr) std::abort();  // 2 x K bf16 rows: a few hundred KiB at most
+      for (int64_t kt = 0; kt < kts; ++kt) {
+        for (int64_t r = 0; r < rm; ++r) pack_a(rt + r, kt, panel + (r * kts + kt) * kTile);
       }
-      ConfigureTiles();
-      for (int64_t nb = g * per_group; nb < std::min(nblocks, (g + 1) * per_group); ++nb) {
+      arow = panel;
+    }
+    ConfigureTiles();
+    const int64_t nb_end = std::min(nblocks, (g + 1) * per_group);
+    for (int64_t k0 = 0; k0 < kts; k0 += kpart) {  // the parts in turn: C sums them
+      const int64_t kcount = std::min(kpart, kts - k0);
+      for (int64_t nb = g * per_group; nb < nb_end; ++nb) {
         const int64_t ct = 2 * nb, rn = std::min<int64_t>(2, nts - ct);
         AnyBlock(rm, rn, arow + k0 * kTile, bp + (ct * kts + k0) * kTile, kts, kcount,
-                 part > 0, c, n, m, n, 16 * rt, 16 * ct);
+                 k0 > 0, c, n, m, n, 16 * rt, 16 * ct);
       }
-      ReleaseTiles();
-    });
-  }
+    }
+    ReleaseTiles();
+  });
   return ffi::Error::Success();
 }
 

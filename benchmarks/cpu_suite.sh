@@ -49,8 +49,18 @@ if [[ $what == bf16 || $what == all ]]; then
   $PY benchmarks/bf16_loss.py --config Ti112 --steps 30 >> "$OUT/bf16_loss.jsonl"
   $PY benchmarks/bf16_loss.py --config Ti112 --steps 30 --dtype bf16_matmul >> "$OUT/bf16_loss.jsonl"
   $PY benchmarks/dot_forms.py >> "$OUT/dot_forms.jsonl"  # each Dense product, fp32 and bf16
-  $PY benchmarks/ab_step.py --config Ti112 --dtype bf16_matmul current lhs_t_weight_grads \
-    --rounds 6 >> "$OUT/ab_step.jsonl"
+  $PY benchmarks/bf16_loss.py --config S112 --steps 30 --dtype bf16_matmul >> "$OUT/bf16_loss.jsonl"
+  # XLA's bf16 path (the AMX call off): weight gradients as dots on a row-major copy
+  MELDAE_CPU_AMX=0 $PY benchmarks/ab_step.py --config Ti112 --dtype bf16_matmul current \
+    lhs_t_weight_grads --rounds 6 >> "$OUT/ab_step.jsonl"
+  # on CPUs with AMX: the AMX call against XLA's converts and bf16 dots
+  for c in Ti112 S112; do
+    $PY benchmarks/ab_step.py --config $c --dtype bf16_matmul current xla_bf16_dots \
+      --rounds 8 --per-turn 3 >> "$OUT/ab_step.jsonl"
+  done
+  $PY benchmarks/matmul_shapes.py amx --dtype bf16 >> "$OUT/matmul_shapes.jsonl"
+  $PY benchmarks/matmul_shapes.py jax --dtype bf16 >> "$OUT/matmul_shapes.jsonl"
+  $TORCH_PY benchmarks/matmul_shapes.py torch --dtype bf16 >> "$OUT/matmul_shapes.jsonl"
 fi
 if [[ $what == jax || $what == all ]]; then
   for c in Ti112 S112; do

@@ -24,7 +24,6 @@ import os
 import pathlib
 import subprocess
 
-import jax
 import jax.numpy as jnp
 
 from meldae_jax.ops import blas_dot
@@ -99,9 +98,5 @@ def gemm(a, b, trans_a: bool = False, trans_b: bool = False):
   differentiable itself (`blas_dot.rounded_gemm` is)."""
   if not available():
     raise RuntimeError("the AMX bf16 GEMM is unavailable on this host")
-  m = a.shape[1] if trans_a else a.shape[0]
-  n = b.shape[0] if trans_b else b.shape[1]
-  return jax.ffi.ffi_call(
-      _TARGET, jax.ShapeDtypeStruct((m, n), jnp.float32),
-      vmap_method="sequential")(a.astype(jnp.float32), b.astype(jnp.float32),
-                                trans_a=trans_a, trans_b=trans_b)
+  return native.gemm_call(_TARGET, a.astype(jnp.float32), b.astype(jnp.float32),
+                          trans_a, trans_b)

@@ -387,11 +387,7 @@ rounded_gemm.defvjp(_rounded_fwd, _rounded_bwd)
 def _call(a, b, trans_a: bool, trans_b: bool):
   if not available():
     raise RuntimeError("the sgemm custom call is unavailable (see the warning above)")
-  m = a.shape[1] if trans_a else a.shape[0]
-  n = b.shape[0] if trans_b else b.shape[1]
-  return jax.ffi.ffi_call(
-      _TARGET, jax.ShapeDtypeStruct((m, n), jnp.float32),
-      vmap_method="sequential")(a, b, trans_a=trans_a, trans_b=trans_b)
+  return native.gemm_call(_TARGET, a, b, trans_a, trans_b)
 
 
 @jax.custom_vjp

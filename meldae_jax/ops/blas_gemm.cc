@@ -12,6 +12,7 @@
 
 #include "xla/ffi/api/ffi.h"
 
+#include "gemm_shape.h"
 #include "parallel_for.h"
 
 namespace ffi = xla::ffi;
@@ -83,15 +84,14 @@ struct Job {
 
 ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                 ffi::ResultBuffer<ffi::F32> c, bool trans_a, bool trans_b) {
-  auto ad = a.dimensions(), bd = b.dimensions(), cd = c->dimensions();
-  if (ad.size() != 2 || bd.size() != 2 || cd.size() != 2) {
-    return ffi::Error::InvalidArgument("meldae_gemm: operands must be 2-D");
+  auto ad = a.dimensions(), bd = b.dimensions();
+  meldae::GemmShape shape;
+  if (auto e = meldae::CheckGemm("meldae_gemm", ad, bd, c->dimensions(), trans_a, trans_b,
+                                 &shape);
+      e.failure()) {
+    return e;
   }
-  const int64_t m = trans_a ? ad[1] : ad[0], k = trans_a ? ad[0] : ad[1];
-  const int64_t kb = trans_b ? bd[1] : bd[0], n = trans_b ? bd[0] : bd[1];
-  if (k != kb || cd[0] != m || cd[1] != n) {
-    return ffi::Error::InvalidArgument("meldae_gemm: shapes do not match");
-  }
+  const int64_t m = shape.m, n = shape.n, k = shape.k;
   if (g_sgemm64 == nullptr && g_sgemm32 == nullptr) {
     return ffi::Error::Internal("meldae_gemm: no sgemm registered");
   }

@@ -13,6 +13,7 @@ import tempfile
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 
 def cache_dir() -> pathlib.Path:
@@ -79,3 +80,14 @@ def register_targets(so, targets: dict[str, str]) -> None:
   for name, symbol in targets.items():
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(so, symbol)),
                                 platform="cpu")
+
+
+def gemm_call(target: str, a, b, trans_a: bool, trans_b: bool):
+  """op(a) @ op(b) by the registered GEMM custom call `target` (`gemm_shape.h`'s
+  operands: a (M, K), or (K, M) with `trans_a`; b (K, N), or (N, K) with `trans_b`),
+  float32 (M, N) out."""
+  m = a.shape[1] if trans_a else a.shape[0]
+  n = b.shape[0] if trans_b else b.shape[1]
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((m, n), jnp.float32),
+                          vmap_method="sequential")(a, b, trans_a=trans_a,
+                                                    trans_b=trans_b)

@@ -266,19 +266,28 @@ ffi::Error AmxGemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ff
   }
   const int64_t mts = (m + 15) / 16, nts = (n + 15) / 16, kts = (k + 31) / 32;
   const int64_t mblocks = (mts + 1) / 2, nblocks = (nts + 1) / 2;
-  // C is computed in 32-row blocks by groups of 32-column blocks whose packed B (all of
-  // k, up to 1.5 MiB) stays in a core's L2 while the row blocks of that group pass over
-  // it. Within a row block, a long contraction goes in parts of up to 512 (16 k-tiles)
-  // over the group's columns, so that the row block's A tiles of one part (32 KiB) stay
-  // in L1 and the group's C (summing the parts) in L1 or L2. With one group (all of the
-  // step's forward and input-gradient shapes), each row block packs its own 32 rows of
-  // A just before it multiplies them, while they are in cache; else A is packed once
-  // beforehand, as B always is.
+  // C is computed in 32 x 32 blocks; within a row block a long contraction goes in
+  // parts of up to 512 (16 k-tiles) over a group of column blocks, so that the row
+  // block's A tiles of one part (32 KiB) stay in L1 and the group's C (summing the
+  // parts) in L1 or L2. Two plans keep B's packed tiles in a core's L2 (up to 1.5 MiB):
+  // - B fits (the step's forward and input-gradient shapes): B is packed once, then
+  //   each task is a row block, which packs its own 32 rows of A just before it
+  //   multiplies them, while they are in cache;
+  // - B does not (weight gradients, whose K is the tokens): A is packed once, then each
+  //   task is a group of columns, whose B it packs itself and passes every row block
+  //   over, so B stays in the cache of the core that packed it. The groups are a
+  //   multiple of the threads in number.
   const int64_t parts = (kts + 15) / 16, kpart = (kts + parts - 1) / parts;
-  const int64_t per_group = std::max<int64_t>(1, (1536 << 10) / (2 * kts * 2 * kTile));
+  const int64_t fit = std::max<int64_t>(1, (1536 << 10) / (2 * kts * 2 * kTile));
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const bool by_group = nblocks > fit;
+  const int64_t per_group = by_group ? [&] {
+    const int64_t groups = (nblocks + fit - 1) / fit;
+    const int64_t rounded = (groups + threads - 1) / threads * threads;
+    return (nblocks + rounded - 1) / rounded;
+  }() : nblocks;
   const int64_t groups = (nblocks + per_group - 1) / per_group;
-  const bool pack_a_first = groups > 1;
-  uint16_t* bp = Scratch(((pack_a_first ? mts : 0) + nts) * kts * kTile, 0);
+  uint16_t* bp = Scratch(((by_group ? mts : 0) + nts) * kts * kTile, 0);
   if (bp == nullptr) return ffi::Error::Internal("meldae_amx_gemm: out of memory");
   uint16_t* ap = bp + nts * kts * kTile;
   const float *x = a.typed_data(), *y = b.typed_data();
@@ -291,48 +300,69 @@ ffi::Error AmxGemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ff
     PackTile(y, bd[1], trans_b, 16 * j, n, 32 * kt, k, true, bp + (j * kts + kt) * kTile);
   };
   // An operand whose contraction runs along its rows is packed a strip at a time (each
-  // row read in order); one whose contraction runs down its columns a k-tile at a time,
-  // over all strips (32 rows read in order), not down 32 x kts rows per strip.
-  const bool b_by_strip = trans_b, a_by_strip = !trans_a;
-  const int64_t b_tasks = b_by_strip ? nts : kts;
-  const int64_t a_tasks = !pack_a_first ? 0 : a_by_strip ? mts : kts;
-  meldae::ParallelFor(pool, b_tasks + a_tasks, [&](int64_t t) {
-    if (t < b_tasks) {
-      for (int64_t u = 0; u < (b_by_strip ? kts : nts); ++u) {
-        b_by_strip ? pack_b(t, u) : pack_b(u, t);
+  // row read in order); one whose contraction runs down its columns a k-tile at a time
+  // over its strips (32 rows read in order), not down 32 x kts rows per strip.
+  auto pack_b_strips = [&](int64_t j0, int64_t j1) {
+    if (trans_b) {
+      for (int64_t j = j0; j < j1; ++j) {
+        for (int64_t kt = 0; kt < kts; ++kt) pack_b(j, kt);
       }
     } else {
-      t -= b_tasks;
-      for (int64_t u = 0; u < (a_by_strip ? kts : mts); ++u) {
-        const int64_t i = a_by_strip ? t : u, kt = a_by_strip ? u : t;
-        pack_a(i, kt, ap + (i * kts + kt) * kTile);
-      }
-    }
-  });
-  meldae::ParallelFor(pool, groups * mblocks, [&](int64_t i) {
-    const int64_t g = i / mblocks, mb = i % mblocks;
-    const int64_t rt = 2 * mb, rm = std::min<int64_t>(2, mts - rt);
-    const uint16_t* arow = ap + rt * kts * kTile;
-    if (!pack_a_first) {
-      uint16_t* panel = Scratch(2 * kts * kTile, 1);
-      if (panel == nullptr) std::abort();  // 2 x K bf16 rows: a few hundred KiB at most
       for (int64_t kt = 0; kt < kts; ++kt) {
-        for (int64_t r = 0; r < rm; ++r) pack_a(rt + r, kt, panel + (r * kts + kt) * kTile);
+        for (int64_t j = j0; j < j1; ++j) pack_b(j, kt);
       }
-      arow = panel;
     }
-    ConfigureTiles();
-    const int64_t nb_end = std::min(nblocks, (g + 1) * per_group);
+  };
+  // C's row block mb over the column blocks [nb0, nb1), all parts, from A's row tiles
+  // at `arow` (two strips of kts tiles).
+  auto row_block = [&](int64_t mb, const uint16_t* arow, int64_t nb0, int64_t nb1) {
+    const int64_t rt = 2 * mb, rm = std::min<int64_t>(2, mts - rt);
     for (int64_t k0 = 0; k0 < kts; k0 += kpart) {  // the parts in turn: C sums them
       const int64_t kcount = std::min(kpart, kts - k0);
-      for (int64_t nb = g * per_group; nb < nb_end; ++nb) {
+      for (int64_t nb = nb0; nb < nb1; ++nb) {
         const int64_t ct = 2 * nb, rn = std::min<int64_t>(2, nts - ct);
         AnyBlock(rm, rn, arow + k0 * kTile, bp + (ct * kts + k0) * kTile, kts, kcount,
                  k0 > 0, c, n, m, n, 16 * rt, 16 * ct);
       }
     }
-    ReleaseTiles();
-  });
+  };
+  if (!by_group) {
+    meldae::ParallelFor(pool, trans_b ? nts : kts, [&](int64_t t) {
+      if (trans_b) {  // strip t
+        pack_b_strips(t, t + 1);
+      } else {  // k-tile t of every strip
+        for (int64_t j = 0; j < nts; ++j) pack_b(j, t);
+      }
+    });
+    meldae::ParallelFor(pool, mblocks, [&](int64_t mb) {
+      const int64_t rt = 2 * mb, rm = std::min<int64_t>(2, mts - rt);
+      uint16_t* panel = Scratch(2 * kts * kTile, 1);
+      if (panel == nullptr) std::abort();  // 2 x K bf16 rows: a few hundred KiB at most
+      for (int64_t kt = 0; kt < kts; ++kt) {
+        for (int64_t r = 0; r < rm; ++r) pack_a(rt + r, kt, panel + (r * kts + kt) * kTile);
+      }
+      ConfigureTiles();
+      row_block(mb, panel, 0, nblocks);
+      ReleaseTiles();
+    });
+  } else {
+    const bool a_by_strip = !trans_a;
+    meldae::ParallelFor(pool, a_by_strip ? mts : kts, [&](int64_t t) {
+      for (int64_t u = 0; u < (a_by_strip ? kts : mts); ++u) {
+        const int64_t i = a_by_strip ? t : u, kt = a_by_strip ? u : t;
+        pack_a(i, kt, ap + (i * kts + kt) * kTile);
+      }
+    });
+    meldae::ParallelFor(pool, groups, [&](int64_t g) {
+      const int64_t nb0 = g * per_group, nb1 = std::min(nblocks, nb0 + per_group);
+      pack_b_strips(2 * nb0, std::min(nts, 2 * nb1));
+      ConfigureTiles();
+      for (int64_t mb = 0; mb < mblocks; ++mb) {
+        row_block(mb, ap + 2 * mb * kts * kTile, nb0, nb1);
+      }
+      ReleaseTiles();
+    });
+  }
   return ffi::Error::Success();
 }
 

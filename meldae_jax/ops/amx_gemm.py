@@ -13,7 +13,9 @@ XLA's AMX dots), the conversion flushes float32 subnormals (|x| < 1.2e-38) to ze
 
 `MELDAE_CPU_AMX=0` turns it off (XLA's bf16 dots); `xla_bf16_dots()` does so within a
 trace (benchmarks, tests), and so does `blas_dot.xla_dots()` (XLA's dots everywhere:
-FLOP counts, reference outputs). The handler is built with the system C++ compiler at first
+FLOP counts, reference outputs). The packed operands live in a buffer per calling
+thread that grows to the largest call's needs and is kept (for B224's weight
+gradients, ~24 MB). The handler is built with the system C++ compiler at first
 use (`native.build`); Linux must grant the process AMX's tile state (arch_prctl), which
 `available` asks for once.
 """

@@ -173,3 +173,24 @@ def test_without_amx_the_path_is_xla_and_nothing_is_built(monkeypatch):
     assert "meldae_amx_gemm" not in hlo and "bf16" in hlo
   finally:
     amx_gemm.available.cache_clear()
+
+
+def test_a_refused_tile_state_falls_back_with_a_warning(monkeypatch, caplog):
+  """Where Linux refuses AMX's tile state (arch_prctl), `available` is False with a
+  warning that says so, and nothing is registered."""
+  class Refusing:  # the built library, as ctypes would load it
+    def meldae_amx_init(self):
+      return 0
+
+  registered = []
+  monkeypatch.setattr(amx_gemm, "cpu_has_amx", lambda: True)
+  monkeypatch.setattr(amx_gemm, "library", Refusing)
+  monkeypatch.setattr(amx_gemm.native, "register_targets",
+                      lambda *args: registered.append(args))
+  amx_gemm.available.cache_clear()
+  try:
+    assert not amx_gemm.available()
+  finally:
+    amx_gemm.available.cache_clear()
+  assert not registered
+  assert "arch_prctl" in caplog.text and "XLA's bf16 dot" in caplog.text

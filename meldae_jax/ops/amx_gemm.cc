@@ -249,8 +249,8 @@ ffi::Error AmxGemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ff
                    ffi::ResultBuffer<ffi::F32> out, bool trans_a, bool trans_b) {
   auto ad = a.dimensions(), bd = b.dimensions();
   meldae::GemmShape shape;
-  if (auto e = meldae::CheckGemm("meldae_amx_gemm", ad, bd, out->dimensions(), trans_a, trans_b,
-                                 &shape);
+  if (auto e = meldae::CheckGemm("meldae_amx_gemm", ad, bd, out->dimensions(), trans_a,
+                                 trans_b, &shape);
       e.failure()) {
     return e;
   }

@@ -21,10 +21,7 @@ use (`native.build`); Linux must grant the process AMX's tile state (arch_prctl)
 """
 import ctypes
 import functools
-import logging
-import os
 import pathlib
-import subprocess
 
 import jax.numpy as jnp
 
@@ -60,17 +57,13 @@ def library() -> ctypes.CDLL:
 def available() -> bool:
   """On a CPU with AMX: builds and registers the handler, and asks Linux for the tile
   state, once; False (with one warning) if any of it fails."""
-  if not cpu_has_amx():
-    return False
-  try:
-    so = library()
+  def ask_for_tiles(so):
     if not so.meldae_amx_init():
       raise OSError("Linux refused AMX tile data to this process (arch_prctl)")
-    native.register_targets(so, {_TARGET: "MeldaeAmxGemm"})
-  except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-    logging.warning("AMX bf16 GEMM unavailable, using XLA's bf16 dot: %s", e)
-    return False
-  return True
+
+  return cpu_has_amx() and native.register_or_warn(
+      library, {_TARGET: "MeldaeAmxGemm"},
+      "AMX bf16 GEMM unavailable, using XLA's bf16 dot", ask_for_tiles)
 
 
 _FORCED = []  # innermost last: False turns the path off (benchmarks, tests)
@@ -85,13 +78,8 @@ def enabled(dtype) -> bool:
   """Whether a Dense matmul rounded to `dtype`, traced now, takes the AMX call: bf16,
   one CPU device, not turned off ($MELDAE_CPU_AMX=0, `xla_bf16_dots`,
   `blas_dot.xla_dots`), AMX here."""
-  if jnp.dtype(dtype) != jnp.bfloat16 or (_FORCED and not _FORCED[-1]):
-    return False
-  if blas_dot.within_xla_dots():
-    return False
-  if os.environ.get("MELDAE_CPU_AMX", "1") == "0":
-    return False
-  return blas_dot.one_cpu_device() and available()
+  return (blas_dot.path_on(_FORCED, "MELDAE_CPU_AMX", dtype, of=jnp.bfloat16)
+          and not blas_dot.within_xla_dots() and available())
 
 
 def gemm(a, b, trans_a: bool = False, trans_b: bool = False):

@@ -49,7 +49,7 @@ def xla_attention():
 
 def enabled(dtype) -> bool:
   """Whether an attention over `dtype` arrays traced now takes this path."""
-  return blas_dot.float32_path_on(_FORCED, "MELDAE_CPU_ATTENTION", dtype) and available()
+  return blas_dot.path_on(_FORCED, "MELDAE_CPU_ATTENTION", dtype) and available()
 
 
 def _call(name, out_shape, *args, **attrs):

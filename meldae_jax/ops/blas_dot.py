@@ -37,7 +37,6 @@ import glob
 import logging
 import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -169,15 +168,15 @@ def library() -> ctypes.CDLL:
 @functools.cache
 def available() -> bool:
   """Builds and registers the handler once; False (with one warning) if it cannot."""
-  try:
-    so = library()
-    address, ilp64, path = _find_sgemm()
+  def hand_over_sgemm(so):
+    address, ilp64, _ = _find_sgemm()
     so.meldae_set_sgemm(ctypes.c_void_p(address), ctypes.c_int(int(ilp64)))
-    native.register_targets(so, {_TARGET: "MeldaeGemm"})
-  except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-    logging.warning("CPU sgemm unavailable, using XLA's dot: %s", e)
+
+  if not native.register_or_warn(library, {_TARGET: "MeldaeGemm"},
+                                 "CPU sgemm unavailable, using XLA's dot",
+                                 hand_over_sgemm):
     return False
-  logging.info("CPU sgemm from %s (kernels: %s)", path,
+  logging.info("CPU sgemm from %s (kernels: %s)", _LOADED.get("library"),
                _LOADED.get("core"))
   return True
 
@@ -203,14 +202,15 @@ def within(stack: list, value):
     stack.pop()
 
 
-def float32_path_on(stack: list, env: str, dtype) -> bool:
-  """The common switch of the float32 custom-call paths (attention, LayerNorm): not
-  turned off by `within(stack, False)` nor by $env = '0', float32, one CPU device."""
+def path_on(stack: list, env: str, dtype, of=jnp.float32) -> bool:
+  """The common switch of the custom-call paths (attention, LayerNorm: float32; the AMX
+  products: bf16): not turned off by `within(stack, False)` nor by $env = '0', `dtype`
+  is `of`, one CPU device."""
   if stack and not stack[-1]:
     return False
   if os.environ.get(env, "1") == "0":
     return False
-  return jnp.dtype(dtype) == jnp.float32 and one_cpu_device()
+  return jnp.dtype(dtype) == jnp.dtype(of) and one_cpu_device()
 
 
 def xla_dots():

@@ -18,9 +18,7 @@ rounding (flax takes the variance as E[x^2] - E[x]^2).
 """
 import ctypes
 import functools
-import logging
 import pathlib
-import subprocess
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -50,13 +48,9 @@ def set_plain(on: bool) -> None:
 @functools.cache
 def available() -> bool:
   """Builds and registers the two handlers once; False (with one warning) if it cannot."""
-  try:
-    native.register_targets(library(), {_FWD: "MeldaeLayerNorm",
-                                         _BWD: "MeldaeLayerNormGrad"})
-  except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-    logging.warning("CPU LayerNorm unavailable, using flax's: %s", e)
-    return False
-  return True
+  return native.register_or_warn(
+      library, {_FWD: "MeldaeLayerNorm", _BWD: "MeldaeLayerNormGrad"},
+      "CPU LayerNorm unavailable, using flax's")
 
 
 _FORCED = []  # innermost last: False turns the path off (benchmarks, tests)
@@ -69,7 +63,7 @@ def flax_layer_norm():
 
 def enabled(dtype) -> bool:
   """Whether a LayerNorm over `dtype` inputs traced now takes the custom calls."""
-  return (blas_dot.float32_path_on(_FORCED, "MELDAE_CPU_LAYERNORM", dtype)
+  return (blas_dot.path_on(_FORCED, "MELDAE_CPU_LAYERNORM", dtype)
           and blas_dot.cpu_has_avx512() and available())
 
 

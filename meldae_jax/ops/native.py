@@ -4,7 +4,9 @@ Why a build at first use rather than at install: the sources are small, the whee
 pure Python, and the FFI headers come from the installed jax (`jax.ffi.include_dir()`),
 so a library always matches the jax it is loaded into.
 """
+import ctypes
 import hashlib
+import logging
 import os
 import pathlib
 import shutil
@@ -73,6 +75,23 @@ def build(src: pathlib.Path) -> pathlib.Path:
 
   _write_atomically(out, compile_to)
   return out
+
+
+def register_or_warn(load: Callable[[], ctypes.CDLL], targets: dict[str, str],
+                     fallback: str,
+                     prepare: Callable[[ctypes.CDLL], None] | None = None) -> bool:
+  """`load()`s a handler library, `prepare`s it (hands it what it needs; raises OSError
+  or RuntimeError if it cannot) and registers its `targets`; on failure warns once with
+  `fallback` (what runs instead) and the reason, and returns False."""
+  try:
+    so = load()
+    if prepare is not None:
+      prepare(so)
+    register_targets(so, targets)
+  except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+    logging.warning("%s: %s", fallback, e)
+    return False
+  return True
 
 
 def register_targets(so, targets: dict[str, str]) -> None:

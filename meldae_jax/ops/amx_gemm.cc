@@ -25,7 +25,7 @@
 
 #include "xla/ffi/api/ffi.h"
 
-#include "gemm_shape.h"
+#include "gemm_call.h"
 #include "parallel_for.h"
 
 namespace ffi = xla::ffi;
@@ -376,11 +376,4 @@ extern "C" int meldae_amx_init() {
   return g_permitted ? 1 : 0;
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAmxGemm, AmxGemm,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<bool>("trans_a")
-                                  .Attr<bool>("trans_b"));
+MELDAE_DEFINE_GEMM_HANDLER(MeldaeAmxGemm, AmxGemm);

@@ -12,7 +12,7 @@
 
 #include "xla/ffi/api/ffi.h"
 
-#include "gemm_shape.h"
+#include "gemm_call.h"
 #include "parallel_for.h"
 
 namespace ffi = xla::ffi;
@@ -266,14 +266,7 @@ extern "C" void meldae_set_sgemm(void* fn, int ilp64) {
   g_sgemm32 = ilp64 ? nullptr : reinterpret_cast<Sgemm32>(fn);
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeGemm, Gemm,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<bool>("trans_a")
-                                  .Attr<bool>("trans_b"));
+MELDAE_DEFINE_GEMM_HANDLER(MeldaeGemm, Gemm);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionScores, Scores,
                               ffi::Ffi::Bind()

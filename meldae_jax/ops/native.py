@@ -102,7 +102,7 @@ def register_targets(so, targets: dict[str, str]) -> None:
 
 
 def gemm_call(target: str, a, b, trans_a: bool, trans_b: bool):
-  """op(a) @ op(b) by the registered GEMM custom call `target` (`gemm_shape.h`'s
+  """op(a) @ op(b) by the registered GEMM custom call `target` (`gemm_call.h`'s
   operands: a (M, K), or (K, M) with `trans_a`; b (K, N), or (N, K) with `trans_b`),
   float32 (M, N) out."""
   m = a.shape[1] if trans_a else a.shape[0]

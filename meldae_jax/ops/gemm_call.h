@@ -1,7 +1,8 @@
-// The shapes of a row-major GEMM custom call, C (M x N) = op(A) op(B), checked in one
-// place for the handlers that take them (blas_gemm.cc's sgemm, amx_gemm.cc's AMX call).
-#ifndef MELDAE_JAX_OPS_GEMM_SHAPE_H_
-#define MELDAE_JAX_OPS_GEMM_SHAPE_H_
+// What a row-major GEMM custom call, C (M x N) = op(A) op(B), takes, in one place for
+// the handlers that are one (blas_gemm.cc's sgemm, amx_gemm.cc's AMX call): its shapes,
+// checked, and its FFI binding (`native.gemm_call` is the Python side).
+#ifndef MELDAE_JAX_OPS_GEMM_CALL_H_
+#define MELDAE_JAX_OPS_GEMM_CALL_H_
 
 #include <cstdint>
 #include <string>
@@ -36,4 +37,15 @@ inline xla::ffi::Error CheckGemm(const char* target, xla::ffi::Span<const int64_
 
 }  // namespace meldae
 
-#endif  // MELDAE_JAX_OPS_GEMM_SHAPE_H_
+// Defines the FFI symbol `symbol` for `fn(pool, a, b, c, trans_a, trans_b)`.
+#define MELDAE_DEFINE_GEMM_HANDLER(symbol, fn)                              \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, fn,                                 \
+                                xla::ffi::Ffi::Bind()                       \
+                                    .Ctx<xla::ffi::ThreadPool>()            \
+                                    .Arg<xla::ffi::Buffer<xla::ffi::F32>>() \
+                                    .Arg<xla::ffi::Buffer<xla::ffi::F32>>() \
+                                    .Ret<xla::ffi::Buffer<xla::ffi::F32>>() \
+                                    .Attr<bool>("trans_a")                  \
+                                    .Attr<bool>("trans_b"))
+
+#endif  // MELDAE_JAX_OPS_GEMM_CALL_H_

@@ -19,11 +19,14 @@ attention's products as XLA's batched dots on transposed q, k, v instead of
 `ops/blas_attention.py`'s sgemm per head), `flax_layer_norm` (the ViT's LayerNorms as
 flax computes them instead of `ops/cpu_layer_norm.py`'s two custom calls),
 `xla_bf16_dots` (with `--dtype bf16_matmul`: XLA's converts and bf16 dots instead of
-`ops/amx_gemm.py`'s AMX call on CPUs with AMX), `lstm_wh_grad` (the Bi-LSTM
+`ops/amx_gemm.py`'s AMX call on CPUs with AMX), `xla_bias_gelu` (the MLP's bias add
+and GELU as XLA's fusions instead of `ops/cpu_bias_gelu.py`'s two custom calls),
+`lstm_wh_grad` (the Bi-LSTM
 loop's input gradient multiplied by W_h itself, a transposed rhs on every step, instead
 of by a copy of W_h^T made before the loop), `conv_embed` (the patch embedding as XLA's
 strided convolution instead of patchify + matmul), `erfc_gelu`
-(`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`), `row_split` (every sgemm
+(`jax.nn.gelu(approximate=False)` instead of `models/gelu.py`, with `xla_bias_gelu`),
+`row_split` (every sgemm
 split over the threads by rows, also where columns repack less; set while that
 variant's steps run); `current` changes nothing. All variants are
 compiled first, then run in turns of `--per-turn` steps for `--rounds` rounds, so the
@@ -62,13 +65,14 @@ from meldae_jax.models import vit
 from meldae_jax.ops import amx_gemm
 from meldae_jax.ops import blas_attention
 from meldae_jax.ops import blas_dot
+from meldae_jax.ops import cpu_bias_gelu
 from meldae_jax.ops import cpu_layer_norm
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
         "flax_attention", "flax_lstm", "lhs_t_weight_grads", "lstm_wh_grad",
         "xla_weight_grads", "xla_attention", "copy_weight_grads", "flax_layer_norm",
-        "xla_bf16_dots")
+        "xla_bf16_dots", "xla_bias_gelu")
 
 
 class ConvEmbed(nn.Module):
@@ -135,7 +139,9 @@ def undone(variant: str):
             else contextlib.nullcontext())
     amx = (amx_gemm.xla_bf16_dots() if "xla_bf16_dots" in names
            else contextlib.nullcontext())
-    with dots, attn, norm, amx:
+    gelu_calls = (cpu_bias_gelu.xla_bias_gelu() if names & {"xla_bias_gelu", "erfc_gelu"}
+                  else contextlib.nullcontext())
+    with dots, attn, norm, amx, gelu_calls:
       yield
   finally:
     (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,

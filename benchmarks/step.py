@@ -12,9 +12,10 @@ computation as `train.py`'s train step without its sharding and input view ('rgb
 identity). Infer is the jitted forward alone. Shapes are in `common.CONFIGS`.
 
 FLOPs come from XLA's cost analysis of the lowered step with the ViT blocks unrolled and
-XLA's own dots (`unrolled_flops`): the analysis counts a while loop's body once, and the
-sgemm custom calls that run the Dense matmuls on CPU (`meldae_jax/ops/blas_dot.py`) not
-at all, so the twin that computes the same thing with XLA ops is the one counted.
+XLA's own ops (`unrolled_flops`): the analysis counts a while loop's body once, and the
+CPU custom calls (`meldae_jax/ops/`: the Dense matmuls, the attention's products, the
+LayerNorms, the MLP's GELU) not at all, so the twin that computes the same thing with
+XLA ops is the one counted.
 `xla_flops_compiled` is the compiled program's own count (for reference only). With remat
 both include the recomputation. The matmul peaks (4096^2 fp32: `jnp.dot`, and the sgemm
 path when it is on) are measured in the same run, after the steps, and on the CPU so is
@@ -40,6 +41,7 @@ sgemm custom call (on CPUs without AVX-512) and `blas_core` the OpenBLAS kernels
 rest).
 """
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -71,7 +73,10 @@ from meldae_jax import losses
 from meldae_jax import optim
 from meldae_jax.models import config as model_config_lib
 from meldae_jax.models import meldae
+from meldae_jax.ops import blas_attention
 from meldae_jax.ops import blas_dot
+from meldae_jax.ops import cpu_bias_gelu
+from meldae_jax.ops import cpu_layer_norm
 from meldae_jax.ops import host_alloc
 # pylint: enable=g-import-not-at-top,wrong-import-position,unused-import
 
@@ -191,8 +196,17 @@ def unrolled_flops(mcfg, mode: str, batch, tx=None, loss_cfg=None) -> float | No
   model = meldae.MELDAE(cfg)
   params = init_params(model, cfg, abstract=True)
   fn, _, args = step_fn_and_args(model, mode, params, batch, tx, loss_cfg)
-  with blas_dot.xla_dots():  # a custom call has no FLOP count; XLA's dot, same maths
+  with xla_ops():  # a custom call has no FLOP count; XLA's ops, same maths
     return cost_flops(jax.jit(fn).lower(*args))
+
+
+@contextlib.contextmanager
+def xla_ops():
+  """Within: trace with XLA's own ops, every CPU custom-call path of `meldae_jax/ops`
+  off (the AMX products go with `xla_dots`)."""
+  with (blas_dot.xla_dots(), blas_attention.xla_attention(),
+        cpu_layer_norm.flax_layer_norm(), cpu_bias_gelu.xla_bias_gelu()):
+    yield
 
 
 def flatten_params(tree, prefix: str = "") -> dict:

@@ -314,6 +314,26 @@ def test_flops_of_scanned_blocks_count_every_block():
   assert step.unrolled_flops(mcfg, "infer", batch) > scanned > 0
 
 
+def test_flops_do_not_depend_on_the_custom_calls(monkeypatch):
+  """The count is the model's, whichever CPU custom calls (LayerNorm, attention, GELU)
+  would run it: each of them has no FLOP count of its own in XLA's analysis."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from meldae_jax.ops import blas_attention  # pylint: disable=g-import-not-at-top
+  from meldae_jax.ops import cpu_bias_gelu  # pylint: disable=g-import-not-at-top
+  from meldae_jax.ops import cpu_layer_norm  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(blas_dot, "cpu_has_avx512", lambda: True)  # the calls on any CPU
+  shape = common.CONFIGS["tiny"]
+  mcfg = step.model_config(shape)
+  batch = {k: jax.numpy.asarray(v) for k, v in common.make_batch(shape).items()}
+  counts = set()
+  for off in (contextlib.nullcontext(), blas_attention.xla_attention(),
+              cpu_layer_norm.flax_layer_norm(), cpu_bias_gelu.xla_bias_gelu()):
+    with off:
+      counts.add(step.unrolled_flops(mcfg, "infer", batch))
+  assert len(counts) == 1 and counts.pop() > 0
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "bf16_matmul"])
 def test_bf16_training_loss_tracks_fp32(dtype):
   """benchmarks/bf16_loss.py on the tiny model: bf16 compute (all of it, or the matmul

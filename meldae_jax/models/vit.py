@@ -78,8 +78,10 @@ class DenseGelu(nn.Dense):
                         self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    h = (self.dot_general or jax.lax.dot_general)(
-        inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+    dot_general = (self.dot_general_cls() if self.dot_general_cls is not None
+                   else self.dot_general or jax.lax.dot_general)
+    h = dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
+                    precision=self.precision)
     return cpu_bias_gelu.bias_gelu(h, bias)
 
 

@@ -1,16 +1,16 @@
 // XLA FFI handlers for the ViT MLP's bias and exact GELU on a float32 (rows, D) array:
 // forward y = gelu(h + b), backward dh = dy gelu'(h + b) and db = sum over rows of dh,
 // each one pass over its rows, split over XLA's intra-op pool.
-// Why: XLA's CPU backend runs elementwise fusions on one core, and differentiates the
-// GELU by writing its derivative out in the forward pass: in an S112 train step the MLP's
-// elementwise work took ~39 ms, ~23 ms of it with the other core idle (docs/performance.md,
-// session 21). Here both cores share the rows, the forward writes only y, and the
-// backward recomputes gelu'(z) = Phi(z) + z phi(z) from h as it reads it.
+// Why: XLA's CPU backend differentiates the GELU by writing its derivative out in the
+// forward pass, a second (rows, D) array read back in the backward, and sums the bias
+// gradient in a reduction of its own: in an S112 train step the MLP's elementwise work
+// and reductions took ~43 ms, ~23 ms of it with no other thunk beside them
+// (docs/performance.md, session 21). Here the forward writes only y, and the backward
+// recomputes gelu'(z) = Phi(z) + z phi(z) from h as it reads it and sums db on the way.
 // erf is the 9/12-degree rational interpolant XLA's CPU backend and Eigen use (clamped at
 // +-3.8325, where float32 erf is +-1), exp a Cephes-style polynomial scaled by 2^n, so
 // values agree with jax.nn.gelu to a few float32 ulps.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <immintrin.h>
@@ -18,11 +18,15 @@
 
 #include "xla/ffi/api/ffi.h"
 
-#include "parallel_for.h"
+#include "row_blocks.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using meldae::IsMatrix;
+using meldae::IsVector;
+using meldae::Tail;
 
 constexpr float kSqrtHalf = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
@@ -35,7 +39,7 @@ constexpr float kBeta[7] = {-1.1791602954361697e-7f, 0.000023547966471313185f,
                             0.0010179625278914885f, 0.014070470171167667f,
                             0.11098505178285362f, 0.49746925110067538f, 1.0f};
 
-// --- plain loops (any CPU; tests force them with meldae_bias_gelu_plain(1)) -------------
+// --- plain loops (any CPU; tests force them with meldae_plain_loops(1)) ------------------
 
 float ErfPlain(float x) {
   x = std::min(kErfClamp, std::max(-kErfClamp, x));
@@ -69,10 +73,6 @@ void RowGradPlain(const float* dy, const float* h, const float* b, float* dh, fl
 
 #pragma GCC push_options
 #pragma GCC target("avx512f")  // these functions only; called where the CPU has it
-
-inline __mmask16 Tail(int64_t left) {
-  return left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
-}
 
 inline __m512 Erf512(__m512 x) {
   x = _mm512_min_ps(_mm512_set1_ps(kErfClamp), _mm512_max_ps(_mm512_set1_ps(-kErfClamp), x));
@@ -138,19 +138,8 @@ void RowGrad512(const float* dy, const float* h, const float* b, float* dh, floa
 
 #pragma GCC pop_options
 
-std::atomic<bool> g_avx512{__builtin_cpu_supports("avx512f") != 0};
-
-// Rows in blocks of at least 16 and a few per thread (as layer_norm.cc).
-int64_t RowsPerBlock(ffi::ThreadPool& pool, int64_t rows) {
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  return std::max<int64_t>(16, (rows + 4 * threads - 1) / (4 * threads));
-}
-
-bool IsMatrix(ffi::Span<const int64_t> s, int64_t rows, int64_t d) {
-  return s.size() == 2 && s[0] == rows && s[1] == d;
-}
-
-bool IsVector(ffi::Span<const int64_t> s, int64_t n) { return s.size() == 1 && s[0] == n; }
+// At least this many rows per block (a row is a few microseconds).
+constexpr int64_t kMinRows = 16;
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> b,
                    ffi::ResultBuffer<ffi::F32> y) {
@@ -163,12 +152,9 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ff
   if (rows == 0 || d == 0) return ffi::Error::Success();
   const float *ph = h.typed_data(), *pb = b.typed_data();
   float* py = y->typed_data();
-  const auto row = g_avx512.load() ? RowForward512 : RowForwardPlain;
-  const int64_t per = RowsPerBlock(pool, rows), blocks = (rows + per - 1) / per;
-  meldae::ParallelFor(pool, blocks, [&](int64_t blk) {
-    for (int64_t i = blk * per, end = std::min(rows, i + per); i < end; ++i) {
-      row(ph + i * d, pb, py + i * d, d);
-    }
+  const auto row = meldae::UseAvx512() ? RowForward512 : RowForwardPlain;
+  meldae::ForRowBlocks(pool, rows, kMinRows, [&](int64_t begin, int64_t end, int64_t) {
+    for (int64_t i = begin; i < end; ++i) row(ph + i * d, pb, py + i * d, d);
   });
   return ffi::Error::Success();
 }
@@ -187,29 +173,18 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<
   std::fill(pdb, pdb + d, 0.0f);
   if (rows == 0 || d == 0) return ffi::Error::Success();
   const float *pdy = dy.typed_data(), *ph = h.typed_data(), *pb = b.typed_data();
-  const auto row = g_avx512.load() ? RowGrad512 : RowGradPlain;
-  const int64_t per = RowsPerBlock(pool, rows), blocks = (rows + per - 1) / per;
-  // Each block sums its rows' db apart; the blocks' sums are added after, in order, so
-  // the result does not depend on which thread ran which block.
-  std::vector<float> partial(blocks * d, 0.0f);
-  meldae::ParallelFor(pool, blocks, [&](int64_t blk) {
-    float* part = partial.data() + blk * d;
-    for (int64_t i = blk * per, end = std::min(rows, i + per); i < end; ++i) {
-      row(pdy + i * d, ph + i * d, pb, pdh + i * d, part, d);
-    }
-  });
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const float* part = partial.data() + blk * d;
-    for (int64_t j = 0; j < d; ++j) pdb[j] += part[j];
-  }
+  const auto row = meldae::UseAvx512() ? RowGrad512 : RowGradPlain;
+  const std::vector<float> sums = meldae::ForRowBlocksSummed(
+      pool, rows, kMinRows, d, [&](int64_t begin, int64_t end, float* part) {
+        for (int64_t i = begin; i < end; ++i) {
+          row(pdy + i * d, ph + i * d, pb, pdh + i * d, part, d);
+        }
+      });
+  std::copy(sums.begin(), sums.end(), pdb);
   return ffi::Error::Success();
 }
 
 }  // namespace
-
-extern "C" void meldae_bias_gelu_plain(int on) {
-  g_avx512.store(on == 0 && __builtin_cpu_supports("avx512f") != 0);
-}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeBiasGelu, Forward,
                               ffi::Ffi::Bind()

@@ -1,64 +1,37 @@
 """The ViT MLP's bias add and exact GELU on CPU as two custom calls (forward, backward).
 
-Why: XLA's CPU backend runs elementwise fusions on one core, and its derivative of the
-GELU is a second array written in the forward pass. In an S112 train step the MLP's
-elementwise work took ~39 ms, ~23 ms of it with the other core idle (`trace_step.py`,
-docs/performance.md, session 21). `bias_gelu.cc` adds the bias and applies the GELU in
-one pass over rows shared by XLA's thread pool; the backward recomputes the derivative
-from the pre-activation as it reads it and sums the bias gradient in the same pass.
+Why: XLA's CPU backend differentiates the GELU by writing its derivative out in the
+forward pass, a second array that the backward reads back, and sums the bias gradient in
+a reduction of its own. In an S112 train step the MLP's elementwise work and reductions
+took ~43 ms (`trace_step.py`, docs/performance.md, session 21). `bias_gelu.cc` adds the
+bias and applies the GELU in one pass over rows shared by XLA's thread pool; the
+backward recomputes the derivative from the pre-activation as it reads it and sums the
+bias gradient in the same pass (train steps 2-5 % faster; the forward alone is level
+with XLA's).
 
 `bias_gelu(h, b)` is `models.gelu.exact_gelu(h + b)`: the custom calls where `enabled`
 (one CPU device with AVX-512, float32, the handlers built; `MELDAE_CPU_GELU=0` turns it
 off), else that expression for XLA. Same maths (erf by the rational interpolant XLA's CPU
 backend uses); results differ by a few float32 ulps.
 """
-import ctypes
-import functools
-import pathlib
-
 import jax
 import jax.numpy as jnp
 
 from meldae_jax.models import gelu
-from meldae_jax.ops import blas_dot
-from meldae_jax.ops import native
+from meldae_jax.ops import row_kernels
 
-_SRC = pathlib.Path(__file__).with_name("bias_gelu.cc")
 _FWD, _BWD = "meldae_bias_gelu", "meldae_bias_gelu_grad"
-
-
-@functools.cache
-def library() -> ctypes.CDLL:
-  """`bias_gelu.cc` built and loaded."""
-  return ctypes.CDLL(str(native.build(_SRC)))
-
-
-def set_plain(on: bool) -> None:
-  """Whether the handlers run their plain loops instead of AVX-512 (tests); acts when the
-  calls run, not when they are traced."""
-  library().meldae_bias_gelu_plain(ctypes.c_int(int(on)))
-
-
-@functools.cache
-def available() -> bool:
-  """Builds and registers the two handlers once; False (with one warning) if it cannot."""
-  return native.register_or_warn(
-      library, {_FWD: "MeldaeBiasGelu", _BWD: "MeldaeBiasGeluGrad"},
-      "CPU bias+GELU unavailable, using XLA's")
-
-
-_FORCED = []  # innermost last: False turns the path off (benchmarks, tests)
+_KERNELS = row_kernels.RowKernels(
+    "bias_gelu.cc", {_FWD: "MeldaeBiasGelu", _BWD: "MeldaeBiasGeluGrad"},
+    env="MELDAE_CPU_GELU", fallback="CPU bias+GELU unavailable, using XLA's")
+available = _KERNELS.available
+set_plain = _KERNELS.set_plain
+enabled = _KERNELS.enabled  # enabled(dtype): a bias+GELU over `dtype` takes the calls
 
 
 def xla_bias_gelu():
   """Within: trace the bias and GELU as XLA ops (benchmarks, tests)."""
-  return blas_dot.within(_FORCED, False)
-
-
-def enabled(dtype) -> bool:
-  """Whether a bias+GELU over `dtype` values traced now takes the custom calls."""
-  return (blas_dot.path_on(_FORCED, "MELDAE_CPU_GELU", dtype)
-          and blas_dot.cpu_has_avx512() and available())
+  return _KERNELS.off()
 
 
 @jax.custom_vjp

@@ -16,9 +16,7 @@ initial values and names; biased variance, eps inside the square root): where `e
 takes these calls, else flax's own LayerNorm. Same maths; results differ by float32
 rounding (flax takes the variance as E[x^2] - E[x]^2).
 """
-import ctypes
 import functools
-import pathlib
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -26,45 +24,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from meldae_jax.ops import blas_dot
-from meldae_jax.ops import native
+from meldae_jax.ops import row_kernels
 
-_SRC = pathlib.Path(__file__).with_name("layer_norm.cc")
 _FWD, _BWD = "meldae_layer_norm", "meldae_layer_norm_grad"
-
-
-@functools.cache
-def library() -> ctypes.CDLL:
-  """`layer_norm.cc` built and loaded."""
-  return ctypes.CDLL(str(native.build(_SRC)))
-
-
-def set_plain(on: bool) -> None:
-  """Whether the handlers run their plain loops instead of AVX-512 (tests); acts when the
-  calls run, not when they are traced."""
-  library().meldae_layer_norm_plain(ctypes.c_int(int(on)))
-
-
-@functools.cache
-def available() -> bool:
-  """Builds and registers the two handlers once; False (with one warning) if it cannot."""
-  return native.register_or_warn(
-      library, {_FWD: "MeldaeLayerNorm", _BWD: "MeldaeLayerNormGrad"},
-      "CPU LayerNorm unavailable, using flax's")
-
-
-_FORCED = []  # innermost last: False turns the path off (benchmarks, tests)
+_KERNELS = row_kernels.RowKernels(
+    "layer_norm.cc", {_FWD: "MeldaeLayerNorm", _BWD: "MeldaeLayerNormGrad"},
+    env="MELDAE_CPU_LAYERNORM", fallback="CPU LayerNorm unavailable, using flax's")
+available = _KERNELS.available
+set_plain = _KERNELS.set_plain
+enabled = _KERNELS.enabled  # enabled(dtype): a LayerNorm over `dtype` inputs takes the calls
 
 
 def flax_layer_norm():
   """Within: trace LayerNorms as flax's (benchmarks, tests)."""
-  return blas_dot.within(_FORCED, False)
-
-
-def enabled(dtype) -> bool:
-  """Whether a LayerNorm over `dtype` inputs traced now takes the custom calls."""
-  return (blas_dot.path_on(_FORCED, "MELDAE_CPU_LAYERNORM", dtype)
-          and blas_dot.cpu_has_avx512() and available())
+  return _KERNELS.off()
 
 
 def _stats_shapes(x):

@@ -9,7 +9,6 @@
 // variance, eps inside the square root); the variance is the two-pass one, where flax
 // takes E[x^2] - E[x]^2, so results differ by float32 rounding.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <immintrin.h>
@@ -17,11 +16,15 @@
 
 #include "xla/ffi/api/ffi.h"
 
-#include "parallel_for.h"
+#include "row_blocks.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using meldae::IsMatrix;
+using meldae::IsVector;
+using meldae::Tail;
 
 // One row's forward and backward, with AVX-512 where the CPU has it (the Python side
 // takes this path only there) and plain loops elsewhere. Backward, with
@@ -30,10 +33,6 @@ namespace {
 
 #pragma GCC push_options
 #pragma GCC target("avx512f")  // these functions only; called where the CPU has it
-
-inline __mmask16 Tail(int64_t left) {
-  return left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
-}
 
 // sum over the row of f(x_j) for a vector function f, with four partial sums in flight
 // (an add's latency would otherwise bound the loop); lanes past d count as f's value of
@@ -139,21 +138,8 @@ void RowGradPlain(const float* dy, const float* x, float mean, float rstd,
   }
 }
 
-// AVX-512 rows where the CPU has them; meldae_layer_norm_plain(1) forces the plain loops
-// (tests of that path on any CPU).
-std::atomic<bool> g_avx512{__builtin_cpu_supports("avx512f") != 0};
-
-// Rows in blocks: at least 64 rows each and a few per thread.
-int64_t RowsPerBlock(ffi::ThreadPool& pool, int64_t rows) {
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  return std::max<int64_t>(64, (rows + 4 * threads - 1) / (4 * threads));
-}
-
-bool IsVector(ffi::Span<const int64_t> s, int64_t n) { return s.size() == 1 && s[0] == n; }
-
-bool IsMatrix(ffi::Span<const int64_t> s, int64_t rows, int64_t d) {
-  return s.size() == 2 && s[0] == rows && s[1] == d;
-}
+// At least this many rows per block.
+constexpr int64_t kMinRows = 64;
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                    ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
@@ -169,11 +155,10 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (rows == 0 || d == 0) return ffi::Error::Success();
   const float *px = x.typed_data(), *ps = scale.typed_data(), *pb = bias.typed_data();
   float *py = y->typed_data(), *pm = mean->typed_data(), *pr = rstd->typed_data();
-  const int64_t per = RowsPerBlock(pool, rows), blocks = (rows + per - 1) / per;
-  meldae::ParallelFor(pool, blocks, [&](int64_t blk) {
-    for (int64_t i = blk * per, end = std::min(rows, i + per); i < end; ++i) {
-      (g_avx512.load() ? RowForward512 : RowForwardPlain)(px + i * d, ps, pb, py + i * d, d, eps,
-                                                   pm + i, pr + i);
+  const auto row = meldae::UseAvx512() ? RowForward512 : RowForwardPlain;
+  meldae::ForRowBlocks(pool, rows, kMinRows, [&](int64_t begin, int64_t end, int64_t) {
+    for (int64_t i = begin; i < end; ++i) {
+      row(px + i * d, ps, pb, py + i * d, d, eps, pm + i, pr + i);
     }
   });
   return ffi::Error::Success();
@@ -198,31 +183,20 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<
   if (rows == 0 || d == 0) return ffi::Error::Success();
   const float *pdy = dy.typed_data(), *px = x.typed_data(), *ps = scale.typed_data(),
               *pm = mean.typed_data(), *pr = rstd.typed_data();
-  const int64_t per = RowsPerBlock(pool, rows), blocks = (rows + per - 1) / per;
-  // Each block sums its rows' dscale and dbias apart; the blocks' sums are added after.
-  std::vector<float> partial(2 * blocks * d, 0.0f);
-  meldae::ParallelFor(pool, blocks, [&](int64_t blk) {
-    float* ds = partial.data() + 2 * blk * d;
-    for (int64_t i = blk * per, end = std::min(rows, i + per); i < end; ++i) {
-      (g_avx512.load() ? RowGrad512 : RowGradPlain)(pdy + i * d, px + i * d, pm[i], pr[i], ps,
-                                            pdx + i * d, ds, ds + d, d);
-    }
-  });
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const float* ds = partial.data() + 2 * blk * d;
-    for (int64_t j = 0; j < d; ++j) {
-      pds[j] += ds[j];
-      pdb[j] += ds[d + j];
-    }
-  }
+  const auto row = meldae::UseAvx512() ? RowGrad512 : RowGradPlain;
+  // Each block sums its rows' dscale and dbias (2 d floats) apart.
+  const std::vector<float> sums = meldae::ForRowBlocksSummed(
+      pool, rows, kMinRows, 2 * d, [&](int64_t begin, int64_t end, float* ds) {
+        for (int64_t i = begin; i < end; ++i) {
+          row(pdy + i * d, px + i * d, pm[i], pr[i], ps, pdx + i * d, ds, ds + d, d);
+        }
+      });
+  std::copy(sums.begin(), sums.begin() + d, pds);
+  std::copy(sums.begin() + d, sums.end(), pdb);
   return ffi::Error::Success();
 }
 
 }  // namespace
-
-extern "C" void meldae_layer_norm_plain(int on) {
-  g_avx512.store(on == 0 && __builtin_cpu_supports("avx512f") != 0);
-}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeLayerNorm, Forward,
                               ffi::Ffi::Bind()

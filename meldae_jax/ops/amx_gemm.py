@@ -66,7 +66,7 @@ def available() -> bool:
       "AMX bf16 GEMM unavailable, using XLA's bf16 dot", ask_for_tiles)
 
 
-_FORCED = []  # innermost last: False turns the path off (benchmarks, tests)
+_FORCED = blas_dot.TraceSettings()  # innermost last: False turns the path off
 
 
 def xla_bf16_dots():

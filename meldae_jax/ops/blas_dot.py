@@ -38,6 +38,7 @@ import logging
 import os
 import pathlib
 import sys
+import threading
 
 import jax
 from jax import lax
@@ -189,7 +190,29 @@ def set_column_split(on: bool) -> None:
     library().meldae_set_column_split(ctypes.c_int(int(on)))
 
 
-_FORCED = []  # innermost last: True (sgemm wherever it can run) or False (XLA's dot)
+class TraceSettings(threading.local):
+  """A stack of tracing-time settings (`within`), innermost last, one per thread: a
+  trace runs in the thread that asked for it, and a benchmark may trace two steps at
+  once in two threads, each with its own settings."""
+
+  def __init__(self):
+    super().__init__()
+    self.items = []
+
+  def append(self, value):
+    self.items.append(value)
+
+  def pop(self):
+    return self.items.pop()
+
+  def __len__(self):
+    return len(self.items)
+
+  def __getitem__(self, i):
+    return self.items[i]
+
+
+_FORCED = TraceSettings()  # innermost last: True (sgemm wherever it can run), False (XLA's)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,8 @@ flax computes them instead of `ops/cpu_layer_norm.py`'s two custom calls),
 `xla_bf16_dots` (with `--dtype bf16_matmul`: XLA's converts and bf16 dots instead of
 `ops/amx_gemm.py`'s AMX call on CPUs with AMX), `xla_bias_gelu` (the MLP's bias add
 and GELU as XLA's fusions instead of `ops/cpu_bias_gelu.py`'s two custom calls),
+`xla_adamw` (the clip and AdamW as optax's XLA ops instead of `ops/cpu_adamw.py`'s two
+custom calls),
 `lstm_wh_grad` (the Bi-LSTM
 loop's input gradient multiplied by W_h itself, a transposed rhs on every step, instead
 of by a copy of W_h^T made before the loop), `conv_embed` (the patch embedding as XLA's
@@ -65,6 +67,7 @@ from meldae_jax.models import vit
 from meldae_jax.ops import amx_gemm
 from meldae_jax.ops import blas_attention
 from meldae_jax.ops import blas_dot
+from meldae_jax.ops import cpu_adamw
 from meldae_jax.ops import cpu_bias_gelu
 from meldae_jax.ops import cpu_layer_norm
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -72,7 +75,7 @@ from meldae_jax.ops import cpu_layer_norm
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
         "flax_attention", "flax_lstm", "lhs_t_weight_grads", "lstm_wh_grad",
         "xla_weight_grads", "xla_attention", "copy_weight_grads", "flax_layer_norm",
-        "xla_bf16_dots", "xla_bias_gelu")
+        "xla_bf16_dots", "xla_bias_gelu", "xla_adamw")
 
 
 class ConvEmbed(nn.Module):
@@ -141,7 +144,8 @@ def undone(variant: str):
            else contextlib.nullcontext())
     gelu_calls = (cpu_bias_gelu.xla_bias_gelu() if names & {"xla_bias_gelu", "erfc_gelu"}
                   else contextlib.nullcontext())
-    with dots, attn, norm, amx, gelu_calls:
+    adamw = cpu_adamw.xla_adamw() if "xla_adamw" in names else contextlib.nullcontext()
+    with dots, attn, norm, amx, gelu_calls, adamw:
       yield
   finally:
     (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,

@@ -14,7 +14,7 @@ identity). Infer is the jitted forward alone. Shapes are in `common.CONFIGS`.
 FLOPs come from XLA's cost analysis of the lowered step with the ViT blocks unrolled and
 XLA's own ops (`unrolled_flops`): the analysis counts a while loop's body once, and the
 CPU custom calls (`meldae_jax/ops/`: the Dense matmuls, the attention's products, the
-LayerNorms, the MLP's GELU) not at all, so the twin that computes the same thing with
+LayerNorms, the MLP's GELU, the fused AdamW) not at all, so the twin that computes the same thing with
 XLA ops is the one counted.
 `xla_flops_compiled` is the compiled program's own count (for reference only). With remat
 both include the recomputation. The matmul peaks (4096^2 fp32: `jnp.dot`, and the sgemm
@@ -75,6 +75,7 @@ from meldae_jax.models import config as model_config_lib
 from meldae_jax.models import meldae
 from meldae_jax.ops import blas_attention
 from meldae_jax.ops import blas_dot
+from meldae_jax.ops import cpu_adamw
 from meldae_jax.ops import cpu_bias_gelu
 from meldae_jax.ops import cpu_layer_norm
 from meldae_jax.ops import host_alloc
@@ -132,8 +133,8 @@ def make_train_step(model, tx, loss_cfg):
       return losses.total_loss(out, batch, loss_cfg)
 
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    params, opt_state = optim.apply_gradients(tx, grads, state["opt_state"],
+                                              state["params"])
     return dict(step=state["step"] + 1, params=params, opt_state=opt_state), aux
 
   return train_step
@@ -205,7 +206,8 @@ def xla_ops():
   """Within: trace with XLA's own ops, every CPU custom-call path of `meldae_jax/ops`
   off (the AMX products go with `xla_dots`)."""
   with (blas_dot.xla_dots(), blas_attention.xla_attention(),
-        cpu_layer_norm.flax_layer_norm(), cpu_bias_gelu.xla_bias_gelu()):
+        cpu_layer_norm.flax_layer_norm(), cpu_bias_gelu.xla_bias_gelu(),
+        cpu_adamw.xla_adamw()):
     yield
 
 

@@ -9,6 +9,10 @@ covers is an error naming it. A group whose learning rate is 0 (or None) is froz
 Chain: [freeze] -> global-norm clipping -> optax.partition(AdamW per group, each with
 its own warmup + cosine schedule), optionally wrapped in `optax.MultiSteps` for gradient
 accumulation.
+
+Train steps call `apply_gradients`, which runs that chain as `tx.update` and
+`optax.apply_updates` do, or, on one CPU device, as one fused call over every trainable
+parameter (`ops/cpu_adamw.py`): same state, same maths, values equal to float32 rounding.
 """
 from __future__ import annotations
 
@@ -17,8 +21,12 @@ from typing import Any, Callable, Sequence
 
 from flax.core import meta
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+
+from meldae_jax.ops import cpu_adamw
 
 FROZEN = "frozen"
 
@@ -132,8 +140,141 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int
   chain.append(optax.partition(transforms, labels))
   tx = optax.chain(*chain)
   if accum > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=accum)
-  return tx, schedules
+    return optax.MultiSteps(tx, every_k_schedule=accum), schedules
+  fused = _AdamWChain(*tx)
+  fused.plan = _FusedPlan(groups=groups, schedules=schedules,
+                          b1=float(opt_cfg.get("b1", 0.9)), b2=float(opt_cfg.get("b2", 0.999)),
+                          eps=float(opt_cfg.get("eps", 1e-8)), weight_decay=wd,
+                          wd_regex=wd_regex, clip_norm=float(opt_cfg.get("clip_norm") or 0))
+  return fused, schedules
+
+
+class _AdamWChain(optax.GradientTransformationExtraArgs):
+  """`make_optimizer`'s chain (its `init` and `update` unchanged) with the `plan` that
+  lets `apply_gradients` run it as one fused call."""
+
+
+class _FusedPlan:
+  """`make_optimizer`'s chain (freeze, clip, AdamW per group) as `cpu_adamw`'s calls,
+  reading and writing the chain's own optax state, so either path continues the other's
+  run and checkpoints do not depend on which ran."""
+
+  def __init__(self, *, groups, schedules, b1, b2, eps, weight_decay, wd_regex,
+               clip_norm):
+    self.groups, self.schedules = groups, schedules
+    self.b1, self.b2, self.eps, self.weight_decay = b1, b2, eps, weight_decay
+    self.wd_regex, self.clip_norm = wd_regex, clip_norm
+
+  @staticmethod
+  def applies(grads, opt_state, params) -> bool:
+    """Whether the calls can run this step: float32 arrays, no boxes, the chain's state."""
+    leaves = jax.tree.leaves((grads, params), is_leaf=_is_box)
+    return (all(not _is_box(x) and getattr(x, "dtype", None) == jnp.float32
+                for x in leaves)
+            and isinstance(opt_state, tuple) and len(opt_state) in (2, 3)
+            and hasattr(opt_state[-1], "inner_states"))
+
+  def apply(self, grads, opt_state, params):
+    """(params, opt_state) after one step, as `tx.update` + `optax.apply_updates`."""
+    labels = jax.tree.leaves(group_labels(params, self.groups))
+    decays = jax.tree.leaves(_decay_mask(params, self.wd_regex)) if self.wd_regex else None
+    p_leaves, p_def = jax.tree.flatten(params)
+    g_leaves = jax.tree.leaves(grads)
+    partition = opt_state[-1]
+    trained = [i for i, label in enumerate(labels) if label != FROZEN]
+    if not trained:
+      return params, opt_state
+
+    # The clip: the global norm of the trainable gradients (frozen ones are zeroed first).
+    scale = jnp.float32(1.0)
+    if self.clip_norm:
+      norm = jnp.sqrt(cpu_adamw.sum_squares([g_leaves[i] for i in trained]))
+      scale = jnp.where(norm < self.clip_norm, 1.0, self.clip_norm / norm)
+
+    # Each group's AdamW state: (ScaleByAdamState, weight decay's, ScaleByScheduleState).
+    names = sorted({labels[i] for i in trained})
+    inner = {name: partition.inner_states[name].inner_state for name in names}
+    rows, new_inner = [], {}
+    for name in names:
+      adam, *middle, sched = inner[name]
+      count = optax.safe_increment(adam.count)
+      lr = -1 * self.schedules[name](sched.count)
+      rows.append(jnp.stack([
+          scale, jnp.float32(1 - self.b1), jnp.float32(self.b1),
+          jnp.float32(1 - self.b2), jnp.float32(self.b2),
+          1 / (1 - self.b1 ** count), 1 / (1 - self.b2 ** count),
+          jnp.float32(self.eps), jnp.float32(self.weight_decay),
+          jnp.asarray(lr, jnp.float32)]).astype(jnp.float32))
+      new_inner[name] = (adam, middle, sched, count)
+    index = np.array([names.index(labels[i]) for i in trained])
+    decay = np.array([1.0 if decays is None or decays[i] else 0.0 for i in trained],
+                     np.float32)
+    wd_col = cpu_adamw.COEFFS.index("weight_decay")
+    coeffs = jnp.stack(rows)[index]
+    coeffs = coeffs.at[:, wd_col].multiply(decay)
+
+    def moments(which):
+      by_group = {name: _masked_flatten(getattr(inner[name][0], which))[0]
+                  for name in names}
+      return [by_group[labels[i]][i] for i in trained]
+
+    new_p, new_mu, new_nu = cpu_adamw.adamw_step(
+        coeffs, [p_leaves[i] for i in trained], [g_leaves[i] for i in trained],
+        moments("mu"), moments("nu"))
+
+    # Put the results back where the chain keeps them.
+    p_out = list(p_leaves)
+    for slot, i in enumerate(trained):
+      p_out[i] = new_p[slot]
+    states = dict(partition.inner_states)
+    for name in names:
+      adam, middle, sched, count = new_inner[name]
+      mu_leaves, mu_def = _masked_flatten(adam.mu)
+      nu_leaves, nu_def = _masked_flatten(adam.nu)
+      for slot, i in enumerate(trained):
+        if labels[i] == name:
+          mu_leaves[i], nu_leaves[i] = new_mu[slot], new_nu[slot]
+      adam = adam._replace(count=count, mu=jax.tree.unflatten(mu_def, mu_leaves),
+                           nu=jax.tree.unflatten(nu_def, nu_leaves))
+      sched = sched._replace(count=optax.safe_increment(sched.count))
+      states[name] = states[name]._replace(inner_state=(adam, *middle, sched))
+    opt_state = (*opt_state[:-1], partition._replace(inner_states=states))
+    return jax.tree.unflatten(p_def, p_out), opt_state
+
+
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def _masked_flatten(tree):
+  """Leaves and treedef of a moment tree with `MaskedNode`s kept as leaves, so its
+  positions are the parameters'."""
+  leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_masked)
+  return list(leaves), treedef
+
+
+def global_norm(tree):
+  """`optax.global_norm(tree)`, by one call over every leaf where `cpu_adamw` runs."""
+  leaves = jax.tree.leaves(tree)
+  if (leaves and cpu_adamw.enabled()
+      and all(getattr(x, "dtype", None) == jnp.float32 for x in leaves)):
+    return jnp.sqrt(cpu_adamw.sum_squares(leaves))
+  return optax.global_norm(tree)
+
+
+def apply_gradients(tx: optax.GradientTransformation, grads, opt_state, params):
+  """One optimiser step: (new params, new opt_state).
+
+  `tx.update` and `optax.apply_updates`; for `make_optimizer`'s chain on one CPU device
+  with AVX-512 (`cpu_adamw.enabled()`), the same step as one fused call over every
+  trainable parameter, which reads and writes the same optax state.
+  """
+  plan = getattr(tx, "plan", None)
+  if (plan is not None and cpu_adamw.enabled()
+      and plan.applies(grads, opt_state, params)):
+    return plan.apply(grads, opt_state, params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def learning_rates(schedules: dict[str, Callable], step, grad_accum_steps: int = 1):

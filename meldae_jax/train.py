@@ -344,9 +344,8 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
       return losses.total_loss(out, batch, loss_cfg)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    params, opt_state = optim.apply_gradients(tx, grads, state.opt_state, state.params)
+    metrics = {"loss": loss, "grad_norm": optim.global_norm(grads),
                **{f"loss/{k}": v for k, v in aux.items()}}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

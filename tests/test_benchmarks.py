@@ -334,6 +334,24 @@ def test_flops_do_not_depend_on_the_custom_calls(monkeypatch):
   assert len(counts) == 1 and counts.pop() > 0
 
 
+def test_train_flops_do_not_depend_on_the_fused_adamw(monkeypatch):
+  """The train step's count includes the optimiser's, as XLA's ops, also where the
+  fused AdamW call would run it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from meldae_jax import optim  # pylint: disable=g-import-not-at-top
+  from meldae_jax.ops import cpu_adamw  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(blas_dot, "cpu_has_avx512", lambda: True)  # the calls on any CPU
+  shape = common.CONFIGS["tiny"]
+  mcfg = step.model_config(shape)
+  batch = {k: jax.numpy.asarray(v) for k, v in common.make_batch(shape).items()}
+  loss_cfg, opt_cfg, total = step.train_configs()
+  tx = optim.make_optimizer(opt_cfg, total)[0]
+  with_call = step.unrolled_flops(mcfg, "train", batch, tx, loss_cfg)
+  with cpu_adamw.xla_adamw():
+    without = step.unrolled_flops(mcfg, "train", batch, tx, loss_cfg)
+  assert with_call == without > 0
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "bf16_matmul"])
 def test_bf16_training_loss_tracks_fp32(dtype):
   """benchmarks/bf16_loss.py on the tiny model: bf16 compute (all of it, or the matmul

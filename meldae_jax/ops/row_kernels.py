@@ -1,8 +1,9 @@
-"""A handler library of this folder whose kernels work a float32 (rows, D) array row by
-row (`layer_norm.cc`, `bias_gelu.cc`, with `row_blocks.h`): built, loaded and registered
-once, and switched as one CPU path.
+"""A handler library of this folder whose kernels work float32 arrays in blocks over
+XLA's pool (`layer_norm.cc` and `bias_gelu.cc` by rows, `adamw.cc` by chunks of each
+leaf, with `row_blocks.h`): built, loaded and registered once, and switched as one CPU
+path.
 
-The path is on for float32 on one CPU device with AVX-512 (the kernels' rows use it)
+The path is on for float32 on one CPU device with AVX-512 (the kernels use it)
 where the library could be built, unless `$env` is '0' or within `off()`. The plain
 loops that stand in for AVX-512 (`set_plain`) are for tests on any CPU.
 """
@@ -21,7 +22,7 @@ class RowKernels:
   def __init__(self, source: str, targets: dict[str, str], env: str, fallback: str):
     self.source = pathlib.Path(__file__).with_name(source)
     self.targets, self.env, self.fallback = targets, env, fallback
-    self._forced = []  # innermost last: False turns the path off (benchmarks, tests)
+    self._forced = blas_dot.TraceSettings()  # innermost last: False turns the path off
 
   @functools.cached_property
   def library(self) -> ctypes.CDLL:

@@ -413,3 +413,19 @@ def test_matmul_shapes_bf16_is_for_jax_torch_and_amx_only():
     matmul_shapes.main("numpy", "bf16")
   with pytest.raises(ValueError, match="pass --dtype bf16"):
     matmul_shapes.main("amx", "fp32")
+
+
+def test_optimizer_step_prints_both_paths(capsys, monkeypatch):
+  """benchmarks/optimizer_step.py on the tiny model: a line per path, its figures
+  consistent (the bytes a step moves over its median time)."""
+  from benchmarks import optimizer_step  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(blas_dot, "cpu_has_avx512", lambda: True)  # the calls on any CPU
+  optimizer_step.main(["--config", "tiny", "--rounds", "2", "--per-turn", "2"])
+  lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+  assert [(l["path"], l["fused_call"]) for l in lines] == [("fused", True),
+                                                          ("optax", False)]
+  for l in lines:
+    assert l["config"] == "tiny" and l["steps"] == 4 and l["params"] > 0
+    assert 0 < l["min_ms"] <= l["median_ms"]
+    assert l["gbytes_per_s"] == pytest.approx(
+        optimizer_step.BYTES_PER_PARAM * l["params"] / (l["median_ms"] / 1e3) / 1e9)

@@ -319,7 +319,7 @@ def sgemm_weight_grads() -> bool:
   return _wanted(auto=lambda: True) and available()
 
 
-_OPERANDS = []  # innermost last: the dtype Dense matmul operands are rounded to, or None
+_OPERANDS = TraceSettings()  # innermost last: the dtype Dense operands round to, or None
 
 
 def matmul_operands(dtype):

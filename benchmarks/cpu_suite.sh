@@ -67,10 +67,12 @@ if [[ $what == jax || $what == all ]]; then
     for m in train infer; do
       jax_run "$c $m fp32" --config $c --mode $m --steps $STEPS
       jax_run "$c $m bf16" --config $c --mode $m --dtype bf16 --steps $STEPS
+      jax_run "$c $m bf16_matmul" --config $c --mode $m --dtype bf16_matmul --steps $STEPS
     done
   done
   jax_run "B224 train fp32" --config B224 --mode train --steps 3 --warmup 1
   jax_run "B224 infer fp32" --config B224 --mode infer --steps 3 --warmup 1
+  jax_run "B224 train bf16_matmul" --config B224 --mode train --dtype bf16_matmul --steps 3 --warmup 1
 fi
 if [[ $what == torch || $what == all ]]; then
   for c in Ti112 S112; do

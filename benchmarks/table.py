@@ -2,6 +2,10 @@
 
   python benchmarks/table.py /tmp/meldae_perf/jax.jsonl [--markdown]
   python benchmarks/table.py /tmp/meldae_gpu/gpu.jsonl      # gpu_suite.sh's last lines
+  python benchmarks/table.py /tmp/meldae_perf/memory.jsonl  # `step.py --memory-sweep`
+
+Rows without a suite's label are named by their shape (config, mode, dtype, T, remat);
+a memory sweep's summary line becomes a line per (T, remat) after the table.
 
 Columns no row has a value for are left out (MFU on the CPU, say). The device tool returns
 only the end of a command's output, so `gpu_suite.sh` ends with this table; `--markdown`
@@ -27,14 +31,37 @@ COLUMNS = (  # header, key, format
 )
 
 
+def label(row: dict):
+  """The suite's label, else the run's shape (a memory sweep's rows have no label)."""
+  if row.get("label") is not None or "config" not in row:
+    return row.get("label")
+  parts = [row["config"], row.get("mode"), row.get("dtype")]
+  if "remat" in row:
+    parts += [f"T={row.get('frames')}", f"remat={row['remat']}"]
+  return " ".join(str(p) for p in parts if p is not None)
+
+
 def cell(row: dict, key: str, fmt: str) -> str:
-  value = row.get(key)
+  value = label(row) if key == "label" else row.get(key)
   return "-" if value is None else fmt.format(value)
+
+
+def sweep_lines(summary: dict) -> list[str]:
+  """`step.py --memory-sweep`'s summary: per T and remat, the factors against no remat."""
+  out = []
+  for key, f in summary.items():
+    if isinstance(f, dict):
+      out.append(f"{key}: peak RSS /{f['rss_reduction']:.2f} (while stepping "
+                 f"/{f['steps_rss_reduction']:.2f}, XLA temporaries "
+                 f"/{f['xla_temp_reduction']:.2f}), step time x{f['slowdown']:.2f}")
+  return out
 
 
 def table(rows: list[dict], markdown: bool = False) -> str:
   """A header, a line per run (a failed run: its label and its error's last line at the
   end), then the device and the matmul peaks the fractions divide by."""
+  summaries = [r for r in rows if r.get("kind") == "memory_sweep_summary"]
+  rows = [r for r in rows if r.get("kind") != "memory_sweep_summary"]
   ok = [r for r in rows if "error" not in r]
   columns = [c for c in COLUMNS if c[1] == "label" or any(r.get(c[1]) is not None
                                                           for r in ok)]
@@ -47,7 +74,7 @@ def table(rows: list[dict], markdown: bool = False) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
     out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                      for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
-  if ok:
+  if ok and ok[0].get("backend"):  # a memory sweep's rows do not say
     r = ok[0]
     peaks = [f"fp32 {r['matmul_peak_gflops_per_s']:.0f} GFLOP/s (4096^2 dot)"
              if r.get("matmul_peak_gflops_per_s") else None,
@@ -64,6 +91,10 @@ def table(rows: list[dict], markdown: bool = False) -> str:
       out.append("")
     out.append(f"device {device} ({r.get('backend')}), jax {r.get('jax_version')}; "
                "peaks (first run): " + (", ".join(p for p in peaks if p) or "not measured"))
+  for summary in summaries:
+    if markdown:
+      out.append("")
+    out += [f"- {line}" if markdown else line for line in sweep_lines(summary)]
   for row in rows:
     if "error" in row:
       why = ("timed out" if row.get("rc") in (124, 137) else "not run:"

@@ -198,6 +198,24 @@ def test_table_lists_runs_and_failures():
   assert md[2].startswith("| B224 train bf16 B16 | 0.0312 |")
 
 
+def test_table_names_memory_sweep_rows_and_reads_its_summary():
+  """`step.py --memory-sweep` lines have no suite label: the rows are named by their
+  shape, and the summary becomes a line per (T, remat) after the table."""
+  from benchmarks import table  # pylint: disable=g-import-not-at-top
+  row = lambda remat, s: dict(config="S112", mode="train", dtype="fp32", frames=64,  # noqa: E731
+                              remat=remat, median_s=s, min_s=s, max_s=s,
+                              peak_rss_mib=100.0, kind="memory_sweep")
+  summary = dict(kind="memory_sweep_summary", T64_full=dict(
+      rss_reduction=2.07, steps_rss_reduction=5.36, xla_temp_reduction=5.86,
+      slowdown=1.175))
+  lines = table.table([row("none", 3.0), row("full", 3.5), summary]).splitlines()
+  assert lines[1].split()[:6] == ["S112", "train", "fp32", "T=64", "remat=none", "3.0000"]
+  assert lines[2].split()[4] == "remat=full"
+  assert lines[3] == ("T64_full: peak RSS /2.07 (while stepping /5.36, XLA temporaries "
+                      "/5.86), step time x1.18")
+  assert len(lines) == 4  # no device line: the sweep's rows do not name one
+
+
 def test_export_round_trips(runs):
   """The .npz holds the benchmark's params, batch and forward outputs, and its loss."""
   from flax import traverse_util  # pylint: disable=g-import-not-at-top

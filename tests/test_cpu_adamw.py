@@ -180,3 +180,14 @@ def test_mismatched_operands_are_an_error(forced_on):
     cpu_adamw.adamw_step(jnp.ones((1, len(cpu_adamw.COEFFS))), x, x, x, [])
   with pytest.raises(ValueError, match="coefficients"):
     cpu_adamw.adamw_step(jnp.ones((2, len(cpu_adamw.COEFFS))), x, x, x, x)
+
+
+def test_calls_say_so_where_the_handlers_are_missing(monkeypatch):
+  """Called directly where they could not be built: a clear error, not XLA's 'no FFI
+  handler registered' at run time."""
+  monkeypatch.setattr(cpu_adamw, "available", lambda: False)
+  with pytest.raises(RuntimeError, match="unavailable"):
+    cpu_adamw.sum_squares([jnp.ones(3)])
+  x = [jnp.ones(3)]
+  with pytest.raises(RuntimeError, match="unavailable"):
+    cpu_adamw.adamw_step(jnp.ones((1, len(cpu_adamw.COEFFS))), x, x, x, x)

@@ -40,8 +40,16 @@ def xla_adamw():
   return _KERNELS.off()
 
 
+def _require() -> None:
+  """Registers the handlers (once); an error if they cannot be built here."""
+  if not available():
+    raise RuntimeError("the fused AdamW custom calls are unavailable (see the warning "
+                       "above); optim.apply_gradients uses optax's ops instead")
+
+
 def sum_squares(leaves):
   """sum(x ** 2) over every element of every float32 array in `leaves`, a scalar."""
+  _require()
   return jax.ffi.ffi_call(_SUM_SQUARES, jax.ShapeDtypeStruct((), jnp.float32))(*leaves)
 
 
@@ -58,6 +66,7 @@ def adamw_step(coeffs, params, grads, mu, nu):
     raise ValueError(f"adamw_step: {n} params, {len(grads)} grads, {len(mu)} mu, "
                      f"{len(nu)} nu and coeffs {coeffs.shape}; expected ({n}, "
                      f"{len(COEFFS)}) coefficients and one of each per leaf")
+  _require()
   shapes = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (*params, *mu, *nu)]
   # Argument 0 is coeffs; params, grads, mu, nu follow, n each.
   aliases = {1 + k * n + i: j * n + i for j, k in enumerate((0, 2, 3)) for i in range(n)}

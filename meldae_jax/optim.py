@@ -182,18 +182,18 @@ class _FusedPlan:
     g_leaves = jax.tree.leaves(grads)
     partition = opt_state[-1]
     trained = [i for i, label in enumerate(labels) if label != FROZEN]
-    if not trained:
-      return params, opt_state
+    # Every AdamW group counts the step, as optax.partition's do, also one whose regex
+    # covers no parameter.
+    names = sorted(name for name in partition.inner_states if name != FROZEN)
+    inner = {name: partition.inner_states[name].inner_state for name in names}
 
     # The clip: the global norm of the trainable gradients (frozen ones are zeroed first).
     scale = jnp.float32(1.0)
-    if self.clip_norm:
+    if self.clip_norm and trained:
       norm = jnp.sqrt(cpu_adamw.sum_squares([g_leaves[i] for i in trained]))
       scale = jnp.where(norm < self.clip_norm, 1.0, self.clip_norm / norm)
 
     # Each group's AdamW state: (ScaleByAdamState, weight decay's, ScaleByScheduleState).
-    names = sorted({labels[i] for i in trained})
-    inner = {name: partition.inner_states[name].inner_state for name in names}
     rows, new_inner = [], {}
     for name in names:
       adam, *middle, sched = inner[name]
@@ -206,26 +206,29 @@ class _FusedPlan:
           jnp.float32(self.eps), jnp.float32(self.weight_decay),
           jnp.asarray(lr, jnp.float32)]).astype(jnp.float32))
       new_inner[name] = (adam, middle, sched, count)
-    index = np.array([names.index(labels[i]) for i in trained])
-    decay = np.array([1.0 if decays is None or decays[i] else 0.0 for i in trained],
-                     np.float32)
-    wd_col = cpu_adamw.COEFFS.index("weight_decay")
-    coeffs = jnp.stack(rows)[index]
-    coeffs = coeffs.at[:, wd_col].multiply(decay)
 
-    def moments(which):
-      by_group = {name: _masked_flatten(getattr(inner[name][0], which))[0]
-                  for name in names}
-      return [by_group[labels[i]][i] for i in trained]
+    p_out = list(p_leaves)
+    new_mu = new_nu = []
+    if trained:
+      index = np.array([names.index(labels[i]) for i in trained])
+      decay = np.array([1.0 if decays is None or decays[i] else 0.0 for i in trained],
+                       np.float32)
+      wd_col = cpu_adamw.COEFFS.index("weight_decay")
+      coeffs = jnp.stack(rows)[index]
+      coeffs = coeffs.at[:, wd_col].multiply(decay)
 
-    new_p, new_mu, new_nu = cpu_adamw.adamw_step(
-        coeffs, [p_leaves[i] for i in trained], [g_leaves[i] for i in trained],
-        moments("mu"), moments("nu"))
+      def moments(which):
+        by_group = {name: _masked_flatten(getattr(inner[name][0], which))[0]
+                    for name in names}
+        return [by_group[labels[i]][i] for i in trained]
+
+      new_p, new_mu, new_nu = cpu_adamw.adamw_step(
+          coeffs, [p_leaves[i] for i in trained], [g_leaves[i] for i in trained],
+          moments("mu"), moments("nu"))
+      for slot, i in enumerate(trained):
+        p_out[i] = new_p[slot]
 
     # Put the results back where the chain keeps them.
-    p_out = list(p_leaves)
-    for slot, i in enumerate(trained):
-      p_out[i] = new_p[slot]
     states = dict(partition.inner_states)
     for name in names:
       adam, middle, sched, count = new_inner[name]

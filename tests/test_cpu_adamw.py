@@ -143,12 +143,26 @@ def test_taken_only_where_it_should_be(forced_on, monkeypatch):
   assert not _uses_call(tx, params, state, grads)
 
 
-def test_everything_frozen_leaves_params_and_state_alone(forced_on):
-  tx, _ = optim.make_optimizer(_cfg(groups=((".*", 0.0),)), total_steps=8)
+@pytest.mark.parametrize("groups", [
+    ((".*", 0.0),),  # everything frozen: nothing moves, nothing counts
+    ((".*", 0.0), ("never/.*", 1e-3)),  # and an AdamW group that covers nothing
+    (("nothing/.*", 1e-2), ("backbone/.*", 0.0), (".*", 5e-2)),
+])
+def test_groups_that_cover_nothing_count_their_steps_as_optax_does(forced_on, groups):
+  """optax.partition steps every group's state, also one whose regex matches no
+  parameter (its count goes up); and with every parameter frozen nothing moves."""
+  tx, _ = optim.make_optimizer(_cfg(groups=groups), total_steps=8)
   params = _params()
-  state = tx.init(params)
-  got_p, got_s = _fused(tx)(params, state, _grads(params, 1))
-  _assert_close((got_p, got_s), (params, state))
+  ref, fused = _reference(tx), _fused(tx)
+  ref_p, ref_s = params, tx.init(params)
+  got_p, got_s = params, tx.init(params)
+  for t in range(3):
+    g = _grads(params, t)
+    ref_p, ref_s = ref(ref_p, ref_s, g)
+    got_p, got_s = fused(got_p, got_s, g)
+  _assert_close((got_p, got_s), (ref_p, ref_s))
+  if groups[0][1] == 0.0 and groups[0][0] == ".*":
+    _assert_close(got_p, params)
 
 
 def test_the_state_is_updated_in_place(forced_on):

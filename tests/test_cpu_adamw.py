@@ -64,6 +64,18 @@ def _fused(tx):
                                                                      params))
 
 
+def _runs(tx, params, steps: int, fused_steps: int):
+  """`steps` steps from tx.init, the first `fused_steps` of them fused and the rest by
+  tx.update, and the same steps all by tx.update: ((params, state), (params, state))."""
+  ref, fused = _reference(tx), _fused(tx)
+  got = want = (params, tx.init(params))
+  for t in range(steps):
+    g = _grads(params, t)
+    want = ref(*want, g)
+    got = (fused if t < fused_steps else ref)(*got, g)
+  return got, want
+
+
 def _uses_call(tx, params, state, grads) -> bool:
   # a new function each time: jit's trace cache would otherwise answer for an old trace
   return "meldae_adamw" in _fused(tx).lower(params, state, grads).as_text()
@@ -108,15 +120,8 @@ def test_either_path_continues_the_others_run(forced_on):
   """Two fused steps then two of tx.update, against four of tx.update: the state the
   fused step writes is the chain's own (a checkpoint does not care which path ran)."""
   tx, _ = optim.make_optimizer(_cfg(clip_norm=0.0, weight_decay=0.0), total_steps=8)
-  params = _params(1)
-  ref, fused = _reference(tx), _fused(tx)
-  p1, s1 = params, tx.init(params)
-  p2, s2 = params, tx.init(params)
-  for t in range(4):
-    g = _grads(params, t)
-    p1, s1 = ref(p1, s1, g)
-    p2, s2 = (fused if t < 2 else ref)(p2, s2, g)
-  _assert_close((p2, s2), (p1, s1))
+  got, want = _runs(tx, _params(1), steps=4, fused_steps=2)
+  _assert_close(got, want)
 
 
 def test_taken_only_where_it_should_be(forced_on, monkeypatch):
@@ -153,16 +158,10 @@ def test_groups_that_cover_nothing_count_their_steps_as_optax_does(forced_on, gr
   parameter (its count goes up); and with every parameter frozen nothing moves."""
   tx, _ = optim.make_optimizer(_cfg(groups=groups), total_steps=8)
   params = _params()
-  ref, fused = _reference(tx), _fused(tx)
-  ref_p, ref_s = params, tx.init(params)
-  got_p, got_s = params, tx.init(params)
-  for t in range(3):
-    g = _grads(params, t)
-    ref_p, ref_s = ref(ref_p, ref_s, g)
-    got_p, got_s = fused(got_p, got_s, g)
-  _assert_close((got_p, got_s), (ref_p, ref_s))
-  if groups[0][1] == 0.0 and groups[0][0] == ".*":
-    _assert_close(got_p, params)
+  got, want = _runs(tx, params, steps=3, fused_steps=3)
+  _assert_close(got, want)
+  if groups[0] == (".*", 0.0):
+    _assert_close(got[0], params)
 
 
 def test_the_state_is_updated_in_place(forced_on):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every CPU figure of docs/performance.md, one JSON line each, into $OUT (default
 # /tmp/meldae_perf). Run on an otherwise idle machine:
-#   bash benchmarks/cpu_suite.sh [compare|jax|torch|flags|memory|bf16|trace|all]
+#   bash benchmarks/cpu_suite.sh [compare|jax|torch|flags|optimizer|memory|bf16|trace|all]
 # `compare` is the JAX/PyTorch table (benchmarks/compare.py: alternating processes);
 # `trace` where the S112 train step's time goes (benchmarks/trace_step.py).
 # JAX runs in .venv; the PyTorch port in $TORCH_PY (a Python 3.11 venv with
@@ -91,6 +91,12 @@ if [[ $what == flags || $what == all ]]; then
     for m in train infer; do
       MELDAE_XLA_FLAGS=0 XLA_FLAGS="$f" jax_run "flags[$f] Ti112 $m" --config Ti112 --mode $m --steps $STEPS
     done
+  done
+fi
+if [[ $what == optimizer || $what == all ]]; then
+  # the optimiser step alone: the fused AdamW call against optax's XLA ops
+  for c in Ti112 S112; do
+    $PY benchmarks/optimizer_step.py --config $c >> "$OUT/optimizer.jsonl"
   done
 fi
 if [[ $what == memory || $what == all ]]; then

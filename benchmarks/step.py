@@ -14,8 +14,8 @@ identity). Infer is the jitted forward alone. Shapes are in `common.CONFIGS`.
 FLOPs come from XLA's cost analysis of the lowered step with the ViT blocks unrolled and
 XLA's own ops (`unrolled_flops`): the analysis counts a while loop's body once, and the
 CPU custom calls (`meldae_jax/ops/`: the Dense matmuls, the attention's products, the
-LayerNorms, the MLP's GELU, the fused AdamW) not at all, so the twin that computes the same thing with
-XLA ops is the one counted.
+LayerNorms, the MLP's GELU, the fused AdamW) not at all, so the twin that computes the
+same thing with XLA ops is the one counted.
 `xla_flops_compiled` is the compiled program's own count (for reference only). With remat
 both include the recomputation. The matmul peaks (4096^2 fp32: `jnp.dot`, and the sgemm
 path when it is on) are measured in the same run, after the steps, and on the CPU so is

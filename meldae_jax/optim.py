@@ -16,6 +16,7 @@ parameter (`ops/cpu_adamw.py`): same state, same maths, values equal to float32 
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Callable, Sequence
 
@@ -116,6 +117,9 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int
   update_steps = max(int(total_steps) // accum, 1)
   wd = float(opt_cfg.get("weight_decay", 0.0))
   wd_regex = opt_cfg.get("weight_decay_regex", ".*/kernel")
+  b1, b2, eps = (float(opt_cfg.get(k, v)) for k, v in (("b1", 0.9), ("b2", 0.999),
+                                                       ("eps", 1e-8)))
+  clip_norm = float(opt_cfg.get("clip_norm") or 0)
   wd_mask = (lambda p: _decay_mask(p, wd_regex)) if wd_regex else None
 
   schedules, transforms = {}, {FROZEN: optax.set_to_zero()}
@@ -124,9 +128,8 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int
       continue
     sched = make_schedule(float(lr), opt_cfg, update_steps)
     schedules[f"group_{i}"] = sched
-    transforms[f"group_{i}"] = optax.adamw(
-        sched, b1=opt_cfg.get("b1", 0.9), b2=opt_cfg.get("b2", 0.999),
-        eps=opt_cfg.get("eps", 1e-8), weight_decay=wd, mask=wd_mask)
+    transforms[f"group_{i}"] = optax.adamw(sched, b1=b1, b2=b2, eps=eps,
+                                           weight_decay=wd, mask=wd_mask)
 
   labels = lambda params: group_labels(params, groups)
   is_trainable = lambda params: jax.tree.map(lambda l: l != FROZEN, labels(params))
@@ -135,17 +138,15 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int
       optax.masked(optax.set_to_zero(),
                    lambda p: jax.tree.map(lambda t: not t, is_trainable(p))),
   ]
-  if opt_cfg.get("clip_norm"):
-    chain.append(optax.clip_by_global_norm(float(opt_cfg.clip_norm)))
+  if clip_norm:
+    chain.append(optax.clip_by_global_norm(clip_norm))
   chain.append(optax.partition(transforms, labels))
   tx = optax.chain(*chain)
   if accum > 1:
     return optax.MultiSteps(tx, every_k_schedule=accum), schedules
   fused = _AdamWChain(*tx)
-  fused.plan = _FusedPlan(groups=groups, schedules=schedules,
-                          b1=float(opt_cfg.get("b1", 0.9)), b2=float(opt_cfg.get("b2", 0.999)),
-                          eps=float(opt_cfg.get("eps", 1e-8)), weight_decay=wd,
-                          wd_regex=wd_regex, clip_norm=float(opt_cfg.get("clip_norm") or 0))
+  fused.plan = _FusedPlan(groups=tuple(groups), schedules=schedules, b1=b1, b2=b2, eps=eps,
+                          weight_decay=wd, wd_regex=wd_regex, clip_norm=clip_norm)
   return fused, schedules
 
 
@@ -154,16 +155,19 @@ class _AdamWChain(optax.GradientTransformationExtraArgs):
   lets `apply_gradients` run it as one fused call."""
 
 
+@dataclasses.dataclass(frozen=True)
 class _FusedPlan:
   """`make_optimizer`'s chain (freeze, clip, AdamW per group) as `cpu_adamw`'s calls,
   reading and writing the chain's own optax state, so either path continues the other's
   run and checkpoints do not depend on which ran."""
-
-  def __init__(self, *, groups, schedules, b1, b2, eps, weight_decay, wd_regex,
-               clip_norm):
-    self.groups, self.schedules = groups, schedules
-    self.b1, self.b2, self.eps, self.weight_decay = b1, b2, eps, weight_decay
-    self.wd_regex, self.clip_norm = wd_regex, clip_norm
+  groups: tuple
+  schedules: dict
+  b1: float
+  b2: float
+  eps: float
+  weight_decay: float
+  wd_regex: str | None
+  clip_norm: float
 
   @staticmethod
   def applies(grads, opt_state, params) -> bool:
@@ -173,6 +177,14 @@ class _FusedPlan:
                 for x in leaves)
             and isinstance(opt_state, tuple) and len(opt_state) in (2, 3)
             and hasattr(opt_state[-1], "inner_states"))
+
+  def _coefficients(self, count, lr, scale):
+    """One group's row of `cpu_adamw.COEFFS` (weight decay before its per-leaf mask)."""
+    return jnp.stack([
+        scale, jnp.float32(1 - self.b1), jnp.float32(self.b1), jnp.float32(1 - self.b2),
+        jnp.float32(self.b2), 1 / (1 - self.b1 ** count), 1 / (1 - self.b2 ** count),
+        jnp.float32(self.eps), jnp.float32(self.weight_decay),
+        jnp.asarray(lr, jnp.float32)]).astype(jnp.float32)
 
   def apply(self, grads, opt_state, params):
     """(params, opt_state) after one step, as `tx.update` + `optax.apply_updates`."""
@@ -185,7 +197,6 @@ class _FusedPlan:
     # Every AdamW group counts the step, as optax.partition's do, also one whose regex
     # covers no parameter.
     names = sorted(name for name in partition.inner_states if name != FROZEN)
-    inner = {name: partition.inner_states[name].inner_state for name in names}
 
     # The clip: the global norm of the trainable gradients (frozen ones are zeroed first).
     scale = jnp.float32(1.0)
@@ -193,55 +204,37 @@ class _FusedPlan:
       norm = jnp.sqrt(cpu_adamw.sum_squares([g_leaves[i] for i in trained]))
       scale = jnp.where(norm < self.clip_norm, 1.0, self.clip_norm / norm)
 
-    # Each group's AdamW state: (ScaleByAdamState, weight decay's, ScaleByScheduleState).
-    rows, new_inner = [], {}
+    # Each group's AdamW state is (ScaleByAdamState, weight decay's, ScaleByScheduleState);
+    # its moments are parameter-shaped trees with MaskedNodes where other groups' are.
+    states, rows, mus, nus = {}, [], {}, {}  # mus, nus: name -> (leaves, treedef)
     for name in names:
-      adam, *middle, sched = inner[name]
+      adam, *middle, sched = partition.inner_states[name].inner_state
       count = optax.safe_increment(adam.count)
-      lr = -1 * self.schedules[name](sched.count)
-      rows.append(jnp.stack([
-          scale, jnp.float32(1 - self.b1), jnp.float32(self.b1),
-          jnp.float32(1 - self.b2), jnp.float32(self.b2),
-          1 / (1 - self.b1 ** count), 1 / (1 - self.b2 ** count),
-          jnp.float32(self.eps), jnp.float32(self.weight_decay),
-          jnp.asarray(lr, jnp.float32)]).astype(jnp.float32))
-      new_inner[name] = (adam, middle, sched, count)
+      rows.append(self._coefficients(count, -1 * self.schedules[name](sched.count), scale))
+      mus[name], nus[name] = _masked_flatten(adam.mu), _masked_flatten(adam.nu)
+      states[name] = (adam._replace(count=count), middle,
+                      sched._replace(count=optax.safe_increment(sched.count)))
 
     p_out = list(p_leaves)
-    new_mu = new_nu = []
     if trained:
-      index = np.array([names.index(labels[i]) for i in trained])
+      coeffs = jnp.stack(rows)[np.array([names.index(labels[i]) for i in trained])]
       decay = np.array([1.0 if decays is None or decays[i] else 0.0 for i in trained],
                        np.float32)
-      wd_col = cpu_adamw.COEFFS.index("weight_decay")
-      coeffs = jnp.stack(rows)[index]
-      coeffs = coeffs.at[:, wd_col].multiply(decay)
-
-      def moments(which):
-        by_group = {name: _masked_flatten(getattr(inner[name][0], which))[0]
-                    for name in names}
-        return [by_group[labels[i]][i] for i in trained]
-
+      coeffs = coeffs.at[:, cpu_adamw.COEFFS.index("weight_decay")].multiply(decay)
       new_p, new_mu, new_nu = cpu_adamw.adamw_step(
           coeffs, [p_leaves[i] for i in trained], [g_leaves[i] for i in trained],
-          moments("mu"), moments("nu"))
-      for slot, i in enumerate(trained):
+          [mus[labels[i]][0][i] for i in trained], [nus[labels[i]][0][i] for i in trained])
+      for slot, i in enumerate(trained):  # back where the chain keeps them
         p_out[i] = new_p[slot]
+        mus[labels[i]][0][i], nus[labels[i]][0][i] = new_mu[slot], new_nu[slot]
 
-    # Put the results back where the chain keeps them.
-    states = dict(partition.inner_states)
+    inner_states = dict(partition.inner_states)
     for name in names:
-      adam, middle, sched, count = new_inner[name]
-      mu_leaves, mu_def = _masked_flatten(adam.mu)
-      nu_leaves, nu_def = _masked_flatten(adam.nu)
-      for slot, i in enumerate(trained):
-        if labels[i] == name:
-          mu_leaves[i], nu_leaves[i] = new_mu[slot], new_nu[slot]
-      adam = adam._replace(count=count, mu=jax.tree.unflatten(mu_def, mu_leaves),
-                           nu=jax.tree.unflatten(nu_def, nu_leaves))
-      sched = sched._replace(count=optax.safe_increment(sched.count))
-      states[name] = states[name]._replace(inner_state=(adam, *middle, sched))
-    opt_state = (*opt_state[:-1], partition._replace(inner_states=states))
+      adam, middle, sched = states[name]
+      adam = adam._replace(mu=jax.tree.unflatten(mus[name][1], mus[name][0]),
+                           nu=jax.tree.unflatten(nus[name][1], nus[name][0]))
+      inner_states[name] = inner_states[name]._replace(inner_state=(adam, *middle, sched))
+    opt_state = (*opt_state[:-1], partition._replace(inner_states=inner_states))
     return jax.tree.unflatten(p_def, p_out), opt_state
 
 

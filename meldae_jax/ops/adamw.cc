@@ -6,8 +6,8 @@
 // writes the clipped gradient and the update out between them. An S112 step spent ~41 ms
 // in the optimiser, against ~25 ms for one flat loop over the same bytes
 // (docs/performance.md, session 22). Here each element is read once (p, g, m, v) and
-// written once (p, m, v), in chunks shared over XLA's intra-op pool, and the outputs
-// alias the inputs, so the donated state is updated in place.
+// written once (p, m, v), in chunks shared over XLA's intra-op pool, into outputs that
+// alias the inputs, so a donated state is updated in place.
 //
 // Arguments: coeffs (L, 10) float32, then L params, L grads, L first and L second
 // moments; results: L params, L first and L second moments. Row i of coeffs holds leaf
@@ -36,11 +36,11 @@ enum Coeff : int64_t {
   kClip, kOneMinusB1, kB1, kOneMinusB2, kB2, kInvBc1, kInvBc2, kEps, kWd, kNegLr, kCoeffs
 };
 
+// One leaf's arrays: read from p, g, m, v and written to po, mo, vo, which are the same
+// buffers where XLA aliased them (a donated state), so the update is then in place.
 struct Leaf {
-  float* p;
-  const float* g;
-  float* m;
-  float* v;
+  const float *p, *g, *m, *v;
+  float *po, *mo, *vo;
   const float* c;  // its row of coeffs
   int64_t size;
 };
@@ -53,9 +53,9 @@ void StepPlain(const Leaf& l, int64_t begin, int64_t end) {
     const float v = c[kOneMinusB2] * (g * g) + c[kB2] * l.v[i];
     const float u =
         (m * c[kInvBc1]) / (std::sqrt(v * c[kInvBc2]) + c[kEps]) + c[kWd] * l.p[i];
-    l.m[i] = m;
-    l.v[i] = v;
-    l.p[i] = l.p[i] + c[kNegLr] * u;
+    l.mo[i] = m;
+    l.vo[i] = v;
+    l.po[i] = l.p[i] + c[kNegLr] * u;
   }
 }
 
@@ -79,9 +79,9 @@ __attribute__((target("avx512f"))) void StepAvx512(const Leaf& l, int64_t begin,
     const __m512 den = _mm512_add_ps(_mm512_sqrt_ps(_mm512_mul_ps(v, bc2)), eps);
     const __m512 u = _mm512_add_ps(_mm512_div_ps(_mm512_mul_ps(m, bc1), den),
                                    _mm512_mul_ps(wd, p));
-    _mm512_mask_storeu_ps(l.m + i, k, m);
-    _mm512_mask_storeu_ps(l.v + i, k, v);
-    _mm512_mask_storeu_ps(l.p + i, k, _mm512_add_ps(p, _mm512_mul_ps(neg_lr, u)));
+    _mm512_mask_storeu_ps(l.mo + i, k, m);
+    _mm512_mask_storeu_ps(l.vo + i, k, v);
+    _mm512_mask_storeu_ps(l.po + i, k, _mm512_add_ps(p, _mm512_mul_ps(neg_lr, u)));
   }
 }
 
@@ -129,26 +129,16 @@ ffi::Error Adamw(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coeffs, ffi::Remain
       return ffi::Error::InvalidArgument("meldae_adamw: leaf " + std::to_string(i) +
                                          "'s arrays differ in size");
     }
-    // The results start as copies of the state (nothing to copy where XLA aliased them,
-    // as it does for a donated state) and are then updated in place.
-    float* pd = (*po)->typed_data();
-    float* md = (*mo)->typed_data();
-    float* vd = (*vo)->typed_data();
-    if (pd != p->typed_data()) std::copy_n(p->typed_data(), size, pd);
-    if (md != m->typed_data()) std::copy_n(m->typed_data(), size, md);
-    if (vd != v->typed_data()) std::copy_n(v->typed_data(), size, vd);
-    leaves[i] = Leaf{pd, g->typed_data(), md, vd, coeffs.typed_data() + i * kCoeffs, size};
+    leaves[i] = Leaf{p->typed_data(),      g->typed_data(),      m->typed_data(),
+                     v->typed_data(),      (*po)->typed_data(),  (*mo)->typed_data(),
+                     (*vo)->typed_data(),  coeffs.typed_data() + i * kCoeffs, size};
   }
   std::vector<Chunk> chunks;
   for (int64_t i = 0; i < n; ++i) AddChunks(i, leaves[i].size, &chunks);
-  const bool avx512 = meldae::UseAvx512();
+  const auto step = meldae::UseAvx512() ? StepAvx512 : StepPlain;
   meldae::ParallelFor(pool, static_cast<int64_t>(chunks.size()), [&](int64_t j) {
     const Chunk& ch = chunks[j];
-    if (avx512) {
-      StepAvx512(leaves[ch.leaf], ch.begin, ch.end);
-    } else {
-      StepPlain(leaves[ch.leaf], ch.begin, ch.end);
-    }
+    step(leaves[ch.leaf], ch.begin, ch.end);
   });
   return ffi::Error::Success();
 }
@@ -188,11 +178,10 @@ ffi::Error SumSquares(ffi::ThreadPool pool, ffi::RemainingArgs args,
     AddChunks(i, x->element_count(), &chunks);
   }
   std::vector<float> partial(chunks.size(), 0.0f);
-  const bool avx512 = meldae::UseAvx512();
+  const auto sum = meldae::UseAvx512() ? SumSquaresAvx512 : SumSquaresPlain;
   meldae::ParallelFor(pool, static_cast<int64_t>(chunks.size()), [&](int64_t j) {
     const Chunk& ch = chunks[j];
-    partial[j] = avx512 ? SumSquaresAvx512(data[ch.leaf], ch.begin, ch.end)
-                        : SumSquaresPlain(data[ch.leaf], ch.begin, ch.end);
+    partial[j] = sum(data[ch.leaf], ch.begin, ch.end);
   });
   double total = 0.0;
   for (float s : partial) total += s;

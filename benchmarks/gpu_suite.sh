@@ -13,7 +13,8 @@
 # fails, times out or finds the budget spent is reported (with its last stderr) and the
 # rest go on. Order: most wanted first. The PyTorch port (benchmarks/torch_port.py) runs
 # the same step on the GPU in eager mode with bf16 autocast, and compiled.
-# SMOKE=1 runs every row on the tiny model (a check of this script on any machine).
+# SMOKE=1 runs every row on the tiny model (a check of this script on any machine);
+# ROWS=REGEX runs only the rows whose label matches it (grep -E), e.g. ROWS='^B224 train'.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/meldae_gpu}
@@ -32,9 +33,11 @@ if [[ ${1:-run} == prepare ]]; then
 fi
 
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" > /dev/null; then
+: > "$OUT/gpu.jsonl"  # this run's rows only, not an earlier run's
+WHL=${WHL:-.whl}  # the carried wheels (tests point it elsewhere)
+if compgen -G "$WHL/*.whl" > /dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
+    --target /tmp/site "$WHL"/*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 nvidia-smi > "$OUT/nvidia_smi.txt" 2>&1
@@ -43,6 +46,7 @@ $PY -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__
 
 run_row() {  # label, jax|torch, arguments...: its JSON line, labelled, to $OUT/gpu.jsonl
   local label=$1 kind=$2; shift 2
+  [[ -n ${ROWS:-} ]] && ! grep -qE -- "$ROWS" <<< "$label" && return
   local script=benchmarks/step.py py=$PY
   if [[ $kind == torch ]]; then script=benchmarks/torch_port.py; py=$TORCH_PY; fi
   if [[ ${SMOKE:-0} == 1 ]]; then

@@ -447,3 +447,47 @@ def test_optimizer_step_prints_both_paths(capsys, monkeypatch):
     assert 0 < l["min_ms"] <= l["median_ms"]
     assert l["gbytes_per_s"] == pytest.approx(
         optimizer_step.BYTES_PER_PARAM * l["params"] / (l["median_ms"] / 1e3) / 1e9)
+
+
+def _gpu_suite(tmp_path, **env):
+  """`benchmarks/gpu_suite.sh run` in smoke mode (tiny model, CPU): its JSON rows, stdout."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "out"
+  (tmp_path / "no_wheels").mkdir()
+  env = {**os.environ, "SMOKE": "1", "OUT": str(out), "PY": sys.executable,
+         "TORCH_PY": sys.executable, "WHL": str(tmp_path / "no_wheels"), **env}
+  done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "run"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                        check=True)
+  rows = [json.loads(l) for l in (out / "gpu.jsonl").read_text().splitlines()]
+  return rows, done.stdout
+
+
+def test_gpu_suite_runs_the_chosen_rows_and_tabulates_them(tmp_path):
+  # The GPU rows are one prepared call of a lent machine: the script itself must work.
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "gpu.jsonl").write_text('{"label": "an earlier run"}\n')
+  rows, stdout = _gpu_suite(
+      tmp_path, ROWS="^B224 infer bf16 B16$|^torch B224 train bf16 B16 eager$")
+  assert [r["label"] for r in rows] == ["torch B224 train bf16 B16 eager",
+                                        "B224 infer bf16 B16"]
+  jax_row = rows[1]
+  assert (jax_row["config"], jax_row["mode"], jax_row["dtype"], jax_row["batch"]) == (
+      "tiny", "infer", "bf16", 16)
+  assert jax_row["median_s"] > 0 and jax_row["bf16_matmul_peak_size"] == 32
+  torch_row = rows[0]
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    assert torch_row["median_s"] > 0
+  except ImportError:  # this venv: the row is reported as failed, and the rest go on
+    assert torch_row["rc"] != 0 and "torch" in torch_row["error"]
+    assert "torch B224 train bf16 B16 eager: failed (rc 1)" in stdout
+  assert any(l.startswith("B224 infer bf16 B16 ") for l in stdout.splitlines())
+
+
+def test_gpu_suite_reports_rows_left_when_its_budget_is_spent(tmp_path):
+  rows, stdout = _gpu_suite(tmp_path, BUDGET="0")
+  assert len(rows) == 7 and len({r["label"] for r in rows}) == 7
+  assert all(r["rc"] == -1 and "budget" in r["error"] for r in rows)
+  assert stdout.count("not run: the suite's 0 s budget was spent") == 7

@@ -5,7 +5,9 @@ equivalence is checked by hand with `torch_port.py --check` on an export.
 """
 import concurrent.futures
 import json
+import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -451,8 +453,6 @@ def test_optimizer_step_prints_both_paths(capsys, monkeypatch):
 
 def _gpu_suite(tmp_path, **env):
   """`benchmarks/gpu_suite.sh run` in smoke mode (tiny model, CPU): its JSON rows, stdout."""
-  import os  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
   out = tmp_path / "out"
   (tmp_path / "no_wheels").mkdir()
   env = {**os.environ, "SMOKE": "1", "OUT": str(out), "PY": sys.executable,

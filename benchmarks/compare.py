@@ -21,6 +21,7 @@ above the target, `missed` when it is below, `undecided` when it straddles it.
 pools the rounds of saved outputs (same config, mode and dtypes) without running anything.
 """
 import argparse
+import hashlib
 import json
 import math
 import pathlib
@@ -36,7 +37,8 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-impor
 
 KEEP = ("config", "mode", "dtype", "median_s", "min_s", "max_s", "cpu_s_per_step",
         "steps_steal_fraction", "compile_seconds", "steps_peak_rss_mib", "gflops_per_s",
-        "cpu_gemm", "blas_core", "backend", "torch_threads", "loss")
+        "cpu_gemm", "blas_core", "backend", "torch_threads", "loss", "jax_version",
+        "torch_version")
 
 
 def last_json(stdout: str) -> dict | None:
@@ -63,6 +65,35 @@ def commands(a) -> dict[str, list[str]]:
            "--dtype", a.jax_dtype or a.dtype],
       torch=[a.torch_python, str(here / "torch_port.py"), *common_args,
              "--dtype", a.dtype, "--backend", a.backend])
+
+
+# What defines the two measured steps: a round pools with another only where these match.
+SOURCES = ("meldae_jax/**/*.py", "meldae_jax/**/*.cc", "meldae_jax/**/*.h", "configs/*.py",
+           "setup.py", "benchmarks/step.py", "benchmarks/torch_port.py",
+           "benchmarks/common.py")
+
+
+def source_fingerprint(root: pathlib.Path = ROOT) -> str:
+  """A short hash of the files that define the step on either side (SOURCES): rounds
+  from checkouts with the same fingerprint measured the same code, whatever else (docs,
+  tests) changed between their commits."""
+  digest = hashlib.sha256()
+  for path in sorted({p for pattern in SOURCES for p in root.glob(pattern)}):
+    digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+    digest.update(path.read_bytes() + b"\0")
+  return digest.hexdigest()[:12]
+
+
+def git_commit(root: pathlib.Path = ROOT) -> str | None:
+  """The checkout's commit (short), '+dirty' with uncommitted changes; None outside git."""
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=root, check=True, capture_output=True, text=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return head + ("+dirty" if dirty.strip() else "")
 
 
 def median_interval(values: list[float], confidence: float = 0.95):
@@ -98,10 +129,11 @@ def summarise(rounds: list[dict], target: float | None = None) -> dict:
 SAME = ("config", "mode", "dtype", "jax_dtype", "torch_backend")
 
 
-def load_rounds(paths: list[str]) -> tuple[dict, list[dict]]:
-  """The rounds of saved compare outputs, pooled: (what they measured, rounds). Each
-  file must hold whole rounds and its own `compare` line; all must agree on SAME."""
-  setting, rounds = None, []
+def load_rounds(paths: list[str]) -> tuple[dict, list[dict], list[str | None]]:
+  """The rounds of saved compare outputs, pooled: (what they measured, rounds, each
+  file's source fingerprint or None where it predates them). Each file must hold whole
+  rounds and its own `compare` line; all must agree on SAME."""
+  setting, rounds, sources = None, [], []
   for path in paths:
     lines = [json.loads(l) for l in pathlib.Path(path).read_text().splitlines()
              if l.startswith("{")]
@@ -109,6 +141,7 @@ def load_rounds(paths: list[str]) -> tuple[dict, list[dict]]:
     if not summary:
       raise ValueError(f"{path}: no `kind: compare` line (an unfinished run?)")
     this = {k: summary[-1].get(k) for k in SAME}
+    sources.append(summary[-1].get("source"))
     if setting is None:
       setting = this
     elif this != setting:
@@ -121,7 +154,7 @@ def load_rounds(paths: list[str]) -> tuple[dict, list[dict]]:
       if set(pair) != {"jax", "torch"}:
         raise ValueError(f"{path}: round {number} lacks a side ({sorted(pair)})")
       rounds.append(pair)
-  return setting, rounds
+  return setting, rounds, sources
 
 
 def main(argv=None):
@@ -148,15 +181,20 @@ def main(argv=None):
   a = p.parse_args(argv)
   if a.summarise:
     try:
-      setting, rounds = load_rounds(a.summarise)
+      setting, rounds, sources = load_rounds(a.summarise)
     except (OSError, ValueError, KeyError) as e:
       p.error(str(e))
-    common.emit(dict(kind="compare", files=a.summarise, **setting,
+    if len(set(sources) - {None}) > 1:
+      print("warning: these files measured different code (source fingerprints "
+            f"{sorted(set(sources) - {None})}); pool only rounds of the same step",
+            file=sys.stderr)
+    common.emit(dict(kind="compare", files=a.summarise, **setting, sources=sources,
                      **summarise(rounds, a.target)))
     return
   if a.rounds < 1 or a.steps < 1:
     p.error("--rounds and --steps must be at least 1")
   cmds = commands(a)
+  source = source_fingerprint()
   rounds = []
   for r in range(a.rounds):
     order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
@@ -170,7 +208,12 @@ def main(argv=None):
   common.emit(dict(kind="compare", config=a.config, mode=a.mode, dtype=a.dtype,
                    jax_dtype=a.jax_dtype or a.dtype,
                    torch_backend=a.backend, steps=a.steps, warmup=a.warmup,
-                   **summarise(rounds, a.target), **common.host_figures()))
+                   **summarise(rounds, a.target), **common.host_figures(),
+                   commit=git_commit(), source=source,
+                   source_changed=source_fingerprint() != source))
+  if source_fingerprint() != source:
+    print("warning: the step's sources changed during the rounds; do not pool them",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,34 @@ def test_rounds_alternate_and_the_ratio_is_torch_over_jax(tmp_path, capsys):
   summary = lines[-1]
   assert summary["ratios"] == [2.0, 2.0, 2.0] and summary["ratio_median"] == 2.0
   assert summary["jax_median_s"] == 0.25 and summary["torch_median_s"] == 0.5
+  assert summary["source"] == compare.source_fingerprint()
+  assert summary["source_changed"] is False
+
+
+def _tree(root, files):
+  for name, text in files.items():
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text(text)
+
+
+def test_the_source_fingerprint_follows_the_step_and_nothing_else(tmp_path):
+  _tree(tmp_path, {"meldae_jax/models/vit.py": "a = 1\n", "meldae_jax/ops/k.cc": "int x;\n",
+                   "benchmarks/step.py": "", "docs/performance.md": "# v1\n",
+                   "tests/test_x.py": ""})
+  before = compare.source_fingerprint(tmp_path)
+  _tree(tmp_path, {"docs/performance.md": "# v2\n", "tests/test_y.py": "",
+                   "benchmarks/scoreboard.py": ""})
+  assert compare.source_fingerprint(tmp_path) == before
+  for name in ("meldae_jax/ops/k.cc", "benchmarks/step.py"):
+    _tree(tmp_path, {name: "changed\n"})
+    assert compare.source_fingerprint(tmp_path) != before
+    before = compare.source_fingerprint(tmp_path)
+  (tmp_path / "meldae_jax/models/vit.py").rename(tmp_path / "meldae_jax/models/vit2.py")
+  assert compare.source_fingerprint(tmp_path) != before  # a renamed file counts
+
+
+def test_git_commit_is_none_outside_a_checkout(tmp_path):
+  assert compare.git_commit(tmp_path) is None
 
 
 def test_summary_of_uneven_rounds():
@@ -113,6 +141,24 @@ def test_saved_outputs_are_pooled(tmp_path, capsys):
   assert s["rounds"] == 5 and s["ratios"] == pytest.approx([1.2, 1.2, 1.5, 1.5, 1.5])
   assert s["ratio_median"] == pytest.approx(1.5) and s["rounds_at_target"] == 3
   assert s["verdict"] == "undecided" and s["config"] == "Ti112" and s["files"] == [a, b]
+
+
+def test_pooling_warns_where_the_files_measured_different_code(tmp_path, capsys):
+  a = _saved_run(tmp_path, "a", 1.0, 1.2)
+  b = _saved_run(tmp_path, "b", 1.0, 1.5)
+  compare.main(["--summarise", a, b])
+  captured = capsys.readouterr()
+  assert "different code" not in captured.err
+  same = json.loads(captured.out.splitlines()[-1])["sources"]
+  assert same == [compare.source_fingerprint()] * 2
+  lines = pathlib.Path(b).read_text().splitlines()
+  summary = json.loads(lines[-1])
+  summary["source"] = "0123456789ab"
+  pathlib.Path(b).write_text("\n".join(lines[:-1] + [json.dumps(summary)]) + "\n")
+  compare.main(["--summarise", a, b])
+  captured = capsys.readouterr()
+  assert "different code" in captured.err and "0123456789ab" in captured.err
+  assert json.loads(captured.out.splitlines()[-1])["sources"][1] == "0123456789ab"
 
 
 def test_pooling_refuses_mixed_or_unfinished_outputs(tmp_path, capsys):

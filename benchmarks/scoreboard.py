@@ -1,0 +1,230 @@
+"""Issue 5's targets in one table, computed from the saved runs in benchmarks/results/.
+
+  python benchmarks/scoreboard.py                              # the markdown table
+  python benchmarks/scoreboard.py --check docs/performance.md  # exit 1 where it differs
+
+Why: the table at the top of docs/performance.md is what a reader checks first, so its
+figures should be reproducible from the rounds behind them, not typed. Each row names
+its saved outputs (`ROWS`): `compare.py` runs against the port (pooled as `compare.py
+--summarise` pools them), `step.py --memory-sweep` for remat, `bf16_loss.py` for the
+bf16 loss; a row with no saved run yet says so. Which files pool into a row is chosen
+here, by hand: only runs of the same step (`compare.py` records each run's source
+fingerprint since session 24; the older files' sessions say theirs in
+docs/performance.md), and a warning names files whose fingerprints differ.
+"""
+import argparse
+import dataclasses
+import difflib
+import json
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+from benchmarks import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+RESULTS = ROOT / "benchmarks" / "results"
+HEADER = ("| issue 5's target | JAX, s per step | against the port: median [interval, "
+          "confidence], rounds | verdict | sessions |\n| --- | --- | --- | --- | --- |")
+
+
+@dataclasses.dataclass(frozen=True)
+class Against:
+  """A ratio target against the port: the pooled rounds of `files` (compare.py)."""
+  label: str
+  target: float
+  files: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Remat:
+  """Peak memory cut at T = `frames` by remat, at a bounded slowdown (step.py
+  --memory-sweep's summary)."""
+  label: str
+  file: str | None
+  frames: int = 64
+  min_reduction: float = 2.0
+  max_slowdown: float = 1.3
+
+
+@dataclasses.dataclass(frozen=True)
+class Bf16Loss:
+  """bf16 training loss within a tolerance of fp32 (bf16_loss.py)."""
+  label: str
+  file: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class NotRun:
+  """A target with no run on this machine kind, why, and the sessions that say more."""
+  label: str
+  why: str
+  sessions: str = ""
+
+
+ROWS = (
+    Against("Ti112 train >= 1.3x eager (issue: <= 0.21 s)", 1.3, (
+        "s22_Ti112_train_fp32_eager_a.jsonl", "s22_Ti112_train_fp32_eager_b.jsonl",
+        "s23_Ti112_train_fp32_eager_a.jsonl", "s23_Ti112_train_fp32_eager_b.jsonl",
+        "s24_Ti112_train_fp32_eager_a.jsonl")),
+    Against("S112 train >= 1.3x eager (issue: <= 0.61 s)", 1.3, (
+        "s22_S112_train_fp32_eager_a.jsonl", "s22_S112_train_fp32_eager_b.jsonl",
+        "s24_S112_train_fp32_eager_a.jsonl")),
+    Against("Ti112 infer faster than `torch.compile` (issue: < 0.074 s)", 1.0, (
+        "s22_Ti112_infer_fp32_compile_a.jsonl", "s23_Ti112_infer_fp32_compile_a.jsonl")),
+    Against("S112 infer faster than `torch.compile` (issue: < 0.23 s)", 1.0, (
+        "s22_S112_infer_fp32_compile_a.jsonl", "s22_S112_infer_fp32_compile_b.jsonl")),
+    Against("Stretch, bf16 (`bf16_matmul`) against autocast: S112 train", 1.0, (
+        "s24_S112_train_bf16_matmul_autocast_a.jsonl",)),
+    Against("the same, S112 infer", 1.0, (
+        "s24_S112_infer_bf16_matmul_autocast_a.jsonl",
+        "s24_S112_infer_bf16_matmul_autocast_b.jsonl")),
+    Against("the same, Ti112 train", 1.0, ("s24_Ti112_train_bf16_matmul_autocast_a.jsonl",)),
+    Against("the same, Ti112 infer", 1.0, ("s24_Ti112_infer_bf16_matmul_autocast_a.jsonl",)),
+    Against("the same, B224 train", 1.0, (
+        "s22_B224_train_bf16_matmul_autocast_a.jsonl",
+        "s23_B224_train_bf16_matmul_autocast_a.jsonl")),
+    Bf16Loss("bf16 training loss within a stated tolerance of fp32", "s24_bf16_loss.jsonl"),
+    Remat("Remat: S112 train at T = 64, peak memory /2 at <= 30 % more time",
+          "s24_memory.jsonl"),
+    NotRun("GPU: B224 and the 16-clip batch in bf16, MFU >= 45 %",
+           "not run: no GPU lent (sessions 10-24); one prepared call, "
+           "`benchmarks/gpu_suite.sh run`, re-checked in session 23", "16, 23"),
+)
+
+
+def _sessions(files) -> str:
+  """'22-24' from the files' 'sNN_' prefixes."""
+  numbers = sorted({int(m.group(1)) for f in files
+                    if (m := re.match(r"s(\d+)_", pathlib.Path(f).name))})
+  if not numbers:
+    return ""
+  return str(numbers[0]) if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
+
+
+def _range(values) -> str:
+  low, high = f"{min(values):#.3g}", f"{max(values):#.3g}"
+  return low if low == high else f"{low}-{high}"
+
+
+def _lines(path: pathlib.Path) -> list[dict]:
+  return [json.loads(l) for l in path.read_text().splitlines() if l.startswith("{")]
+
+
+def against_cells(row: Against, results: pathlib.Path) -> list[str]:
+  if not row.files:
+    return [row.label, "", "no saved rounds", "not measured", ""]
+  paths = [str(results / f) for f in row.files]
+  _, rounds, sources = compare.load_rounds(paths)
+  if len(set(sources) - {None}) > 1:
+    print(f"warning: {row.label}: the pooled files measured different code "
+          f"({sorted(set(sources) - {None})})", file=sys.stderr)
+  s = compare.summarise(rounds, row.target)
+  low, high = s["ratio_median_interval"]
+  n = s["rounds"]
+  ratio = (f"{s['ratio_median']:.2f} [{low:.2f}, {high:.2f}] "
+           f"{100 * s['interval_confidence']:.0f} %, {n} "
+           f"({s['rounds_at_target']} of {n} at >= {row.target:g})")
+  return [row.label, _range([r["jax"]["median_s"] for r in rounds]), ratio, s["verdict"],
+          _sessions(row.files)]
+
+
+def remat_cells(row: Remat, results: pathlib.Path) -> list[str]:
+  if row.file is None:
+    return [row.label, "", "no saved run", "not measured", ""]
+  summary = next(l for l in _lines(results / row.file)
+                 if l.get("kind") == "memory_sweep_summary")
+  parts, ok = [], []
+  for policy in ("full", "dots"):
+    got = summary.get(f"T{row.frames}_{policy}")
+    if not got or got.get("rss_reduction") is None:
+      continue
+    cut, slow = got["rss_reduction"], got["slowdown"]
+    parts.append(f"/{cut:.2f} at x{slow:.2f} ({policy})")
+    ok.append(cut >= row.min_reduction and slow <= row.max_slowdown)
+  if not parts:
+    raise ValueError(f"{row.file}: no T{row.frames} remat rows in its summary")
+  verdict = "met" if any(ok) else "missed"
+  return [row.label, "", "peak RSS " + ", ".join(parts), verdict, _sessions([row.file])]
+
+
+def bf16_loss_cells(row: Bf16Loss, results: pathlib.Path) -> list[str]:
+  if row.file is None:
+    return [row.label, "", "no saved run", "not measured", ""]
+  report = _lines(results / row.file)[-1]
+  worst = 100 * report["max_rel_diff"]
+  cells = (f"max {worst:.2f} % over {report['steps']} {report['config']} steps, "
+           f"`--dtype {report['dtype']}` (tolerance {100 * report['rtol']:g} %)")
+  return [row.label, "", cells, "met" if report["within_rtol"] else "missed",
+          _sessions([row.file])]
+
+
+def table(results: pathlib.Path = RESULTS, rows=None) -> str:
+  """The scoreboard as markdown: the header and one line per row (`ROWS` by default)."""
+  out = [HEADER]
+  for row in ROWS if rows is None else rows:
+    try:
+      if isinstance(row, Against):
+        cells = against_cells(row, results)
+      elif isinstance(row, Remat):
+        cells = remat_cells(row, results)
+      elif isinstance(row, Bf16Loss):
+        cells = bf16_loss_cells(row, results)
+      else:
+        cells = [row.label, "", row.why, "not measured", row.sessions]
+    except (OSError, ValueError, KeyError, StopIteration) as e:
+      raise ValueError(f"row {row.label!r}: {type(e).__name__}: {e}") from e
+    out.append("| " + " | ".join(cells) + " |")
+  return "\n".join(out)
+
+
+def table_in(text: str) -> str | None:
+  """The scoreboard table in a markdown text: from its header line to the first line
+  that is not a table row; None where there is none."""
+  lines = text.splitlines()
+  first = HEADER.splitlines()[0]
+  if first not in lines:
+    return None
+  start = lines.index(first)
+  end = start
+  while end < len(lines) and lines[end].startswith("|"):
+    end += 1
+  return "\n".join(lines[start:end])
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--results", default=str(RESULTS), help="the saved runs' folder")
+  p.add_argument("--check", metavar="DOC.md", default=None,
+                 help="compare the table in DOC.md with the computed one; exit 1 if not equal")
+  a = p.parse_args(argv)
+  found = None
+  if a.check is not None:
+    found = table_in(pathlib.Path(a.check).read_text())
+    if found is None:
+      print(f"{a.check}: no scoreboard table (its header line is missing)",
+            file=sys.stderr)
+      return 1
+  try:
+    computed = table(pathlib.Path(a.results))
+  except ValueError as e:
+    print(f"scoreboard: a saved run could not be read: {e}", file=sys.stderr)
+    return 1
+  if a.check is None:
+    print(computed)
+    return 0
+  if found != computed:
+    sys.stdout.writelines(difflib.unified_diff(
+        (found + "\n").splitlines(True), (computed + "\n").splitlines(True),
+        f"{a.check} (as written)", "computed from the saved runs"))
+    return 1
+  print(f"{a.check}: the scoreboard matches the saved runs")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

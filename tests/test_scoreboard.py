@@ -1,0 +1,103 @@
+"""benchmarks/scoreboard.py: issue 5's table computed from the saved runs."""
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+from benchmarks import scoreboard  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _compare_file(path, pairs, source=None):
+  """A saved compare.py output: (jax, torch) medians per round, and its summary line."""
+  lines = []
+  for i, (jax_s, torch_s) in enumerate(pairs, 1):
+    lines.append(dict(kind="run", side="jax", round=i, median_s=jax_s))
+    lines.append(dict(kind="run", side="torch", round=i, median_s=torch_s))
+  lines.append(dict(kind="compare", config="Ti112", mode="train", dtype="fp32",
+                    jax_dtype="fp32", torch_backend="eager", source=source))
+  path.write_text("".join(json.dumps(l) + "\n" for l in lines))
+
+
+def test_the_table_in_docs_is_the_one_the_saved_runs_give(capsys):
+  assert scoreboard.main(["--check", str(ROOT / "docs" / "performance.md")]) == 0, (
+      capsys.readouterr().out)
+
+
+def test_rows_from_saved_runs(tmp_path):
+  _compare_file(tmp_path / "s7_a.jsonl", [(0.2, 0.3), (0.25, 0.3), (0.2, 0.22)])
+  _compare_file(tmp_path / "s9_b.jsonl", [(0.1, 0.14), (0.3, 0.36)])
+  (tmp_path / "s9_mem.jsonl").write_text(json.dumps(dict(
+      kind="memory_sweep_summary",
+      T64_full=dict(rss_reduction=2.5, steps_rss_reduction=6.0, slowdown=1.2),
+      T64_dots=dict(rss_reduction=1.5, steps_rss_reduction=3.0, slowdown=1.1))) + "\n")
+  (tmp_path / "s8_loss.jsonl").write_text(json.dumps(dict(
+      kind="bf16_loss", config="S112", dtype="bf16_matmul", steps=30, rtol=0.02,
+      max_rel_diff=0.0031, within_rtol=True)) + "\n")
+  rows = (scoreboard.Against("ratio row", 1.3, ("s7_a.jsonl", "s9_b.jsonl")),
+          scoreboard.Against("empty row", 1.0, ()),
+          scoreboard.Remat("remat row", "s9_mem.jsonl"),
+          scoreboard.Bf16Loss("loss row", "s8_loss.jsonl"),
+          scoreboard.NotRun("gpu row", "no GPU", "3"))
+  lines = scoreboard.table(tmp_path, rows).splitlines()
+  assert lines[:2] == scoreboard.HEADER.splitlines()
+  # Ratios 1.5, 1.2, 1.1, 1.4, 1.2: median 1.2, [min, max] (5 rounds: 94 %), 2 at >= 1.3.
+  assert lines[2] == ("| ratio row | 0.100-0.300 | 1.20 [1.10, 1.50] 94 %, 5 (2 of 5 at >= 1.3)"
+                      " | undecided | 7-9 |")
+  assert lines[3] == "| empty row |  | no saved rounds | not measured |  |"
+  assert lines[4] == ("| remat row |  | peak RSS /2.50 at x1.20 (full), /1.50 at x1.10 (dots)"
+                      " | met | 9 |")
+  assert lines[5] == ("| loss row |  | max 0.31 % over 30 S112 steps, `--dtype bf16_matmul`"
+                      " (tolerance 2 %) | met | 8 |")
+  assert lines[6] == "| gpu row |  | no GPU | not measured | 3 |"
+
+
+def test_remat_is_missed_where_no_policy_reaches_both_bounds(tmp_path):
+  (tmp_path / "m.jsonl").write_text(json.dumps(dict(
+      kind="memory_sweep_summary",
+      T64_full=dict(rss_reduction=2.5, slowdown=1.4),
+      T64_dots=dict(rss_reduction=1.8, slowdown=1.1))) + "\n")
+  row = scoreboard.table(tmp_path, (scoreboard.Remat("r", "m.jsonl"),)).splitlines()[-1]
+  assert "| missed |" in row
+
+
+def test_pooling_files_of_different_code_is_flagged(tmp_path, capsys):
+  _compare_file(tmp_path / "s1_a.jsonl", [(0.2, 0.3)], source="aaaaaaaaaaaa")
+  _compare_file(tmp_path / "s2_a.jsonl", [(0.2, 0.3)], source="bbbbbbbbbbbb")
+  scoreboard.table(tmp_path, (scoreboard.Against("r", 1.3, ("s1_a.jsonl", "s2_a.jsonl")),))
+  assert "measured different code" in capsys.readouterr().err
+
+
+def test_check_shows_where_a_written_table_differs(tmp_path, capsys):
+  _compare_file(tmp_path / "s3_a.jsonl", [(0.2, 0.3), (0.25, 0.3)])
+  rows = (scoreboard.Against("ratio row", 1.3, ("s3_a.jsonl",)),)
+  good = scoreboard.table(tmp_path, rows)
+  doc = tmp_path / "doc.md"
+  doc.write_text(f"# Title\n\nText.\n\n{good}\n\nMore text.\n")
+  assert scoreboard.table_in(doc.read_text()) == good
+  stale = good.replace("| undecided |", "| met |")
+  assert stale != good
+  doc.write_text(f"# Title\n\n{stale}\n")
+  original = scoreboard.ROWS
+  try:
+    scoreboard.ROWS = rows  # main() reads the module's rows
+    assert scoreboard.main(["--results", str(tmp_path), "--check", str(doc)]) == 1
+  finally:
+    scoreboard.ROWS = original
+  out = capsys.readouterr().out
+  assert "-| ratio row" in out and "| met |" in out and "+| ratio row" in out
+  doc.write_text("# no table here\n")
+  assert scoreboard.main(["--results", str(tmp_path), "--check", str(doc)]) == 1
+  assert "no scoreboard table" in capsys.readouterr().err
+
+
+def test_a_missing_saved_run_is_named(tmp_path, capsys):
+  original = scoreboard.ROWS
+  try:
+    scoreboard.ROWS = (scoreboard.Against("r", 1.3, ("s5_gone.jsonl",)),)
+    assert scoreboard.main(["--results", str(tmp_path)]) == 1
+  finally:
+    scoreboard.ROWS = original
+  assert "s5_gone.jsonl" in capsys.readouterr().err

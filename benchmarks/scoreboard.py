@@ -33,9 +33,11 @@ HEADER = ("| issue 5's target | JAX, s per step | against the port: median [inte
 
 @dataclasses.dataclass(frozen=True)
 class Against:
-  """A ratio target against the port: the pooled rounds of `files` (compare.py)."""
+  """A ratio target against the port: the pooled rounds of `files` (compare.py), which
+  must have measured `measures`: config, mode, JAX dtype and the port's side."""
   label: str
   target: float
+  measures: tuple[str, str, str, str]
   files: tuple[str, ...]
 
 
@@ -65,28 +67,37 @@ class NotRun:
   sessions: str = ""
 
 
+BF16 = "bf16_matmul"  # the JAX side of the rows against autocast (the port's --dtype bf16)
+
 ROWS = (
-    Against("Ti112 train >= 1.3x eager (issue: <= 0.21 s)", 1.3, (
-        "s22_Ti112_train_fp32_eager_a.jsonl", "s22_Ti112_train_fp32_eager_b.jsonl",
-        "s23_Ti112_train_fp32_eager_a.jsonl", "s23_Ti112_train_fp32_eager_b.jsonl",
-        "s24_Ti112_train_fp32_eager_a.jsonl")),
-    Against("S112 train >= 1.3x eager (issue: <= 0.61 s)", 1.3, (
-        "s22_S112_train_fp32_eager_a.jsonl", "s22_S112_train_fp32_eager_b.jsonl",
-        "s24_S112_train_fp32_eager_a.jsonl")),
-    Against("Ti112 infer faster than `torch.compile` (issue: < 0.074 s)", 1.0, (
-        "s22_Ti112_infer_fp32_compile_a.jsonl", "s23_Ti112_infer_fp32_compile_a.jsonl")),
-    Against("S112 infer faster than `torch.compile` (issue: < 0.23 s)", 1.0, (
-        "s22_S112_infer_fp32_compile_a.jsonl", "s22_S112_infer_fp32_compile_b.jsonl")),
-    Against("Stretch, bf16 (`bf16_matmul`) against autocast: S112 train", 1.0, (
-        "s24_S112_train_bf16_matmul_autocast_a.jsonl",)),
-    Against("the same, S112 infer", 1.0, (
-        "s24_S112_infer_bf16_matmul_autocast_a.jsonl",
-        "s24_S112_infer_bf16_matmul_autocast_b.jsonl")),
-    Against("the same, Ti112 train", 1.0, ("s24_Ti112_train_bf16_matmul_autocast_a.jsonl",)),
-    Against("the same, Ti112 infer", 1.0, ("s24_Ti112_infer_bf16_matmul_autocast_a.jsonl",)),
-    Against("the same, B224 train", 1.0, (
-        "s22_B224_train_bf16_matmul_autocast_a.jsonl",
-        "s23_B224_train_bf16_matmul_autocast_a.jsonl")),
+    Against("Ti112 train >= 1.3x eager (issue: <= 0.21 s)", 1.3,
+            ("Ti112", "train", "fp32", "eager"),
+            ("s22_Ti112_train_fp32_eager_a.jsonl", "s22_Ti112_train_fp32_eager_b.jsonl",
+             "s23_Ti112_train_fp32_eager_a.jsonl", "s23_Ti112_train_fp32_eager_b.jsonl",
+             "s24_Ti112_train_fp32_eager_a.jsonl")),
+    Against("S112 train >= 1.3x eager (issue: <= 0.61 s)", 1.3,
+            ("S112", "train", "fp32", "eager"),
+            ("s22_S112_train_fp32_eager_a.jsonl", "s22_S112_train_fp32_eager_b.jsonl",
+             "s24_S112_train_fp32_eager_a.jsonl")),
+    Against("Ti112 infer faster than `torch.compile` (issue: < 0.074 s)", 1.0,
+            ("Ti112", "infer", "fp32", "compile"),
+            ("s22_Ti112_infer_fp32_compile_a.jsonl", "s23_Ti112_infer_fp32_compile_a.jsonl")),
+    Against("S112 infer faster than `torch.compile` (issue: < 0.23 s)", 1.0,
+            ("S112", "infer", "fp32", "compile"),
+            ("s22_S112_infer_fp32_compile_a.jsonl", "s22_S112_infer_fp32_compile_b.jsonl")),
+    Against("Stretch, bf16 (`bf16_matmul`) against autocast: S112 train", 1.0,
+            ("S112", "train", BF16, "eager"),
+            ("s24_S112_train_bf16_matmul_autocast_a.jsonl",)),
+    Against("the same, S112 infer", 1.0, ("S112", "infer", BF16, "eager"),
+            ("s24_S112_infer_bf16_matmul_autocast_a.jsonl",
+             "s24_S112_infer_bf16_matmul_autocast_b.jsonl")),
+    Against("the same, Ti112 train", 1.0, ("Ti112", "train", BF16, "eager"),
+            ("s24_Ti112_train_bf16_matmul_autocast_a.jsonl",)),
+    Against("the same, Ti112 infer", 1.0, ("Ti112", "infer", BF16, "eager"),
+            ("s24_Ti112_infer_bf16_matmul_autocast_a.jsonl",)),
+    Against("the same, B224 train", 1.0, ("B224", "train", BF16, "eager"),
+            ("s22_B224_train_bf16_matmul_autocast_a.jsonl",
+             "s23_B224_train_bf16_matmul_autocast_a.jsonl")),
     Bf16Loss("bf16 training loss within a stated tolerance of fp32", "s24_bf16_loss.jsonl"),
     Remat("Remat: S112 train at T = 64, peak memory /2 at <= 30 % more time",
           "s24_memory.jsonl"),
@@ -118,7 +129,10 @@ def against_cells(row: Against, results: pathlib.Path) -> list[str]:
   if not row.files:
     return [row.label, "", "no saved rounds", "not measured", ""]
   paths = [str(results / f) for f in row.files]
-  _, rounds, sources = compare.load_rounds(paths)
+  setting, rounds, sources = compare.load_rounds(paths)
+  got = tuple(setting[k] for k in ("config", "mode", "jax_dtype", "torch_backend"))
+  if got != row.measures:
+    raise ValueError(f"{row.files} measured {got}, the row {row.measures}")
   if len(set(sources) - {None}) > 1:
     print(f"warning: {row.label}: the pooled files measured different code "
           f"({sorted(set(sources) - {None})})", file=sys.stderr)

@@ -3,6 +3,8 @@ import json
 import pathlib
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
@@ -36,8 +38,8 @@ def test_rows_from_saved_runs(tmp_path):
   (tmp_path / "s8_loss.jsonl").write_text(json.dumps(dict(
       kind="bf16_loss", config="S112", dtype="bf16_matmul", steps=30, rtol=0.02,
       max_rel_diff=0.0031, within_rtol=True)) + "\n")
-  rows = (scoreboard.Against("ratio row", 1.3, ("s7_a.jsonl", "s9_b.jsonl")),
-          scoreboard.Against("empty row", 1.0, ()),
+  rows = (scoreboard.Against("ratio row", 1.3, ("Ti112", "train", "fp32", "eager"), ("s7_a.jsonl", "s9_b.jsonl")),
+          scoreboard.Against("empty row", 1.0, ("Ti112", "train", "fp32", "eager"), ()),
           scoreboard.Remat("remat row", "s9_mem.jsonl"),
           scoreboard.Bf16Loss("loss row", "s8_loss.jsonl"),
           scoreboard.NotRun("gpu row", "no GPU", "3"))
@@ -66,13 +68,13 @@ def test_remat_is_missed_where_no_policy_reaches_both_bounds(tmp_path):
 def test_pooling_files_of_different_code_is_flagged(tmp_path, capsys):
   _compare_file(tmp_path / "s1_a.jsonl", [(0.2, 0.3)], source="aaaaaaaaaaaa")
   _compare_file(tmp_path / "s2_a.jsonl", [(0.2, 0.3)], source="bbbbbbbbbbbb")
-  scoreboard.table(tmp_path, (scoreboard.Against("r", 1.3, ("s1_a.jsonl", "s2_a.jsonl")),))
+  scoreboard.table(tmp_path, (scoreboard.Against("r", 1.3, ("Ti112", "train", "fp32", "eager"), ("s1_a.jsonl", "s2_a.jsonl")),))
   assert "measured different code" in capsys.readouterr().err
 
 
 def test_check_shows_where_a_written_table_differs(tmp_path, capsys):
   _compare_file(tmp_path / "s3_a.jsonl", [(0.2, 0.3), (0.25, 0.3)])
-  rows = (scoreboard.Against("ratio row", 1.3, ("s3_a.jsonl",)),)
+  rows = (scoreboard.Against("ratio row", 1.3, ("Ti112", "train", "fp32", "eager"), ("s3_a.jsonl",)),)
   good = scoreboard.table(tmp_path, rows)
   doc = tmp_path / "doc.md"
   doc.write_text(f"# Title\n\nText.\n\n{good}\n\nMore text.\n")
@@ -96,8 +98,16 @@ def test_check_shows_where_a_written_table_differs(tmp_path, capsys):
 def test_a_missing_saved_run_is_named(tmp_path, capsys):
   original = scoreboard.ROWS
   try:
-    scoreboard.ROWS = (scoreboard.Against("r", 1.3, ("s5_gone.jsonl",)),)
+    scoreboard.ROWS = (scoreboard.Against("r", 1.3, ("Ti112", "train", "fp32", "eager"), ("s5_gone.jsonl",)),)
     assert scoreboard.main(["--results", str(tmp_path)]) == 1
   finally:
     scoreboard.ROWS = original
   assert "s5_gone.jsonl" in capsys.readouterr().err
+
+
+def test_a_file_that_measured_another_setting_is_refused(tmp_path):
+  _compare_file(tmp_path / "s6_a.jsonl", [(0.2, 0.3)])  # Ti112 train fp32 against eager
+  row = scoreboard.Against("S112 row", 1.3, ("S112", "train", "fp32", "eager"),
+                           ("s6_a.jsonl",))
+  with pytest.raises(ValueError, match=r"S112 row.*measured \('Ti112'"):
+    scoreboard.table(tmp_path, (row,))

@@ -205,16 +205,15 @@ def main(argv=None):
       result[side] = {k: figures.get(k) for k in KEEP}
       common.emit(dict(kind="run", side=side, round=r + 1, **result[side]))
     rounds.append(result)
+  changed = source_fingerprint() != source
   common.emit(dict(kind="compare", config=a.config, mode=a.mode, dtype=a.dtype,
                    jax_dtype=a.jax_dtype or a.dtype,
                    torch_backend=a.backend, steps=a.steps, warmup=a.warmup,
                    **summarise(rounds, a.target), **common.host_figures(),
-                   commit=git_commit(), source=source,
-                   source_changed=source_fingerprint() != source))
-  if source_fingerprint() != source:
+                   commit=git_commit(), source=source, source_changed=changed))
+  if changed:
     print("warning: the step's sources changed during the rounds; do not pool them",
           file=sys.stderr)
-
 
 if __name__ == "__main__":
   main()

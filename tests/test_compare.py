@@ -74,6 +74,19 @@ def test_the_source_fingerprint_follows_the_step_and_nothing_else(tmp_path):
   assert compare.source_fingerprint(tmp_path) != before  # a renamed file counts
 
 
+def test_sources_changed_during_the_rounds_are_flagged(tmp_path, capsys, monkeypatch):
+  log = tmp_path / "calls.log"
+  prints = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb"])  # before the rounds, after them
+  monkeypatch.setattr(compare, "source_fingerprint", lambda: next(prints))
+  compare.main(["--rounds", "1", "--steps", "1",
+                "--jax-python", _fake_interpreter(tmp_path, "jaxpy", 0.25, log),
+                "--torch-python", _fake_interpreter(tmp_path, "torchpy", 0.5, log)])
+  captured = capsys.readouterr()
+  summary = json.loads(captured.out.splitlines()[-1])
+  assert summary["source"] == "aaaaaaaaaaaa" and summary["source_changed"] is True
+  assert "do not pool them" in captured.err
+
+
 def test_git_commit_is_none_outside_a_checkout(tmp_path):
   assert compare.git_commit(tmp_path) is None
 

@@ -194,7 +194,7 @@ def main(argv=None):
   if a.rounds < 1 or a.steps < 1:
     p.error("--rounds and --steps must be at least 1")
   cmds = commands(a)
-  source = source_fingerprint()
+  source, commit = source_fingerprint(), git_commit()  # what the rounds start from
   rounds = []
   for r in range(a.rounds):
     order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
@@ -210,7 +210,7 @@ def main(argv=None):
                    jax_dtype=a.jax_dtype or a.dtype,
                    torch_backend=a.backend, steps=a.steps, warmup=a.warmup,
                    **summarise(rounds, a.target), **common.host_figures(),
-                   commit=git_commit(), source=source, source_changed=changed))
+                   commit=commit, source=source, source_changed=changed))
   if changed:
     print("warning: the step's sources changed during the rounds; do not pool them",
           file=sys.stderr)

@@ -74,7 +74,7 @@ ROWS = (
             ("Ti112", "train", "fp32", "eager"),
             ("s22_Ti112_train_fp32_eager_a.jsonl", "s22_Ti112_train_fp32_eager_b.jsonl",
              "s23_Ti112_train_fp32_eager_a.jsonl", "s23_Ti112_train_fp32_eager_b.jsonl",
-             "s24_Ti112_train_fp32_eager_a.jsonl")),
+             "s24_Ti112_train_fp32_eager_a.jsonl", "s24_Ti112_train_fp32_eager_b.jsonl")),
     Against("S112 train >= 1.3x eager (issue: <= 0.61 s)", 1.3,
             ("S112", "train", "fp32", "eager"),
             ("s22_S112_train_fp32_eager_a.jsonl", "s22_S112_train_fp32_eager_b.jsonl",

@@ -129,14 +129,19 @@ def summarise(rounds: list[dict], target: float | None = None) -> dict:
 SAME = ("config", "mode", "dtype", "jax_dtype", "torch_backend")
 
 
+def json_lines(path) -> list[dict]:
+  """The JSON lines of a saved benchmark output; other lines (progress) are skipped."""
+  return [json.loads(l) for l in pathlib.Path(path).read_text().splitlines()
+          if l.startswith("{")]
+
+
 def load_rounds(paths: list[str]) -> tuple[dict, list[dict], list[str | None]]:
   """The rounds of saved compare outputs, pooled: (what they measured, rounds, each
   file's source fingerprint or None where it predates them). Each file must hold whole
   rounds and its own `compare` line; all must agree on SAME."""
   setting, rounds, sources = None, [], []
   for path in paths:
-    lines = [json.loads(l) for l in pathlib.Path(path).read_text().splitlines()
-             if l.startswith("{")]
+    lines = json_lines(path)
     summary = [l for l in lines if l.get("kind") == "compare"]
     if not summary:
       raise ValueError(f"{path}: no `kind: compare` line (an unfinished run?)")

@@ -15,7 +15,6 @@ docs/performance.md), and a warning names files whose fingerprints differ.
 import argparse
 import dataclasses
 import difflib
-import json
 import pathlib
 import re
 import sys
@@ -51,12 +50,20 @@ class Remat:
   min_reduction: float = 2.0
   max_slowdown: float = 1.3
 
+  @property
+  def files(self) -> tuple[str, ...]:
+    return (self.file,) if self.file else ()
+
 
 @dataclasses.dataclass(frozen=True)
 class Bf16Loss:
   """bf16 training loss within a tolerance of fp32 (bf16_loss.py)."""
   label: str
   file: str | None
+
+  @property
+  def files(self) -> tuple[str, ...]:
+    return (self.file,) if self.file else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,13 +131,21 @@ def _range(values) -> str:
   return low if low == high else f"{low}-{high}"
 
 
-def _lines(path: pathlib.Path) -> list[dict]:
-  return [json.loads(l) for l in path.read_text().splitlines() if l.startswith("{")]
+def _last(path: pathlib.Path, kind: str) -> dict:
+  """The last `kind: <kind>` line of a saved run; an error naming the file if none."""
+  found = [l for l in compare.json_lines(path) if l.get("kind") == kind]
+  if not found:
+    raise ValueError(f"{path}: no `kind: {kind}` line")
+  return found[-1]
+
+
+def _unmeasured(label: str, why: str, sessions: str = "") -> list[str]:
+  return [label, "", why, "not measured", sessions]
 
 
 def against_cells(row: Against, results: pathlib.Path) -> list[str]:
   if not row.files:
-    return [row.label, "", "no saved rounds", "not measured", ""]
+    return _unmeasured(row.label, "no saved rounds")
   paths = [str(results / f) for f in row.files]
   setting, rounds, sources = compare.load_rounds(paths)
   got = tuple(setting[k] for k in ("config", "mode", "jax_dtype", "torch_backend"))
@@ -151,9 +166,8 @@ def against_cells(row: Against, results: pathlib.Path) -> list[str]:
 
 def remat_cells(row: Remat, results: pathlib.Path) -> list[str]:
   if row.file is None:
-    return [row.label, "", "no saved run", "not measured", ""]
-  summary = next(l for l in _lines(results / row.file)
-                 if l.get("kind") == "memory_sweep_summary")
+    return _unmeasured(row.label, "no saved run")
+  summary = _last(results / row.file, "memory_sweep_summary")
   parts, ok = [], []
   for policy in ("full", "dots"):
     got = summary.get(f"T{row.frames}_{policy}")
@@ -170,8 +184,8 @@ def remat_cells(row: Remat, results: pathlib.Path) -> list[str]:
 
 def bf16_loss_cells(row: Bf16Loss, results: pathlib.Path) -> list[str]:
   if row.file is None:
-    return [row.label, "", "no saved run", "not measured", ""]
-  report = _lines(results / row.file)[-1]
+    return _unmeasured(row.label, "no saved run")
+  report = _last(results / row.file, "bf16_loss")
   worst = 100 * report["max_rel_diff"]
   cells = (f"max {worst:.2f} % over {report['steps']} {report['config']} steps, "
            f"`--dtype {report['dtype']}` (tolerance {100 * report['rtol']:g} %)")
@@ -191,9 +205,10 @@ def table(results: pathlib.Path = RESULTS, rows=None) -> str:
       elif isinstance(row, Bf16Loss):
         cells = bf16_loss_cells(row, results)
       else:
-        cells = [row.label, "", row.why, "not measured", row.sessions]
-    except (OSError, ValueError, KeyError, StopIteration) as e:
-      raise ValueError(f"row {row.label!r}: {type(e).__name__}: {e}") from e
+        cells = _unmeasured(row.label, row.why, row.sessions)
+    except (OSError, ValueError, KeyError) as e:
+      raise ValueError(f"row {row.label!r} ({', '.join(row.files)}): "
+                       f"{type(e).__name__}: {e}") from e
     out.append("| " + " | ".join(cells) + " |")
   return "\n".join(out)
 

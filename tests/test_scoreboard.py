@@ -111,3 +111,14 @@ def test_a_file_that_measured_another_setting_is_refused(tmp_path):
                            ("s6_a.jsonl",))
   with pytest.raises(ValueError, match=r"S112 row.*measured \('Ti112'"):
     scoreboard.table(tmp_path, (row,))
+
+
+@pytest.mark.parametrize("row,text", [
+    (scoreboard.Remat("remat row", "s4_mem.jsonl"), '{"kind": "memory_sweep"}\n'),
+    (scoreboard.Bf16Loss("loss row", "s4_loss.jsonl"), "progress only\n"),
+    (scoreboard.Bf16Loss("loss row", "s4_loss.jsonl"), '{"kind": "bf16_loss"}\n'),
+])
+def test_a_saved_run_without_its_figures_is_named(tmp_path, row, text):
+  (tmp_path / row.file).write_text(text)
+  with pytest.raises(ValueError, match=rf"{row.label}.*{row.file}"):
+    scoreboard.table(tmp_path, (row,))

@@ -13,7 +13,6 @@ at least (read p, g, m, v; write p, m, v: 28 bytes per parameter).
 """
 import argparse
 import contextlib
-import json
 import pathlib
 import statistics
 import sys
@@ -85,11 +84,11 @@ def main(argv=None):
       run["times"] += [one_step(run) for _ in range(args.per_turn)]
   for name, run in runs.items():
     med = statistics.median(run["times"])
-    print(json.dumps(dict(
+    common.emit(dict(
         config=args.config, path=name, params=n, steps=len(run["times"]),
         fused_call="meldae_adamw" in run["compiled"].as_text(),
         median_ms=med * 1e3, min_ms=min(run["times"]) * 1e3,
-        gbytes_per_s=BYTES_PER_PARAM * n / med / 1e9)), flush=True)
+        gbytes_per_s=BYTES_PER_PARAM * n / med / 1e9))
 
 
 if __name__ == "__main__":

@@ -41,14 +41,10 @@ class Against:
 
 
 @dataclasses.dataclass(frozen=True)
-class Remat:
-  """Peak memory cut at T = `frames` by remat, at a bounded slowdown (step.py
-  --memory-sweep's summary)."""
+class _OneRun:
+  """A target read from one saved run (`file`, None where there is none yet)."""
   label: str
   file: str | None
-  frames: int = 64
-  min_reduction: float = 2.0
-  max_slowdown: float = 1.3
 
   @property
   def files(self) -> tuple[str, ...]:
@@ -56,14 +52,17 @@ class Remat:
 
 
 @dataclasses.dataclass(frozen=True)
-class Bf16Loss:
-  """bf16 training loss within a tolerance of fp32 (bf16_loss.py)."""
-  label: str
-  file: str | None
+class Remat(_OneRun):
+  """Peak memory cut at T = `frames` by remat, at a bounded slowdown (step.py
+  --memory-sweep's summary)."""
+  frames: int = 64
+  min_reduction: float = 2.0
+  max_slowdown: float = 1.3
 
-  @property
-  def files(self) -> tuple[str, ...]:
-    return (self.file,) if self.file else ()
+
+@dataclasses.dataclass(frozen=True)
+class Bf16Loss(_OneRun):
+  """bf16 training loss within a tolerance of fp32 (bf16_loss.py)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,10 @@ each, in fresh processes, the order swapped every round so that neither side alw
 runs first; the figure is the ratio PyTorch / JAX of each round's medians (> 1: JAX is
 faster), summarised by the median, min and max over the rounds. Prints one JSON line per
 run (`kind: run`) and a summary line (`kind: compare`). Both sides get the same
-`--steps`/`--warmup`; the matmul peaks are skipped (`--peak-size 0`).
+`--steps`/`--warmup`; the matmul peaks are skipped (`--peak-size 0`). Right before each
+process, this script measures the cores' float32 FMA peak (`fma_peak.py`) and records it
+on that process's line (`fma_peak_gflops_per_s`): the VM's phase, which the ratio absorbs
+but absolute seconds from different sessions do not.
 
 Whether a ratio target is met is a question about the median over rounds, so the summary
 gives a distribution-free interval for it (order statistics, >= 95 % where there are
@@ -109,9 +112,24 @@ def median_interval(values: list[float], confidence: float = 0.95):
   return xs[k - 1], xs[n - k], coverage(k)
 
 
+def vm_phase(seconds: float) -> float | None:
+  """The cores' float32 FMA peak now, GFLOP/s (`fma_peak.py`, best of 3 repeats of
+  `seconds`): which phase of a shared VM a process ran in. None when off (seconds <= 0)
+  or where there is no C++ compiler to build the loop."""
+  if seconds <= 0:
+    return None
+  from benchmarks import fma_peak  # pylint: disable=g-import-not-at-top  (imports jax)
+  try:
+    return fma_peak.fma_peak(seconds)["fma_peak_gflops_per_s"]
+  except RuntimeError as e:
+    print(f"compare.py: no FMA peak: {e}", file=sys.stderr)
+    return None
+
+
 def summarise(rounds: list[dict], target: float | None = None) -> dict:
   """Ratios PyTorch / JAX of each round's medians (> 1: JAX faster), the median's
-  interval and, with a target ratio, how many rounds reached it and the verdict."""
+  interval and, with a target ratio, how many rounds reached it and the verdict; the
+  range of the FMA peaks measured before each process, where there are any."""
   ratios = [r["torch"]["median_s"] / r["jax"]["median_s"] for r in rounds]
   med = lambda side: statistics.median(r[side]["median_s"] for r in rounds)  # noqa: E731
   low, high, achieved = median_interval(ratios)
@@ -119,6 +137,9 @@ def summarise(rounds: list[dict], target: float | None = None) -> dict:
              ratio_min=min(ratios), ratio_max=max(ratios),
              ratio_median_interval=[low, high], interval_confidence=achieved,
              jax_median_s=med("jax"), torch_median_s=med("torch"))
+  peaks = [r[side].get("fma_peak_gflops_per_s") for r in rounds for side in r]
+  peaks = [x for x in peaks if x is not None]
+  out.update(fma_peak_range=[min(peaks), max(peaks)] if peaks else None)
   if target is not None:
     verdict = "met" if low >= target else "missed" if high < target else "undecided"
     out.update(target=target, rounds_at_target=sum(r >= target for r in ratios),
@@ -181,6 +202,8 @@ def main(argv=None):
   p.add_argument("--timeout", type=float, default=1800, help="seconds per process")
   p.add_argument("--target", type=float, default=None,
                  help="a ratio to judge the rounds' median against (e.g. 1.3)")
+  p.add_argument("--phase-seconds", type=float, default=0.2,
+                 help="per repeat of the FMA peak measured before each process; 0: none")
   p.add_argument("--summarise", nargs="+", metavar="OUT.jsonl", default=None,
                  help="pool saved outputs of this script instead of running")
   a = p.parse_args(argv)
@@ -206,8 +229,10 @@ def main(argv=None):
     result = {}
     for side in order:
       print(f"round {r + 1}/{a.rounds}: {side}", file=sys.stderr, flush=True)
+      phase = vm_phase(a.phase_seconds)
       figures = run_one(cmds[side], a.timeout)
       result[side] = {k: figures.get(k) for k in KEEP}
+      result[side]["fma_peak_gflops_per_s"] = phase
       common.emit(dict(kind="run", side=side, round=r + 1, **result[side]))
     rounds.append(result)
   changed = source_fingerprint() != source

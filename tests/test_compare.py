@@ -14,6 +14,17 @@ if str(ROOT) not in sys.path:
 from benchmarks import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+@pytest.fixture(autouse=True)
+def _phases(monkeypatch):
+  """The VM's phase as a count (1.0, 2.0, ...), instead of measuring an FMA peak."""
+  calls = []
+  def fake(seconds):
+    calls.append(seconds)
+    return float(len(calls))
+  monkeypatch.setattr(compare, "vm_phase", fake)
+  return calls
+
+
 def _fake_interpreter(tmp_path, name, median, log):
   """An 'interpreter' that logs its call and prints the JSON line a benchmark prints."""
   path = tmp_path / name
@@ -50,6 +61,26 @@ def test_rounds_alternate_and_the_ratio_is_torch_over_jax(tmp_path, capsys):
   assert summary["jax_median_s"] == 0.25 and summary["torch_median_s"] == 0.5
   assert summary["source"] == compare.source_fingerprint()
   assert summary["source_changed"] is False
+
+
+def test_each_process_records_the_phase_measured_right_before_it(tmp_path, capsys,
+                                                                 _phases):
+  log = tmp_path / "calls.log"
+  compare.main(["--rounds", "2", "--steps", "1", "--phase-seconds", "0.05",
+                "--jax-python", _fake_interpreter(tmp_path, "jaxpy", 0.25, log),
+                "--torch-python", _fake_interpreter(tmp_path, "torchpy", 0.5, log)])
+  lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+  assert _phases == [0.05] * 4
+  assert [(l["side"], l["fma_peak_gflops_per_s"]) for l in lines[:-1]] == [
+      ("jax", 1.0), ("torch", 2.0), ("torch", 3.0), ("jax", 4.0)]
+  assert lines[-1]["fma_peak_range"] == [1.0, 4.0]
+
+
+def test_the_phase_is_the_fma_peak_or_none(monkeypatch):
+  monkeypatch.undo()  # the real vm_phase
+  assert compare.vm_phase(0) is None
+  peak = compare.vm_phase(0.01)
+  assert peak is None or peak > 0  # None: no C++ compiler here
 
 
 def _tree(root, files):
@@ -133,7 +164,8 @@ def test_the_verdict_needs_the_whole_interval_on_one_side(ratios, verdict, at_ta
   assert s["interval_confidence"] == pytest.approx(1 - 2 / 64)
 
 
-def _saved_run(tmp_path, name, jax_median, torch_median, rounds=2, dtype="fp32"):
+def _saved_run(tmp_path, name, jax_median, torch_median, rounds=2, dtype="fp32",
+               phase_seconds=0.0):
   log = tmp_path / f"{name}.log"
   jax_py = _fake_interpreter(tmp_path, f"{name}_jax", jax_median, log)
   torch_py = _fake_interpreter(tmp_path, f"{name}_torch", torch_median, log)
@@ -141,7 +173,8 @@ def _saved_run(tmp_path, name, jax_median, torch_median, rounds=2, dtype="fp32")
   proc = subprocess.run(
       [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--rounds", str(rounds),
        "--steps", "1", "--dtype", dtype, "--jax-python", jax_py, "--torch-python",
-       torch_py], capture_output=True, text=True, check=True)
+       torch_py, "--phase-seconds", str(phase_seconds)],
+      capture_output=True, text=True, check=True)
   out.write_text(proc.stdout)
   return str(out)
 
@@ -154,6 +187,18 @@ def test_saved_outputs_are_pooled(tmp_path, capsys):
   assert s["rounds"] == 5 and s["ratios"] == pytest.approx([1.2, 1.2, 1.5, 1.5, 1.5])
   assert s["ratio_median"] == pytest.approx(1.5) and s["rounds_at_target"] == 3
   assert s["verdict"] == "undecided" and s["config"] == "Ti112" and s["files"] == [a, b]
+  assert s["fma_peak_range"] is None  # measured with --phase-seconds 0
+
+
+def test_pooled_phases_come_from_the_files_that_have_them(tmp_path, capsys):
+  a = _saved_run(tmp_path, "a", 1.0, 1.2)
+  b = _saved_run(tmp_path, "b", 1.0, 1.5, phase_seconds=0.01)  # a real FMA peak
+  peaks = [l["fma_peak_gflops_per_s"] for l in compare.json_lines(b) if l["kind"] == "run"]
+  if None in peaks:
+    pytest.skip("no C++ compiler for the FMA loop")
+  compare.main(["--summarise", a, b])
+  s = json.loads(capsys.readouterr().out.splitlines()[-1])
+  assert s["fma_peak_range"] == [min(peaks), max(peaks)] and min(peaks) > 0
 
 
 def test_pooling_warns_where_the_files_measured_different_code(tmp_path, capsys):

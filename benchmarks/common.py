@@ -199,15 +199,50 @@ def cpu_model() -> dict:
               openblas_coretype_env=os.environ.get("OPENBLAS_CORETYPE"))
 
 
-def time_steps(step: Callable[[], None], steps: int, warmup: int) -> list[float]:
-  """Seconds of each of `steps` calls after `warmup` untimed ones; `step` must block."""
+class Turns:
+  """Timed steps taken in turns with another benchmark process (`compare.py
+  --lockstep`), over two pipes the coordinator opened: this process says `ready` after
+  its warm-up, then waits for `go` before each timed step and says `done` after it.
+
+  Why: on a shared VM the cores' speed drifts over minutes, so two processes timed one
+  after the other can run in different phases; steps taken in turns run in the same one.
+  """
+
+  def __init__(self, spec: str):
+    """`spec`: 'R,W', the file descriptors this process inherited (read, write)."""
+    try:
+      self._read, self._write = (int(fd) for fd in spec.split(","))
+    except ValueError:
+      raise ValueError(f"--turns wants two file descriptors 'R,W', got {spec!r}") from None
+
+  def ready(self) -> None:
+    os.write(self._write, b"r")
+
+  def wait(self) -> None:
+    if os.read(self._read, 1) != b"g":
+      raise RuntimeError("the coordinator of the turns went away")
+
+  def done(self) -> None:
+    os.write(self._write, b"d")
+
+
+def time_steps(step: Callable[[], None], steps: int, warmup: int,
+               turns: Turns | None = None) -> list[float]:
+  """Seconds of each of `steps` calls after `warmup` untimed ones; `step` must block.
+  With `turns`, each timed call waits for its turn (the wait is not timed)."""
   for _ in range(warmup):
     step()
+  if turns:
+    turns.ready()
   times = []
   for _ in range(steps):
+    if turns:
+      turns.wait()
     t0 = time.perf_counter()
     step()
     times.append(time.perf_counter() - t0)
+    if turns:
+      turns.done()
   return times
 
 

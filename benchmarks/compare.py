@@ -14,6 +14,13 @@ process, this script measures the cores' float32 FMA peak (`fma_peak.py`) and re
 on that process's line (`fma_peak_gflops_per_s`): the VM's phase, which the ratio absorbs
 but absolute seconds from different sessions do not.
 
+With `--lockstep`, each round starts both processes at once and, once both have warmed
+up, lets them take the timed steps in turns (`common.Turns`): one step of one side
+while the other waits, `--gap` seconds of quiet between turns, the side that goes first
+alternating from step to step. Both sides' medians then come from the same minutes of
+the VM, which the alternating processes cannot promise; the round's figure is the same
+ratio of medians. Rounds pool only with rounds run the same way.
+
 Whether a ratio target is met is a question about the median over rounds, so the summary
 gives a distribution-free interval for it (order statistics, >= 95 % where there are
 enough rounds) and, with `--target`, a verdict: `met` when the whole interval is at or
@@ -27,10 +34,14 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import pathlib
+import select
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -57,6 +68,94 @@ def run_one(cmd: list[str], timeout: float | None = None) -> dict:
     raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n"
                        f"{proc.stderr[-3000:]}")
   return figures
+
+
+class _Side:
+  """One side's process in a lock-step round: its pipes and its output files."""
+
+  def __init__(self, name: str, cmd: list[str], tmp: pathlib.Path):
+    self.name, self.cmd = name, cmd
+    go_read, self.go = os.pipe()
+    self.done, done_write = os.pipe()
+    self.out = open(tmp / f"{name}.out", "w+")  # files, not pipes: no output can block
+    self.err = open(tmp / f"{name}.err", "w+")
+    self.proc = None
+    try:
+      self.proc = subprocess.Popen([*cmd, "--turns", f"{go_read},{done_write}"],
+                                   stdout=self.out, stderr=self.err,
+                                   pass_fds=(go_read, done_write))
+    except OSError:
+      self.close()
+      raise
+    finally:
+      os.close(go_read)
+      os.close(done_write)
+
+  def failure(self, what: str, ended: bool = False) -> RuntimeError:
+    """The error naming this side's command; `ended`: its pipe closed, so its exit
+    status is a moment away."""
+    try:
+      self.proc.wait(5 if ended else 0)
+    except subprocess.TimeoutExpired:
+      pass
+    self.err.seek(0)
+    return RuntimeError(f"{' '.join(self.cmd)} {what} (exit {self.proc.returncode}):\n"
+                        f"{self.err.read()[-3000:]}")
+
+  def expect(self, token: bytes, timeout: float) -> None:
+    ready, _, _ = select.select([self.done], [], [], timeout)
+    if not ready:
+      raise self.failure(f"sent nothing for {timeout:.0f} s")
+    if os.read(self.done, 1) != token:
+      raise self.failure("ended before its turns did", ended=True)
+
+  def go_on(self, timeout: float) -> None:
+    try:
+      os.write(self.go, b"g")
+    except BrokenPipeError:
+      raise self.failure("ended before its turns did", ended=True) from None
+    self.expect(b"d", timeout)
+
+  def close(self) -> None:
+    if self.proc is not None and self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait()
+    for fd in (self.go, self.done):
+      os.close(fd)
+    self.out.close()
+    self.err.close()
+
+
+def lockstep_round(cmds: dict[str, list[str]], first: str, steps: int, gap: float,
+                   timeout: float | None = None) -> dict[str, dict]:
+  """Both sides started at once; after both have warmed up (and compiled), their timed
+  steps in turns, `first` going first at even steps, the other at odd ones, `gap`
+  seconds apart. -> each side's JSON figures; a failure names the command."""
+  timeout = timeout or 1800
+  order = (first, *(side for side in cmds if side != first))
+  with tempfile.TemporaryDirectory() as tmp:
+    sides = {}
+    try:
+      for name in order:
+        sides[name] = _Side(name, cmds[name], pathlib.Path(tmp))
+      for side in sides.values():
+        side.expect(b"r", timeout)
+      for i in range(steps):
+        for name in (order if i % 2 == 0 else order[::-1]):
+          time.sleep(gap)  # the other side's idle thread pools stop spinning
+          sides[name].go_on(timeout)
+      figures = {}
+      for name, side in sides.items():
+        if side.proc.wait(timeout):
+          raise side.failure("failed")
+        side.out.seek(0)
+        figures[name] = last_json(side.out.read())
+        if figures[name] is None:
+          raise side.failure("printed no JSON line")
+      return figures
+    finally:
+      for side in sides.values():
+        side.close()
 
 
 def commands(a) -> dict[str, list[str]]:
@@ -147,7 +246,7 @@ def summarise(rounds: list[dict], target: float | None = None) -> dict:
   return out
 
 
-SAME = ("config", "mode", "dtype", "jax_dtype", "torch_backend")
+SAME = ("config", "mode", "dtype", "jax_dtype", "torch_backend", "lockstep")
 
 
 def json_lines(path) -> list[dict]:
@@ -167,6 +266,7 @@ def load_rounds(paths: list[str]) -> tuple[dict, list[dict], list[str | None]]:
     if not summary:
       raise ValueError(f"{path}: no `kind: compare` line (an unfinished run?)")
     this = {k: summary[-1].get(k) for k in SAME}
+    this["lockstep"] = bool(this["lockstep"])  # files before --lockstep alternated
     sources.append(summary[-1].get("source"))
     if setting is None:
       setting = this
@@ -202,6 +302,10 @@ def main(argv=None):
   p.add_argument("--timeout", type=float, default=1800, help="seconds per process")
   p.add_argument("--target", type=float, default=None,
                  help="a ratio to judge the rounds' median against (e.g. 1.3)")
+  p.add_argument("--lockstep", action="store_true",
+                 help="both sides at once, timed steps in turns (see above)")
+  p.add_argument("--gap", type=float, default=0.05,
+                 help="seconds between turns with --lockstep")
   p.add_argument("--phase-seconds", type=float, default=0.2,
                  help="per repeat of the FMA peak measured before each process; 0: none")
   p.add_argument("--summarise", nargs="+", metavar="OUT.jsonl", default=None,
@@ -221,24 +325,32 @@ def main(argv=None):
     return
   if a.rounds < 1 or a.steps < 1:
     p.error("--rounds and --steps must be at least 1")
+  if a.gap < 0:
+    p.error("--gap must be >= 0")
   cmds = commands(a)
   source, commit = source_fingerprint(), git_commit()  # what the rounds start from
   rounds = []
   for r in range(a.rounds):
     order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
     result = {}
-    for side in order:
-      print(f"round {r + 1}/{a.rounds}: {side}", file=sys.stderr, flush=True)
+    if a.lockstep:
+      print(f"round {r + 1}/{a.rounds}: both, in turns", file=sys.stderr, flush=True)
       phase = vm_phase(a.phase_seconds)
-      figures = run_one(cmds[side], a.timeout)
-      result[side] = {k: figures.get(k) for k in KEEP}
+      figures = lockstep_round(cmds, order[0], a.steps, a.gap, a.timeout)
+    for side in order:
+      if not a.lockstep:
+        print(f"round {r + 1}/{a.rounds}: {side}", file=sys.stderr, flush=True)
+        phase = vm_phase(a.phase_seconds)
+        figures = {side: run_one(cmds[side], a.timeout)}
+      result[side] = {k: figures[side].get(k) for k in KEEP}
       result[side]["fma_peak_gflops_per_s"] = phase
       common.emit(dict(kind="run", side=side, round=r + 1, **result[side]))
     rounds.append(result)
   changed = source_fingerprint() != source
   common.emit(dict(kind="compare", config=a.config, mode=a.mode, dtype=a.dtype,
                    jax_dtype=a.jax_dtype or a.dtype,
-                   torch_backend=a.backend, steps=a.steps, warmup=a.warmup,
+                   torch_backend=a.backend, lockstep=a.lockstep,
+                   gap=a.gap if a.lockstep else None, steps=a.steps, warmup=a.warmup,
                    **summarise(rounds, a.target), **common.host_figures(),
                    commit=commit, source=source, source_changed=changed))
   if changed:

@@ -33,11 +33,13 @@ HEADER = ("| issue 5's target | JAX, s per step | against the port: median [inte
 @dataclasses.dataclass(frozen=True)
 class Against:
   """A ratio target against the port: the pooled rounds of `files` (compare.py), which
-  must have measured `measures`: config, mode, JAX dtype and the port's side."""
+  must have measured `measures`: config, mode, JAX dtype and the port's side, in
+  alternating processes or, with `lockstep`, in turns (`compare.py --lockstep`)."""
   label: str
   target: float
   measures: tuple[str, str, str, str]
   files: tuple[str, ...]
+  lockstep: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +152,10 @@ def against_cells(row: Against, results: pathlib.Path) -> list[str]:
   got = tuple(setting[k] for k in ("config", "mode", "jax_dtype", "torch_backend"))
   if got != row.measures:
     raise ValueError(f"{row.files} measured {got}, the row {row.measures}")
+  if setting["lockstep"] != row.lockstep:
+    how = lambda lockstep: "in turns" if lockstep else "in alternating processes"  # noqa: E731
+    raise ValueError(f"{row.files} ran {how(setting['lockstep'])}, the row wants them "
+                     f"{how(row.lockstep)}")
   if len(set(sources) - {None}) > 1:
     print(f"warning: {row.label}: the pooled files measured different code "
           f"({sorted(set(sources) - {None})})", file=sys.stderr)

@@ -346,14 +346,14 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
         seed: int = 0, compiler_options: dict | None = None,
         return_outputs: bool = False, export_grads: bool = True,
         model_overrides: dict | None = None, batch: int | None = None,
-        bf16_peak_size: int | None = None):
+        bf16_peak_size: int | None = None, turns: common.Turns | None = None):
   """Builds, compiles and times one configuration; returns the figures.
 
   `compiler_options` go to XLA (the tests lower the optimisation level: tiny models
   compile for longer than they run); `return_outputs` also returns the last step's
   outputs (the loss terms in train mode), as `(figures, outputs)`; `export_grads`:
   see `export`. `batch` replaces the config's B (the paper trains on 16 clips);
-  `bf16_peak_size`: see `accelerator_figures`.
+  `bf16_peak_size`: see `accelerator_figures`; `turns`: see `common.Turns`.
   """
   shape = common.with_batch(common.CONFIGS[config], batch)
   t = frames or shape.frames
@@ -400,7 +400,7 @@ def run(config: str = "Ti112", mode: str = "train", dtype: str = "fp32",
       holder["out"] = jax.block_until_ready(compiled(*holder["args"]))
 
   times, rss = common.rss_figures(
-      lambda: common.time_steps(one_step, steps, warmup) if steps > 0 else [],
+      lambda: common.time_steps(one_step, steps, warmup, turns) if steps > 0 else [],
       rss_compiled)  # before the matmul peak's own matrices
   figures.update(common.timing_figures(times, shape, t))
   figures["cpu_s_per_step"] = rss.pop("steps_cpu_s") / max(1, steps + warmup)
@@ -527,6 +527,8 @@ def parse_args(argv=None):
   p.add_argument("--export", default=None, metavar="DIR",
                  help="write params/inputs/outputs/loss/grads for torch_port.py --check")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--turns", default=None, metavar="R,W",
+                 help="pipes from compare.py --lockstep: timed steps in turns")
   p.add_argument("--memory-sweep", action="store_true",
                  help="S112 train at T=16/32/64 x remat (--sweep-remat), a process each")
   p.add_argument("--sweep-remat", default="none,full,dots")
@@ -547,7 +549,8 @@ def main(argv=None):
                   10 if a.steps is None else a.steps,
                   2 if a.warmup is None else a.warmup, a.peak_size, a.export, a.seed,
                   model_overrides=dict(kv.split("=", 1) for kv in a.model),
-                  batch=a.batch, bf16_peak_size=a.bf16_peak_size))
+                  batch=a.batch, bf16_peak_size=a.bf16_peak_size,
+                  turns=common.Turns(a.turns) if a.turns else None))
 
 
 if __name__ == "__main__":

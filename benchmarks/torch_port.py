@@ -599,9 +599,10 @@ def count_flops(fn) -> float | None:
 
 def run(config: str, mode: str, backend: str = "eager", dtype: str = "fp32",
         steps: int = 10, warmup: int = 2, peak_size: int = 4096, seed: int = 0,
-        batch_size: int | None = None, device: str = "cpu") -> dict:
+        batch_size: int | None = None, device: str = "cpu",
+        turns: common.Turns | None = None) -> dict:
   """The figures of one configuration; `batch_size` replaces the config's B, `device`
-  is torch's ('cuda' for the GPU rows of gpu_suite.sh)."""
+  is torch's ('cuda' for the GPU rows of gpu_suite.sh); `turns`: see `common.Turns`."""
   shape = common.with_batch(common.CONFIGS[config], batch_size)
   t = shape.frames
   torch.manual_seed(seed)
@@ -661,7 +662,7 @@ def run(config: str, mode: str, backend: str = "eager", dtype: str = "fp32",
     compile_s = time.perf_counter() - t0
   rss_compiled = common.peak_rss_mib()
   times, rss = common.rss_figures(
-      lambda: common.time_steps(one_step, steps, warmup) if steps > 0 else [],
+      lambda: common.time_steps(one_step, steps, warmup, turns) if steps > 0 else [],
       rss_compiled)
   figures.update(common.timing_figures(times, shape, t))
   figures["cpu_s_per_step"] = rss.pop("steps_cpu_s") / max(1, steps + warmup)
@@ -770,6 +771,8 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--peak-size", type=int, default=4096)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--turns", default=None, metavar="R,W",
+                 help="pipes from compare.py --lockstep: timed steps in turns")
   p.add_argument("--batch", type=int, default=None,
                  help="B clips (default: the config's; the paper's batch is 16)")
   p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
@@ -791,7 +794,7 @@ def main(argv=None):
     common.emit(report)
     sys.exit(0 if report["ok"] else 1)
   common.emit(run(a.config, a.mode, a.backend, a.dtype, a.steps, a.warmup, a.peak_size,
-                  a.seed, a.batch, a.device))
+                  a.seed, a.batch, a.device, common.Turns(a.turns) if a.turns else None))
 
 
 if __name__ == "__main__":

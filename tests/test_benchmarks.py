@@ -9,6 +9,8 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -257,6 +259,34 @@ def test_export_round_trips(runs):
   np.testing.assert_allclose(z["loss/loss"], loss, rtol=1e-5)
   for k, v in aux.items():
     np.testing.assert_allclose(z[f"loss/{k}"], v, rtol=1e-5, atol=1e-7)
+
+
+def test_turns_time_the_step_only_after_saying_ready():
+  go_read, go_write = os.pipe()
+  done_read, done_write = os.pipe()
+  said, calls = [], []
+
+  def coordinator():
+    said.append(os.read(done_read, 1))  # after the warm-up
+    for _ in range(2):
+      time.sleep(0.2)  # not the step's time
+      os.write(go_write, b"g")
+      said.append(os.read(done_read, 1))
+
+  thread = threading.Thread(target=coordinator)
+  thread.start()
+  turns = common.Turns(f"{go_read},{done_write}")
+  times = common.time_steps(lambda: calls.append(len(said)), 2, 1, turns)
+  thread.join()
+  assert said == [b"r", b"d", b"d"] and calls == [0, 1, 2] and len(times) == 2
+  assert max(times) < 0.1
+  os.close(go_write)  # the coordinator went away
+  with pytest.raises(RuntimeError, match="went away"):
+    turns.wait()
+  for fd in (go_read, done_read, done_write):
+    os.close(fd)
+  with pytest.raises(ValueError, match="two file descriptors"):
+    common.Turns("3")
 
 
 def test_stack_blocks_turns_unrolled_blocks_into_the_scanned_layout():

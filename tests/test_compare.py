@@ -39,6 +39,69 @@ print(json.dumps(dict(config="Ti112", mode="train", median_s={median}, min_s=0.1
   return str(path)
 
 
+def _turn_taker(tmp_path, name, median, log, die_after=None, hang=False):
+  """An 'interpreter' that takes its timed steps in turns (`--turns R,W`), logging the
+  start and end of each, as step.py and torch_port.py do through common.Turns."""
+  path = tmp_path / name
+  path.write_text(f"""#!{sys.executable}
+import json, os, sys, time
+args = sys.argv[1:]
+steps = int(args[args.index("--steps") + 1])
+read, write = (int(fd) for fd in args[args.index("--turns") + 1].split(","))
+if {hang}:
+  time.sleep(60)
+os.write(write, b"r")
+for i in range(steps):
+  if i == {die_after!r}:
+    print("{name} gave up", file=sys.stderr)
+    sys.exit(3)
+  assert os.read(read, 1) == b"g"
+  with open({str(log)!r}, "a") as f:
+    f.write("{name} start %d\\n" % i)
+  time.sleep(0.01)
+  with open({str(log)!r}, "a") as f:
+    f.write("{name} end %d\\n" % i)
+  os.write(write, b"d")
+print(json.dumps(dict(config="Ti112", mode="train", median_s={median}, min_s=0.1,
+                      max_s=1.0)))
+""")
+  path.chmod(path.stat().st_mode | stat.S_IEXEC)
+  return str(path)
+
+
+def test_lockstep_rounds_take_the_timed_steps_in_turns(tmp_path, capsys):
+  log = tmp_path / "turns.log"
+  compare.main(["--lockstep", "--gap", "0", "--rounds", "2", "--steps", "3",
+                "--jax-python", _turn_taker(tmp_path, "jaxpy", 0.25, log),
+                "--torch-python", _turn_taker(tmp_path, "torchpy", 0.5, log)])
+  events = log.read_text().split("\n")[:-1]
+  # One step at a time: each start is followed by its own end.
+  assert all(e.replace("start", "end") == f for e, f in zip(events[::2], events[1::2]))
+  turns = [e.split()[0][:-2] for e in events[::2]]
+  assert turns == ["jax", "torch", "torch", "jax", "jax", "torch",    # round 1: JAX first
+                   "torch", "jax", "jax", "torch", "torch", "jax"]    # round 2: the port
+  lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+  assert [(l["side"], l["round"]) for l in lines[:-1]] == [
+      ("jax", 1), ("torch", 1), ("torch", 2), ("jax", 2)]
+  summary = lines[-1]
+  assert summary["lockstep"] is True and summary["gap"] == 0
+  assert summary["ratios"] == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("die_after, hang, message", [
+    (1, False, "ended before its turns did"), (None, True, "sent nothing for 1 s")])
+def test_a_side_that_fails_its_turns_is_named(tmp_path, die_after, hang, message):
+  log = tmp_path / "turns.log"
+  bad = _turn_taker(tmp_path, "torchpy", 0.5, log, die_after=die_after, hang=hang)
+  cmds = dict(jax=[_turn_taker(tmp_path, "jaxpy", 0.25, log), "--steps", "3"],
+              torch=[bad, "--steps", "3"])
+  with pytest.raises(RuntimeError, match=message) as failure:
+    compare.lockstep_round(cmds, "jax", 3, gap=0, timeout=1)
+  assert bad in str(failure.value)
+  if die_after:
+    assert "torchpy gave up" in str(failure.value) and "(exit 3)" in str(failure.value)
+
+
 def test_rounds_alternate_and_the_ratio_is_torch_over_jax(tmp_path, capsys):
   log = tmp_path / "calls.log"
   jax_py = _fake_interpreter(tmp_path, "jaxpy", 0.25, log)
@@ -230,3 +293,15 @@ def test_pooling_refuses_mixed_or_unfinished_outputs(tmp_path, capsys):
   with pytest.raises(SystemExit):
     compare.main(["--summarise", str(cut)])
   assert "no `kind: compare` line" in capsys.readouterr().err
+
+
+def test_step_py_takes_its_timed_steps_in_turns(tmp_path):
+  """The real JAX benchmark (tiny model) against a turn-taking stand-in for the port."""
+  log = tmp_path / "turns.log"
+  cmds = dict(jax=[sys.executable, str(ROOT / "benchmarks" / "step.py"), "--config", "tiny",
+                   "--mode", "infer", "--steps", "2", "--warmup", "1", "--peak-size", "0"],
+              torch=[_turn_taker(tmp_path, "torchpy", 0.5, log), "--steps", "2"])
+  figures = compare.lockstep_round(cmds, "torch", 2, gap=0.01, timeout=600)
+  assert figures["jax"]["config"] == "tiny" and figures["jax"]["steps"] == 2
+  assert figures["jax"]["median_s"] > 0 and figures["torch"]["median_s"] == 0.5
+  assert log.read_text().split()[:2] == ["torchpy", "start"]

@@ -12,14 +12,15 @@ if str(ROOT) not in sys.path:
 from benchmarks import scoreboard  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _compare_file(path, pairs, source=None):
+def _compare_file(path, pairs, source=None, lockstep=None):
   """A saved compare.py output: (jax, torch) medians per round, and its summary line."""
   lines = []
   for i, (jax_s, torch_s) in enumerate(pairs, 1):
     lines.append(dict(kind="run", side="jax", round=i, median_s=jax_s))
     lines.append(dict(kind="run", side="torch", round=i, median_s=torch_s))
   lines.append(dict(kind="compare", config="Ti112", mode="train", dtype="fp32",
-                    jax_dtype="fp32", torch_backend="eager", source=source))
+                    jax_dtype="fp32", torch_backend="eager", source=source,
+                    lockstep=lockstep))
   path.write_text("".join(json.dumps(l) + "\n" for l in lines))
 
 
@@ -54,6 +55,20 @@ def test_rows_from_saved_runs(tmp_path):
   assert lines[5] == ("| loss row |  | max 0.31 % over 30 S112 steps, `--dtype bf16_matmul`"
                       " (tolerance 2 %) | met | 8 |")
   assert lines[6] == "| gpu row |  | no GPU | not measured | 3 |"
+
+
+def test_a_row_takes_only_rounds_run_its_way(tmp_path):
+  _compare_file(tmp_path / "s1_a.jsonl", [(0.2, 0.3)])  # before --lockstep: alternating
+  _compare_file(tmp_path / "s2_a.jsonl", [(0.2, 0.3)], lockstep=True)
+  measures = ("Ti112", "train", "fp32", "eager")
+  scoreboard.table(tmp_path, (scoreboard.Against("r", 1.3, measures, ("s1_a.jsonl",)),))
+  scoreboard.table(tmp_path, (scoreboard.Against("r", 1.3, measures, ("s2_a.jsonl",),
+                                                 lockstep=True),))
+  with pytest.raises(ValueError, match="ran in turns, the row wants them in alternating"):
+    scoreboard.table(tmp_path, (scoreboard.Against("r", 1.3, measures, ("s2_a.jsonl",)),))
+  with pytest.raises(ValueError, match="the first file"):  # and never pooled together
+    scoreboard.table(tmp_path, (scoreboard.Against(
+        "r", 1.3, measures, ("s1_a.jsonl", "s2_a.jsonl")),))
 
 
 def test_remat_is_missed_where_no_policy_reaches_both_bounds(tmp_path):

@@ -98,8 +98,10 @@ class _Side:
       self.proc.wait(5 if ended else 0)
     except subprocess.TimeoutExpired:
       pass
+    code = self.proc.returncode
     self.err.seek(0)
-    return RuntimeError(f"{' '.join(self.cmd)} {what} (exit {self.proc.returncode}):\n"
+    return RuntimeError(f"{' '.join(self.cmd)} {what} "
+                        f"({'still running' if code is None else f'exit {code}'}):\n"
                         f"{self.err.read()[-3000:]}")
 
   def expect(self, token: bytes, timeout: float) -> None:

@@ -100,6 +100,8 @@ def test_a_side_that_fails_its_turns_is_named(tmp_path, die_after, hang, message
   assert bad in str(failure.value)
   if die_after:
     assert "torchpy gave up" in str(failure.value) and "(exit 3)" in str(failure.value)
+  else:
+    assert "(still running)" in str(failure.value)
 
 
 def test_rounds_alternate_and_the_ratio_is_torch_over_jax(tmp_path, capsys):

@@ -285,6 +285,23 @@ def load_rounds(paths: list[str]) -> tuple[dict, list[dict], list[str | None]]:
   return setting, rounds, sources
 
 
+def round_runs(a, cmds: dict[str, list[str]], label: str, order: tuple[str, str]):
+  """Yields (side, its JSON figures, the FMA peak read before it) for one round, in
+  `order`: each process as it ends, one after the other, or with `--lockstep` both at
+  once (one phase reading before them)."""
+  if a.lockstep:
+    print(f"round {label}: both, in turns", file=sys.stderr, flush=True)
+    phase = vm_phase(a.phase_seconds)
+    figures = lockstep_round(cmds, order[0], a.steps, a.gap, a.timeout)
+    for side in order:
+      yield side, figures[side], phase
+    return
+  for side in order:
+    print(f"round {label}: {side}", file=sys.stderr, flush=True)
+    phase = vm_phase(a.phase_seconds)
+    yield side, run_one(cmds[side], a.timeout), phase
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -335,16 +352,8 @@ def main(argv=None):
   for r in range(a.rounds):
     order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
     result = {}
-    if a.lockstep:
-      print(f"round {r + 1}/{a.rounds}: both, in turns", file=sys.stderr, flush=True)
-      phase = vm_phase(a.phase_seconds)
-      figures = lockstep_round(cmds, order[0], a.steps, a.gap, a.timeout)
-    for side in order:
-      if not a.lockstep:
-        print(f"round {r + 1}/{a.rounds}: {side}", file=sys.stderr, flush=True)
-        phase = vm_phase(a.phase_seconds)
-        figures = {side: run_one(cmds[side], a.timeout)}
-      result[side] = {k: figures[side].get(k) for k in KEEP}
+    for side, figures, phase in round_runs(a, cmds, f"{r + 1}/{a.rounds}", order):
+      result[side] = {k: figures.get(k) for k in KEEP}
       result[side]["fma_peak_gflops_per_s"] = phase
       common.emit(dict(kind="run", side=side, round=r + 1, **result[side]))
     rounds.append(result)

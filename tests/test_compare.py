@@ -307,3 +307,9 @@ def test_step_py_takes_its_timed_steps_in_turns(tmp_path):
   assert figures["jax"]["config"] == "tiny" and figures["jax"]["steps"] == 2
   assert figures["jax"]["median_s"] > 0 and figures["torch"]["median_s"] == 0.5
   assert log.read_text().split()[:2] == ["torchpy", "start"]
+
+
+def test_a_negative_gap_is_refused(capsys):
+  with pytest.raises(SystemExit):
+    compare.main(["--lockstep", "--gap", "-0.1"])
+  assert "--gap must be >= 0" in capsys.readouterr().err

@@ -126,6 +126,8 @@ def test_rounds_alternate_and_the_ratio_is_torch_over_jax(tmp_path, capsys):
   assert summary["jax_median_s"] == 0.25 and summary["torch_median_s"] == 0.5
   assert summary["source"] == compare.source_fingerprint()
   assert summary["source_changed"] is False
+  assert summary["cpu_model"] == compare.cpu_model_number()  # the machine kind, with
+  assert summary["cpu_family"] and summary["cpu_model_name"]  # its name and family
 
 
 def test_each_process_records_the_phase_measured_right_before_it(tmp_path, capsys,
@@ -295,6 +297,28 @@ def test_pooling_refuses_mixed_or_unfinished_outputs(tmp_path, capsys):
   with pytest.raises(SystemExit):
     compare.main(["--summarise", str(cut)])
   assert "no `kind: compare` line" in capsys.readouterr().err
+
+
+def test_rounds_on_another_cpu_do_not_pool(tmp_path, capsys):
+  a = _saved_run(tmp_path, "a", 1.0, 1.2)
+  lines = pathlib.Path(a).read_text().splitlines()
+  summary = json.loads(lines[-1])
+  summary.update(cpu_model_name="Another CPU", cpu_family="99")
+  other = tmp_path / "other.jsonl"
+  other.write_text("\n".join(lines[:-1] + [json.dumps(summary)]) + "\n")
+  with pytest.raises(SystemExit):
+    compare.main(["--summarise", a, str(other)])
+  assert "'cpu_model_name': 'Another CPU'" in capsys.readouterr().err
+
+
+def test_the_cpu_model_number_is_read_from_cpuinfo(tmp_path):
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\n"
+                  "model name\t: AMD EPYC\n")
+  assert compare.cpu_model_number(str(info)) == "17"
+  info.write_text("processor\t: 0\n")
+  assert compare.cpu_model_number(str(info)) is None
+  assert compare.cpu_model_number(str(tmp_path / "missing")) is None
 
 
 def test_step_py_takes_its_timed_steps_in_turns(tmp_path):

@@ -1,16 +1,18 @@
 """Issue 5's targets in one table, computed from the saved runs in benchmarks/results/.
 
-  python benchmarks/scoreboard.py                              # the markdown table
-  python benchmarks/scoreboard.py --check docs/performance.md  # exit 1 where it differs
+  python benchmarks/scoreboard.py                              # the markdown tables
+  python benchmarks/scoreboard.py --check docs/performance.md  # exit 1 where one differs
 
 Why: the table at the top of docs/performance.md is what a reader checks first, so its
 figures should be reproducible from the rounds behind them, not typed. Each row names
 its saved outputs (`ROWS`): `compare.py` runs against the port (pooled as `compare.py
 --summarise` pools them), `step.py --memory-sweep` for remat, `bf16_loss.py` for the
-bf16 loss; a row with no saved run yet says so. Which files pool into a row is chosen
-here, by hand: only runs of the same step (`compare.py` records each run's source
-fingerprint since session 24; the older files' sessions say theirs in
-docs/performance.md), and a warning names files whose fingerprints differ.
+bf16 loss; a row with no saved run yet says so. There is one table per machine kind
+(`BOARDS`), found in the doc by its title (the header's first cell); a table's rounds
+must have run on its CPU. Which files pool into a row is chosen here, by hand: only
+runs of the same step (`compare.py` records each run's source fingerprint since session
+24; the older files' sessions say theirs in docs/performance.md), and a warning names
+files whose fingerprints differ.
 """
 import argparse
 import dataclasses
@@ -26,8 +28,16 @@ if str(ROOT) not in sys.path:
 from benchmarks import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 RESULTS = ROOT / "benchmarks" / "results"
-HEADER = ("| issue 5's target | JAX, s per step | against the port: median [interval, "
+
+
+def header(title: str) -> str:
+  """A table's two header lines; `title`, its first cell, names the table in a doc."""
+  return (f"| {title} | JAX, s per step | against the port: median [interval, "
           "confidence], rounds | verdict | sessions |\n| --- | --- | --- | --- | --- |")
+
+
+TITLE = "issue 5's target"  # the first cell of the issue's own machine kind's table
+HEADER = header(TITLE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +147,60 @@ ROWS = (
     Remat("Remat: S112 train at T = 64, peak memory /2 at <= 30 % more time",
           "s24_memory.jsonl"),
     NotRun("GPU: B224 and the 16-clip batch in bf16, MFU >= 45 %",
-           "not run: no GPU lent (sessions 10-25); one prepared call, "
+           "not run: no GPU lent (sessions 10-26); one prepared call, "
            "`benchmarks/gpu_suite.sh run`, re-checked in session 23", "16, 23"),
+)
+
+
+# The CPUs the boards' runs ran on, as compare.py records them (model name, family).
+INTEL_XEON = ("Intel(R) Xeon(R) Processor", "6")  # model 207: the issue's machine kind
+AMD_EPYC = ("AMD EPYC", "25")  # model 17: Zen 4 (sessions 12-18 and 26)
+
+
+@dataclasses.dataclass(frozen=True)
+class Board:
+  """One machine kind's table: its title (the header's first cell, which finds it in a
+  doc), the CPU its rounds against the port must have run on, and its rows."""
+  title: str
+  cpu: tuple[str, str] | None
+  rows: tuple
+
+
+ZEN4_ROWS = (
+    Against("Ti112 train >= 1.3x eager, timed in turns", 1.3,
+            ("Ti112", "train", "fp32", "eager"),
+            ("s26_Ti112_train_fp32_eager_turns_a.jsonl",
+             "s26_Ti112_train_fp32_eager_turns_b.jsonl",
+             "s26_Ti112_train_fp32_eager_turns_c.jsonl"), lockstep=True),
+    Against("the same, in alternating processes", 1.3, ("Ti112", "train", "fp32", "eager"),
+            ("s26_Ti112_train_fp32_eager_a.jsonl",)),
+    Against("S112 train >= 1.3x eager, timed in turns", 1.3,
+            ("S112", "train", "fp32", "eager"),
+            ("s26_S112_train_fp32_eager_turns_a.jsonl",
+             "s26_S112_train_fp32_eager_turns_b.jsonl"), lockstep=True),
+    Against("the same, in alternating processes", 1.3, ("S112", "train", "fp32", "eager"),
+            ("s26_S112_train_fp32_eager_a.jsonl",)),
+    Against("Ti112 infer faster than `torch.compile`, timed in turns", 1.0,
+            ("Ti112", "infer", "fp32", "compile"),
+            ("s26_Ti112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),
+    Against("S112 infer faster than `torch.compile`, timed in turns", 1.0,
+            ("S112", "infer", "fp32", "compile"),
+            ("s26_S112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),
+    Against("Stretch, bf16 (`bf16_matmul`) against autocast: S112 train, timed in turns",
+            1.0, ("S112", "train", BF16, "eager"),
+            ("s26_S112_train_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
+    Against("the same, S112 infer, timed in turns", 1.0, ("S112", "infer", BF16, "eager"),
+            ("s26_S112_infer_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
+    Against("the same, Ti112 train, timed in turns", 1.0, ("Ti112", "train", BF16, "eager"),
+            ("s26_Ti112_train_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
+    Against("the same, Ti112 infer, timed in turns", 1.0, ("Ti112", "infer", BF16, "eager"),
+            ("s26_Ti112_infer_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
+    Bf16Loss("bf16 training loss within a stated tolerance of fp32", "s26_bf16_loss.jsonl"),
+)
+
+BOARDS = (
+    Board(TITLE, INTEL_XEON, ROWS),
+    Board("on AMD EPYC Zen 4 (family 25, model 17)", AMD_EPYC, ZEN4_ROWS),
 )
 
 
@@ -168,7 +230,16 @@ def _unmeasured(label: str, why: str, sessions: str = "") -> list[str]:
   return [label, "", why, "not measured", sessions]
 
 
-def against_cells(row: Against, results: pathlib.Path) -> list[str]:
+def _check_cpu(what, line: dict, cpu: tuple[str, str] | None) -> None:
+  """Refuses a run from another CPU than the table's (None: no check)."""
+  ran_on = (line.get("cpu_model_name"), line.get("cpu_family"))
+  if cpu is not None and ran_on != cpu:
+    raise ValueError(f"{what} ran on {ran_on} (model name, family), the table is "
+                     f"for {cpu}")
+
+
+def against_cells(row: Against, results: pathlib.Path,
+                  cpu: tuple[str, str] | None = None) -> list[str]:
   if not row.files:
     return _unmeasured(row.label, "no saved rounds")
   paths = [str(results / f) for f in row.files]
@@ -176,6 +247,7 @@ def against_cells(row: Against, results: pathlib.Path) -> list[str]:
   got = tuple(setting[k] for k in ("config", "mode", "jax_dtype", "torch_backend"))
   if got != row.measures:
     raise ValueError(f"{row.files} measured {got}, the row {row.measures}")
+  _check_cpu(row.files, setting, cpu)
   if setting["lockstep"] != row.lockstep:
     how = lambda lockstep: "in turns" if lockstep else "in alternating processes"  # noqa: E731
     raise ValueError(f"{row.files} ran {how(setting['lockstep'])}, the row wants them "
@@ -211,10 +283,12 @@ def remat_cells(row: Remat, results: pathlib.Path) -> list[str]:
   return [row.label, "", "peak RSS " + ", ".join(parts), verdict, _sessions([row.file])]
 
 
-def bf16_loss_cells(row: Bf16Loss, results: pathlib.Path) -> list[str]:
+def bf16_loss_cells(row: Bf16Loss, results: pathlib.Path,
+                    cpu: tuple[str, str] | None = None) -> list[str]:
   if row.file is None:
     return _unmeasured(row.label, "no saved run")
   report = _last(results / row.file, "bf16_loss")
+  _check_cpu(row.file, report, cpu)
   worst = 100 * report["max_rel_diff"]
   cells = (f"max {worst:.2f} % over {report['steps']} {report['config']} steps, "
            f"`--dtype {report['dtype']}` (tolerance {100 * report['rtol']:g} %)")
@@ -222,17 +296,20 @@ def bf16_loss_cells(row: Bf16Loss, results: pathlib.Path) -> list[str]:
           _sessions([row.file])]
 
 
-def table(results: pathlib.Path = RESULTS, rows=None) -> str:
-  """The scoreboard as markdown: the header and one line per row (`ROWS` by default)."""
-  out = [HEADER]
-  for row in ROWS if rows is None else rows:
+def table(results: pathlib.Path = RESULTS, rows=None, board: Board | None = None) -> str:
+  """One scoreboard as markdown: the header and one line per row (`board`'s, or `rows`
+  under the issue's machine kind's header with no CPU check, or `ROWS` by default)."""
+  if board is None:
+    board = Board(TITLE, None, ROWS if rows is None else rows)
+  out = [header(board.title)]
+  for row in board.rows:
     try:
       if isinstance(row, Against):
-        cells = against_cells(row, results)
+        cells = against_cells(row, results, board.cpu)
       elif isinstance(row, Remat):
         cells = remat_cells(row, results)
       elif isinstance(row, Bf16Loss):
-        cells = bf16_loss_cells(row, results)
+        cells = bf16_loss_cells(row, results, board.cpu)
       else:
         cells = _unmeasured(row.label, row.why, row.sessions)
     except (OSError, ValueError, KeyError) as e:
@@ -242,11 +319,11 @@ def table(results: pathlib.Path = RESULTS, rows=None) -> str:
   return "\n".join(out)
 
 
-def table_in(text: str) -> str | None:
-  """The scoreboard table in a markdown text: from its header line to the first line
-  that is not a table row; None where there is none."""
+def table_in(text: str, title: str = TITLE) -> str | None:
+  """The scoreboard table titled `title` in a markdown text: from its header line to the
+  first line that is not a table row; None where there is none."""
   lines = text.splitlines()
-  first = HEADER.splitlines()[0]
+  first = header(title).splitlines()[0]
   if first not in lines:
     return None
   start = lines.index(first)
@@ -263,28 +340,30 @@ def main(argv=None) -> int:
   p.add_argument("--check", metavar="DOC.md", default=None,
                  help="compare the table in DOC.md with the computed one; exit 1 if not equal")
   a = p.parse_args(argv)
-  found = None
-  if a.check is not None:
-    found = table_in(pathlib.Path(a.check).read_text())
-    if found is None:
-      print(f"{a.check}: no scoreboard table (its header line is missing)",
-            file=sys.stderr)
+  text = None if a.check is None else pathlib.Path(a.check).read_text()
+  status = 0
+  for board in BOARDS:
+    try:
+      computed = table(pathlib.Path(a.results), board=board)
+    except ValueError as e:
+      print(f"scoreboard: a saved run could not be read: {e}", file=sys.stderr)
       return 1
-  try:
-    computed = table(pathlib.Path(a.results))
-  except ValueError as e:
-    print(f"scoreboard: a saved run could not be read: {e}", file=sys.stderr)
-    return 1
-  if a.check is None:
-    print(computed)
-    return 0
-  if found != computed:
-    sys.stdout.writelines(difflib.unified_diff(
-        (found + "\n").splitlines(True), (computed + "\n").splitlines(True),
-        f"{a.check} (as written)", "computed from the saved runs"))
-    return 1
-  print(f"{a.check}: the scoreboard matches the saved runs")
-  return 0
+    if text is None:
+      print(computed + "\n")
+      continue
+    found = table_in(text, board.title)
+    if found is None:
+      print(f"{a.check}: no scoreboard table {board.title!r} (its header line is missing)",
+            file=sys.stderr)
+      status = 1
+    elif found != computed:
+      sys.stdout.writelines(difflib.unified_diff(
+          (found + "\n").splitlines(True), (computed + "\n").splitlines(True),
+          f"{a.check} (as written)", "computed from the saved runs"))
+      status = 1
+    else:
+      print(f"{a.check}: the scoreboard {board.title!r} matches the saved runs")
+  return status
 
 
 if __name__ == "__main__":

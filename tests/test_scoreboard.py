@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import scoreboard  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _compare_file(path, pairs, source=None, lockstep=None):
+def _compare_file(path, pairs, source=None, lockstep=None, cpu=("Intel(R) Xeon(R) Processor", "6")):
   """A saved compare.py output: (jax, torch) medians per round, and its summary line."""
   lines = []
   for i, (jax_s, torch_s) in enumerate(pairs, 1):
@@ -20,7 +20,7 @@ def _compare_file(path, pairs, source=None, lockstep=None):
     lines.append(dict(kind="run", side="torch", round=i, median_s=torch_s))
   lines.append(dict(kind="compare", config="Ti112", mode="train", dtype="fp32",
                     jax_dtype="fp32", torch_backend="eager", source=source,
-                    lockstep=lockstep))
+                    lockstep=lockstep, cpu_model_name=cpu[0], cpu_family=cpu[1]))
   path.write_text("".join(json.dumps(l) + "\n" for l in lines))
 
 
@@ -87,7 +87,7 @@ def test_pooling_files_of_different_code_is_flagged(tmp_path, capsys):
   assert "measured different code" in capsys.readouterr().err
 
 
-def test_check_shows_where_a_written_table_differs(tmp_path, capsys):
+def test_check_shows_where_a_written_table_differs(tmp_path, capsys, monkeypatch):
   _compare_file(tmp_path / "s3_a.jsonl", [(0.2, 0.3), (0.25, 0.3)])
   rows = (scoreboard.Against("ratio row", 1.3, ("Ti112", "train", "fp32", "eager"), ("s3_a.jsonl",)),)
   good = scoreboard.table(tmp_path, rows)
@@ -97,12 +97,9 @@ def test_check_shows_where_a_written_table_differs(tmp_path, capsys):
   stale = good.replace("| undecided |", "| met |")
   assert stale != good
   doc.write_text(f"# Title\n\n{stale}\n")
-  original = scoreboard.ROWS
-  try:
-    scoreboard.ROWS = rows  # main() reads the module's rows
-    assert scoreboard.main(["--results", str(tmp_path), "--check", str(doc)]) == 1
-  finally:
-    scoreboard.ROWS = original
+  # main() reads the module's boards
+  monkeypatch.setattr(scoreboard, "BOARDS", (scoreboard.Board(scoreboard.TITLE, None, rows),))
+  assert scoreboard.main(["--results", str(tmp_path), "--check", str(doc)]) == 1
   out = capsys.readouterr().out
   assert "-| ratio row" in out and "| met |" in out and "+| ratio row" in out
   doc.write_text("# no table here\n")
@@ -110,14 +107,59 @@ def test_check_shows_where_a_written_table_differs(tmp_path, capsys):
   assert "no scoreboard table" in capsys.readouterr().err
 
 
-def test_a_missing_saved_run_is_named(tmp_path, capsys):
-  original = scoreboard.ROWS
-  try:
-    scoreboard.ROWS = (scoreboard.Against("r", 1.3, ("Ti112", "train", "fp32", "eager"), ("s5_gone.jsonl",)),)
-    assert scoreboard.main(["--results", str(tmp_path)]) == 1
-  finally:
-    scoreboard.ROWS = original
+def test_a_missing_saved_run_is_named(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(scoreboard, "BOARDS", (scoreboard.Board("t", None, (scoreboard.Against(
+      "r", 1.3, ("Ti112", "train", "fp32", "eager"), ("s5_gone.jsonl",)),)),))
+  assert scoreboard.main(["--results", str(tmp_path)]) == 1
   assert "s5_gone.jsonl" in capsys.readouterr().err
+
+
+ZEN4 = ("AMD EPYC", "25")
+
+
+def test_each_machine_kind_has_its_own_table(tmp_path, capsys, monkeypatch):
+  _compare_file(tmp_path / "s1_a.jsonl", [(0.2, 0.3)])  # the Intel Xeon
+  _compare_file(tmp_path / "s2_a.jsonl", [(0.2, 0.22), (0.2, 0.24)], cpu=ZEN4)
+  measures = ("Ti112", "train", "fp32", "eager")
+  boards = (scoreboard.Board(scoreboard.TITLE, scoreboard.INTEL_XEON,
+                             (scoreboard.Against("r", 1.3, measures, ("s1_a.jsonl",)),)),
+            scoreboard.Board("on Zen 4", ZEN4,
+                             (scoreboard.Against("r", 1.3, measures, ("s2_a.jsonl",)),)))
+  monkeypatch.setattr(scoreboard, "BOARDS", boards)
+  assert scoreboard.main(["--results", str(tmp_path)]) == 0
+  printed = capsys.readouterr().out
+  intel, zen4 = (scoreboard.table(tmp_path, board=b) for b in boards)
+  assert intel.splitlines()[0].startswith(f"| {scoreboard.TITLE} |")
+  assert zen4.splitlines()[0].startswith("| on Zen 4 |")
+  assert "| 1.50 [1.50, 1.50]" in intel and "| 1.15 [1.10, 1.20]" in zen4
+  assert printed == f"{intel}\n\n{zen4}\n\n"
+  doc = tmp_path / "doc.md"
+  doc.write_text(f"# Intel\n\n{intel}\n\n## Zen 4\n\n{zen4}\n")
+  assert scoreboard.table_in(doc.read_text(), "on Zen 4") == zen4
+  assert scoreboard.main(["--results", str(tmp_path), "--check", str(doc)]) == 0
+  doc.write_text(f"# Intel\n\n{intel}\n")  # one table missing
+  assert scoreboard.main(["--results", str(tmp_path), "--check", str(doc)]) == 1
+  assert "no scoreboard table 'on Zen 4'" in capsys.readouterr().err
+
+
+def test_a_table_refuses_rounds_run_on_another_cpu(tmp_path):
+  _compare_file(tmp_path / "s2_a.jsonl", [(0.2, 0.3)], cpu=ZEN4)
+  _compare_file(tmp_path / "s3_a.jsonl", [(0.2, 0.3)])
+  measures = ("Ti112", "train", "fp32", "eager")
+  board = scoreboard.Board("t", scoreboard.INTEL_XEON,
+                           (scoreboard.Against("r", 1.3, measures, ("s2_a.jsonl",)),))
+  with pytest.raises(ValueError, match=r"ran on \('AMD EPYC', '25'\).*the table is for"):
+    scoreboard.table(tmp_path, board=board)
+  (tmp_path / "s2_loss.jsonl").write_text(json.dumps(dict(
+      kind="bf16_loss", config="S112", dtype="bf16_matmul", steps=30, rtol=0.02,
+      max_rel_diff=0.003, within_rtol=True, cpu_model_name="AMD EPYC", cpu_family="25")) + "\n")
+  loss = scoreboard.Bf16Loss("loss row", "s2_loss.jsonl")
+  assert "| met |" in scoreboard.table(tmp_path, board=scoreboard.Board("z", ZEN4, (loss,)))
+  with pytest.raises(ValueError, match=r"s2_loss.jsonl ran on \('AMD EPYC'"):
+    scoreboard.table(tmp_path, board=scoreboard.Board("t", scoreboard.INTEL_XEON, (loss,)))
+  with pytest.raises(ValueError, match="the first file"):  # nor do they pool
+    scoreboard.table(tmp_path, (scoreboard.Against("r", 1.3, measures,
+                                                   ("s3_a.jsonl", "s2_a.jsonl")),))
 
 
 def test_a_file_that_measured_another_setting_is_refused(tmp_path):

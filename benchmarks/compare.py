@@ -28,7 +28,8 @@ above the target, `missed` when it is below, `undecided` when it straddles it.
 
   python benchmarks/compare.py --summarise OUT1.jsonl OUT2.jsonl --target 1.3
 
-pools the rounds of saved outputs (same config, mode and dtypes) without running anything.
+pools the rounds of saved outputs (same config, mode, dtypes, kind of round and CPU)
+without running anything.
 """
 import argparse
 import hashlib

@@ -338,7 +338,8 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--results", default=str(RESULTS), help="the saved runs' folder")
   p.add_argument("--check", metavar="DOC.md", default=None,
-                 help="compare the table in DOC.md with the computed one; exit 1 if not equal")
+                 help="compare the tables in DOC.md with the computed ones; exit 1 if any "
+                      "differs or is missing")
   a = p.parse_args(argv)
   text = None if a.check is None else pathlib.Path(a.check).read_text()
   status = 0

@@ -197,6 +197,8 @@ ZEN4_ROWS = (
     Against("the same, Ti112 infer, timed in turns", 1.0, ("Ti112", "infer", BF16, "eager"),
             ("s26_Ti112_infer_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
     Bf16Loss("bf16 training loss within a stated tolerance of fp32", "s26_bf16_loss.jsonl"),
+    Remat("Remat: S112 train at T = 64, peak memory /2 at <= 30 % more time",
+          "s26_memory.jsonl"),
 )
 
 BOARDS = (

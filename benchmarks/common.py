@@ -178,24 +178,26 @@ def rss_figures(time_steps_fn: Callable[[], list], rss_after_compile: float):
   return result, figures
 
 
-def cpu_model() -> dict:
-  """What the CPU is (the figures depend on it): model name, family, AVX-512 or not,
-  and the OpenBLAS kernel family asked for through the environment, if any."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict:
+  """What the CPU is (the figures depend on it): model name, family, model number (it
+  tells apart kinds that share a name and family: AMD EPYC family 25 is Zen 3 and Zen
+  4), AVX-512 or not, and the OpenBLAS kernel family asked for through the environment."""
+  wanted = ("model name", "cpu family", "model", "flags")
   info = {}
   try:
-    with open("/proc/cpuinfo") as f:
+    with open(cpuinfo) as f:
       for line in f:
         key, _, value = line.partition(":")
         key = key.strip()
-        if key in ("model name", "cpu family", "flags") and key not in info:
+        if key in wanted and key not in info:
           info[key] = value.strip()
-        if len(info) == 3:
+        if len(info) == len(wanted):
           break
   except OSError:
     pass
   flags = set(info.get("flags", "").split())
   return dict(cpu_model_name=info.get("model name"), cpu_family=info.get("cpu family"),
-              cpu_avx512=("avx512f" in flags) if flags else None,
+              cpu_model=info.get("model"), cpu_avx512=("avx512f" in flags) if flags else None,
               openblas_coretype_env=os.environ.get("OPENBLAS_CORETYPE"))
 
 

@@ -228,20 +228,6 @@ def vm_phase(seconds: float) -> float | None:
     return None
 
 
-def cpu_model_number(cpuinfo: str = "/proc/cpuinfo") -> str | None:
-  """The CPU's model number within its family (`model` in /proc/cpuinfo): it tells
-  apart kinds that share a name and family (AMD EPYC family 25: Zen 3 and Zen 4)."""
-  try:
-    with open(cpuinfo) as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        if key.strip() == "model":
-          return value.strip()
-  except OSError:
-    pass
-  return None
-
-
 def summarise(rounds: list[dict], target: float | None = None) -> dict:
   """Ratios PyTorch / JAX of each round's medians (> 1: JAX faster), the median's
   interval and, with a target ratio, how many rounds reached it and the verdict; the
@@ -381,7 +367,6 @@ def main(argv=None):
                    torch_backend=a.backend, lockstep=a.lockstep,
                    gap=a.gap if a.lockstep else None, steps=a.steps, warmup=a.warmup,
                    **summarise(rounds, a.target), **common.host_figures(),
-                   cpu_model=cpu_model_number(),
                    commit=commit, source=source, source_changed=changed))
   if changed:
     print("warning: the step's sources changed during the rounds; do not pool them",

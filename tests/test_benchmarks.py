@@ -533,3 +533,13 @@ def test_gpu_suite_reports_rows_left_when_its_budget_is_spent(tmp_path):
   assert len(rows) == 7 and len({r["label"] for r in rows}) == 7
   assert all(r["rc"] == -1 and "budget" in r["error"] for r in rows)
   assert stdout.count("not run: the suite's 0 s budget was spent") == 7
+
+
+def test_the_cpu_model_number_is_read_from_cpuinfo(tmp_path):
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\n"
+                  "model name\t: AMD EPYC\n")
+  assert common.cpu_model(str(info))["cpu_model"] == "17"
+  info.write_text("processor\t: 0\n")
+  assert common.cpu_model(str(info))["cpu_model"] is None
+  assert common.cpu_model(str(tmp_path / "missing"))["cpu_model"] is None

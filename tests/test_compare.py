@@ -11,6 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -126,7 +127,7 @@ def test_rounds_alternate_and_the_ratio_is_torch_over_jax(tmp_path, capsys):
   assert summary["jax_median_s"] == 0.25 and summary["torch_median_s"] == 0.5
   assert summary["source"] == compare.source_fingerprint()
   assert summary["source_changed"] is False
-  assert summary["cpu_model"] == compare.cpu_model_number()  # the machine kind, with
+  assert summary["cpu_model"] == common.cpu_model()["cpu_model"]  # the machine kind, with
   assert summary["cpu_family"] and summary["cpu_model_name"]  # its name and family
 
 
@@ -309,16 +310,6 @@ def test_rounds_on_another_cpu_do_not_pool(tmp_path, capsys):
   with pytest.raises(SystemExit):
     compare.main(["--summarise", a, str(other)])
   assert "'cpu_model_name': 'Another CPU'" in capsys.readouterr().err
-
-
-def test_the_cpu_model_number_is_read_from_cpuinfo(tmp_path):
-  info = tmp_path / "cpuinfo"
-  info.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\n"
-                  "model name\t: AMD EPYC\n")
-  assert compare.cpu_model_number(str(info)) == "17"
-  info.write_text("processor\t: 0\n")
-  assert compare.cpu_model_number(str(info)) is None
-  assert compare.cpu_model_number(str(tmp_path / "missing")) is None
 
 
 def test_step_py_takes_its_timed_steps_in_turns(tmp_path):

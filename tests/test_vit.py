@@ -1,5 +1,7 @@
 """ViT frame encoder: variants, shapes, scan/remat, NumPy reference forward."""
+import contextlib
 import functools
+import re
 
 import flax.linen as nn
 from flax import traverse_util
@@ -11,6 +13,8 @@ import scipy.special
 
 from meldae_jax.models import gelu
 from meldae_jax.models import vit
+from meldae_jax.ops import blas_attention
+from meldae_jax.ops import blas_dot
 
 # Tiny models: XLA's CPU backend optimisations cost more than they save.
 _jit = functools.partial(
@@ -221,6 +225,45 @@ def test_remat_policies_same_outputs_and_grads():
                  grads, base_grads)
   out = _apply(_unstack(params), x, scan=False, remat_policy="full")
   np.testing.assert_allclose(out[1], base_out[1], atol=1e-5, rtol=1e-5)
+
+
+def _saved_elements(capsys, policy, sgemm: bool, cpu_attention: bool) -> int:
+  """How many values (array elements) a Mu/8 ViT's backward keeps under `policy`, with
+  the Dense matmuls by sgemm or XLA's dot, the attention by its custom calls or XLA's."""
+  x = jnp.asarray(_images())
+  model = vit.ViT("Mu/8", scan=False, remat_policy=policy)
+  params = _params(model, x.shape)
+
+  def loss(p):
+    cls, patches = model.apply({"params": p}, x, train=False)
+    return jnp.sum(jnp.tanh(cls)) + jnp.sum(jnp.tanh(patches))
+
+  capsys.readouterr()
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(blas_dot.sgemm_dots() if sgemm else blas_dot.xla_dots())
+    if not cpu_attention:
+      stack.enter_context(blas_attention.xla_attention())
+    jax.ad_checkpoint.print_saved_residuals(loss, params)
+  lines = [l for l in capsys.readouterr().out.splitlines() if "from the argument" not in l]
+  shapes = [re.match(r"\w+\[([\d,]*)\]", l).group(1) for l in lines]
+  return sum(int(np.prod([int(d) for d in s.split(",") if d])) for s in shapes)
+
+
+@pytest.mark.parametrize("sgemm,cpu_attention", [(True, True), (True, False),
+                                                 (False, True)])
+def test_dots_policies_save_the_matmuls_whatever_runs_them(capsys, sgemm, cpu_attention):
+  """'dots' saves every matmul's output and 'dots_no_batch' the unbatched ones, as
+  JAX's policies do over XLA's dots, also where custom calls run them (they name their
+  outputs; a policy cannot see into a custom call, so 'dots' kept nothing there)."""
+  if (sgemm or cpu_attention) and not blas_dot.available():
+    pytest.skip("no sgemm custom call here")
+  counts = {}
+  for policy in ("full", "dots", "dots_no_batch"):
+    xla = _saved_elements(capsys, policy, sgemm=False, cpu_attention=False)
+    ours = _saved_elements(capsys, policy, sgemm, cpu_attention)
+    assert ours == xla, policy
+    counts[policy] = ours
+  assert counts["full"] < counts["dots_no_batch"] < counts["dots"]
 
 
 def test_unknown_remat_policy():

@@ -20,6 +20,7 @@ import numpy as np
 
 from meldae_jax.models import attention
 from meldae_jax.models import gelu
+from meldae_jax.ops import blas_attention
 from meldae_jax.ops import blas_dot
 from meldae_jax.ops import cpu_bias_gelu
 from meldae_jax.ops import cpu_layer_norm
@@ -34,11 +35,18 @@ VARIANTS = {
     "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
 }
 
+_policies = jax.checkpoint_policies
+# 'dots' and 'dots_no_batch' save the matmuls' outputs whatever runs them: XLA's dots,
+# or the CPU custom calls (`ops/`), which name theirs since a policy cannot see into them.
 REMAT_POLICIES = {
     "none": None,  # no rematerialisation
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": _policies.nothing_saveable,
+    "dots": _policies.save_from_both_policies(
+        _policies.checkpoint_dots, _policies.save_only_these_names(
+            blas_dot.DOT_NAME, blas_attention.BATCHED_DOT_NAME)),
+    "dots_no_batch": _policies.save_from_both_policies(
+        _policies.dots_with_no_batch_dims_saveable,
+        _policies.save_only_these_names(blas_dot.DOT_NAME)),
 }
 
 LN_EPS = 1e-6

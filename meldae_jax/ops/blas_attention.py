@@ -18,11 +18,17 @@ the sgemm that `blas_dot` found; `MELDAE_CPU_ATTENTION=0` turns it off.
 import functools
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 
 from meldae_jax.ops import blas_dot
 from meldae_jax.ops import native
+
+# What the calls' products (the scores q k^T and the context p v, batched over frames
+# and heads) carry for remat policies: 'dots' saves them, as it saves XLA's batched dots
+# on the other path, 'dots_no_batch' does not (`models.vit.REMAT_POLICIES`).
+BATCHED_DOT_NAME = "meldae_batched_dot"
 
 _TARGETS = {"scores": "MeldaeAttentionScores", "context": "MeldaeAttentionContext",
             "scores_grad": "MeldaeAttentionScoresGrad", "qkv_grad": "MeldaeAttentionQkvGrad"}
@@ -72,9 +78,11 @@ def attention(qkv, heads: int):
 def _fwd(qkv, heads):
   n, length, three_d = qkv.shape
   d = three_d // 3
-  s = _call("scores", (n, heads, length, length), qkv, **_scaled(heads, d))
+  s = checkpoint_name(_call("scores", (n, heads, length, length), qkv,
+                            **_scaled(heads, d)), BATCHED_DOT_NAME)
   p = jax.nn.softmax(s)
-  ctx = _call("context", (n, length, d), p, qkv, heads=np.int64(heads))
+  ctx = checkpoint_name(_call("context", (n, length, d), p, qkv, heads=np.int64(heads)),
+                        BATCHED_DOT_NAME)
   return ctx, (qkv, p)
 
 

@@ -42,11 +42,18 @@ import threading
 
 import jax
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 
 from meldae_jax.ops import host_alloc
 from meldae_jax.ops import native
+
+# The name a matmul done by a custom call (sgemm, the AMX call) carries for remat
+# policies: `checkpoint_dots` saves `dot_general`'s outputs but cannot see a custom
+# call's, so without it 'dots' would save nothing where these calls run
+# (`models.vit.REMAT_POLICIES`).
+DOT_NAME = "meldae_dot"
 
 _SRC = pathlib.Path(__file__).with_name("blas_gemm.cc")
 _TARGET = "meldae_gemm"
@@ -467,4 +474,5 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None,
     out = rounded_gemm(lhs.reshape(-1, k), rhs.reshape(k, -1), rounded_to)
   else:
     out = gemm(lhs.reshape(-1, k), rhs.reshape(k, -1))
+  out = checkpoint_name(out, DOT_NAME)  # a matmul's output, whatever ran it
   return out.reshape(*lhs_free, *rhs_free)

@@ -178,6 +178,39 @@ def rss_figures(time_steps_fn: Callable[[], list], rss_after_compile: float):
   return result, figures
 
 
+def sweep_summary(rows: list) -> dict:
+  """`step.py --memory-sweep`'s rows -> per T and remat policy, memory saved and time
+  lost relative to no remat at that T.
+
+  `rss_reduction` compares the process's lifetime peak RSS, which what is there before
+  the first step (the runtime, what compiling left allocated) sets in part;
+  `steps_rss_reduction` what the steps add to the RSS (their peak minus the RSS they
+  start from); `xla_temp_reduction` XLA's temporaries; `xla_total_reduction` all of
+  XLA's buffers for the step (arguments, temporaries and outputs, the donated state
+  counted once): the step's own peak memory as XLA plans it, the same figure an
+  accelerator's memory would show, and the one the allocator's habits cannot move.
+  """
+  out = {}
+  ratio = lambda a, b: (a / b) if a and b else None  # noqa: E731
+  added = lambda r: (r["steps_peak_rss_mib"] - r["rss_before_steps_mib"]  # noqa: E731
+                     if r.get("steps_peak_rss_mib") and r.get("rss_before_steps_mib")
+                     else None)
+  for row in rows:
+    if "error" in row or row["remat"] == "none":
+      continue
+    base = next((r for r in rows if r["frames"] == row["frames"]
+                 and r["remat"] == "none" and "error" not in r), None)
+    if base is None:
+      continue
+    out[f"T{row['frames']}_{row['remat']}"] = dict(
+        rss_reduction=ratio(base["peak_rss_mib"], row["peak_rss_mib"]),
+        steps_rss_reduction=ratio(added(base), added(row)),
+        xla_temp_reduction=ratio(base["xla_temp_mib"], row["xla_temp_mib"]),
+        xla_total_reduction=ratio(base.get("xla_total_mib"), row.get("xla_total_mib")),
+        slowdown=ratio(row["median_s"], base["median_s"]))
+  return out
+
+
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict:
   """What the CPU is (the figures depend on it): model name, family, model number (it
   tells apart kinds that share a name and family: AMD EPYC family 25 is Zen 3 and Zen

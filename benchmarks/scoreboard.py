@@ -25,6 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -63,13 +64,20 @@ class _OneRun:
     return (self.file,) if self.file else ()
 
 
+# What a Remat row measures: the summary's figure (`common.sweep_summary`), its name.
+REMAT_MEASURES = {"rss": ("rss_reduction", "peak RSS"),
+                  "xla": ("xla_total_reduction", "XLA's buffers")}
+
+
 @dataclasses.dataclass(frozen=True)
 class Remat(_OneRun):
-  """Peak memory cut at T = `frames` by remat, at a bounded slowdown (step.py
-  --memory-sweep's summary)."""
+  """Peak memory cut at T = `frames` by remat, at a bounded slowdown, from step.py
+  --memory-sweep's rows; `measure`: the process's peak RSS ('rss') or all of XLA's
+  buffers for the step ('xla'), see `REMAT_MEASURES`."""
   frames: int = 64
   min_reduction: float = 2.0
   max_slowdown: float = 1.3
+  measure: str = "rss"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +154,8 @@ ROWS = (
     Bf16Loss("bf16 training loss within a stated tolerance of fp32", "s24_bf16_loss.jsonl"),
     Remat("Remat: S112 train at T = 64, peak memory /2 at <= 30 % more time",
           "s24_memory.jsonl"),
+    Remat("the same, the step's own memory: XLA's buffers for it (arguments, "
+          "temporaries, outputs)", "s24_memory.jsonl", measure="xla"),
     NotRun("GPU: B224 and the 16-clip batch in bf16, MFU >= 45 %",
            "not run: no GPU lent (sessions 10-26); one prepared call, "
            "`benchmarks/gpu_suite.sh run`, re-checked in session 23", "16, 23"),
@@ -199,6 +209,8 @@ ZEN4_ROWS = (
     Bf16Loss("bf16 training loss within a stated tolerance of fp32", "s26_bf16_loss.jsonl"),
     Remat("Remat: S112 train at T = 64, peak memory /2 at <= 30 % more time",
           "s26_memory.jsonl"),
+    Remat("the same, the step's own memory: XLA's buffers for it (arguments, "
+          "temporaries, outputs)", "s26_memory.jsonl", measure="xla"),
 )
 
 BOARDS = (
@@ -268,22 +280,32 @@ def against_cells(row: Against, results: pathlib.Path,
           _sessions(row.files)]
 
 
-def remat_cells(row: Remat, results: pathlib.Path) -> list[str]:
+def remat_cells(row: Remat, results: pathlib.Path,
+                cpu: tuple[str, str] | None = None) -> list[str]:
+  """The summary recomputed from the sweep's rows (`common.sweep_summary`), so a
+  figure added since a file was saved is read from it too."""
   if row.file is None:
     return _unmeasured(row.label, "no saved run")
-  summary = _last(results / row.file, "memory_sweep_summary")
+  key, name = REMAT_MEASURES[row.measure]
+  rows = [l for l in compare.json_lines(results / row.file)
+          if l.get("kind") == "memory_sweep" and "remat" in l and "frames" in l]
+  for line in rows:
+    if "cpu_model_name" in line:  # recorded since session 27
+      _check_cpu(row.file, line, cpu)
+  summary = common.sweep_summary(rows)
   parts, ok = [], []
   for policy in ("full", "dots"):
     got = summary.get(f"T{row.frames}_{policy}")
-    if not got or got.get("rss_reduction") is None:
+    if not got or got.get(key) is None:
       continue
-    cut, slow = got["rss_reduction"], got["slowdown"]
+    cut, slow = got[key], got["slowdown"]
     parts.append(f"/{cut:.2f} at x{slow:.2f} ({policy})")
     ok.append(cut >= row.min_reduction and slow <= row.max_slowdown)
   if not parts:
-    raise ValueError(f"{row.file}: no T{row.frames} remat rows in its summary")
+    raise ValueError(f"{row.file}: no T{row.frames} remat rows with {name} against "
+                     "no remat")
   verdict = "met" if any(ok) else "missed"
-  return [row.label, "", "peak RSS " + ", ".join(parts), verdict, _sessions([row.file])]
+  return [row.label, "", f"{name} " + ", ".join(parts), verdict, _sessions([row.file])]
 
 
 def bf16_loss_cells(row: Bf16Loss, results: pathlib.Path,
@@ -310,7 +332,7 @@ def table(results: pathlib.Path = RESULTS, rows=None, board: Board | None = None
       if isinstance(row, Against):
         cells = against_cells(row, results, board.cpu)
       elif isinstance(row, Remat):
-        cells = remat_cells(row, results)
+        cells = remat_cells(row, results, board.cpu)
       elif isinstance(row, Bf16Loss):
         cells = bf16_loss_cells(row, results, board.cpu)
       else:

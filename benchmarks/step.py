@@ -26,8 +26,11 @@ its float32 FMA peak over all cores (`fma_peak.py`, the hardware's limit:
 (`accelerator_figures`; `benchmarks/gpu_suite.sh` runs the GPU rows). `frames_per_s` is
 B*T over the median step: each frame is one image through the ViT.
 
-Memory: `xla_*_mib` is XLA's buffer assignment of the compiled step; `peak_rss_mib` the
-process's peak RSS (compilation included), `steps_peak_rss_mib` the peak while stepping.
+Memory: `xla_*_mib` is XLA's buffer assignment of the compiled step (`xla_total_mib`:
+arguments, temporaries and outputs, the donated state once: the step's own peak memory as
+XLA plans it); `peak_rss_mib` the process's peak RSS (compilation included),
+`steps_peak_rss_mib` the peak while stepping. `--memory-sweep` ends with a summary line
+(`common.sweep_summary`): each figure's cut by each remat policy against none.
 `minor_faults_per_step` is the median page-fault count of a timed step (XLA's step buffers
 faulted in again every step show here), `host_alloc` whether they come from the caching
 allocator (`meldae_jax/ops/host_alloc.py`) and `host_alloc_cached_mib` what it holds free.
@@ -468,39 +471,14 @@ def memory_sweep(frames=SWEEP_FRAMES, remats=("none", "full", "dots"), steps: in
         keep = ("config", "mode", "dtype", "remat", "frames", "batch", "steps",
                 "median_s", "min_s", "max_s", "flops_per_step", "compile_seconds",
                 "peak_rss_mib", "peak_rss_after_compile_mib", "rss_before_steps_mib",
-                "steps_peak_rss_mib", "xla_temp_mib", "xla_total_mib", "loss")
+                "steps_peak_rss_mib", "xla_temp_mib", "xla_total_mib", "loss",
+                "cpu_model_name", "cpu_family", "cpu_model")
         row = {k: full.get(k) for k in keep}
       row["kind"] = "memory_sweep"
       common.emit(row)
       rows.append(row)
-  common.emit(dict(kind="memory_sweep_summary", **sweep_summary(rows)))
+  common.emit(dict(kind="memory_sweep_summary", **common.sweep_summary(rows)))
   return rows
-
-
-def sweep_summary(rows: list) -> dict:
-  """Per T and remat policy: memory saved and time lost relative to no remat.
-
-  `steps_rss_reduction` compares what the steps add to the RSS (their peak minus the
-  RSS they start from); `rss_reduction` the lifetime peaks, which compilation can set.
-  """
-  out = {}
-  ratio = lambda a, b: (a / b) if a and b else None  # noqa: E731
-  added = lambda r: (r["steps_peak_rss_mib"] - r["rss_before_steps_mib"]  # noqa: E731
-                     if r.get("steps_peak_rss_mib") and r.get("rss_before_steps_mib")
-                     else None)
-  for row in rows:
-    if "error" in row or row["remat"] == "none":
-      continue
-    base = next((r for r in rows if r["frames"] == row["frames"]
-                 and r["remat"] == "none" and "error" not in r), None)
-    if base is None:
-      continue
-    out[f"T{row['frames']}_{row['remat']}"] = dict(
-        rss_reduction=ratio(base["peak_rss_mib"], row["peak_rss_mib"]),
-        steps_rss_reduction=ratio(added(base), added(row)),
-        xla_temp_reduction=ratio(base["xla_temp_mib"], row["xla_temp_mib"]),
-        slowdown=ratio(row["median_s"], base["median_s"]))
-  return out
 
 
 def parse_args(argv=None):

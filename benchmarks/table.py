@@ -51,9 +51,12 @@ def sweep_lines(summary: dict) -> list[str]:
   out = []
   for key, f in summary.items():
     if isinstance(f, dict):
+      xla_total = (f", all XLA buffers /{f['xla_total_reduction']:.2f}"
+                   if f.get("xla_total_reduction") else "")
       out.append(f"{key}: peak RSS /{f['rss_reduction']:.2f} (while stepping "
                  f"/{f['steps_rss_reduction']:.2f}, XLA temporaries "
-                 f"/{f['xla_temp_reduction']:.2f}), step time x{f['slowdown']:.2f}")
+                 f"/{f['xla_temp_reduction']:.2f}{xla_total}), step time "
+                 f"x{f['slowdown']:.2f}")
   return out
 
 

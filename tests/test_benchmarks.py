@@ -346,13 +346,16 @@ def test_cost_flops_accepts_dict_or_list():
 
 def test_sweep_summary():
   rows = [dict(frames=64, remat="none", peak_rss_mib=4000.0, xla_temp_mib=3000.0,
-               median_s=1.0, rss_before_steps_mib=1000.0, steps_peak_rss_mib=3400.0),
+               xla_total_mib=3300.0, median_s=1.0, rss_before_steps_mib=1000.0,
+               steps_peak_rss_mib=3400.0),
           dict(frames=64, remat="full", peak_rss_mib=1000.0, xla_temp_mib=500.0,
-               median_s=1.3, rss_before_steps_mib=900.0, steps_peak_rss_mib=1500.0),
+               xla_total_mib=1100.0, median_s=1.3, rss_before_steps_mib=900.0,
+               steps_peak_rss_mib=1500.0),
           dict(frames=32, remat="full", error="boom")]
-  s = step.sweep_summary(rows)
+  s = common.sweep_summary(rows)
   assert s == {"T64_full": dict(rss_reduction=4.0, steps_rss_reduction=4.0,
-                                xla_temp_reduction=6.0, slowdown=1.3)}
+                                xla_temp_reduction=6.0, xla_total_reduction=3.0,
+                                slowdown=1.3)}
 
 
 def test_model_overrides_are_typed_and_checked():

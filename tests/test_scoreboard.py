@@ -24,6 +24,18 @@ def _compare_file(path, pairs, source=None, lockstep=None, cpu=("Intel(R) Xeon(R
   path.write_text("".join(json.dumps(l) + "\n" for l in lines))
 
 
+def _sweep_file(path, runs, cpu=None):
+  """A saved `step.py --memory-sweep` output: (remat, peak RSS, XLA's buffers, seconds)
+  per run at T = 64, and the summary line its rows give."""
+  lines = [dict(kind="memory_sweep", config="S112", frames=64, remat=remat,
+                peak_rss_mib=rss, xla_temp_mib=xla / 2, xla_total_mib=xla, median_s=sec,
+                **(dict(cpu_model_name=cpu[0], cpu_family=cpu[1]) if cpu else {}))
+           for remat, rss, xla, sec in runs]
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  lines.append(dict(kind="memory_sweep_summary", **common.sweep_summary(lines)))
+  path.write_text("".join(json.dumps(l) + "\n" for l in lines))
+
+
 def test_the_table_in_docs_is_the_one_the_saved_runs_give(capsys):
   assert scoreboard.main(["--check", str(ROOT / "docs" / "performance.md")]) == 0, (
       capsys.readouterr().out)
@@ -32,16 +44,16 @@ def test_the_table_in_docs_is_the_one_the_saved_runs_give(capsys):
 def test_rows_from_saved_runs(tmp_path):
   _compare_file(tmp_path / "s7_a.jsonl", [(0.2, 0.3), (0.25, 0.3), (0.2, 0.22)])
   _compare_file(tmp_path / "s9_b.jsonl", [(0.1, 0.14), (0.3, 0.36)])
-  (tmp_path / "s9_mem.jsonl").write_text(json.dumps(dict(
-      kind="memory_sweep_summary",
-      T64_full=dict(rss_reduction=2.5, steps_rss_reduction=6.0, slowdown=1.2),
-      T64_dots=dict(rss_reduction=1.5, steps_rss_reduction=3.0, slowdown=1.1))) + "\n")
+  _sweep_file(tmp_path / "s9_mem.jsonl", [("none", 300.0, 1000.0, 1.0),
+                                          ("full", 120.0, 250.0, 1.2),
+                                          ("dots", 200.0, 800.0, 1.1)])
   (tmp_path / "s8_loss.jsonl").write_text(json.dumps(dict(
       kind="bf16_loss", config="S112", dtype="bf16_matmul", steps=30, rtol=0.02,
       max_rel_diff=0.0031, within_rtol=True)) + "\n")
   rows = (scoreboard.Against("ratio row", 1.3, ("Ti112", "train", "fp32", "eager"), ("s7_a.jsonl", "s9_b.jsonl")),
           scoreboard.Against("empty row", 1.0, ("Ti112", "train", "fp32", "eager"), ()),
           scoreboard.Remat("remat row", "s9_mem.jsonl"),
+          scoreboard.Remat("xla row", "s9_mem.jsonl", measure="xla"),
           scoreboard.Bf16Loss("loss row", "s8_loss.jsonl"),
           scoreboard.NotRun("gpu row", "no GPU", "3"))
   lines = scoreboard.table(tmp_path, rows).splitlines()
@@ -52,9 +64,11 @@ def test_rows_from_saved_runs(tmp_path):
   assert lines[3] == "| empty row |  | no saved rounds | not measured |  |"
   assert lines[4] == ("| remat row |  | peak RSS /2.50 at x1.20 (full), /1.50 at x1.10 (dots)"
                       " | met | 9 |")
-  assert lines[5] == ("| loss row |  | max 0.31 % over 30 S112 steps, `--dtype bf16_matmul`"
+  assert lines[5] == ("| xla row |  | XLA's buffers /4.00 at x1.20 (full), /1.25 at x1.10 (dots)"
+                      " | met | 9 |")
+  assert lines[6] == ("| loss row |  | max 0.31 % over 30 S112 steps, `--dtype bf16_matmul`"
                       " (tolerance 2 %) | met | 8 |")
-  assert lines[6] == "| gpu row |  | no GPU | not measured | 3 |"
+  assert lines[7] == "| gpu row |  | no GPU | not measured | 3 |"
 
 
 def test_a_row_takes_only_rounds_run_its_way(tmp_path):
@@ -72,12 +86,39 @@ def test_a_row_takes_only_rounds_run_its_way(tmp_path):
 
 
 def test_remat_is_missed_where_no_policy_reaches_both_bounds(tmp_path):
-  (tmp_path / "m.jsonl").write_text(json.dumps(dict(
-      kind="memory_sweep_summary",
-      T64_full=dict(rss_reduction=2.5, slowdown=1.4),
-      T64_dots=dict(rss_reduction=1.8, slowdown=1.1))) + "\n")
+  # full cuts 2.5x but 1.4x slower, dots 1.8x: missed by the peak RSS; by XLA's
+  # buffers, dots cuts 2x at x1.1: met.
+  _sweep_file(tmp_path / "m.jsonl", [("none", 900.0, 1000.0, 1.0),
+                                     ("full", 360.0, 250.0, 1.4),
+                                     ("dots", 500.0, 500.0, 1.1)])
   row = scoreboard.table(tmp_path, (scoreboard.Remat("r", "m.jsonl"),)).splitlines()[-1]
   assert "| missed |" in row
+  row = scoreboard.table(tmp_path, (scoreboard.Remat("r", "m.jsonl", measure="xla"),))
+  assert "/2.00 at x1.10 (dots) | met |" in row.splitlines()[-1]
+
+
+def test_remat_figures_come_from_the_rows_not_the_saved_summary(tmp_path):
+  """Files saved before a figure joined the summary still give it (their rows have it)."""
+  _sweep_file(tmp_path / "m.jsonl", [("none", 900.0, 1000.0, 1.0),
+                                     ("full", 300.0, 400.0, 1.2)])
+  lines = (tmp_path / "m.jsonl").read_text().splitlines()
+  old_summary = json.loads(lines[-1])
+  old_summary["T64_full"].pop("xla_total_reduction")
+  (tmp_path / "m.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(old_summary)]))
+  row = scoreboard.table(tmp_path, (scoreboard.Remat("r", "m.jsonl", measure="xla"),))
+  assert "XLA's buffers /2.50 at x1.20 (full) | met |" in row
+
+
+def test_remat_rows_from_another_cpu_are_refused(tmp_path):
+  _sweep_file(tmp_path / "s27_mem.jsonl", [("none", 900.0, 1000.0, 1.0),
+                                           ("full", 300.0, 400.0, 1.2)],
+              cpu=("AMD EPYC", "25"))
+  board = scoreboard.Board("t", ("Intel(R) Xeon(R) Processor", "6"),
+                           (scoreboard.Remat("r", "s27_mem.jsonl"),))
+  with pytest.raises(ValueError, match=r"r.*s27_mem.jsonl ran on \('AMD EPYC', '25'\)"):
+    scoreboard.table(tmp_path, board=board)
+  board = scoreboard.Board("t", ("AMD EPYC", "25"), board.rows)
+  assert "| met |" in scoreboard.table(tmp_path, board=board)
 
 
 def test_pooling_files_of_different_code_is_flagged(tmp_path, capsys):

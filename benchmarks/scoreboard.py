@@ -157,14 +157,14 @@ ROWS = (
     Remat("the same, the step's own memory: XLA's buffers for it (arguments, "
           "temporaries, outputs)", "s24_memory.jsonl", measure="xla"),
     NotRun("GPU: B224 and the 16-clip batch in bf16, MFU >= 45 %",
-           "not run: no GPU lent (sessions 10-26); one prepared call, "
+           "not run: no GPU lent (sessions 10-27); one prepared call, "
            "`benchmarks/gpu_suite.sh run`, re-checked in session 23", "16, 23"),
 )
 
 
 # The CPUs the boards' runs ran on, as compare.py records them (model name, family).
 INTEL_XEON = ("Intel(R) Xeon(R) Processor", "6")  # model 207: the issue's machine kind
-AMD_EPYC = ("AMD EPYC", "25")  # model 17: Zen 4 (sessions 12-18 and 26)
+AMD_EPYC = ("AMD EPYC", "25")  # model 17: Zen 4 (sessions 12-18, 26 and 27)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,16 +201,20 @@ ZEN4_ROWS = (
             1.0, ("S112", "train", BF16, "eager"),
             ("s26_S112_train_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
     Against("the same, S112 infer, timed in turns", 1.0, ("S112", "infer", BF16, "eager"),
-            ("s26_S112_infer_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
+            ("s26_S112_infer_bf16_matmul_autocast_turns_a.jsonl",
+             "s27_S112_infer_bf16_matmul_autocast_turns_b.jsonl"), lockstep=True),
     Against("the same, Ti112 train, timed in turns", 1.0, ("Ti112", "train", BF16, "eager"),
             ("s26_Ti112_train_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
     Against("the same, Ti112 infer, timed in turns", 1.0, ("Ti112", "infer", BF16, "eager"),
-            ("s26_Ti112_infer_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
+            ("s26_Ti112_infer_bf16_matmul_autocast_turns_a.jsonl",
+             "s27_Ti112_infer_bf16_matmul_autocast_turns_b.jsonl"), lockstep=True),
+    Against("the same, B224 train, timed in turns", 1.0, ("B224", "train", BF16, "eager"),
+            ("s27_B224_train_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
     Bf16Loss("bf16 training loss within a stated tolerance of fp32", "s26_bf16_loss.jsonl"),
     Remat("Remat: S112 train at T = 64, peak memory /2 at <= 30 % more time",
-          "s26_memory.jsonl"),
+          "s27_memory.jsonl"),
     Remat("the same, the step's own memory: XLA's buffers for it (arguments, "
-          "temporaries, outputs)", "s26_memory.jsonl", measure="xla"),
+          "temporaries, outputs)", "s27_memory.jsonl", measure="xla"),
 )
 
 BOARDS = (

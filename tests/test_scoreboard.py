@@ -9,6 +9,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import scoreboard  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -31,7 +32,6 @@ def _sweep_file(path, runs, cpu=None):
                 peak_rss_mib=rss, xla_temp_mib=xla / 2, xla_total_mib=xla, median_s=sec,
                 **(dict(cpu_model_name=cpu[0], cpu_family=cpu[1]) if cpu else {}))
            for remat, rss, xla, sec in runs]
-  from benchmarks import common  # pylint: disable=g-import-not-at-top
   lines.append(dict(kind="memory_sweep_summary", **common.sweep_summary(lines)))
   path.write_text("".join(json.dumps(l) + "\n" for l in lines))
 

@@ -23,6 +23,9 @@ flax computes them instead of `ops/cpu_layer_norm.py`'s two custom calls),
 and GELU as XLA's fusions instead of `ops/cpu_bias_gelu.py`'s two custom calls),
 `xla_adamw` (the clip and AdamW as optax's XLA ops instead of `ops/cpu_adamw.py`'s two
 custom calls),
+`f32_writes` (with `--dtype bf16_matmul` and XLA's bf16 dots: the LayerNorm and
+bias+GELU calls write float32 and XLA converts it for the products, instead of writing
+bf16, `blas_dot.rounded_by_convert`),
 `lstm_wh_grad` (the Bi-LSTM
 loop's input gradient multiplied by W_h itself, a transposed rhs on every step, instead
 of by a copy of W_h^T made before the loop), `conv_embed` (the patch embedding as XLA's
@@ -75,7 +78,7 @@ from meldae_jax.ops import cpu_layer_norm
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
         "flax_attention", "flax_lstm", "lhs_t_weight_grads", "lstm_wh_grad",
         "xla_weight_grads", "xla_attention", "copy_weight_grads", "flax_layer_norm",
-        "xla_bf16_dots", "xla_bias_gelu", "xla_adamw")
+        "xla_bf16_dots", "xla_bias_gelu", "xla_adamw", "f32_writes")
 
 
 class ConvEmbed(nn.Module):
@@ -116,7 +119,7 @@ def undone(variant: str):
     raise ValueError(f"{variant!r}: xla_dots and sgemm_dots exclude each other")
   saved = (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,
            blas_dot.weight_grad, lstm.pretransposed, blas_dot.cpu_weight_grads,
-           blas_dot.sgemm_weight_grads)
+           blas_dot.sgemm_weight_grads, blas_dot.rounded_by_convert)
   if "erfc_gelu" in names:
     gelu.exact_gelu = lambda x: jax.nn.gelu(x, approximate=False)
   if "conv_embed" in names:
@@ -133,6 +136,8 @@ def undone(variant: str):
     blas_dot.cpu_weight_grads = lambda: False
   if "copy_weight_grads" in names:
     blas_dot.sgemm_weight_grads = lambda: False
+  if "f32_writes" in names:
+    blas_dot.rounded_by_convert = lambda: None
   try:
     dots = (blas_dot.xla_dots() if "xla_dots" in names else blas_dot.sgemm_dots()
             if "sgemm_dots" in names else contextlib.nullcontext())
@@ -150,7 +155,7 @@ def undone(variant: str):
   finally:
     (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,
      blas_dot.weight_grad, lstm.pretransposed, blas_dot.cpu_weight_grads,
-     blas_dot.sgemm_weight_grads) = saved
+     blas_dot.sgemm_weight_grads, blas_dot.rounded_by_convert) = saved
 
 
 def setup(config: str, mode: str, dtype: str):

@@ -58,3 +58,12 @@ def test_copy_weight_grads_switches_sgemm_weight_gradients_off_and_restores_them
   with ab_step.undone("copy_weight_grads"):
     assert blas_dot.sgemm_weight_grads() is False
   assert blas_dot.sgemm_weight_grads is ours
+
+
+def test_f32_writes_switches_the_rounded_writes_off_and_restores_them():
+  from meldae_jax.ops import amx_gemm, blas_dot  # pylint: disable=g-import-not-at-top
+  with blas_dot.matmul_operands(jnp.bfloat16), amx_gemm.xla_bf16_dots():
+    assert blas_dot.rounded_by_convert() == jnp.bfloat16
+    with ab_step.undone("f32_writes"):
+      assert blas_dot.rounded_by_convert() is None
+    assert blas_dot.rounded_by_convert() == jnp.bfloat16

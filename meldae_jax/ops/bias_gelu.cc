@@ -9,11 +9,14 @@
 // recomputes gelu'(z) = Phi(z) + z phi(z) from h as it reads it and sums db on the way.
 // erf is the 9/12-degree rational interpolant XLA's CPU backend and Eigen use (clamped at
 // +-3.8325, where float32 erf is +-1), exp a Cephes-style polynomial scaled by 2^n, so
-// values agree with jax.nn.gelu to a few float32 ulps.
+// values agree with jax.nn.gelu to a few float32 ulps. A second forward handler writes y
+// rounded to bf16, for a GELU whose output only feeds a product that rounds it so
+// (`bf16_matmul`): half the bytes written, and no convert after it.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <immintrin.h>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -50,10 +53,11 @@ float ErfPlain(float x) {
   return x * p / q;
 }
 
-void RowForwardPlain(const float* h, const float* b, float* y, int64_t d) {
+template <typename OutT>
+void RowForwardPlain(const float* h, const float* b, OutT* y, int64_t d) {
   for (int64_t j = 0; j < d; ++j) {
     const float z = h[j] + b[j];
-    y[j] = z * (0.5f * (1.0f + ErfPlain(z * kSqrtHalf)));
+    meldae::StorePlain(y + j, z * (0.5f * (1.0f + ErfPlain(z * kSqrtHalf))));
   }
 }
 
@@ -111,12 +115,13 @@ inline __m512 Cdf512(__m512 z) {
                                      Erf512(_mm512_mul_ps(z, _mm512_set1_ps(kSqrtHalf)))));
 }
 
-void RowForward512(const float* h, const float* b, float* y, int64_t d) {
+template <typename OutT>
+void RowForward512(const float* h, const float* b, OutT* y, int64_t d) {
   for (int64_t j = 0; j < d; j += 16) {
     const __mmask16 k = Tail(d - j);
     const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(k, h + j),
                                    _mm512_maskz_loadu_ps(k, b + j));
-    _mm512_mask_storeu_ps(y + j, k, _mm512_mul_ps(z, Cdf512(z)));
+    meldae::Store512(y + j, k, _mm512_mul_ps(z, Cdf512(z)));
   }
 }
 
@@ -141,8 +146,10 @@ void RowGrad512(const float* dy, const float* h, const float* b, float* dh, floa
 // At least this many rows per block (a row is a few microseconds).
 constexpr int64_t kMinRows = 16;
 
+// y as float32 (Out = F32) or rounded to bf16 (Out = BF16).
+template <ffi::DataType Out>
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> b,
-                   ffi::ResultBuffer<ffi::F32> y) {
+                   ffi::ResultBuffer<Out> y) {
   auto hd = h.dimensions();
   if (hd.size() != 2 || !IsVector(b.dimensions(), hd[1]) ||
       !IsMatrix(y->dimensions(), hd[0], hd[1])) {
@@ -151,8 +158,9 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ff
   const int64_t rows = hd[0], d = hd[1];
   if (rows == 0 || d == 0) return ffi::Error::Success();
   const float *ph = h.typed_data(), *pb = b.typed_data();
-  float* py = y->typed_data();
-  const auto row = meldae::UseAvx512() ? RowForward512 : RowForwardPlain;
+  auto* py = y->typed_data();
+  using OutT = std::remove_pointer_t<decltype(py)>;
+  const auto row = meldae::UseAvx512() ? RowForward512<OutT> : RowForwardPlain<OutT>;
   meldae::ForRowBlocks(pool, rows, kMinRows, [&](int64_t begin, int64_t end, int64_t) {
     for (int64_t i = begin; i < end; ++i) row(ph + i * d, pb, py + i * d, d);
   });
@@ -186,12 +194,19 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeBiasGelu, Forward,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeBiasGelu, Forward<ffi::F32>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeBiasGeluBf16, Forward<ffi::BF16>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeBiasGeluGrad, Backward,
                               ffi::Ffi::Bind()

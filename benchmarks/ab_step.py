@@ -23,6 +23,8 @@ flax computes them instead of `ops/cpu_layer_norm.py`'s two custom calls),
 and GELU as XLA's fusions instead of `ops/cpu_bias_gelu.py`'s two custom calls),
 `xla_adamw` (the clip and AdamW as optax's XLA ops instead of `ops/cpu_adamw.py`'s two
 custom calls),
+`xla_softmax` (the attention's softmax and its gradient as XLA ops between the
+sgemm attention's calls, instead of inside them, `blas_attention.fused_softmax`),
 `f32_writes` (with `--dtype bf16_matmul` and XLA's bf16 dots: the LayerNorm and
 bias+GELU calls write float32 and XLA converts it for the products, instead of writing
 bf16, `blas_dot.rounded_by_convert`),
@@ -78,7 +80,7 @@ from meldae_jax.ops import cpu_layer_norm
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
         "flax_attention", "flax_lstm", "lhs_t_weight_grads", "lstm_wh_grad",
         "xla_weight_grads", "xla_attention", "copy_weight_grads", "flax_layer_norm",
-        "xla_bf16_dots", "xla_bias_gelu", "xla_adamw", "f32_writes")
+        "xla_bf16_dots", "xla_bias_gelu", "xla_adamw", "f32_writes", "xla_softmax")
 
 
 class ConvEmbed(nn.Module):
@@ -150,7 +152,9 @@ def undone(variant: str):
     gelu_calls = (cpu_bias_gelu.xla_bias_gelu() if names & {"xla_bias_gelu", "erfc_gelu"}
                   else contextlib.nullcontext())
     adamw = cpu_adamw.xla_adamw() if "xla_adamw" in names else contextlib.nullcontext()
-    with dots, attn, norm, amx, gelu_calls, adamw:
+    softmax = (blas_attention.xla_softmax() if "xla_softmax" in names
+               else contextlib.nullcontext())
+    with dots, attn, norm, amx, gelu_calls, adamw, softmax:
       yield
   finally:
     (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,

@@ -21,6 +21,7 @@
 
 #include "xla/ffi/api/ffi.h"
 
+#include "exp512.h"
 #include "row_blocks.h"
 
 namespace ffi = xla::ffi;
@@ -91,24 +92,6 @@ inline __m512 Erf512(__m512 x) {
   return _mm512_mul_ps(_mm512_mul_ps(x, p), r);
 }
 
-// e^x for x <= 0 (the GELU's -z^2/2): x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6
-// polynomial, times 2^n by scalef (which gives 0 where 2^n underflows).
-inline __m512 ExpNonPositive512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-1000.0f));  // -inf -> 0, not NaN
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
-
 inline __m512 Cdf512(__m512 z) {
   return _mm512_mul_ps(_mm512_set1_ps(0.5f),
                        _mm512_add_ps(_mm512_set1_ps(1.0f),
@@ -132,7 +115,7 @@ void RowGrad512(const float* dy, const float* h, const float* b, float* dh, floa
     const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(k, h + j),
                                    _mm512_maskz_loadu_ps(k, b + j));
     const __m512 pdf = _mm512_mul_ps(
-        ExpNonPositive512(_mm512_mul_ps(_mm512_set1_ps(-0.5f), _mm512_mul_ps(z, z))),
+        meldae::ExpNonPositive512(_mm512_mul_ps(_mm512_set1_ps(-0.5f), _mm512_mul_ps(z, z))),
         _mm512_set1_ps(kInvSqrt2Pi));
     const __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, dy + j),
                                    _mm512_fmadd_ps(z, pdf, Cdf512(z)));

@@ -7,10 +7,13 @@ transposed between (N, L, H, dh) and (N, H, L, dh), and the q|k|v gradient is as
 from three padded pieces. `attention` reads q, k and v where the fused projection put
 them, (N, L, 3D) with (3, H, dh) along the last axis, with a row stride per operand, and
 writes the context and the q|k|v gradient the same way (`blas_gemm.cc`, one
-single-threaded sgemm per (frame, head) on XLA's own thread pool). The softmax and its
-gradient stay in XLA. Same products and FLOPs as `models.attention.dot_product_attention`;
-results differ by float32 rounding (the 1/sqrt(dh) scale is applied to q k^T instead of
-q).
+single-threaded sgemm per (frame, head) on XLA's own thread pool). On CPUs with AVX-512
+the softmax is done in the same call as the scores, and its gradient in the same call as
+theirs, on each (frame, head)'s block while it is in cache (`fused_softmax`); XLA ran
+them as fusions over the whole array, its row sums as YNNPACK reductions at a few GB/s
+(docs/performance.md, session 28). Same products and FLOPs as
+`models.attention.dot_product_attention`; results differ by float32 rounding (the
+1/sqrt(dh) scale is applied to q k^T instead of q; the exp is the custom calls' own).
 
 Used where `enabled()`: one CPU device (a custom call has no sharding rule), float32,
 the sgemm that `blas_dot` found; `MELDAE_CPU_ATTENTION=0` turns it off.
@@ -25,13 +28,15 @@ import numpy as np
 from meldae_jax.ops import blas_dot
 from meldae_jax.ops import native
 
-# What the calls' products (the scores q k^T and the context p v, batched over frames
-# and heads) carry for remat policies: 'dots' saves them, as it saves XLA's batched dots
-# on the other path, 'dots_no_batch' does not (`models.vit.REMAT_POLICIES`).
+# What the calls' products (the scores q k^T, or their softmax where the call computes
+# it, and the context p v, batched over frames and heads) carry for remat policies:
+# 'dots' saves them, as it saves XLA's batched dots on the other path, 'dots_no_batch'
+# does not (`models.vit.REMAT_POLICIES`).
 BATCHED_DOT_NAME = "meldae_batched_dot"
 
 _TARGETS = {"scores": "MeldaeAttentionScores", "context": "MeldaeAttentionContext",
-            "scores_grad": "MeldaeAttentionScoresGrad", "qkv_grad": "MeldaeAttentionQkvGrad"}
+            "scores_grad": "MeldaeAttentionScoresGrad", "qkv_grad": "MeldaeAttentionQkvGrad",
+            "probs": "MeldaeAttentionProbs", "probs_grad": "MeldaeAttentionProbsGrad"}
 
 
 @functools.cache
@@ -46,11 +51,25 @@ def available() -> bool:
 
 
 _FORCED = blas_dot.TraceSettings()  # innermost last: False turns the path off
+_SOFTMAX = blas_dot.TraceSettings()  # innermost last: False, the softmax in XLA
 
 
 def xla_attention():
   """Within: trace the attention with XLA's own batched dots (benchmarks, tests)."""
   return blas_dot.within(_FORCED, False)
+
+
+def xla_softmax():
+  """Within: trace this path's softmax and its gradient as XLA ops between the calls
+  (benchmarks, tests)."""
+  return blas_dot.within(_SOFTMAX, False)
+
+
+def fused_softmax() -> bool:
+  """Whether an attention on this path traced now takes its softmax in the calls that
+  compute the scores and their gradient: on CPUs with AVX-512 (where their kernels are),
+  not within `xla_softmax()`."""
+  return (not _SOFTMAX or _SOFTMAX[-1]) and blas_dot.cpu_has_avx512()
 
 
 def enabled(dtype) -> bool:
@@ -69,29 +88,39 @@ def _scaled(heads, d):
   return dict(heads=np.int64(heads), scale=np.float32(1.0 / np.sqrt(d // heads)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def attention(qkv, heads: int):
   """softmax(q k^T / sqrt(dh)) v per frame and head: (N, L, 3D) q|k|v -> (N, L, D)."""
-  return _fwd(qkv, heads)[0]
+  return _attention(qkv, heads, fused_softmax())
 
 
-def _fwd(qkv, heads):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _attention(qkv, heads: int, fused: bool):
+  return _fwd(qkv, heads, fused)[0]
+
+
+def _fwd(qkv, heads, fused):
   n, length, three_d = qkv.shape
   d = three_d // 3
-  s = checkpoint_name(_call("scores", (n, heads, length, length), qkv,
-                            **_scaled(heads, d)), BATCHED_DOT_NAME)
-  p = jax.nn.softmax(s)
+  shape = (n, heads, length, length)
+  if fused:  # the probabilities, named as the product they come from
+    p = checkpoint_name(_call("probs", shape, qkv, **_scaled(heads, d)), BATCHED_DOT_NAME)
+  else:
+    p = jax.nn.softmax(checkpoint_name(_call("scores", shape, qkv, **_scaled(heads, d)),
+                                       BATCHED_DOT_NAME))
   ctx = checkpoint_name(_call("context", (n, length, d), p, qkv, heads=np.int64(heads)),
                         BATCHED_DOT_NAME)
   return ctx, (qkv, p)
 
 
-def _bwd(heads, res, g):
+def _bwd(heads, fused, res, g):
   qkv, p = res
   d = qkv.shape[-1] // 3
-  dp = _call("scores_grad", p.shape, g, qkv, heads=np.int64(heads))
-  ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
+  if fused:
+    ds = _call("probs_grad", p.shape, g, qkv, p, heads=np.int64(heads))
+  else:
+    dp = _call("scores_grad", p.shape, g, qkv, heads=np.int64(heads))
+    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
   return (_call("qkv_grad", qkv.shape, ds, p, g, qkv, **_scaled(heads, d)),)
 
 
-attention.defvjp(_fwd, _bwd)
+_attention.defvjp(_fwd, _bwd)

@@ -25,6 +25,8 @@ and GELU as XLA's fusions instead of `ops/cpu_bias_gelu.py`'s two custom calls),
 custom calls),
 `xla_softmax` (the attention's softmax and its gradient as XLA ops between the
 sgemm attention's calls, instead of inside them, `blas_attention.fused_softmax`),
+`xla_qkv_bias` (the q|k|v bias added by XLA to the whole projection before the
+sgemm attention's calls, instead of by the calls, `blas_attention.attention`),
 `f32_writes` (with `--dtype bf16_matmul` and XLA's bf16 dots: the LayerNorm and
 bias+GELU calls write float32 and XLA converts it for the products, instead of writing
 bf16, `blas_dot.rounded_by_convert`),
@@ -80,7 +82,7 @@ from meldae_jax.ops import cpu_layer_norm
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
         "flax_attention", "flax_lstm", "lhs_t_weight_grads", "lstm_wh_grad",
         "xla_weight_grads", "xla_attention", "copy_weight_grads", "flax_layer_norm",
-        "xla_bf16_dots", "xla_bias_gelu", "xla_adamw", "f32_writes", "xla_softmax")
+        "xla_bf16_dots", "xla_bias_gelu", "xla_adamw", "f32_writes", "xla_softmax", "xla_qkv_bias")
 
 
 class ConvEmbed(nn.Module):
@@ -154,7 +156,9 @@ def undone(variant: str):
     adamw = cpu_adamw.xla_adamw() if "xla_adamw" in names else contextlib.nullcontext()
     softmax = (blas_attention.xla_softmax() if "xla_softmax" in names
                else contextlib.nullcontext())
-    with dots, attn, norm, amx, gelu_calls, adamw, softmax:
+    qkv_bias = (blas_attention.xla_bias() if "xla_qkv_bias" in names
+                else contextlib.nullcontext())
+    with dots, attn, norm, amx, gelu_calls, adamw, softmax, qkv_bias:
       yield
   finally:
     (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,

@@ -23,6 +23,18 @@ def _reference(qkv, heads):
                                          q5[:, :, 2]).reshape(n, length, d)
 
 
+def _reference64(qkv, heads):
+  """The attention in float64 numpy: (N, L, 3D) -> (N, L, D)."""
+  n, length, three_d = qkv.shape
+  d = three_d // 3
+  q, k, v = qkv.astype(np.float64).reshape(n, length, 3, heads, d // heads).transpose(
+      2, 0, 3, 1, 4)
+  s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d // heads)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return (p @ v).transpose(0, 2, 1, 3).reshape(n, length, d)
+
+
 @pytest.fixture(params=["fused", "fused_plain", "xla_softmax"])
 def softmax(request, monkeypatch):
   """The softmax in the calls (AVX-512 rows, or their plain loops: on any CPU), or in
@@ -47,24 +59,39 @@ def softmax(request, monkeypatch):
 @pytest.mark.parametrize("n,length,heads,dh", [(3, 7, 2, 4), (2, 50, 6, 64), (1, 5, 3, 6),
                                                (1, 33, 1, 8)])
 def test_outputs_and_gradients_are_xla_attentions(n, length, heads, dh, softmax):
-  """Rows of 5-50 scores (within one 16-lane vector, and over several with a tail);
-  scores up to ~+-60, where the softmax is nearly one-hot."""
+  """q|k|v with its bias (which the calls add in their own way: `blas_gemm.cc`) against
+  XLA's attention on q|k|v + bias; rows of 5-50 scores (within one 16-lane vector, and
+  over several with a tail); scores up to ~+-60, where the softmax is nearly one-hot.
+  Gradients for both q|k|v and the bias."""
   rng = np.random.default_rng(n * length + heads)
   qkv = jnp.asarray(rng.standard_normal((n, length, 3 * heads * dh), np.float32) * 2.5)
+  bias = jnp.asarray(rng.standard_normal((3 * heads * dh,), np.float32))
   w = jnp.asarray(rng.standard_normal((n, length, heads * dh), np.float32))
-  ours = functools.partial(blas_attention.attention, heads=heads)
-  ref = functools.partial(_reference, heads=heads)
-  text = jax.jit(jax.grad(lambda x: jnp.sum(ours(x)))).lower(qkv).as_text()
+  ours = lambda x, b: blas_attention.attention(x, heads, b)  # noqa: E731
+  ref = lambda x, b: _reference(x + b, heads)  # noqa: E731
+  text = jax.jit(jax.grad(lambda x: jnp.sum(ours(x, bias)))).lower(qkv).as_text()
   assert ("meldae_attention_probs" in text) == (softmax != "xla_softmax"), softmax
-  np.testing.assert_allclose(jax.jit(ours)(qkv), jax.jit(ref)(qkv), rtol=1e-5, atol=1e-5)
-  grad = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(w * f(x))))(qkv)  # noqa: E731
+  want_out = jax.jit(ref)(qkv, bias)
+  # against float64: no further off than XLA's float32 attention (whose error grows
+  # with the logits, here up to ~+-60)
+  exact = _reference64(np.asarray(qkv) + np.asarray(bias), heads)
+  xla_err = np.abs(np.asarray(want_out) - exact).max()
+  assert np.abs(np.asarray(jax.jit(ours)(qkv, bias)) - exact).max() <= 2 * xla_err + 1e-6
+  no_bias = jax.jit(blas_attention.attention, static_argnums=1)(qkv + bias, heads)
+  assert np.abs(np.asarray(no_bias) - exact).max() <= 2 * xla_err + 1e-6  # zeros
+  grad = lambda f: jax.jit(jax.grad(  # noqa: E731
+      lambda x, b: jnp.sum(w * f(x, b)), (0, 1)))(qkv, bias)
   want = grad(ref)
-  assert float(jnp.abs(want).max()) > 0.1  # the comparison compares something
-  np.testing.assert_allclose(grad(ours), want, rtol=1e-4, atol=2e-5)
+  assert float(jnp.abs(want[0]).max()) > 0.1  # the comparison compares something
+  for got_g, want_g in zip(grad(ours), want):
+    np.testing.assert_allclose(got_g, want_g, rtol=1e-4,
+                               atol=2e-5 * max(1.0, float(jnp.abs(want_g).max())))
   # Under remat (the ViT's `remat` option) and vmap, the same.
-  np.testing.assert_allclose(grad(jax.checkpoint(ours)), want, rtol=1e-4, atol=2e-5)
-  batched = jax.jit(jax.vmap(ours))(qkv[None])
-  np.testing.assert_allclose(batched[0], jax.jit(ref)(qkv), rtol=1e-5, atol=1e-5)
+  for got_g, want_g in zip(grad(jax.checkpoint(ours)), want):
+    np.testing.assert_allclose(got_g, want_g, rtol=1e-4,
+                               atol=2e-5 * max(1.0, float(jnp.abs(want_g).max())))
+  batched = jax.jit(jax.vmap(ours, in_axes=(0, None)))(qkv[None], bias)
+  np.testing.assert_allclose(batched[0], jax.jit(ours)(qkv, bias), rtol=1e-6, atol=1e-6)
 
 
 def _module_hlo(dtype=jnp.float32):

@@ -10,7 +10,8 @@ activations), the projection is one `blas_dot` matmul on the 2-D (N*L, D) tokens
 every bias gradient is a 2-D column sum. PyTorch's `nn.MultiheadAttention` and timm's
 ViT fuse the projection the same way; `benchmarks/torch_port.py` does too. On one CPU
 device, in float32, the softmax attention itself is `ops/blas_attention.py`'s, which
-reads q, k and v in this projection's layout.
+reads q, k and v in this projection's layout and takes the bias apart (its calls add
+what of it the result depends on, with no pass over the (N*L, 3D) array).
 """
 from typing import Any, Callable
 
@@ -91,11 +92,11 @@ class SelfAttention(nn.Module):
         out_bias, dtype=self.dtype)
 
     tokens = x.reshape(n * length, d)
-    qkv = blas_dot.dot_general(tokens, kernel, (((1,), (0,)), ((), ()))) + bias
+    qkv = blas_dot.dot_general(tokens, kernel, (((1,), (0,)), ((), ())))
     if blas_attention.enabled(qkv.dtype):  # one CPU device: sgemm per head, no transposes
-      ctx = blas_attention.attention(qkv.reshape(n, length, 3 * d), h)
+      ctx = blas_attention.attention(qkv.reshape(n, length, 3 * d), h, bias)
     else:
-      qkv = qkv.reshape(n, length, 3, h, dh)
+      qkv = (qkv + bias).reshape(n, length, 3, h, dh)
       ctx = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
     out = blas_dot.dot_general(ctx.reshape(n * length, d), out_kernel.reshape(d, d),
                                (((1,), (0,)), ((), ()))) + out_bias

@@ -52,6 +52,7 @@ def available() -> bool:
 
 _FORCED = blas_dot.TraceSettings()  # innermost last: False turns the path off
 _SOFTMAX = blas_dot.TraceSettings()  # innermost last: False, the softmax in XLA
+_BIAS_BY_XLA = blas_dot.TraceSettings()  # innermost last: True, XLA adds the bias
 
 
 def xla_attention():
@@ -63,6 +64,12 @@ def xla_softmax():
   """Within: trace this path's softmax and its gradient as XLA ops between the calls
   (benchmarks, tests)."""
   return blas_dot.within(_SOFTMAX, False)
+
+
+def xla_bias():
+  """Within: the q|k|v bias added by XLA to the whole array before the calls, which
+  then take a zero bias (benchmarks)."""
+  return blas_dot.within(_BIAS_BY_XLA, True)
 
 
 def fused_softmax() -> bool:
@@ -88,39 +95,47 @@ def _scaled(heads, d):
   return dict(heads=np.int64(heads), scale=np.float32(1.0 / np.sqrt(d // heads)))
 
 
-def attention(qkv, heads: int):
-  """softmax(q k^T / sqrt(dh)) v per frame and head: (N, L, 3D) q|k|v -> (N, L, D)."""
-  return _attention(qkv, heads, fused_softmax())
+def attention(qkv, heads: int, bias=None):
+  """softmax(q k^T / sqrt(dh)) v per frame and head: (N, L, 3D) q|k|v -> (N, L, D),
+  with q|k|v = `qkv` + `bias` (3D,) where a bias is given: the calls add what of it the
+  result depends on, without XLA's pass over the whole array (`blas_gemm.cc`)."""
+  if bias is None:
+    bias = jnp.zeros(qkv.shape[-1:], qkv.dtype)
+  elif _BIAS_BY_XLA and _BIAS_BY_XLA[-1]:
+    qkv, bias = qkv + bias, jnp.zeros_like(bias)
+  return _attention(qkv, bias, heads, fused_softmax())
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _attention(qkv, heads: int, fused: bool):
-  return _fwd(qkv, heads, fused)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _attention(qkv, bias, heads: int, fused: bool):
+  return _fwd(qkv, bias, heads, fused)[0]
 
 
-def _fwd(qkv, heads, fused):
+def _fwd(qkv, bias, heads, fused):
   n, length, three_d = qkv.shape
   d = three_d // 3
   shape = (n, heads, length, length)
   if fused:  # the probabilities, named as the product they come from
-    p = checkpoint_name(_call("probs", shape, qkv, **_scaled(heads, d)), BATCHED_DOT_NAME)
-  else:
-    p = jax.nn.softmax(checkpoint_name(_call("scores", shape, qkv, **_scaled(heads, d)),
-                                       BATCHED_DOT_NAME))
-  ctx = checkpoint_name(_call("context", (n, length, d), p, qkv, heads=np.int64(heads)),
+    p = checkpoint_name(_call("probs", shape, qkv, bias, **_scaled(heads, d)),
                         BATCHED_DOT_NAME)
-  return ctx, (qkv, p)
+  else:
+    p = jax.nn.softmax(checkpoint_name(
+        _call("scores", shape, qkv, bias, **_scaled(heads, d)), BATCHED_DOT_NAME))
+  ctx = checkpoint_name(_call("context", (n, length, d), p, qkv, bias,
+                              heads=np.int64(heads)), BATCHED_DOT_NAME)
+  return ctx, (qkv, bias, p)
 
 
 def _bwd(heads, fused, res, g):
-  qkv, p = res
+  qkv, bias, p = res
   d = qkv.shape[-1] // 3
   if fused:
     ds = _call("probs_grad", p.shape, g, qkv, p, heads=np.int64(heads))
   else:
     dp = _call("scores_grad", p.shape, g, qkv, heads=np.int64(heads))
     ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
-  return (_call("qkv_grad", qkv.shape, ds, p, g, qkv, **_scaled(heads, d)),)
+  dqkv = _call("qkv_grad", qkv.shape, ds, p, g, qkv, bias, **_scaled(heads, d))
+  return dqkv, jnp.sum(dqkv, axis=(0, 1))
 
 
 _attention.defvjp(_fwd, _bwd)

@@ -12,6 +12,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -36,17 +37,17 @@ Sgemm32 g_sgemm32 = nullptr;
 
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
-// C (m x n, row stride ldc) = alpha op(A) op(B), single-threaded.
+// C (m x n, row stride ldc) = alpha op(A) op(B) + beta C, single-threaded.
 void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
            const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-           int64_t ldc) {
+           int64_t ldc, float beta = 0.0f) {
   const int ta = trans_a ? kTrans : kNoTrans, tb = trans_b ? kTrans : kNoTrans;
   if (g_sgemm64 != nullptr) {
-    g_sgemm64(kRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, 0.0f, c, ldc);
+    g_sgemm64(kRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   } else {
     g_sgemm32(kRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
-              static_cast<int>(ldb), 0.0f, c, static_cast<int>(ldc));
+              static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
   }
 }
 
@@ -139,7 +140,21 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::
 // and their gradients between (N, L, H, dh) and (N, H, L, dh) and assembles the q|k|v
 // gradient from three padded pieces; a row stride per operand makes all of that
 // unnecessary (docs/performance.md, session 13). Same products, same FLOPs; the softmax
-// and its gradient stay in XLA between the calls.
+// and its gradient are in the calls (Probs, ProbsGrad) or in XLA between them.
+//
+// The q|k|v array is the projection's product without its bias b = (bq, bk, bv): the
+// calls add what of b the result depends on, so that XLA's pass adding b to the whole
+// (N, L, 3D) array goes (docs/performance.md, session 28). Per (frame, head), with the
+// softmax's rows summing to one and its gradient's rows to zero:
+//   softmax((q + bq)(k + bk)^T) = softmax(q k^T + 1 (k bq)^T)  (terms constant along a
+//     row cancel), so the scores take the column term c = scale k bq and no other;
+//   p (v + bv) = p v + 1 bv^T: the context's rows start from bv;
+//   dP = dctx (v + bv)^T differs from dctx v^T by a row constant, which the softmax's
+//     gradient cancels, so dP is taken without bv;
+//   dq = scale dS (k + bk) = scale dS k (dS's rows sum to zero);
+//   dk = scale dS^T (q + bq) = scale dS^T q + scale colsum(dS) bq^T;  dv = p^T dctx.
+// The scores S differ from the biased ones by a constant per row, which only the
+// softmax sees.
 
 // The shapes every handler shares: q|k|v (N, L, 3D), H heads of dh = D / H.
 struct Dims {
@@ -175,44 +190,72 @@ struct Head {
   const float* k(const float* qkv) const { return q(qkv) + d.d; }
   const float* v(const float* qkv) const { return q(qkv) + 2 * d.d; }
   int64_t tokens() const { return frame * d.l * d.d + head * d.dh; }
+  // this head's slices of b = (bq, bk, bv), (3D,)
+  const float* bq(const float* b) const { return b + head * d.dh; }
+  const float* bv(const float* b) const { return bq(b) + 2 * d.d; }
   int64_t scores() const { return (frame * d.h + head) * d.l * d.l; }
 };
 
 Head HeadOf(const Dims& d, int64_t i) { return Head{d, i / d.h, i % d.h}; }
 
-// S (N, H, L, L) = scale q k^T per (frame, head).
+bool IsBias(ffi::Span<const int64_t> s, const Dims& d) {  // (3D,)
+  return s.size() == 1 && s[0] == 3 * d.d;
+}
+
+// Each of the L rows of the (L x L) block, stride L, set to c = scale k bq: the one term
+// of the q|k|v bias the softmax of the scores depends on (the header's note).
+void StartScoresWithBias(const Head& hd, const float* x, const float* b, float scale,
+                         float* block) {
+  const Dims& d = hd.d;
+  const float *k = hd.k(x), *bq = hd.bq(b);
+  for (int64_t j = 0; j < d.l; ++j) {
+    float c = 0.0f;
+    for (int64_t t = 0; t < d.dh; ++t) c += k[j * 3 * d.d + t] * bq[t];
+    block[j] = scale * c;
+  }
+  for (int64_t r = 1; r < d.l; ++r) std::copy(block, block + d.l, block + r * d.l);
+}
+
+// S (N, H, L, L) = scale (q k^T + 1 (k bq)^T) per (frame, head): the biased scores up to
+// a constant per row.
 ffi::Error Scores(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
-                  ffi::ResultBuffer<ffi::F32> s, int64_t heads, float scale) {
+                  ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> s,
+                  int64_t heads, float scale) {
   Dims d;
   if (auto e = CheckQkv(qkv, heads, &d); e.failure()) return e;
-  if (!IsScores(s->dimensions(), d)) {
-    return ffi::Error::InvalidArgument("meldae_attention_scores: output shape");
+  if (!IsScores(s->dimensions(), d) || !IsBias(bias.dimensions(), d)) {
+    return ffi::Error::InvalidArgument("meldae_attention_scores: shapes");
   }
-  const float* x = qkv.typed_data();
+  const float *x = qkv.typed_data(), *b = bias.typed_data();
   float* out = s->typed_data();
   meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
     const Head hd = HeadOf(d, i);
+    StartScoresWithBias(hd, x, b, scale, out + hd.scores());
     Sgemm(false, true, d.l, d.l, d.dh, scale, hd.q(x), 3 * d.d, hd.k(x), 3 * d.d,
-          out + hd.scores(), d.l);
+          out + hd.scores(), d.l, 1.0f);
   });
   return ffi::Error::Success();
 }
 
-// ctx (N, L, D) = p v per (frame, head), heads side by side as (N, L, H, dh).
+// ctx (N, L, D) = p (v + bv) = p v + 1 bv^T per (frame, head), heads side by side as
+// (N, L, H, dh).
 ffi::Error Context(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p,
-                   ffi::Buffer<ffi::F32> qkv, ffi::ResultBuffer<ffi::F32> ctx,
-                   int64_t heads) {
+                   ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> bias,
+                   ffi::ResultBuffer<ffi::F32> ctx, int64_t heads) {
   Dims d;
   if (auto e = CheckQkv(qkv, heads, &d); e.failure()) return e;
-  if (!IsScores(p.dimensions(), d) || !IsTokens(ctx->dimensions(), d, d.d)) {
+  if (!IsScores(p.dimensions(), d) || !IsTokens(ctx->dimensions(), d, d.d) ||
+      !IsBias(bias.dimensions(), d)) {
     return ffi::Error::InvalidArgument("meldae_attention_context: shapes");
   }
-  const float *x = qkv.typed_data(), *pp = p.typed_data();
+  const float *x = qkv.typed_data(), *pp = p.typed_data(), *b = bias.typed_data();
   float* out = ctx->typed_data();
   meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
     const Head hd = HeadOf(d, i);
-    Sgemm(false, false, d.l, d.dh, d.l, 1.0f, pp + hd.scores(), d.l, hd.v(x), 3 * d.d,
-          out + hd.tokens(), d.d);
+    float* c = out + hd.tokens();
+    for (int64_t r = 0; r < d.l; ++r) std::copy(hd.bv(b), hd.bv(b) + d.dh, c + r * d.d);
+    Sgemm(false, false, d.l, d.dh, d.l, 1.0f, pp + hd.scores(), d.l, hd.v(x), 3 * d.d, c,
+          d.d, 1.0f);
   });
   return ffi::Error::Success();
 }
@@ -282,29 +325,31 @@ void SoftmaxGradRowPlain(const float* p, float* dp, int64_t l) {
   for (int64_t j = 0; j < l; ++j) dp[j] = p[j] * (dp[j] - t);
 }
 
-// P (N, H, L, L) = softmax(scale q k^T) per (frame, head) and row.
+// P (N, H, L, L) = softmax(scale (q + bq)(k + bk)^T) per (frame, head) and row.
 ffi::Error Probs(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
-                 ffi::ResultBuffer<ffi::F32> p, int64_t heads, float scale) {
+                 ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> p,
+                 int64_t heads, float scale) {
   Dims d;
   if (auto e = CheckQkv(qkv, heads, &d); e.failure()) return e;
-  if (!IsScores(p->dimensions(), d)) {
-    return ffi::Error::InvalidArgument("meldae_attention_probs: output shape");
+  if (!IsScores(p->dimensions(), d) || !IsBias(bias.dimensions(), d)) {
+    return ffi::Error::InvalidArgument("meldae_attention_probs: shapes");
   }
-  const float* x = qkv.typed_data();
+  const float *x = qkv.typed_data(), *b = bias.typed_data();
   float* out = p->typed_data();
   const auto row = meldae::UseAvx512() ? SoftmaxRow512 : SoftmaxRowPlain;
   meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
     const Head hd = HeadOf(d, i);
     float* block = out + hd.scores();
+    StartScoresWithBias(hd, x, b, scale, block);
     Sgemm(false, true, d.l, d.l, d.dh, scale, hd.q(x), 3 * d.d, hd.k(x), 3 * d.d, block,
-          d.l);
+          d.l, 1.0f);
     for (int64_t r = 0; r < d.l; ++r) row(block + r * d.l, d.l);
   });
   return ffi::Error::Success();
 }
 
 // dS (N, H, L, L) = the scores' gradient, P (dP - rowsum(dP P)) with dP = dctx v^T, per
-// (frame, head).
+// (frame, head) (bv would add a constant per row to dP, which cancels).
 ffi::Error ProbsGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dctx,
                      ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> p,
                      ffi::ResultBuffer<ffi::F32> ds, int64_t heads) {
@@ -329,7 +374,8 @@ ffi::Error ProbsGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dctx,
   return ffi::Error::Success();
 }
 
-// dP (N, H, L, L) = dctx v^T per (frame, head).
+// dP (N, H, L, L) = dctx v^T per (frame, head): the softmax's gradient up to a constant
+// per row (dctx bv), which the softmax's own gradient cancels.
 ffi::Error ScoresGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dctx,
                       ffi::Buffer<ffi::F32> qkv, ffi::ResultBuffer<ffi::F32> dp,
                       int64_t heads) {
@@ -348,26 +394,40 @@ ffi::Error ScoresGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dctx,
   return ffi::Error::Success();
 }
 
-// d(q|k|v) (N, L, 3D): dq = scale dS k, dk = scale dS^T q, dv = p^T dctx per (frame, head).
+// d(q|k|v) (N, L, 3D), the gradient at the biased q|k|v: dq = scale dS k,
+// dk = scale dS^T (q + bq), dv = p^T dctx per (frame, head).
 ffi::Error QkvGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ds, ffi::Buffer<ffi::F32> p,
                    ffi::Buffer<ffi::F32> dctx, ffi::Buffer<ffi::F32> qkv,
-                   ffi::ResultBuffer<ffi::F32> dqkv, int64_t heads, float scale) {
+                   ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> dqkv,
+                   int64_t heads, float scale) {
   Dims d;
   if (auto e = CheckQkv(qkv, heads, &d); e.failure()) return e;
   if (!IsScores(ds.dimensions(), d) || !IsScores(p.dimensions(), d) ||
-      !IsTokens(dctx.dimensions(), d, d.d) || !IsTokens(dqkv->dimensions(), d, 3 * d.d)) {
+      !IsTokens(dctx.dimensions(), d, d.d) || !IsTokens(dqkv->dimensions(), d, 3 * d.d) ||
+      !IsBias(bias.dimensions(), d)) {
     return ffi::Error::InvalidArgument("meldae_attention_qkv_grad: shapes");
   }
   const float *x = qkv.typed_data(), *gs = ds.typed_data(), *pp = p.typed_data(),
-              *g = dctx.typed_data();
+              *g = dctx.typed_data(), *b = bias.typed_data();
   float* out = dqkv->typed_data();
   const int64_t ld = 3 * d.d;
   meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
     const Head hd = HeadOf(d, i);
     float* dq = out + (hd.q(x) - x);
-    Sgemm(false, false, d.l, d.dh, d.l, scale, gs + hd.scores(), d.l, hd.k(x), ld, dq, ld);
-    Sgemm(true, false, d.l, d.dh, d.l, scale, gs + hd.scores(), d.l, hd.q(x), ld,
-          dq + d.d, ld);
+    const float* block = gs + hd.scores();
+    Sgemm(false, false, d.l, d.dh, d.l, scale, block, d.l, hd.k(x), ld, dq, ld);
+    // dk starts as scale colsum(dS) bq^T, then adds scale dS^T q
+    thread_local std::vector<float> colsum;
+    colsum.assign(d.l, 0.0f);
+    for (int64_t r = 0; r < d.l; ++r) {
+      for (int64_t j = 0; j < d.l; ++j) colsum[j] += block[r * d.l + j];
+    }
+    float* dk = dq + d.d;
+    const float* bq = hd.bq(b);
+    for (int64_t j = 0; j < d.l; ++j) {
+      for (int64_t t = 0; t < d.dh; ++t) dk[j * ld + t] = scale * colsum[j] * bq[t];
+    }
+    Sgemm(true, false, d.l, d.dh, d.l, scale, block, d.l, hd.q(x), ld, dk, ld, 1.0f);
     Sgemm(true, false, d.l, d.dh, d.l, 1.0f, pp + hd.scores(), d.l, g + hd.tokens(), d.d,
           dq + 2 * d.d, ld);
   });
@@ -389,6 +449,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionScores, Scores,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("heads")
                                   .Attr<float>("scale"));
@@ -396,6 +457,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionScores, Scores,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionProbs, Probs,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("heads")
@@ -415,6 +477,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionContext, Context,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("heads"));
 
@@ -429,6 +492,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionScoresGrad, ScoresGrad,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionQkvGrad, QkvGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -23,13 +23,8 @@ flax computes them instead of `ops/cpu_layer_norm.py`'s two custom calls),
 and GELU as XLA's fusions instead of `ops/cpu_bias_gelu.py`'s two custom calls),
 `xla_adamw` (the clip and AdamW as optax's XLA ops instead of `ops/cpu_adamw.py`'s two
 custom calls),
-`xla_softmax` (the attention's softmax and its gradient as XLA ops between the
-sgemm attention's calls, instead of inside them, `blas_attention.fused_softmax`),
 `xla_qkv_bias` (the q|k|v bias added by XLA to the whole projection before the
 sgemm attention's calls, instead of by the calls, `blas_attention.attention`),
-`f32_writes` (with `--dtype bf16_matmul` and XLA's bf16 dots: the LayerNorm and
-bias+GELU calls write float32 and XLA converts it for the products, instead of writing
-bf16, `blas_dot.rounded_by_convert`),
 `lstm_wh_grad` (the Bi-LSTM
 loop's input gradient multiplied by W_h itself, a transposed rhs on every step, instead
 of by a copy of W_h^T made before the loop), `conv_embed` (the patch embedding as XLA's
@@ -82,7 +77,7 @@ from meldae_jax.ops import cpu_layer_norm
 UNDO = ("xla_dots", "sgemm_dots", "conv_embed", "erfc_gelu", "row_split",
         "flax_attention", "flax_lstm", "lhs_t_weight_grads", "lstm_wh_grad",
         "xla_weight_grads", "xla_attention", "copy_weight_grads", "flax_layer_norm",
-        "xla_bf16_dots", "xla_bias_gelu", "xla_adamw", "f32_writes", "xla_softmax", "xla_qkv_bias")
+        "xla_bf16_dots", "xla_bias_gelu", "xla_adamw", "xla_qkv_bias")
 
 
 class ConvEmbed(nn.Module):
@@ -123,7 +118,7 @@ def undone(variant: str):
     raise ValueError(f"{variant!r}: xla_dots and sgemm_dots exclude each other")
   saved = (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,
            blas_dot.weight_grad, lstm.pretransposed, blas_dot.cpu_weight_grads,
-           blas_dot.sgemm_weight_grads, blas_dot.rounded_by_convert)
+           blas_dot.sgemm_weight_grads)
   if "erfc_gelu" in names:
     gelu.exact_gelu = lambda x: jax.nn.gelu(x, approximate=False)
   if "conv_embed" in names:
@@ -140,8 +135,6 @@ def undone(variant: str):
     blas_dot.cpu_weight_grads = lambda: False
   if "copy_weight_grads" in names:
     blas_dot.sgemm_weight_grads = lambda: False
-  if "f32_writes" in names:
-    blas_dot.rounded_by_convert = lambda: None
   try:
     dots = (blas_dot.xla_dots() if "xla_dots" in names else blas_dot.sgemm_dots()
             if "sgemm_dots" in names else contextlib.nullcontext())
@@ -154,16 +147,14 @@ def undone(variant: str):
     gelu_calls = (cpu_bias_gelu.xla_bias_gelu() if names & {"xla_bias_gelu", "erfc_gelu"}
                   else contextlib.nullcontext())
     adamw = cpu_adamw.xla_adamw() if "xla_adamw" in names else contextlib.nullcontext()
-    softmax = (blas_attention.xla_softmax() if "xla_softmax" in names
-               else contextlib.nullcontext())
     qkv_bias = (blas_attention.xla_bias() if "xla_qkv_bias" in names
                 else contextlib.nullcontext())
-    with dots, attn, norm, amx, gelu_calls, adamw, softmax, qkv_bias:
+    with dots, attn, norm, amx, gelu_calls, adamw, qkv_bias:
       yield
   finally:
     (gelu.exact_gelu, vit.PatchEmbed, attention.SelfAttention, lstm.bilstm,
      blas_dot.weight_grad, lstm.pretransposed, blas_dot.cpu_weight_grads,
-     blas_dot.sgemm_weight_grads, blas_dot.rounded_by_convert) = saved
+     blas_dot.sgemm_weight_grads) = saved
 
 
 def setup(config: str, mode: str, dtype: str):

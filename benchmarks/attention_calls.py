@@ -4,8 +4,9 @@
 
 Pieces (per layer of the config's train step, N = B T frames of L tokens, H heads): the
 four custom calls of `meldae_jax/ops/blas_attention.py` (`scores` q k^T, `context` p v,
-`scores_grad` dctx v^T, `qkv_grad` the three products of d(q|k|v)), XLA's softmax and its
-gradient between them, a read-and-write pass over q|k|v for the memory's pace, and the
+`scores_grad` dctx v^T, `qkv_grad` the three products of d(q|k|v); the q|k|v bias
+taken apart, as in the model), XLA's softmax and its gradient between them, a
+read-and-write pass over q|k|v for the memory's pace, and the
 whole core forward + backward through the calls and through XLA's batched dots. Each
 line gives the median milliseconds, GFLOP/s of its products, and the MiB it must touch
 at least once with the GB/s that makes (inputs read, outputs written; q|k|v's unused
@@ -51,6 +52,7 @@ def pieces(n, length, d, h):
   """{name: (fn, args, GFLOP, bytes)} for one layer."""
   rng = np.random.default_rng(0)
   qkv = jnp.asarray(rng.standard_normal((n, length, 3 * d), np.float32))
+  bias = jnp.asarray(rng.standard_normal((3 * d,), np.float32))
   dctx = jnp.asarray(rng.standard_normal((n, length, d), np.float32))
   p = jax.nn.softmax(jnp.asarray(rng.standard_normal((n, h, length, length), np.float32)))
   dh, heads = d // h, np.int64(h)
@@ -72,18 +74,21 @@ def pieces(n, length, d, h):
     return reference.dot_product_attention(q, k, v).reshape(n, length, d)
 
   return {
-      "scores": (jax.jit(lambda x: call("scores", (n, h, length, length), x, **scaled)),
-                 (qkv,), product, 2 * tokens + scores),
+      "scores": (jax.jit(lambda x, b: call("scores", (n, h, length, length), x, b,
+                                           **scaled)),
+                 (qkv, bias), product, 2 * tokens + scores),
       "softmax": (jax.jit(jax.nn.softmax), (p,), 0.0, 2 * scores),
-      "context": (jax.jit(lambda p, x: call("context", (n, length, d), p, x, heads=heads)),
-                  (p, qkv), product, scores + 2 * tokens),
+      "context": (jax.jit(lambda p, x, b: call("context", (n, length, d), p, x, b,
+                                               heads=heads)),
+                  (p, qkv, bias), product, scores + 2 * tokens),
       "scores_grad": (jax.jit(lambda g, x: call("scores_grad", (n, h, length, length), g,
                                                  x, heads=heads)),
                       (dctx, qkv), product, 2 * tokens + scores),
       "softmax_grad": (jax.jit(softmax_grad), (p, p), 0.0, 3 * scores),
-      "qkv_grad": (jax.jit(lambda ds, p, g, x: call("qkv_grad", (n, length, 3 * d), ds, p,
-                                                     g, x, **scaled)),
-                   (p, p, dctx, qkv), 3 * product, 2 * scores + 3 * tokens + 3 * tokens),
+      "qkv_grad": (jax.jit(lambda ds, p, g, x, b: call("qkv_grad", (n, length, 3 * d), ds,
+                                                        p, g, x, b, **scaled)),
+                   (p, p, dctx, qkv, bias), 3 * product,
+                   2 * scores + 3 * tokens + 3 * tokens),
       "qkv_read_write": (jax.jit(lambda x: x * 1.0001), (qkv,), 0.0, 6 * tokens),
       "core_calls": (core(lambda x: calls.attention(x, h)), (qkv,), 6 * product,
                      6 * tokens + 3 * tokens),

@@ -60,10 +60,15 @@ def test_copy_weight_grads_switches_sgemm_weight_gradients_off_and_restores_them
   assert blas_dot.sgemm_weight_grads is ours
 
 
-def test_f32_writes_switches_the_rounded_writes_off_and_restores_them():
-  from meldae_jax.ops import amx_gemm, blas_dot  # pylint: disable=g-import-not-at-top
-  with blas_dot.matmul_operands(jnp.bfloat16), amx_gemm.xla_bf16_dots():
-    assert blas_dot.rounded_by_convert() == jnp.bfloat16
-    with ab_step.undone("f32_writes"):
-      assert blas_dot.rounded_by_convert() is None
-    assert blas_dot.rounded_by_convert() == jnp.bfloat16
+def test_xla_qkv_bias_adds_the_bias_to_the_projection_again():
+  """Where the sgemm attention runs, its calls take the q|k|v bias apart; the variant
+  has XLA add it to the whole (N, L, 3D) projection first. Same function."""
+  import re  # pylint: disable=g-import-not-at-top
+  if not blas_attention.enabled(jnp.float32):
+    pytest.skip("no sgemm attention here")
+  adds = lambda text: len(re.findall(r"stablehlo.add .*x192xf32>", text))  # noqa: E731
+  cur_text, _, cur_out = _vit_hlo("current")  # Mu: 3D = 192
+  xla_text, _, xla_out = _vit_hlo("xla_qkv_bias")
+  assert adds(xla_text) == adds(cur_text) + 2  # one per block
+  for a, b in zip(cur_out, xla_out):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -345,20 +345,3 @@ def test_float32_weight_gradient_is_sgemm_on_the_input_itself(k, n, monkeypatch)
   assert call.invars[0] is jaxpr.invars[0]  # a itself, not a transposed copy
   monkeypatch.setenv("MELDAE_CPU_GEMM", "0")
   assert not _eqns(jax.make_jaxpr(grad(blas_dot.dot_general))(a, b).jaxpr, "ffi_call")
-
-
-def test_rounded_by_convert_names_the_dtype_the_converts_round_to():
-  """What a producer of a matmul's operand may round to: the dtype of
-  `matmul_operands`, where XLA's converts do the rounding, and nothing where there is
-  no rounding or the AMX call rounds as it packs."""
-  from meldae_jax.ops import amx_gemm  # pylint: disable=g-import-not-at-top
-  assert blas_dot.rounded_by_convert() is None
-  with blas_dot.matmul_operands(jnp.float32):
-    assert blas_dot.rounded_by_convert() is None
-  with blas_dot.matmul_operands(jnp.bfloat16):
-    with amx_gemm.xla_bf16_dots():
-      assert blas_dot.rounded_by_convert() == jnp.bfloat16
-    want = None if amx_gemm.enabled(jnp.bfloat16) else jnp.dtype(jnp.bfloat16)
-    assert blas_dot.rounded_by_convert() == want
-    with blas_dot.matmul_operands(None):
-      assert blas_dot.rounded_by_convert() is None

@@ -266,52 +266,6 @@ def test_dots_policies_save_the_matmuls_whatever_runs_them(capsys, sgemm, cpu_at
   assert counts["full"] < counts["dots_no_batch"] < counts["dots"]
 
 
-
-def _bf16_matmul_value_and_grad(model, params, x, train=False):
-  """The loss, its gradients and the compiled HLO's text of `model` under
-  `matmul_operands(bf16)` on XLA's bf16 dots (the AMX call off, where there is one)."""
-  from meldae_jax.ops import amx_gemm  # pylint: disable=g-import-not-at-top
-  rngs = {"dropout": jax.random.key(3)} if train else {}
-
-  def loss(p):
-    cls, patches = model.apply({"params": p}, x, train=train, rngs=rngs)
-    return jnp.sum(jnp.tanh(cls)) + jnp.sum(jnp.sin(patches))
-
-  with blas_dot.matmul_operands(jnp.bfloat16), amx_gemm.xla_bf16_dots():
-    compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
-  return compiled(params), compiled.as_text()
-
-
-def test_bf16_matmul_layer_norm_and_gelu_write_their_outputs_rounded(monkeypatch):
-  """Under `bf16_matmul` on XLA's bf16 dots, the blocks' LayerNorms and bias+GELU (whose
-  outputs only feed a Dense matmul) write those outputs rounded to bf16, and XLA drops
-  the converts after them; the loss and every gradient are bit for bit those of
-  writing float32 and converting. With dropout after the GELU, it writes float32."""
-  from meldae_jax.ops import cpu_bias_gelu, cpu_layer_norm  # pylint: disable=g-import-not-at-top
-  if not (cpu_layer_norm.available() and cpu_bias_gelu.available()):
-    pytest.skip("no C++ compiler on this host")
-  monkeypatch.setattr(blas_dot, "cpu_has_avx512", lambda: True)  # else plain loops
-  model = vit.ViT("Mu/8", scan=False)
-  params, x = _params(model), jnp.asarray(_images())
-  (value, grads), text = _bf16_matmul_value_and_grad(model, params, x)
-  assert text.count('custom_call_target="meldae_layer_norm_bf16"') == 4  # 2 blocks
-  assert text.count('custom_call_target="meldae_bias_gelu_bf16"') == 2
-  assert 'custom_call_target="meldae_layer_norm"' in text  # encoder_norm: float32 out
-  with monkeypatch.context() as m:
-    m.setattr(blas_dot, "rounded_by_convert", lambda: None)
-    (want, want_grads), want_text = _bf16_matmul_value_and_grad(model, params, x)
-  assert "meldae_layer_norm_bf16" not in want_text and "gelu_bf16" not in want_text
-  converts = lambda t: len(re.findall(r"= bf16\[[\d,]+\]\S* (fusion|convert)\(", t))  # noqa: E731
-  assert converts(text) <= converts(want_text) - 6
-  np.testing.assert_array_equal(np.asarray(value), np.asarray(want))
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               grads, want_grads)
-
-  _, text = _bf16_matmul_value_and_grad(vit.ViT("Mu/8", scan=False, dropout=0.1),
-                                        params, x, train=True)
-  assert "meldae_bias_gelu_bf16" not in text and "meldae_layer_norm_bf16" in text
-
-
 def test_unknown_remat_policy():
   with pytest.raises(ValueError, match="dots_no_batch"):
     _shapes(vit.ViT("Mu/8", remat_policy="everything"))

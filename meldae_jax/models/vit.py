@@ -78,10 +78,7 @@ def _part(init, names):
 class DenseGelu(nn.Dense):
   """`nn.Dense` (same parameters) followed by the exact GELU, its bias added by
   `cpu_bias_gelu.bias_gelu` together with the GELU: one pass on both CPU cores where
-  that path is on, `exact_gelu(h + b)` elsewhere. `only_feeds_matmul`: the output goes
-  to a Dense matmul and nowhere else, so it may be written rounded as that matmul
-  rounds it (`blas_dot.rounded_by_convert`)."""
-  only_feeds_matmul: bool = False
+  that path is on, `exact_gelu(h + b)` elsewhere."""
 
   @nn.compact
   def __call__(self, inputs):
@@ -93,9 +90,7 @@ class DenseGelu(nn.Dense):
                    else self.dot_general or jax.lax.dot_general)
     h = dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
                     precision=self.precision)
-    rounded = (self.only_feeds_matmul
-               and blas_dot.rounded_by_convert() == jnp.dtype(jnp.bfloat16))
-    return cpu_bias_gelu.bias_gelu(h, bias, rounded)
+    return cpu_bias_gelu.bias_gelu(h, bias)
 
 
 class MlpBlock(nn.Module):
@@ -112,8 +107,7 @@ class MlpBlock(nn.Module):
     xavier = nn.initializers.xavier_uniform()
     x = DenseGelu(self.mlp_dim, dtype=self.dtype, bias_init=bias_init,
                   kernel_init=_part(xavier, ("embed", "mlp")),
-                  dot_general=blas_dot.dot_general, name="Dense_0",
-                  only_feeds_matmul=self.deterministic or self.dropout == 0)(x)
+                  dot_general=blas_dot.dot_general, name="Dense_0")(x)
     x = nn.Dropout(rate=self.dropout)(x, self.deterministic)
     return nn.Dense(d, dtype=self.dtype, bias_init=bias_init,
                     kernel_init=_part(xavier, ("mlp", "embed")),
@@ -134,8 +128,7 @@ class Encoder1DBlock(nn.Module):
   @nn.compact
   def __call__(self, x, _=None):
     xavier = nn.initializers.xavier_uniform()
-    y = cpu_layer_norm.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, only_feeds_matmul=True,
-                                 name="LayerNorm_0")(x)
+    y = cpu_layer_norm.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_0")(x)
     y = attention.SelfAttention(
         num_heads=self.num_heads, dtype=self.dtype,
         kernel_init=_part(xavier, ("embed", "heads", "kv")),
@@ -143,8 +136,7 @@ class Encoder1DBlock(nn.Module):
         name="MultiHeadDotProductAttention_0")(y)
     y = nn.Dropout(rate=self.dropout)(y, self.deterministic)
     x = x + y
-    y = cpu_layer_norm.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, only_feeds_matmul=True,
-                                 name="LayerNorm_1")(x)
+    y = cpu_layer_norm.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_1")(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
                  deterministic=self.deterministic, dtype=self.dtype)(y)
     y = nn.Dropout(rate=self.dropout)(y, self.deterministic)

@@ -9,19 +9,15 @@
 // recomputes gelu'(z) = Phi(z) + z phi(z) from h as it reads it and sums db on the way.
 // erf is the 9/12-degree rational interpolant XLA's CPU backend and Eigen use (clamped at
 // +-3.8325, where float32 erf is +-1), exp a Cephes-style polynomial scaled by 2^n, so
-// values agree with jax.nn.gelu to a few float32 ulps. A second forward handler writes y
-// rounded to bf16, for a GELU whose output only feeds a product that rounds it so
-// (`bf16_matmul`): half the bytes written, and no convert after it.
+// values agree with jax.nn.gelu to a few float32 ulps.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <immintrin.h>
-#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
-#include "exp512.h"
 #include "row_blocks.h"
 
 namespace ffi = xla::ffi;
@@ -54,11 +50,10 @@ float ErfPlain(float x) {
   return x * p / q;
 }
 
-template <typename OutT>
-void RowForwardPlain(const float* h, const float* b, OutT* y, int64_t d) {
+void RowForwardPlain(const float* h, const float* b, float* y, int64_t d) {
   for (int64_t j = 0; j < d; ++j) {
     const float z = h[j] + b[j];
-    meldae::StorePlain(y + j, z * (0.5f * (1.0f + ErfPlain(z * kSqrtHalf))));
+    y[j] = z * (0.5f * (1.0f + ErfPlain(z * kSqrtHalf)));
   }
 }
 
@@ -92,19 +87,36 @@ inline __m512 Erf512(__m512 x) {
   return _mm512_mul_ps(_mm512_mul_ps(x, p), r);
 }
 
+// e^x for x <= 0 (the GELU's -z^2/2): x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6
+// polynomial, times 2^n by scalef (which gives 0 where 2^n underflows).
+inline __m512 ExpNonPositive512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-1000.0f));  // -inf -> 0, not NaN
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
 inline __m512 Cdf512(__m512 z) {
   return _mm512_mul_ps(_mm512_set1_ps(0.5f),
                        _mm512_add_ps(_mm512_set1_ps(1.0f),
                                      Erf512(_mm512_mul_ps(z, _mm512_set1_ps(kSqrtHalf)))));
 }
 
-template <typename OutT>
-void RowForward512(const float* h, const float* b, OutT* y, int64_t d) {
+void RowForward512(const float* h, const float* b, float* y, int64_t d) {
   for (int64_t j = 0; j < d; j += 16) {
     const __mmask16 k = Tail(d - j);
     const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(k, h + j),
                                    _mm512_maskz_loadu_ps(k, b + j));
-    meldae::Store512(y + j, k, _mm512_mul_ps(z, Cdf512(z)));
+    _mm512_mask_storeu_ps(y + j, k, _mm512_mul_ps(z, Cdf512(z)));
   }
 }
 
@@ -115,7 +127,7 @@ void RowGrad512(const float* dy, const float* h, const float* b, float* dh, floa
     const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(k, h + j),
                                    _mm512_maskz_loadu_ps(k, b + j));
     const __m512 pdf = _mm512_mul_ps(
-        meldae::ExpNonPositive512(_mm512_mul_ps(_mm512_set1_ps(-0.5f), _mm512_mul_ps(z, z))),
+        ExpNonPositive512(_mm512_mul_ps(_mm512_set1_ps(-0.5f), _mm512_mul_ps(z, z))),
         _mm512_set1_ps(kInvSqrt2Pi));
     const __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, dy + j),
                                    _mm512_fmadd_ps(z, pdf, Cdf512(z)));
@@ -129,10 +141,8 @@ void RowGrad512(const float* dy, const float* h, const float* b, float* dh, floa
 // At least this many rows per block (a row is a few microseconds).
 constexpr int64_t kMinRows = 16;
 
-// y as float32 (Out = F32) or rounded to bf16 (Out = BF16).
-template <ffi::DataType Out>
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> b,
-                   ffi::ResultBuffer<Out> y) {
+                   ffi::ResultBuffer<ffi::F32> y) {
   auto hd = h.dimensions();
   if (hd.size() != 2 || !IsVector(b.dimensions(), hd[1]) ||
       !IsMatrix(y->dimensions(), hd[0], hd[1])) {
@@ -141,9 +151,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> h, ffi::Buffer<ff
   const int64_t rows = hd[0], d = hd[1];
   if (rows == 0 || d == 0) return ffi::Error::Success();
   const float *ph = h.typed_data(), *pb = b.typed_data();
-  auto* py = y->typed_data();
-  using OutT = std::remove_pointer_t<decltype(py)>;
-  const auto row = meldae::UseAvx512() ? RowForward512<OutT> : RowForwardPlain<OutT>;
+  float* py = y->typed_data();
+  const auto row = meldae::UseAvx512() ? RowForward512 : RowForwardPlain;
   meldae::ForRowBlocks(pool, rows, kMinRows, [&](int64_t begin, int64_t end, int64_t) {
     for (int64_t i = begin; i < end; ++i) row(ph + i * d, pb, py + i * d, d);
   });
@@ -177,19 +186,12 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeBiasGelu, Forward<ffi::F32>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeBiasGelu, Forward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeBiasGeluBf16, Forward<ffi::BF16>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::BF16>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeBiasGeluGrad, Backward,
                               ffi::Ffi::Bind()

@@ -7,13 +7,12 @@ transposed between (N, L, H, dh) and (N, H, L, dh), and the q|k|v gradient is as
 from three padded pieces. `attention` reads q, k and v where the fused projection put
 them, (N, L, 3D) with (3, H, dh) along the last axis, with a row stride per operand, and
 writes the context and the q|k|v gradient the same way (`blas_gemm.cc`, one
-single-threaded sgemm per (frame, head) on XLA's own thread pool). On CPUs with AVX-512
-the softmax is done in the same call as the scores, and its gradient in the same call as
-theirs, on each (frame, head)'s block while it is in cache (`fused_softmax`); XLA ran
-them as fusions over the whole array, its row sums as YNNPACK reductions at a few GB/s
-(docs/performance.md, session 28). Same products and FLOPs as
-`models.attention.dot_product_attention`; results differ by float32 rounding (the
-1/sqrt(dh) scale is applied to q k^T instead of q; the exp is the custom calls' own).
+single-threaded sgemm per (frame, head) on XLA's own thread pool). The softmax and its
+gradient stay in XLA. The projection's bias is not added to q|k|v by XLA: the calls take
+it apart and add what of it the result depends on (`blas_gemm.cc`; docs/performance.md,
+session 28). Same products and FLOPs as `models.attention.dot_product_attention`;
+results differ by float32 rounding (the 1/sqrt(dh) scale is applied to q k^T instead of
+q; the bias enters through the algebra above rather than q + bq).
 
 Used where `enabled()`: one CPU device (a custom call has no sharding rule), float32,
 the sgemm that `blas_dot` found; `MELDAE_CPU_ATTENTION=0` turns it off.
@@ -28,15 +27,13 @@ import numpy as np
 from meldae_jax.ops import blas_dot
 from meldae_jax.ops import native
 
-# What the calls' products (the scores q k^T, or their softmax where the call computes
-# it, and the context p v, batched over frames and heads) carry for remat policies:
-# 'dots' saves them, as it saves XLA's batched dots on the other path, 'dots_no_batch'
-# does not (`models.vit.REMAT_POLICIES`).
+# What the calls' products (the scores q k^T and the context p v, batched over frames
+# and heads) carry for remat policies: 'dots' saves them, as it saves XLA's batched dots
+# on the other path, 'dots_no_batch' does not (`models.vit.REMAT_POLICIES`).
 BATCHED_DOT_NAME = "meldae_batched_dot"
 
 _TARGETS = {"scores": "MeldaeAttentionScores", "context": "MeldaeAttentionContext",
-            "scores_grad": "MeldaeAttentionScoresGrad", "qkv_grad": "MeldaeAttentionQkvGrad",
-            "probs": "MeldaeAttentionProbs", "probs_grad": "MeldaeAttentionProbsGrad"}
+            "scores_grad": "MeldaeAttentionScoresGrad", "qkv_grad": "MeldaeAttentionQkvGrad"}
 
 
 @functools.cache
@@ -51,7 +48,6 @@ def available() -> bool:
 
 
 _FORCED = blas_dot.TraceSettings()  # innermost last: False turns the path off
-_SOFTMAX = blas_dot.TraceSettings()  # innermost last: False, the softmax in XLA
 _BIAS_BY_XLA = blas_dot.TraceSettings()  # innermost last: True, XLA adds the bias
 
 
@@ -60,23 +56,10 @@ def xla_attention():
   return blas_dot.within(_FORCED, False)
 
 
-def xla_softmax():
-  """Within: trace this path's softmax and its gradient as XLA ops between the calls
-  (benchmarks, tests)."""
-  return blas_dot.within(_SOFTMAX, False)
-
-
 def xla_bias():
   """Within: the q|k|v bias added by XLA to the whole array before the calls, which
   then take a zero bias (benchmarks)."""
   return blas_dot.within(_BIAS_BY_XLA, True)
-
-
-def fused_softmax() -> bool:
-  """Whether an attention on this path traced now takes its softmax in the calls that
-  compute the scores and their gradient: on CPUs with AVX-512 (where their kernels are),
-  not within `xla_softmax()`."""
-  return (not _SOFTMAX or _SOFTMAX[-1]) and blas_dot.cpu_has_avx512()
 
 
 def enabled(dtype) -> bool:
@@ -103,37 +86,30 @@ def attention(qkv, heads: int, bias=None):
     bias = jnp.zeros(qkv.shape[-1:], qkv.dtype)
   elif _BIAS_BY_XLA and _BIAS_BY_XLA[-1]:
     qkv, bias = qkv + bias, jnp.zeros_like(bias)
-  return _attention(qkv, bias, heads, fused_softmax())
+  return _attention(qkv, bias, heads)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _attention(qkv, bias, heads: int, fused: bool):
-  return _fwd(qkv, bias, heads, fused)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _attention(qkv, bias, heads: int):
+  return _fwd(qkv, bias, heads)[0]
 
 
-def _fwd(qkv, bias, heads, fused):
+def _fwd(qkv, bias, heads):
   n, length, three_d = qkv.shape
   d = three_d // 3
-  shape = (n, heads, length, length)
-  if fused:  # the probabilities, named as the product they come from
-    p = checkpoint_name(_call("probs", shape, qkv, bias, **_scaled(heads, d)),
-                        BATCHED_DOT_NAME)
-  else:
-    p = jax.nn.softmax(checkpoint_name(
-        _call("scores", shape, qkv, bias, **_scaled(heads, d)), BATCHED_DOT_NAME))
+  s = checkpoint_name(_call("scores", (n, heads, length, length), qkv, bias,
+                            **_scaled(heads, d)), BATCHED_DOT_NAME)
+  p = jax.nn.softmax(s)
   ctx = checkpoint_name(_call("context", (n, length, d), p, qkv, bias,
                               heads=np.int64(heads)), BATCHED_DOT_NAME)
   return ctx, (qkv, bias, p)
 
 
-def _bwd(heads, fused, res, g):
+def _bwd(heads, res, g):
   qkv, bias, p = res
   d = qkv.shape[-1] // 3
-  if fused:
-    ds = _call("probs_grad", p.shape, g, qkv, p, heads=np.int64(heads))
-  else:
-    dp = _call("scores_grad", p.shape, g, qkv, heads=np.int64(heads))
-    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
+  dp = _call("scores_grad", p.shape, g, qkv, heads=np.int64(heads))
+  ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
   dqkv = _call("qkv_grad", qkv.shape, ds, p, g, qkv, bias, **_scaled(heads, d))
   return dqkv, jnp.sum(dqkv, axis=(0, 1))
 

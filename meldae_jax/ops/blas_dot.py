@@ -341,21 +341,6 @@ def matmul_operands(dtype):
   return within(_OPERANDS, None if dtype is None else jnp.dtype(dtype))
 
 
-def rounded_by_convert():
-  """The dtype that float32 Dense matmuls traced now round their operands to by XLA's
-  convert (within `matmul_operands`), else None (no rounding, or the AMX call takes
-  those products: it rounds float32 operands as it packs them).
-
-  Why: a float32 value whose only consumer is such a matmul may be written already
-  rounded, in half the bytes, by the custom call that makes it (`cpu_layer_norm`,
-  `cpu_bias_gelu`); XLA folds the convert back to float32 and the matmul's convert to
-  bf16 into nothing, and the product reads that bf16 array as it is. Same values."""
-  dtype = _OPERANDS[-1] if _OPERANDS else None
-  if dtype is None or dtype == jnp.float32 or _amx().enabled(dtype):
-    return None
-  return dtype
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def rounded_gemm(a, b, dtype):
   """(M, K) @ (K, N) float32 with both operands rounded to `dtype`, float32 sums; its

@@ -5,21 +5,16 @@
 // XLA's own dot emitters; see docs/performance.md. Same FLOPs, same maths.
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <condition_variable>
 #include <cstdint>
-#include <immintrin.h>
-#include <limits>
 #include <memory>
 #include <mutex>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
-#include "exp512.h"
 #include "gemm_call.h"
 #include "parallel_for.h"
-#include "row_blocks.h"
 
 namespace ffi = xla::ffi;
 
@@ -140,7 +135,7 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::
 // and their gradients between (N, L, H, dh) and (N, H, L, dh) and assembles the q|k|v
 // gradient from three padded pieces; a row stride per operand makes all of that
 // unnecessary (docs/performance.md, session 13). Same products, same FLOPs; the softmax
-// and its gradient are in the calls (Probs, ProbsGrad) or in XLA between them.
+// and its gradient stay in XLA between the calls.
 //
 // The q|k|v array is the projection's product without its bias b = (bq, bk, bv): the
 // calls add what of b the result depends on, so that XLA's pass adding b to the whole
@@ -260,120 +255,6 @@ ffi::Error Context(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p,
   return ffi::Error::Success();
 }
 
-// The softmax of each of a (frame, head)'s L rows of scores, in place, and its
-// gradient, while the block (L x L, 10 KB at L = 50) is still in cache from the product
-// that wrote it: where XLA ran these as separate fusions over the whole (N, H, L, L)
-// array, its row sums as YNNPACK reductions at a few GB/s (docs/performance.md,
-// session 28). AVX-512 where the CPU has it (the Python side asks for these handlers
-// only there, and tests ask for the plain loops with `meldae_plain_loops`).
-
-#pragma GCC push_options
-#pragma GCC target("avx512f")
-
-// row = softmax(row) = e^(row - max) / sum.
-void SoftmaxRow512(float* row, int64_t l) {
-  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int64_t j = 0; j < l; j += 16) {
-    const __mmask16 k = meldae::Tail(l - j);
-    vmax = _mm512_mask_max_ps(vmax, k, vmax, _mm512_maskz_loadu_ps(k, row + j));
-  }
-  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
-  __m512 sum = _mm512_setzero_ps();
-  for (int64_t j = 0; j < l; j += 16) {
-    const __mmask16 k = meldae::Tail(l - j);
-    const __m512 e =
-        meldae::ExpNonPositive512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, row + j), m));
-    sum = _mm512_mask_add_ps(sum, k, sum, e);
-    _mm512_mask_storeu_ps(row + j, k, e);
-  }
-  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-  for (int64_t j = 0; j < l; j += 16) {
-    const __mmask16 k = meldae::Tail(l - j);
-    _mm512_mask_storeu_ps(row + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, row + j), inv));
-  }
-}
-
-// dp = p (dp - sum(dp p)) (the gradient of the scores from that of the softmax).
-void SoftmaxGradRow512(const float* p, float* dp, int64_t l) {
-  __m512 t = _mm512_setzero_ps();
-  for (int64_t j = 0; j < l; j += 16) {  // lanes past l load 0
-    const __mmask16 k = meldae::Tail(l - j);
-    t = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, dp + j), _mm512_maskz_loadu_ps(k, p + j),
-                        t);
-  }
-  const __m512 vt = _mm512_set1_ps(_mm512_reduce_add_ps(t));
-  for (int64_t j = 0; j < l; j += 16) {
-    const __mmask16 k = meldae::Tail(l - j);
-    const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp + j), vt);
-    _mm512_mask_storeu_ps(dp + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + j), d));
-  }
-}
-
-#pragma GCC pop_options
-
-void SoftmaxRowPlain(float* row, int64_t l) {
-  float m = -std::numeric_limits<float>::infinity(), sum = 0.0f;
-  for (int64_t j = 0; j < l; ++j) m = std::max(m, row[j]);
-  for (int64_t j = 0; j < l; ++j) sum += (row[j] = std::exp(row[j] - m));
-  const float inv = 1.0f / sum;
-  for (int64_t j = 0; j < l; ++j) row[j] *= inv;
-}
-
-void SoftmaxGradRowPlain(const float* p, float* dp, int64_t l) {
-  float t = 0.0f;
-  for (int64_t j = 0; j < l; ++j) t += dp[j] * p[j];
-  for (int64_t j = 0; j < l; ++j) dp[j] = p[j] * (dp[j] - t);
-}
-
-// P (N, H, L, L) = softmax(scale (q + bq)(k + bk)^T) per (frame, head) and row.
-ffi::Error Probs(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
-                 ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> p,
-                 int64_t heads, float scale) {
-  Dims d;
-  if (auto e = CheckQkv(qkv, heads, &d); e.failure()) return e;
-  if (!IsScores(p->dimensions(), d) || !IsBias(bias.dimensions(), d)) {
-    return ffi::Error::InvalidArgument("meldae_attention_probs: shapes");
-  }
-  const float *x = qkv.typed_data(), *b = bias.typed_data();
-  float* out = p->typed_data();
-  const auto row = meldae::UseAvx512() ? SoftmaxRow512 : SoftmaxRowPlain;
-  meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
-    const Head hd = HeadOf(d, i);
-    float* block = out + hd.scores();
-    StartScoresWithBias(hd, x, b, scale, block);
-    Sgemm(false, true, d.l, d.l, d.dh, scale, hd.q(x), 3 * d.d, hd.k(x), 3 * d.d, block,
-          d.l, 1.0f);
-    for (int64_t r = 0; r < d.l; ++r) row(block + r * d.l, d.l);
-  });
-  return ffi::Error::Success();
-}
-
-// dS (N, H, L, L) = the scores' gradient, P (dP - rowsum(dP P)) with dP = dctx v^T, per
-// (frame, head) (bv would add a constant per row to dP, which cancels).
-ffi::Error ProbsGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dctx,
-                     ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> p,
-                     ffi::ResultBuffer<ffi::F32> ds, int64_t heads) {
-  Dims d;
-  if (auto e = CheckQkv(qkv, heads, &d); e.failure()) return e;
-  if (!IsTokens(dctx.dimensions(), d, d.d) || !IsScores(p.dimensions(), d) ||
-      !IsScores(ds->dimensions(), d)) {
-    return ffi::Error::InvalidArgument("meldae_attention_probs_grad: shapes");
-  }
-  const float *x = qkv.typed_data(), *g = dctx.typed_data(), *pp = p.typed_data();
-  float* out = ds->typed_data();
-  const auto row = meldae::UseAvx512() ? SoftmaxGradRow512 : SoftmaxGradRowPlain;
-  meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
-    const Head hd = HeadOf(d, i);
-    float* block = out + hd.scores();
-    Sgemm(false, true, d.l, d.l, d.dh, 1.0f, g + hd.tokens(), d.d, hd.v(x), 3 * d.d, block,
-          d.l);
-    for (int64_t r = 0; r < d.l; ++r) {
-      row(pp + hd.scores() + r * d.l, block + r * d.l, d.l);
-    }
-  });
-  return ffi::Error::Success();
-}
-
 // dP (N, H, L, L) = dctx v^T per (frame, head): the softmax's gradient up to a constant
 // per row (dctx bv), which the softmax's own gradient cancels.
 ffi::Error ScoresGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dctx,
@@ -453,24 +334,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionScores, Scores,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("heads")
                                   .Attr<float>("scale"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionProbs, Probs,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("heads")
-                                  .Attr<float>("scale"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionProbsGrad, ProbsGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("heads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeAttentionContext, Context,
                               ffi::Ffi::Bind()

@@ -13,24 +13,16 @@ with XLA's).
 (one CPU device with AVX-512, float32, the handlers built; `MELDAE_CPU_GELU=0` turns it
 off), else that expression for XLA. Same maths (erf by the rational interpolant XLA's CPU
 backend uses); results differ by a few float32 ulps.
-
-With `rounded` (the ViT MLP's, whose output only feeds its second Dense, where that
-matmul rounds its operands to bf16 by a convert: `blas_dot.rounded_by_convert`), the
-forward call writes the output rounded to bf16: half the bytes, and XLA's convert goes
-(`docs/performance.md`, session 28). Same values for the matmul, same gradients.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from meldae_jax.models import gelu
 from meldae_jax.ops import row_kernels
 
-_FWD, _FWD_BF16, _BWD = "meldae_bias_gelu", "meldae_bias_gelu_bf16", "meldae_bias_gelu_grad"
+_FWD, _BWD = "meldae_bias_gelu", "meldae_bias_gelu_grad"
 _KERNELS = row_kernels.RowKernels(
-    "bias_gelu.cc", {_FWD: "MeldaeBiasGelu", _FWD_BF16: "MeldaeBiasGeluBf16",
-                     _BWD: "MeldaeBiasGeluGrad"},
+    "bias_gelu.cc", {_FWD: "MeldaeBiasGelu", _BWD: "MeldaeBiasGeluGrad"},
     env="MELDAE_CPU_GELU", fallback="CPU bias+GELU unavailable, using XLA's")
 available = _KERNELS.available
 set_plain = _KERNELS.set_plain
@@ -42,21 +34,18 @@ def xla_bias_gelu():
   return _KERNELS.off()
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _calls(h, b, rounded):
-  return _fwd(h, b, rounded)[0]
+@jax.custom_vjp
+def _calls(h, b):
+  return _fwd(h, b)[0]
 
 
-def _fwd(h, b, rounded):
-  y = jax.ffi.ffi_call(
-      _FWD_BF16 if rounded else _FWD,
-      jax.ShapeDtypeStruct(h.shape, jnp.bfloat16 if rounded else jnp.float32),
-      vmap_method="sequential")(h, b)
-  return y.astype(jnp.float32), (h, b)
+def _fwd(h, b):
+  y = jax.ffi.ffi_call(_FWD, jax.ShapeDtypeStruct(h.shape, jnp.float32),
+                       vmap_method="sequential")(h, b)
+  return y, (h, b)
 
 
-def _bwd(rounded, res, dy):
-  del rounded
+def _bwd(res, dy):
   h, b = res
   return tuple(jax.ffi.ffi_call(
       _BWD, (jax.ShapeDtypeStruct(h.shape, jnp.float32),
@@ -67,11 +56,10 @@ def _bwd(rounded, res, dy):
 _calls.defvjp(_fwd, _bwd)
 
 
-def bias_gelu(h, b, rounded: bool = False):
-  """exact_gelu(h + b) for h (..., D) and b (D,); with `rounded`, rounded to bf16 (as
-  float32) where the calls run, for an output that only feeds a matmul rounding it so."""
+def bias_gelu(h, b):
+  """exact_gelu(h + b) for h (..., D) and b (D,)."""
   if not (h.dtype == jnp.float32 and b.dtype == jnp.float32 and h.ndim >= 1
           and b.shape == h.shape[-1:] and enabled(h.dtype)):
     return gelu.exact_gelu(h + b)
   d = h.shape[-1]
-  return _calls(h.reshape(-1, d), b, bool(rounded)).reshape(h.shape)
+  return _calls(h.reshape(-1, d), b).reshape(h.shape)

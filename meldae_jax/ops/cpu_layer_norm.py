@@ -15,12 +15,6 @@ initial values and names; biased variance, eps inside the square root): where `e
 `MELDAE_CPU_LAYERNORM=0` turns it off) it
 takes these calls, else flax's own LayerNorm. Same maths; results differ by float32
 rounding (flax takes the variance as E[x^2] - E[x]^2).
-
-A LayerNorm whose output only feeds a Dense matmul (`only_feeds_matmul`, the ViT
-block's two) writes it rounded to bf16 where that matmul rounds its operands so by a
-convert (`blas_dot.rounded_by_convert`, `bf16_matmul` without AMX): the product reads
-the half-size array and XLA's convert goes (`docs/performance.md`, session 28). The
-values the matmul sees and every gradient are unchanged.
 """
 import functools
 from typing import Any, Callable
@@ -30,14 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from meldae_jax.ops import blas_dot
 from meldae_jax.ops import row_kernels
 
-_FWD, _FWD_BF16, _BWD = ("meldae_layer_norm", "meldae_layer_norm_bf16",
-                         "meldae_layer_norm_grad")
+_FWD, _BWD = "meldae_layer_norm", "meldae_layer_norm_grad"
 _KERNELS = row_kernels.RowKernels(
-    "layer_norm.cc", {_FWD: "MeldaeLayerNorm", _FWD_BF16: "MeldaeLayerNormBf16",
-                      _BWD: "MeldaeLayerNormGrad"},
+    "layer_norm.cc", {_FWD: "MeldaeLayerNorm", _BWD: "MeldaeLayerNormGrad"},
     env="MELDAE_CPU_LAYERNORM", fallback="CPU LayerNorm unavailable, using flax's")
 available = _KERNELS.available
 set_plain = _KERNELS.set_plain
@@ -49,31 +40,27 @@ def flax_layer_norm():
   return _KERNELS.off()
 
 
-def _stats_shapes(x, rounded):
+def _stats_shapes(x):
   rows = x.shape[0]
-  return (jax.ShapeDtypeStruct(x.shape, jnp.bfloat16 if rounded else jnp.float32),
+  return (jax.ShapeDtypeStruct(x.shape, jnp.float32),
           jax.ShapeDtypeStruct((rows,), jnp.float32),
           jax.ShapeDtypeStruct((rows,), jnp.float32))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def layer_norm(x, scale, bias, eps: float, rounded: bool = False):
-  """(rows, D) float32 -> (x - mean) / sqrt(var + eps) * scale + bias per row; with
-  `rounded`, those values rounded to bf16 (written so by the call), as float32. The
-  gradients are the LayerNorm's either way (the rounding passes them through, as the
-  matmul that would round them does)."""
-  return _fwd(x, scale, bias, eps, rounded)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x, scale, bias, eps: float):
+  """(rows, D) float32 -> (x - mean) / sqrt(var + eps) * scale + bias per row."""
+  return _fwd(x, scale, bias, eps)[0]
 
 
-def _fwd(x, scale, bias, eps, rounded):
-  y, mean, rstd = jax.ffi.ffi_call(
-      _FWD_BF16 if rounded else _FWD, _stats_shapes(x, rounded),
-      vmap_method="sequential")(x, scale, bias, eps=np.float32(eps))
-  return y.astype(jnp.float32), (x, scale, mean, rstd)
+def _fwd(x, scale, bias, eps):
+  y, mean, rstd = jax.ffi.ffi_call(_FWD, _stats_shapes(x), vmap_method="sequential")(
+      x, scale, bias, eps=np.float32(eps))
+  return y, (x, scale, mean, rstd)
 
 
-def _bwd(eps, rounded, res, dy):
-  del eps, rounded
+def _bwd(eps, res, dy):
+  del eps
   x, scale, mean, rstd = res
   d = x.shape[1]
   vec = jax.ShapeDtypeStruct((d,), jnp.float32)
@@ -88,12 +75,9 @@ layer_norm.defvjp(_fwd, _bwd)
 
 class LayerNorm(nn.Module):
   """`flax.linen.LayerNorm` over the last axis with scale and bias, by the custom calls
-  where `enabled`; name it as the flax module it replaces (`LayerNorm_0`, ...).
-  `only_feeds_matmul`: the output goes to a Dense matmul and nowhere else, so it may be
-  written rounded as that matmul rounds it (`blas_dot.rounded_by_convert`)."""
+  where `enabled`; name it as the flax module it replaces (`LayerNorm_0`, ...)."""
   epsilon: float = 1e-6
   dtype: Any = None
-  only_feeds_matmul: bool = False
   scale_init: Callable = nn.initializers.ones_init()
   bias_init: Callable = nn.initializers.zeros_init()
 
@@ -107,8 +91,5 @@ class LayerNorm(nn.Module):
       # flax's LayerNorm, on this module's parameters
       return nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype, parent=None).apply(
           {"params": {"scale": scale, "bias": bias}}, x)
-    rounded = (self.only_feeds_matmul
-               and blas_dot.rounded_by_convert() == jnp.dtype(jnp.bfloat16))
-    y = layer_norm(x.reshape(-1, d).astype(jnp.float32), scale, bias, self.epsilon,
-                   rounded)
+    y = layer_norm(x.reshape(-1, d).astype(jnp.float32), scale, bias, self.epsilon)
     return y.reshape(x.shape).astype(out_dtype)

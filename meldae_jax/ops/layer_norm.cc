@@ -7,14 +7,11 @@
 // backward in an S112 train step, against ~0.3 ms for reading and writing the arrays
 // once (docs/performance.md, session 19). Same maths as flax's `nn.LayerNorm` (biased
 // variance, eps inside the square root); the variance is the two-pass one, where flax
-// takes E[x^2] - E[x]^2, so results differ by float32 rounding. A second forward
-// handler writes y rounded to bf16, for a LayerNorm whose output only feeds a product
-// that rounds it so (`bf16_matmul`): half the bytes written, and no convert after it.
+// takes E[x^2] - E[x]^2, so results differ by float32 rounding.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <immintrin.h>
-#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -57,9 +54,10 @@ float RowSum512(const float* x, int64_t d, const F& f) {
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
-template <typename OutT>
-void RowForward512(const float* x, const float* scale, const float* bias, OutT* y,
-                   int64_t d, float eps, float* mean, float* rstd) {
+void RowForward512(const float* x, const float* scale,
+                                                      const float* bias, float* y,
+                                                      int64_t d, float eps, float* mean,
+                                                      float* rstd) {
   const float m = RowSum512(x, d, [](__m512 v, __mmask16) { return v; }) /
                   static_cast<float>(d);
   const __m512 vm = _mm512_set1_ps(m);
@@ -72,8 +70,8 @@ void RowForward512(const float* x, const float* scale, const float* bias, OutT* 
   for (int64_t j = 0; j < d; j += 16) {
     const __mmask16 k = Tail(d - j);
     const __m512 xhat = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vm), vr);
-    meldae::Store512(y + j, k, _mm512_fmadd_ps(xhat, _mm512_maskz_loadu_ps(k, scale + j),
-                                               _mm512_maskz_loadu_ps(k, bias + j)));
+    _mm512_mask_storeu_ps(y + j, k, _mm512_fmadd_ps(xhat, _mm512_maskz_loadu_ps(k, scale + j),
+                                                    _mm512_maskz_loadu_ps(k, bias + j)));
   }
   *mean = m;
   *rstd = r;
@@ -110,15 +108,14 @@ void RowGrad512(const float* dy, const float* x, float mean,
 
 #pragma GCC pop_options
 
-template <typename OutT>
-void RowForwardPlain(const float* x, const float* scale, const float* bias, OutT* y,
+void RowForwardPlain(const float* x, const float* scale, const float* bias, float* y,
                      int64_t d, float eps, float* mean, float* rstd) {
   float m = 0.0f, v = 0.0f;
   for (int64_t j = 0; j < d; ++j) m += x[j];
   m /= static_cast<float>(d);
   for (int64_t j = 0; j < d; ++j) v += (x[j] - m) * (x[j] - m);
   const float r = 1.0f / std::sqrt(v / static_cast<float>(d) + eps);
-  for (int64_t j = 0; j < d; ++j) meldae::StorePlain(y + j, (x[j] - m) * r * scale[j] + bias[j]);
+  for (int64_t j = 0; j < d; ++j) y[j] = (x[j] - m) * r * scale[j] + bias[j];
   *mean = m;
   *rstd = r;
 }
@@ -144,11 +141,9 @@ void RowGradPlain(const float* dy, const float* x, float mean, float rstd,
 // At least this many rows per block.
 constexpr int64_t kMinRows = 64;
 
-// y as float32 (Out = F32) or rounded to bf16 (Out = BF16).
-template <ffi::DataType Out>
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                    ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
-                   ffi::ResultBuffer<Out> y, ffi::ResultBuffer<ffi::F32> mean,
+                   ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> mean,
                    ffi::ResultBuffer<ffi::F32> rstd, float eps) {
   auto xd = x.dimensions();
   if (xd.size() != 2 || !IsMatrix(y->dimensions(), xd[0], xd[1]) || !IsVector(scale.dimensions(), xd[1]) ||
@@ -159,10 +154,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const int64_t rows = xd[0], d = xd[1];
   if (rows == 0 || d == 0) return ffi::Error::Success();
   const float *px = x.typed_data(), *ps = scale.typed_data(), *pb = bias.typed_data();
-  auto* py = y->typed_data();
-  float *pm = mean->typed_data(), *pr = rstd->typed_data();
-  using OutT = std::remove_pointer_t<decltype(py)>;
-  const auto row = meldae::UseAvx512() ? RowForward512<OutT> : RowForwardPlain<OutT>;
+  float *py = y->typed_data(), *pm = mean->typed_data(), *pr = rstd->typed_data();
+  const auto row = meldae::UseAvx512() ? RowForward512 : RowForwardPlain;
   meldae::ForRowBlocks(pool, rows, kMinRows, [&](int64_t begin, int64_t end, int64_t) {
     for (int64_t i = begin; i < end; ++i) {
       row(px + i * d, ps, pb, py + i * d, d, eps, pm + i, pr + i);
@@ -205,24 +198,13 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeLayerNorm, Forward<ffi::F32>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeLayerNorm, Forward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("eps"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MeldaeLayerNormBf16, Forward<ffi::BF16>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("eps"));

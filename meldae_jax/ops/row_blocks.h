@@ -1,8 +1,7 @@
 // What the handlers that work a float32 (rows, D) array one row at a time share
-// (layer_norm.cc, bias_gelu.cc): shape checks, the AVX-512 tail mask, stores of float32
-// or rounded bf16 output, the switch to their plain loops, and the rows split into blocks
-// over XLA's pool, with per-block column sums added in block order. Each handler library
-// includes it once.
+// (layer_norm.cc, bias_gelu.cc): shape checks, the AVX-512 tail mask, the switch to their
+// plain loops, and the rows split into blocks over XLA's pool, with per-block column
+// sums added in block order. Each handler library includes it once.
 #ifndef MELDAE_JAX_OPS_ROW_BLOCKS_H_
 #define MELDAE_JAX_OPS_ROW_BLOCKS_H_
 
@@ -29,36 +28,6 @@ inline bool IsVector(xla::ffi::Span<const int64_t> s, int64_t n) {
 // The first min(left, 16) lanes.
 inline __mmask16 Tail(int64_t left) {
   return left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
-}
-
-// float32 -> bfloat16 bits, rounded to nearest even as XLA's convert does (NaN stays a
-// quiet NaN of its sign): for handlers whose output only feeds a product that rounds its
-// operands to bf16 anyway, so they write half the bytes and XLA's convert goes.
-inline uint16_t RoundToBf16(float v) {
-  uint32_t u;
-  __builtin_memcpy(&u, &v, 4);
-  if (v != v) return static_cast<uint16_t>((u >> 16) | 0x40);
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
-inline void StorePlain(float* y, float v) { *y = v; }
-inline void StorePlain(uint16_t* y, float v) { *y = RoundToBf16(v); }
-
-// The first `k` lanes of v to y (float32), or rounded to bf16 as RoundToBf16.
-__attribute__((target("avx512f"))) inline void Store512(float* y, __mmask16 k, __m512 v) {
-  _mm512_mask_storeu_ps(y, k, v);
-}
-
-__attribute__((target("avx512f"))) inline void Store512(uint16_t* y, __mmask16 k,
-                                                        __m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i hi = _mm512_srli_epi32(u, 16);
-  const __m512i odd = _mm512_and_si512(hi, _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(
-      _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
-  _mm512_mask_cvtepi32_storeu_epi16(y, k, r);
 }
 
 // Whether the rows run the AVX-512 kernels: where the CPU has them, unless

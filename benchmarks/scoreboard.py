@@ -157,14 +157,14 @@ ROWS = (
     Remat("the same, the step's own memory: XLA's buffers for it (arguments, "
           "temporaries, outputs)", "s24_memory.jsonl", measure="xla"),
     NotRun("GPU: B224 and the 16-clip batch in bf16, MFU >= 45 %",
-           "not run: no GPU lent (sessions 10-27); one prepared call, "
+           "not run: no GPU lent (sessions 10-28); one prepared call, "
            "`benchmarks/gpu_suite.sh run`, re-checked in session 23", "16, 23"),
 )
 
 
 # The CPUs the boards' runs ran on, as compare.py records them (model name, family).
 INTEL_XEON = ("Intel(R) Xeon(R) Processor", "6")  # model 207: the issue's machine kind
-AMD_EPYC = ("AMD EPYC", "25")  # model 17: Zen 4 (sessions 12-18, 26 and 27)
+AMD_EPYC = ("AMD EPYC", "25")  # model 17: Zen 4 (sessions 12-18, 26-28)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +176,9 @@ class Board:
   rows: tuple
 
 
+# Rows of the step as session 28 left it, which no earlier session measured.
+S28 = "session 28's step (the projection's bias in the attention's calls)"
+
 ZEN4_ROWS = (
     Against("Ti112 train >= 1.3x eager, timed in turns", 1.3,
             ("Ti112", "train", "fp32", "eager"),
@@ -185,15 +188,21 @@ ZEN4_ROWS = (
              "s26_Ti112_train_fp32_eager_turns_d.jsonl"), lockstep=True),
     Against("the same, in alternating processes", 1.3, ("Ti112", "train", "fp32", "eager"),
             ("s26_Ti112_train_fp32_eager_a.jsonl",)),
+    Against(f"the same, {S28}, timed in turns", 1.3, ("Ti112", "train", "fp32", "eager"),
+            ("s28_Ti112_train_fp32_eager_turns_a.jsonl",), lockstep=True),
     Against("S112 train >= 1.3x eager, timed in turns", 1.3,
             ("S112", "train", "fp32", "eager"),
             ("s26_S112_train_fp32_eager_turns_a.jsonl",
              "s26_S112_train_fp32_eager_turns_b.jsonl"), lockstep=True),
     Against("the same, in alternating processes", 1.3, ("S112", "train", "fp32", "eager"),
             ("s26_S112_train_fp32_eager_a.jsonl",)),
+    Against(f"the same, {S28}, timed in turns", 1.3, ("S112", "train", "fp32", "eager"),
+            ("s28_S112_train_fp32_eager_turns_a.jsonl",), lockstep=True),
     Against("Ti112 infer faster than `torch.compile`, timed in turns", 1.0,
             ("Ti112", "infer", "fp32", "compile"),
             ("s26_Ti112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),
+    Against(f"the same, {S28}, timed in turns", 1.0, ("Ti112", "infer", "fp32", "compile"),
+            ("s28_Ti112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),
     Against("S112 infer faster than `torch.compile`, timed in turns", 1.0,
             ("S112", "infer", "fp32", "compile"),
             ("s26_S112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),
@@ -203,11 +212,18 @@ ZEN4_ROWS = (
     Against("the same, S112 infer, timed in turns", 1.0, ("S112", "infer", BF16, "eager"),
             ("s26_S112_infer_bf16_matmul_autocast_turns_a.jsonl",
              "s27_S112_infer_bf16_matmul_autocast_turns_b.jsonl"), lockstep=True),
+    Against(f"the same, S112 infer, {S28}, timed in turns", 1.0,
+            ("S112", "infer", BF16, "eager"),
+            ("s28_S112_infer_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
     Against("the same, Ti112 train, timed in turns", 1.0, ("Ti112", "train", BF16, "eager"),
             ("s26_Ti112_train_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
     Against("the same, Ti112 infer, timed in turns", 1.0, ("Ti112", "infer", BF16, "eager"),
             ("s26_Ti112_infer_bf16_matmul_autocast_turns_a.jsonl",
              "s27_Ti112_infer_bf16_matmul_autocast_turns_b.jsonl"), lockstep=True),
+    Against(f"the same, Ti112 infer, {S28}, timed in turns", 1.0,
+            ("Ti112", "infer", BF16, "eager"),
+            ("s28_Ti112_infer_bf16_matmul_autocast_turns_a.jsonl",
+             "s28_Ti112_infer_bf16_matmul_autocast_turns_b.jsonl"), lockstep=True),
     Against("the same, B224 train, timed in turns", 1.0, ("B224", "train", BF16, "eager"),
             ("s27_B224_train_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
     Bf16Loss("bf16 training loss within a stated tolerance of fp32", "s26_bf16_loss.jsonl"),

@@ -198,16 +198,13 @@ bool IsBias(ffi::Span<const int64_t> s, const Dims& d) {  // (3D,)
 }
 
 // Each of the L rows of the (L x L) block, stride L, set to c = scale k bq: the one term
-// of the q|k|v bias the softmax of the scores depends on (the header's note).
+// of the q|k|v bias the softmax of the scores depends on (the header's note). c is a
+// product of its own (L x dh by dh x 1, into the block's first row): as a plain loop its
+// sums are one dependent chain each, which cost about what the bias add did.
 void StartScoresWithBias(const Head& hd, const float* x, const float* b, float scale,
                          float* block) {
   const Dims& d = hd.d;
-  const float *k = hd.k(x), *bq = hd.bq(b);
-  for (int64_t j = 0; j < d.l; ++j) {
-    float c = 0.0f;
-    for (int64_t t = 0; t < d.dh; ++t) c += k[j * 3 * d.d + t] * bq[t];
-    block[j] = scale * c;
-  }
+  Sgemm(false, false, d.l, 1, d.dh, scale, hd.k(x), 3 * d.d, hd.bq(b), 1, block, 1);
   for (int64_t r = 1; r < d.l; ++r) std::copy(block, block + d.l, block + r * d.l);
 }
 

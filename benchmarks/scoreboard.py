@@ -196,6 +196,8 @@ ZEN4_ROWS = (
              "s26_S112_train_fp32_eager_turns_b.jsonl"), lockstep=True),
     Against("the same, in alternating processes", 1.3, ("S112", "train", "fp32", "eager"),
             ("s26_S112_train_fp32_eager_a.jsonl",)),
+    Against(f"the same, {S28}, timed in turns", 1.3, ("S112", "train", "fp32", "eager"),
+            ("s28_S112_train_fp32_eager_turns_a.jsonl",), lockstep=True),
     Against("Ti112 infer faster than `torch.compile`, timed in turns", 1.0,
             ("Ti112", "infer", "fp32", "compile"),
             ("s26_Ti112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),

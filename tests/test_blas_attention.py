@@ -91,3 +91,9 @@ def test_self_attention_takes_it_on_one_cpu_device_in_float32(monkeypatch):
   assert "meldae_attention" not in bf16_text
   monkeypatch.setenv("MELDAE_CPU_ATTENTION", "0")
   assert "meldae_attention" not in _module_hlo()[0]
+
+
+def test_a_bias_of_the_wrong_shape_is_named():
+  qkv = jnp.zeros((1, 5, 12), jnp.float32)
+  with pytest.raises(ValueError, match=r"bias of shape \(4,\).*must be \(12,\)"):
+    blas_attention.attention(qkv, 2, jnp.zeros((4,), jnp.float32))

@@ -84,6 +84,9 @@ def attention(qkv, heads: int, bias=None):
   result depends on, without XLA's pass over the whole array (`blas_gemm.cc`)."""
   if bias is None:
     bias = jnp.zeros(qkv.shape[-1:], qkv.dtype)
+  elif bias.shape != qkv.shape[-1:]:
+    raise ValueError(f"attention: bias of shape {bias.shape} for q|k|v of shape "
+                     f"{qkv.shape}; it must be ({qkv.shape[-1]},)")
   elif _BIAS_BY_XLA and _BIAS_BY_XLA[-1]:
     qkv, bias = qkv + bias, jnp.zeros_like(bias)
   return _attention(qkv, bias, heads)

@@ -17,7 +17,6 @@ q; the bias enters through the algebra above rather than q + bq).
 Used where `enabled()`: one CPU device (a custom call has no sharding rule), float32,
 the sgemm that `blas_dot` found; `MELDAE_CPU_ATTENTION=0` turns it off.
 """
-import ctypes
 import functools
 
 import jax
@@ -119,12 +118,3 @@ def _bwd(heads, res, g):
 
 
 _attention.defvjp(_fwd, _bwd)
-
-
-def set_small_gemm(on: bool) -> bool:
-  """Whether the calls run their products by `small_gemm.h`'s AVX-512 kernel (the
-  default where the CPU has AVX-512F) or by the BLAS's sgemm; returns whether the kernel
-  is now on. Acts when the calls run, not when they are traced (benchmarks, tests)."""
-  if not available():
-    return False
-  return bool(blas_dot.library().meldae_set_small_gemm(ctypes.c_int(int(on))))

@@ -15,7 +15,6 @@
 
 #include "gemm_call.h"
 #include "parallel_for.h"
-#include "small_gemm.h"
 
 namespace ffi = xla::ffi;
 
@@ -46,15 +45,6 @@ void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
               static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
   }
 }
-
-// Whether the attention's products run small_gemm.h's kernel (where the CPU has
-// AVX-512F, unless meldae_set_small_gemm(0) asked for the BLAS).
-std::atomic<bool> g_small_gemm{__builtin_cpu_supports("avx512f") != 0};
-
-bool SmallGemm() { return g_small_gemm.load(std::memory_order_relaxed); }
-
-using meldae::small_gemm::Product;
-using meldae::small_gemm::Start;
 
 // Whether a GEMM with fewer rows than columns is split by columns (see Gemm).
 std::atomic<bool> g_column_split{true};
@@ -232,18 +222,6 @@ ffi::Error Scores(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
   float* out = s->typed_data();
   meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
     const Head hd = HeadOf(d, i);
-    if (SmallGemm()) {  // k^T once, then c = scale bq^T k^T and S = scale q k^T + 1 c
-      thread_local std::vector<float> kt, c;
-      kt.resize(d.dh * d.l);
-      c.resize(d.l);
-      meldae::small_gemm::Transpose(hd.k(x), d.l, d.dh, 3 * d.d, kt.data(), d.l);
-      meldae::small_gemm::Run(
-          Product{1, d.l, d.dh, scale, hd.bq(b), 0, 1, kt.data(), d.l, c.data(), d.l});
-      meldae::small_gemm::Run(Product{d.l, d.l, d.dh, scale, hd.q(x), 3 * d.d, 1,
-                                      kt.data(), d.l, out + hd.scores(), d.l,
-                                      Start::kRow, c.data()});
-      return;
-    }
     StartScoresWithBias(hd, x, b, scale, out + hd.scores());
     Sgemm(false, true, d.l, d.l, d.dh, scale, hd.q(x), 3 * d.d, hd.k(x), 3 * d.d,
           out + hd.scores(), d.l, 1.0f);
@@ -267,11 +245,6 @@ ffi::Error Context(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p,
   meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
     const Head hd = HeadOf(d, i);
     float* c = out + hd.tokens();
-    if (SmallGemm()) {
-      meldae::small_gemm::Run(Product{d.l, d.dh, d.l, 1.0f, pp + hd.scores(), d.l, 1,
-                                      hd.v(x), 3 * d.d, c, d.d, Start::kRow, hd.bv(b)});
-      return;
-    }
     for (int64_t r = 0; r < d.l; ++r) std::copy(hd.bv(b), hd.bv(b) + d.dh, c + r * d.d);
     Sgemm(false, false, d.l, d.dh, d.l, 1.0f, pp + hd.scores(), d.l, hd.v(x), 3 * d.d, c,
           d.d, 1.0f);
@@ -293,14 +266,6 @@ ffi::Error ScoresGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dctx,
   float* out = dp->typed_data();
   meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
     const Head hd = HeadOf(d, i);
-    if (SmallGemm()) {  // v^T once, then dP = dctx v^T
-      thread_local std::vector<float> vt;
-      vt.resize(d.dh * d.l);
-      meldae::small_gemm::Transpose(hd.v(x), d.l, d.dh, 3 * d.d, vt.data(), d.l);
-      meldae::small_gemm::Run(Product{d.l, d.l, d.dh, 1.0f, g + hd.tokens(), d.d, 1,
-                                      vt.data(), d.l, out + hd.scores(), d.l});
-      return;
-    }
     Sgemm(false, true, d.l, d.l, d.dh, 1.0f, g + hd.tokens(), d.d, hd.v(x), 3 * d.d,
           out + hd.scores(), d.l);
   });
@@ -328,13 +293,7 @@ ffi::Error QkvGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ds, ffi::Buffer<f
     const Head hd = HeadOf(d, i);
     float* dq = out + (hd.q(x) - x);
     const float* block = gs + hd.scores();
-    const bool small = SmallGemm();
-    if (small) {
-      meldae::small_gemm::Run(
-          Product{d.l, d.dh, d.l, scale, block, d.l, 1, hd.k(x), ld, dq, ld});
-    } else {
-      Sgemm(false, false, d.l, d.dh, d.l, scale, block, d.l, hd.k(x), ld, dq, ld);
-    }
+    Sgemm(false, false, d.l, d.dh, d.l, scale, block, d.l, hd.k(x), ld, dq, ld);
     // dk starts as scale colsum(dS) bq^T, then adds scale dS^T q
     thread_local std::vector<float> colsum;
     colsum.assign(d.l, 0.0f);
@@ -346,13 +305,6 @@ ffi::Error QkvGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ds, ffi::Buffer<f
     for (int64_t j = 0; j < d.l; ++j) {
       for (int64_t t = 0; t < d.dh; ++t) dk[j * ld + t] = scale * colsum[j] * bq[t];
     }
-    if (small) {  // dS^T and p^T read in place: row stride 1, column stride L
-      meldae::small_gemm::Run(Product{d.l, d.dh, d.l, scale, block, 1, d.l, hd.q(x), ld,
-                                      dk, ld, Start::kC});
-      meldae::small_gemm::Run(Product{d.l, d.dh, d.l, 1.0f, pp + hd.scores(), 1, d.l,
-                                      g + hd.tokens(), d.d, dq + 2 * d.d, ld});
-      return;
-    }
     Sgemm(true, false, d.l, d.dh, d.l, scale, block, d.l, hd.q(x), ld, dk, ld, 1.0f);
     Sgemm(true, false, d.l, d.dh, d.l, 1.0f, pp + hd.scores(), d.l, g + hd.tokens(), d.d,
           dq + 2 * d.d, ld);
@@ -363,13 +315,6 @@ ffi::Error QkvGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ds, ffi::Buffer<f
 }  // namespace
 
 extern "C" void meldae_set_column_split(int on) { g_column_split.store(on != 0); }
-
-// The attention's products by small_gemm.h's kernel (on != 0, and only where the CPU has
-// AVX-512F) or by the BLAS; returns whether the kernel is now on.
-extern "C" int meldae_set_small_gemm(int on) {
-  g_small_gemm.store(on != 0 && __builtin_cpu_supports("avx512f") != 0);
-  return g_small_gemm.load() ? 1 : 0;
-}
 
 extern "C" void meldae_set_sgemm(void* fn, int ilp64) {
   g_sgemm64 = ilp64 ? reinterpret_cast<Sgemm64>(fn) : nullptr;

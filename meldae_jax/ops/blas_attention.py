@@ -87,7 +87,7 @@ def attention(qkv, heads: int, bias=None):
   elif bias.shape != qkv.shape[-1:]:
     raise ValueError(f"attention: bias of shape {bias.shape} for q|k|v of shape "
                      f"{qkv.shape}; it must be ({qkv.shape[-1]},)")
-  elif _BIAS_BY_XLA and _BIAS_BY_XLA[-1]:
+  elif blas_dot.innermost(_BIAS_BY_XLA, False):
     qkv, bias = qkv + bias, jnp.zeros_like(bias)
   return _attention(qkv, bias, heads)
 

@@ -222,8 +222,13 @@ class TraceSettings(threading.local):
 _FORCED = TraceSettings()  # innermost last: True (sgemm wherever it can run), False (XLA's)
 
 
+def innermost(stack, default=None):
+  """A tracing-time setting's innermost value, or `default` outside every `within`."""
+  return stack[-1] if stack else default
+
+
 @contextlib.contextmanager
-def within(stack: list, value):
+def within(stack, value):
   """`value` on top of `stack` (a tracing-time setting) for the duration."""
   stack.append(value)
   try:
@@ -232,11 +237,11 @@ def within(stack: list, value):
     stack.pop()
 
 
-def path_on(stack: list, env: str, dtype, of=jnp.float32) -> bool:
+def path_on(stack, env: str, dtype, of=jnp.float32) -> bool:
   """The common switch of the custom-call paths (attention, LayerNorm: float32; the AMX
   products: bf16): not turned off by `within(stack, False)` nor by $env = '0', `dtype`
   is `of`, one CPU device."""
-  if stack and not stack[-1]:
+  if not innermost(stack, True):
     return False
   if os.environ.get(env, "1") == "0":
     return False
@@ -251,7 +256,7 @@ def xla_dots():
 
 def within_xla_dots() -> bool:
   """Whether the innermost of `xla_dots` / `sgemm_dots` now is `xla_dots`."""
-  return bool(_FORCED) and not _FORCED[-1]
+  return not innermost(_FORCED, True)
 
 
 def sgemm_dots():
@@ -278,8 +283,8 @@ def one_cpu_device() -> bool:
 def _wanted(auto) -> bool:
   """The sgemm switch as `within` (innermost), else MELDAE_CPU_GEMM ('0' off, '1' on),
   else `auto()`, asked only then (it may build and load the BLAS)."""
-  if _FORCED:
-    return _FORCED[-1]
+  if (forced := innermost(_FORCED)) is not None:
+    return forced
   mode = os.environ.get("MELDAE_CPU_GEMM", "auto")
   return mode == "1" if mode in ("0", "1") else auto()
 
@@ -457,7 +462,7 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None,
   """`lax.dot_general`, with plain float32 matmuls on CPU done by sgemm, or with their
   operands rounded within `matmul_operands`, or else (one CPU device) with
   `weight_grad`'s weight gradient."""
-  rounded_to = _OPERANDS[-1] if _OPERANDS else None
+  rounded_to = innermost(_OPERANDS)
   plain = not kwargs and _is_plain_matmul(lhs, rhs, dimension_numbers, precision,
                                           preferred_element_type)
   sgemm = plain and enabled()  # asked first, whatever the path: it installs host_alloc

@@ -20,7 +20,8 @@ def _load(path: str) -> Any:
       return json.load(f)
   except OSError as e:
     raise metrics.AnnotationError(f"{path}: cannot read: {e.strerror or e}") from e
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+  except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, and
+    # json.load's own: an integer literal over Python's digit limit, nesting too deep
     raise metrics.AnnotationError(f"{path}: invalid JSON: {e}".replace("\n", " ")) from e
 
 

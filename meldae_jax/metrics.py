@@ -14,6 +14,7 @@ Any ratio whose denominator is 0 is None (JSON null), never 0. Results keep thei
 so that `pool_results` can pool leave-one-subject-out folds exactly.
 """
 from collections.abc import Mapping, Sequence
+import math
 import numbers
 from typing import Any, NoReturn
 
@@ -36,6 +37,11 @@ def _fail(source: str, video: Any, message: str) -> NoReturn:
 
 def _is_int(x: Any) -> bool:
   return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_finite_real(x: Any) -> bool:
+  """A real number, not a bool, NaN or infinity (json.load accepts NaN and Infinity)."""
+  return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _videos(data: Any, source: str) -> Mapping:
@@ -63,8 +69,8 @@ def _interval(iv: Any, i: int, num_frames: int, source: str, vid: Any,
   if kind not in VALID_TYPES:
     _fail(source, vid, f"interval {i}: unknown type {kind!r} (valid: {', '.join(VALID_TYPES)})")
   score = iv.get("score") if prediction else None
-  if score is not None and (isinstance(score, bool) or not isinstance(score, numbers.Real)):
-    _fail(source, vid, f"interval {i}: score {score!r} is not a number")
+  if score is not None and not _is_finite_real(score):
+    _fail(source, vid, f"interval {i}: score {score!r} is not a finite number")
   return int(onset), int(offset), str(kind), score
 
 
@@ -94,14 +100,15 @@ def validate_annotations(annotations: Any, source: str = "annotations") -> dict:
     if not _is_int(n) or n < 1:
       _fail(source, vid, f"num_frames {n!r} is not a positive integer")
     fps = entry.get("fps")
-    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, numbers.Real)
-                            or not fps > 0):
-      _fail(source, vid, f"fps {fps!r} is not a positive number")
+    if fps is not None and not (_is_finite_real(fps) and fps > 0):
+      _fail(source, vid, f"fps {fps!r} is not a positive finite number")
     speaking = entry.get("speaking")
     if speaking is not None:
-      if not isinstance(speaking, (list, tuple, np.ndarray)) or len(speaking) != n:
-        length = len(speaking) if hasattr(speaking, "__len__") else "not a list"
-        _fail(source, vid, f"speaking has length {length}, expected num_frames = {n}")
+      if not isinstance(speaking, (list, tuple, np.ndarray)):
+        _fail(source, vid, f"speaking must be a list of per-frame labels, "
+                           f"got {type(speaking).__name__}")
+      if len(speaking) != n:
+        _fail(source, vid, f"speaking has length {len(speaking)}, expected num_frames = {n}")
       bad = [s for s in speaking if not _is_int(s) or s not in (-1, 0, 1)]
       if bad:
         _fail(source, vid, f"speaking value {bad[0]!r} is not one of -1, 0, 1")

@@ -76,6 +76,10 @@ def test_video_absent_from_predictions(tmp_path):
     (_ann(), _pred(vid="vid_99"), "pred_file"),
     (_ann(intervals=[{"onset": 1, "type": "micro"}]), _pred(), "gt_file"),
     (_ann(), _pred(onset=11.5), "pred_file"),
+    (_ann(), _pred(score=float("nan")), "pred_file"),  # json.dumps writes NaN, as
+    (_ann(), _pred(score=float("inf")), "pred_file"),  # json.load reads it
+    (_ann(fps=float("inf")), _pred(), "gt_file"),
+    (_ann(speaking="0" * 30), _pred(), "gt_file"),
 ])
 def test_malformed_input_fails_with_one_line(tmp_path, ann, pred, bad_file):
   proc = _cli(tmp_path, ann, pred)
@@ -88,13 +92,20 @@ def test_malformed_input_fails_with_one_line(tmp_path, ann, pred, bad_file):
   assert video in lines[0]
 
 
+def test_speaking_not_a_list_says_so(tmp_path):
+  proc = _cli(tmp_path, _ann(speaking="0" * 30), _pred())
+  assert "speaking must be a list" in proc.stderr and "length" not in proc.stderr
+
+
 @pytest.mark.parametrize("ann, bad_file", [
     ('{"videos": {"vid_42": ', "gt_file"),
     ("[1, 2]", "gt_file"),
+    ('{"videos": {"vid_42": {"num_frames": ' + "9" * 5000 + "}}}", "gt_file"),  # ValueError
+    ("[" * 100_000 + "]" * 100_000, "gt_file"),  # RecursionError
 ])
 def test_unreadable_json_names_the_file(tmp_path, ann, bad_file):
   proc = _cli(tmp_path, ann, _pred())
-  assert proc.returncode != 0
+  assert proc.returncode == 2  # the one-line error, not a traceback's exit status 1
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and bad_file in lines[0]
 

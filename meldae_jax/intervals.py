@@ -142,12 +142,14 @@ def _for_class(value: Any, name: str, index: int) -> Any:
 
 def decode_video(scores: Any, classes: Sequence[str], fps: float, threshold: Any, *,
                  merge_gap: Any = 0, min_len: Any = 1, max_len: Any = None,
-                 max_seconds: Any = None, smooth_seconds: Any = None) -> list[dict]:
+                 min_seconds: Any = None, max_seconds: Any = None,
+                 smooth_seconds: Any = None) -> list[dict]:
   """All classes of one video's (T, K) scores to typed intervals for `metrics.evaluate`.
 
   Every setting may be a scalar, a {class: value} mapping or a per-class sequence. Lengths
-  are in frames; `max_seconds` (e.g. `DEFAULT_MAX_SECONDS`) is converted at `fps` and, when
-  given, overrides `max_len` for that class. `smooth_seconds` (> 0) is the standard
+  are in frames; `min_seconds` and `max_seconds` (e.g. `DEFAULT_MAX_SECONDS`) are converted
+  at this video's `fps` and, when given (and not 0), override `min_len` and `max_len` for
+  that class, so one setting means the same duration in a 25 and a 200 fps video. `smooth_seconds` (> 0) is the standard
   deviation of a Gaussian the score track is smoothed with before thresholding: a motion
   detector's score dips at an expression's apex, and smoothing keeps one expression one
   interval instead of two fragments.
@@ -166,13 +168,16 @@ def decode_video(scores: Any, classes: Sequence[str], fps: float, threshold: Any
     seconds = _for_class(max_seconds, name, k)
     if seconds is not None:
       limit = seconds_to_frames(seconds, fps)
+    shortest = _for_class(min_len, name, k) or 1
+    if _for_class(min_seconds, name, k):
+      shortest = seconds_to_frames(_for_class(min_seconds, name, k), fps)
     track = s[:, k]
     sigma = _for_class(smooth_seconds, name, k)
     if sigma:
       track = ndimage.gaussian_filter1d(track, float(sigma) * fps, mode="nearest")
     found = decode(track, _for_class(threshold, name, k),
                    merge_gap=_for_class(merge_gap, name, k) or 0,
-                   min_len=_for_class(min_len, name, k) or 1, max_len=limit)
+                   min_len=shortest, max_len=limit)
     out += [dict(iv, type=name, _k=k) for iv in found]
   out.sort(key=lambda iv: (iv["onset"], iv["_k"]))
   for iv in out:

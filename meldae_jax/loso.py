@@ -7,7 +7,8 @@ For each subject S: the test fold is S's videos; `dataset.loso_val_subjects` oth
 threshold and the best checkpoint — the test subject is never used for either; the rest
 train. Each fold runs `train.train_and_evaluate` in `workdir/fold_<S>/` (a finished fold
 is skipped, so the driver resumes). TP/FP/FN are pooled over folds with
-`metrics.pool_results`: `workdir/loso_metrics.json` holds per-fold and pooled metrics.
+`metrics.pool_results`, and Acc_ME / Acc_State over their clips (not averaged over folds):
+`workdir/loso_metrics.json` holds per-fold and pooled metrics.
 """
 from __future__ import annotations
 
@@ -92,10 +93,13 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
       train.say(f"[loso] stopped in fold {test}; rerun to resume.")
       return {"status": result.get("status"), "fold": test}
     per_fold[test] = result
-  pooled = metrics_lib.pool_results([r for r in per_fold.values()])
-  for key in ("acc_me", "acc_state"):  # clip accuracies: mean over folds
-    vals = [r[key] for r in per_fold.values() if r.get(key) is not None]
-    pooled[key] = float(np.mean(vals)) if vals else None
+  pooled = metrics_lib.pool_results(list(per_fold.values()))
+  pooled.update(metrics_lib.pool_clip_accuracies(list(per_fold.values())))
+  for key in metrics_lib.CLIP_ACCURACIES:
+    old = sorted(t for t, r in per_fold.items() if key in r and f"{key}_clips" not in r)
+    if old:
+      train.say(f"[loso] {key} not pooled: folds {old} keep no clip counts (written "
+                f"before they were kept); delete their metrics.json and rerun to pool it.")
   out = {"pooled": pooled, "folds": {k: _fold_summary(v) for k, v in per_fold.items()},
          "num_folds": len(per_fold), "status": "done"}
   checkpointing.write_json(os.path.join(workdir, "loso_metrics.json"), out)
@@ -109,7 +113,8 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
 def _fold_summary(r: dict) -> dict:
   keep = ("tp", "fp", "fn", "precision", "recall", "f1", "uf1", "f1_dr", "f1_speaking",
           "f1_listening", "per_class", "speaking", "listening", "megc2020", "num_videos",
-          "acc_me", "acc_state", "threshold", "best_step", "iou")
+          "acc_me", "acc_me_clips", "acc_state", "acc_state_clips", "threshold",
+          "best_step", "iou")
   return {k: r.get(k) for k in keep if k in r}
 
 

@@ -333,17 +333,51 @@ def pool_results(results: Sequence[Mapping]) -> dict:
   return out
 
 
+def clip_counts(probs: Any, labels: Any, valid: Any = None) -> dict:
+  """{"correct", "clips"}: clips whose probability >= 0.5 agrees with the 0/1 label.
+
+  Items with valid == 0 are left out. Kept in results so that folds pool by clips.
+  """
+  p = np.asarray(probs, dtype=np.float64).reshape(-1) >= 0.5
+  y = np.asarray(labels, dtype=np.float64).reshape(-1) >= 0.5
+  keep = np.ones_like(p) if valid is None else np.asarray(valid).reshape(-1) > 0
+  return {"correct": int(np.sum(p[keep] == y[keep])), "clips": int(np.sum(keep))}
+
+
+def accuracy(counts: Mapping) -> float | None:
+  """correct / clips of `clip_counts`; None when there is no clip."""
+  return counts["correct"] / counts["clips"] if counts["clips"] else None
+
+
 def clip_accuracy(probs: Any, labels: Any, valid: Any = None) -> float | None:
   """Acc_ME / Acc_State: accuracy of probability >= 0.5 against 0/1 labels.
 
   Items with valid == 0 are left out; None when no item is valid.
   """
-  p = np.asarray(probs, dtype=np.float64).reshape(-1) >= 0.5
-  y = np.asarray(labels, dtype=np.float64).reshape(-1) >= 0.5
-  keep = np.ones_like(p) if valid is None else np.asarray(valid).reshape(-1) > 0
-  if not keep.any():
-    return None
-  return float(np.mean(p[keep] == y[keep]))
+  return accuracy(clip_counts(probs, labels, valid))
+
+
+CLIP_ACCURACIES = ("acc_me", "acc_state")
+
+
+def pool_clip_accuracies(results: Sequence[Mapping]) -> dict:
+  """Acc_ME / Acc_State over the clips of all `results` (e.g. LOSO folds), not a mean of
+  their accuracies: {acc_me, acc_me_clips, acc_state, acc_state_clips}.
+
+  A mean over folds would weigh a 1-clip fold like a 9-clip one. Where a result keeps no
+  `<acc>_clips` counts (written before they were kept), that accuracy and its counts are
+  None: it cannot be pooled.
+  """
+  out = {}
+  for key in CLIP_ACCURACIES:
+    if not any(key in r for r in results):
+      continue
+    if not all(f"{key}_clips" in r for r in results):
+      out[key] = out[f"{key}_clips"] = None
+      continue
+    total = {k: sum(r[f"{key}_clips"][k] for r in results) for k in ("correct", "clips")}
+    out[key], out[f"{key}_clips"] = accuracy(total), total
+  return out
 
 
 def choose_threshold(video_scores: Mapping, annotations: Any, candidates: Sequence[float], *,

@@ -49,17 +49,18 @@ def annotations_for(index, classes) -> dict:
   return ann
 
 
-def decode_kwargs(cfg, index) -> dict:
-  """Decoding settings of `cfg.eval` (lengths in seconds -> frames at the corpus fps)."""
+def decode_kwargs(cfg) -> dict:
+  """Decoding settings of `cfg.eval` for `intervals.decode_video`.
+
+  The lengths in seconds stay in seconds: `decode_video` converts them at each video's fps
+  (a split may mix frame rates, and validation and test must decode alike).
+  """
   e = cfg.eval
   max_seconds = e.get("max_seconds")
   if max_seconds is not None and hasattr(max_seconds, "to_dict"):
     max_seconds = max_seconds.to_dict()
-  fps = [v.fps for v in index.infos if v.fps > 0]
-  min_len = 1
-  if e.get("min_seconds") and fps:
-    min_len = intervals_lib.seconds_to_frames(float(e.min_seconds), float(np.median(fps)))
-  return {"merge_gap": int(e.get("merge_gap", 0)), "min_len": min_len,
+  return {"merge_gap": int(e.get("merge_gap", 0)),
+          "min_seconds": float(e.get("min_seconds") or 0.0) or None,
           "max_seconds": max_seconds, "smooth_seconds": e.get("smooth_seconds")}
 
 
@@ -102,7 +103,7 @@ def evaluate_split(trainer, params, index, cfg, *, threshold: float | None = Non
   index = subset(index, int(cfg.eval.get("max_val_videos", 0))) if threshold is None else index
   scores, clips = score_videos(trainer, params, index, cfg)
   annotations = annotations_for(index, classes)
-  dk = decode_kwargs(cfg, index)
+  dk = decode_kwargs(cfg)
   iou = float(cfg.eval.iou)
   key = cfg.checkpoint.best_metric
   chosen = None
@@ -113,9 +114,11 @@ def evaluate_split(trainer, params, index, cfg, *, threshold: float | None = Non
     threshold = float(chosen["threshold"])
   predictions = make_predictions(scores, annotations, classes, threshold, dk)
   result = metrics_lib.evaluate(annotations, predictions, iou)
-  result["acc_me"] = metrics_lib.clip_accuracy(clips["me"], clips["me_label"])
-  result["acc_state"] = metrics_lib.clip_accuracy(clips["state"], clips["state_label"],
-                                                  clips["state_valid"])
+  for key, counts in (
+      ("acc_me", metrics_lib.clip_counts(clips["me"], clips["me_label"])),
+      ("acc_state", metrics_lib.clip_counts(clips["state"], clips["state_label"],
+                                            clips["state_valid"]))):
+    result[key], result[f"{key}_clips"] = metrics_lib.accuracy(counts), counts
   result["threshold"] = float(threshold)
   result["threshold_key"] = chosen["key"] if chosen else (
       key if result.get(key) is not None else "f1")

@@ -119,6 +119,18 @@ def test_decode_video_per_class_settings():
   assert found[1]["score"] == pytest.approx(0.6)
 
 
+@pytest.mark.parametrize("fps, kept", [(25.0, True), (30.0, True), (60.0, False)])
+def test_decode_video_min_seconds_at_the_videos_fps(fps, kept):
+  # A 4-frame run against min_seconds = 0.1: 3 frames at 25 fps, 3 at 30, 6 at 60.
+  scores = np.zeros((30, 1))
+  scores[10:14] = 0.9
+  found = intervals.decode_video(scores, ("micro",), fps, 0.5, min_seconds=0.1)
+  assert [(iv["onset"], iv["offset"]) for iv in found] == ([(10, 13)] if kept else [])
+  # min_seconds overrides min_len; 0 or None leaves min_len.
+  assert intervals.decode_video(scores, ("micro",), fps, 0.5, min_len=5,
+                                min_seconds=0.0) == []
+
+
 def test_decode_video_sorted_by_onset_then_class():
   scores = np.zeros((10, 2))
   scores[3:5, :] = 1.0

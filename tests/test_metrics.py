@@ -227,6 +227,17 @@ def test_clip_accuracy():
   assert metrics.clip_accuracy(probs, labels, valid=[0, 0, 0, 0]) is None
 
 
+def test_pool_clip_accuracies_counts_clips():
+  small = {"acc_me": 1.0, "acc_me_clips": metrics.clip_counts([0.9], [1])}
+  large = {"acc_me": 0.0, "acc_me_clips": metrics.clip_counts([0.1] * 9, [1] * 9)}
+  pooled = metrics.pool_clip_accuracies([small, large])
+  assert pooled == {"acc_me": 0.1, "acc_me_clips": {"correct": 1, "clips": 10}}
+  # A result without counts (an older metrics.json) cannot be pooled: None, not a mean.
+  assert metrics.pool_clip_accuracies([small, {"acc_me": 0.5}]) == {
+      "acc_me": None, "acc_me_clips": None}
+  assert metrics.clip_counts([0.9, 0.1], [1, 1], valid=[0, 0]) == {"correct": 0, "clips": 0}
+
+
 def _threshold_case(speaking=None):
   # GT micro [5,9]; scores 0.6 on it, 0.8 on a false alarm [14,15], 0.1 elsewhere.
   scores = np.full((20, 1), 0.1)

@@ -91,7 +91,7 @@ def test_round_trip_with_predictions(tmp_path):
     scores[vid] = s
   cfg = th.tiny_config()
   cfg.eval.merge_gap, cfg.eval.min_seconds, cfg.eval.smooth_seconds = 0, 0.0, 0.0
-  preds = predict.make_predictions(scores, ann, classes, 0.5, predict.decode_kwargs(cfg, index))
+  preds = predict.make_predictions(scores, ann, classes, 0.5, predict.decode_kwargs(cfg))
   assert sum(len(v["intervals"]) for v in preds["videos"].values()) > 0
   (tmp_path / "a.json").write_text(json.dumps(ann))
   (tmp_path / "p.json").write_text(json.dumps(preds))
@@ -127,6 +127,10 @@ def test_loso_pools_counts_over_folds(tmp_path):
   for k in ("tp", "fp", "fn"):
     assert pooled[k] == sum(f[k] for f in out["folds"].values())
   assert pooled["megc2020"]["gt"] == sum(f["megc2020"]["gt"] for f in out["folds"].values())
+  for key in ("acc_me", "acc_state"):  # over the folds' clips
+    correct, clips = (sum(f[f"{key}_clips"][k] for f in out["folds"].values())
+                      for k in ("correct", "clips"))
+    assert clips > 0 and pooled[key] == correct / clips
   saved = json.loads((tmp_path / "loso_metrics.json").read_text())
   assert saved["pooled"]["fn"] == pooled["fn"]
   # Each fold evaluated only its own subject's video, with a validation-chosen threshold.
@@ -137,6 +141,47 @@ def test_loso_pools_counts_over_folds(tmp_path):
   # Rerunning skips the finished folds.
   again = loso.run(cfg, str(tmp_path), source=records)
   assert again["pooled"] == pooled
+
+
+def test_min_seconds_is_converted_at_each_videos_fps():
+  """One config, three frame rates: a 4-frame run is 0.16, 0.13 and 0.067 s long."""
+  cfg = th.tiny_config()
+  cfg.eval.merge_gap, cfg.eval.min_seconds, cfg.eval.smooth_seconds = 0, 0.1, 0.0
+  ann = {"videos": {f"v{int(fps)}": {"num_frames": 30, "fps": fps, "intervals": []}
+                    for fps in (25.0, 30.0, 60.0)}}
+  run = np.zeros((30, 1))
+  run[10:14] = 0.9
+  preds = predict.make_predictions({v: run for v in ann["videos"]}, ann, ("micro",), 0.5,
+                                   predict.decode_kwargs(cfg))
+  assert {v: len(p["intervals"]) for v, p in preds["videos"].items()} == {
+      "v25": 1, "v30": 1, "v60": 0}
+
+
+def test_loso_pools_clip_accuracy_over_clips_not_folds(tmp_path, monkeypatch):
+  """A 1-clip fold all right and three 9-clip folds all wrong: 1 of 28, not 1/4."""
+  def record(vid, subject, n=20):
+    return {"video_id": vid, "subject": subject, "fps": 30.0, "frames": [b""] * n,
+            "intervals": {"onset": [5], "offset": [10], "apex": [-1], "type": [0]},
+            "speaking": [-1] * n}
+  source = [record(f"{s}/a", s) for s in ("s1", "s2", "s3", "s4")]
+
+  def fake_fold(cfg, workdir, splits):
+    del cfg, workdir
+    annotations = splits.test.to_annotations()
+    result = metrics.evaluate(annotations, {"videos": {}}, 0.5)
+    small = splits.test.infos[0].subject == "s1"
+    probs, labels = ([0.9], [1]) if small else ([0.1] * 9, [1] * 9)
+    counts = metrics.clip_counts(probs, labels)
+    result.update(status="done", acc_me=metrics.accuracy(counts), acc_me_clips=counts)
+    return result
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_fold)
+  cfg = th.tiny_config()
+  cfg.dataset.loso_val_subjects = 1
+  pooled = loso.run(cfg, str(tmp_path), source=source)["pooled"]
+  assert pooled["acc_me_clips"] == {"correct": 1, "clips": 28}
+  assert pooled["acc_me"] == pytest.approx(1 / 28)
+  assert "acc_state" not in pooled  # no fold measured it
 
 
 def test_pretrained_backbone_is_loaded_except_dont_load(tmp_path):

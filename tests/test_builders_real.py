@@ -5,7 +5,9 @@ the tests check the conversion rules (1-based -> 0-based, ms -> frames), not a
 copy of the builder's output.
 """
 import json
+import logging
 import os
+import re
 import shutil
 
 import numpy as np
@@ -144,6 +146,34 @@ def test_samm_lv(built):
     assert (r["speaking"] == -1).all() and r["fps"] == pytest.approx(200.0)
   assert intervals_of(recs["006_1"]) == [(0, -1, 7, MACRO), (1, 3, 5, MICRO)]
   assert recs["006_1"]["subject"] == b"006"
+
+
+def test_samm_lv_released_rows_that_need_a_policy(tmp_path, caplog):
+  """Rows of the kinds the released sheets hold (V1, per the MEGC2020 baseline's dump:
+  onset 0 on Macro rows, apex after offset, offset past the last frame) build, each
+  repaired by its stated policy and logged with its row."""
+  manual = tmp_path / "manual"
+  shutil.copytree(dummy("samm_lv"), manual)
+  sheet = manual / "SAMM_LongVideos_V3_Release.xlsx"
+  wb = openpyxl.load_workbook(sheet)
+  ws = wb.active
+  ws["F11"] = 20   # 006_1_1 (8 frames): offset 20 -> clamped to frame 8
+  ws["D13"] = 0    # 007_3_1: onset 0 (not coded), apex 4
+  ws.append((6, "006_1_3", 1, 2, 7, 3, 2, "Micro - 1/2", "12", None))  # apex after offset
+  ws.append((7, "007_3_2", 3, 9, 10, 11, 3, "Macro", "12", None))  # past 6 frames
+  wb.save(sheet)
+  with caplog.at_level(logging.INFO, logger="meldae_jax.data.samm_lv"):
+    recs = records(build("samm_lv", tmp_path / "data", str(manual)), "all")
+  assert intervals_of(recs["006_1"]) == [(0, -1, 7, MACRO), (1, -1, 2, MICRO),
+                                         (1, 3, 7, MICRO)]
+  assert intervals_of(recs["007_3"]) == [(3, 3, 4, MICRO)]  # onset := apex
+  log = caplog.text
+  for what, row in (("clamped", 11), ("set to the apex", 13), ("apex outside", 14),
+                    ("onset past the last frame", 15)):
+    assert re.search(what + r".*: 1 row\(s\) of .*Release\.xlsx: " + str(row), log), what
+  skipping = records(build("samm_lv", tmp_path / "data_skip", str(manual),
+                           config="skip_missing_bound"), "all")
+  assert intervals_of(skipping["007_3"]) == []
 
 
 def test_samm_lv_crop224(built):

@@ -6,9 +6,15 @@ header row `Subject, Filename, Inducement Code, Onset, Apex, Offset, Duration,
 Type, Action Units, Notes`). Frame numbers are 1-based (`_0001.jpg` is frame 0
 here); apex -1 = unknown; type `Micro - 1/2` is micro, `Macro` macro. 200 fps.
 One split per subject (`subject_006`, ...) for leave-one-subject-out.
+
+The released sheets hold rows that no interval check passes (V1, as the MEGC2020
+baseline's dump of it shows: onset 0 on ten Macro rows, an apex after the offset, an
+offset past the last frame file). Each kind has a stated policy (`_repair`), logged
+with its rows, instead of stopping the build on the real corpus.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -35,13 +41,27 @@ _CITATION = """\
 """
 
 
+@dataclasses.dataclass(eq=False)
+class SammConfig(cu.CorpusConfig):
+  """Adds the policy for rows whose onset or offset is 0 (not coded)."""
+  missing_bound: str = "apex"  # 'apex': the missing bound := apex; 'skip': drop row
+
+
+def _configs():
+  configs = cu.default_configs(SammConfig)
+  configs.append(SammConfig(
+      name="skip_missing_bound", missing_bound="skip",
+      description="112x112 JPEG crops; rows with onset or offset 0 are skipped."))
+  return configs
+
+
 class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """SAMM long videos, one example per video, face crops."""
 
   name = "samm_lv"
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
-  BUILDER_CONFIGS = cu.default_configs()
+  BUILDER_CONFIGS = _configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Request SAMM Long Videos from https://helward.mmu.ac.uk/STAFF/M.Yap/dataset.php
   and pass the folder holding `SAMM_longvideos/` and
@@ -63,7 +83,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if sheet is None:
       raise cu.CorpusError(f"{os.path.join(root, 'SAMM_LongVideos_V3_Release.xlsx')}"
                            ": annotation spreadsheet is missing")
-    _read_annotations(sheet, videos)
+    _read_annotations(sheet, videos, self.builder_config.missing_bound)
     return cu.loso_splits(videos.values(), self._generate_examples)
 
   def _generate_examples(self, videos):
@@ -103,11 +123,57 @@ def _header(sheet, path):
   raise cu.CorpusError(f"{path}: no header row with Filename/Onset columns")
 
 
-def _read_annotations(path, videos):
+# What `_repair` did to a row, for the build's log: (kind, level, message).
+REPAIRS = {
+    "bound_from_apex": (logging.INFO, "onset or offset 0 (not coded) set to the apex"),
+    "skipped_missing_bound": (logging.WARNING, "skipped: onset or offset 0 (not coded)"),
+    "offset_clamped": (logging.WARNING, "offset past the last frame file, clamped to it"),
+    "skipped_past_end": (logging.WARNING, "skipped: onset past the last frame file"),
+    "apex_dropped": (logging.WARNING, "apex outside onset..offset, set to unknown (-1)"),
+    "skipped_reversed": (logging.WARNING, "skipped: onset after offset"),
+}
+
+
+def _repair(onset: int, apex: int, offset: int, num_frames: int, missing_bound: str
+            ) -> tuple[tuple[int, int, int] | None, list[str]]:
+  """1-based (onset, apex, offset) as released -> ones `cu.one_based` accepts, or None.
+
+  Returns the row (None: skip it) and the `REPAIRS` kinds applied. A bound of 0 is not
+  coded (the same video has several onset-0 rows with apexes far apart, so it does not
+  mean "from the first frame"): with `missing_bound='apex'` it becomes the apex, as the
+  CAS(ME)^2 builder does for a missing offset; 'skip' drops the row (SOFTNet/MTSN skip
+  SAMM's onset-0 rows). An offset past the last frame file is clamped to it and a row
+  starting past it is dropped (an MEGC reader of V2 does the same), and an apex outside
+  onset..offset becomes unknown: apexes are not used by the evaluation.
+  """
+  done = []
+  apex = apex if apex >= 1 else -1
+  if onset <= 0 or offset <= 0:
+    if missing_bound == "skip" or apex < 1 or (onset <= 0 and offset <= 0):
+      return None, ["skipped_missing_bound"]
+    onset, offset = (apex, offset) if onset <= 0 else (onset, apex)
+    done.append("bound_from_apex")
+  if onset > num_frames:
+    return None, done + ["skipped_past_end"]
+  if offset > num_frames:
+    offset = num_frames
+    done.append("offset_clamped")
+  if onset > offset:
+    return None, done + ["skipped_reversed"]
+  if apex != -1 and not onset <= apex <= offset:
+    apex = -1
+    done.append("apex_dropped")
+  return (onset, apex, offset), done
+
+
+def _read_annotations(path, videos, missing_bound: str = "apex"):
   """Adds 0-based intervals from the release spreadsheet (in place)."""
+  if missing_bound not in ("apex", "skip"):
+    raise ValueError(f"missing_bound must be 'apex' or 'skip', got {missing_bound!r}")
   wb = cu.open_workbook(path)
   sheet = wb[wb.sheetnames[0]]
   header_row, cols = _header(sheet, path)
+  repaired = {kind: [] for kind in REPAIRS}
   for row, cells in cu.sheet_rows(sheet):
     if row <= header_row:
       continue
@@ -131,5 +197,14 @@ def _read_annotations(path, videos):
     type_name = re.sub(r"\s*-\s*", " - ", str(cells[cols["type"]] or "").strip())
     kind = cu.expression_type(type_name, TYPES, f"{where} column Type")
     video = videos[video_id]
-    video["intervals"].append(
-        cu.one_based(onset, apex, offset, len(video["frames"]), where) + (kind,))
+    fixed, done = _repair(onset, apex, offset, len(video["frames"]), missing_bound)
+    for k in done:
+      repaired[k].append(f"{row} ({filename} {onset}/{apex}/{offset})")
+    if fixed is not None:
+      video["intervals"].append(
+          cu.one_based(*fixed, len(video["frames"]), where) + (kind,))
+  for k, rows in repaired.items():
+    if rows:
+      level, what = REPAIRS[k]
+      log.log(level, "samm_lv: %s: %d row(s) of %s: %s", what, len(rows), path,
+              ", ".join(rows[:8]) + (", ..." if len(rows) > 8 else ""))

@@ -2,7 +2,9 @@
 import json
 import os
 import shutil
+import sys
 
+import numpy as np
 import openpyxl
 import pytest
 import tensorflow_datasets as tfds
@@ -236,3 +238,45 @@ def test_numbered_frames_and_read(tmp_path):
                        lambda n: f"img{n}.jpg")
   with pytest.raises(CorpusError, match=r"img1\.jpg: frame image is unreadable"):
     cu.read_rgb(str(tmp_path / "img1.jpg"))
+
+
+def _wdmd_module():
+  return sys.modules[cu.builder_class("wdmd").__module__]
+
+
+def _eaf_with_child_tiers(tmp_path, constraint="Symbolic_Association", origin=None):
+  """expression and speaking as reference tiers under time-aligned parents."""
+  import pympi  # pylint: disable=g-import-not-at-top
+  eaf = pympi.Elan.Eaf()
+  eaf.add_linguistic_type("child", constraint)
+  eaf.add_tier("speaker")
+  eaf.add_annotation("speaker", 80, 200, "x")
+  eaf.add_annotation("speaker", 400, 1000, "y")
+  eaf.add_tier("expression", ling="child", parent="speaker")
+  eaf.add_tier("speaking", ling="child", parent="speaker")
+  eaf.add_ref_annotation("expression", "speaker", 100, "micro apex=120")
+  eaf.add_ref_annotation("speaking", "speaker", 500, "speaking")
+  if origin is not None:
+    eaf.add_linked_file("/x.mp4", mimetype="video/mp4", time_origin=origin)
+  path = tmp_path / "child.eaf"
+  eaf.to_file(str(path))
+  return str(path)
+
+
+def test_wdmd_reference_tiers_take_their_parents_time(tmp_path):
+  wdmd = _wdmd_module()
+  path = _eaf_with_child_tiers(tmp_path)
+  intervals, speaking = wdmd.labels_to_frames(wdmd.read_eaf(path), 25.0, 30, path)
+  assert intervals == [(2, 3, 4, "micro")]  # 80..200 ms at 25 fps, apex 120 ms
+  assert list(np.flatnonzero(speaking == 1)) == list(range(10, 25))  # 400..1000 ms
+
+
+def test_wdmd_subdivision_tiers_and_media_offsets_are_errors(tmp_path):
+  wdmd = _wdmd_module()
+  path = _eaf_with_child_tiers(tmp_path, constraint="Symbolic_Subdivision")
+  with pytest.raises(CorpusError, match=r"child\.eaf: annotation a\d+ on tier "
+                     r"'expression' refers .*'Symbolic_Subdivision'"):
+    wdmd.read_eaf(path)
+  path = _eaf_with_child_tiers(tmp_path, origin=1000)
+  with pytest.raises(CorpusError, match=r"child\.eaf: .*TIME_ORIGIN 1000"):
+    wdmd.read_eaf(path)

@@ -146,9 +146,41 @@ def read_eaf(path: str) -> dict:
     raise cu.CorpusError(f"{path}: no {SPEAKING_TIER!r} tier "
                          f"(found {sorted(tiers)})")
 
+  origins = [m.get("TIME_ORIGIN") for m in eaf.media_descriptors
+             if float(m.get("TIME_ORIGIN") or 0) != 0]
+  if origins:  # ELAN's media offset would shift every label against the frames
+    raise cu.CorpusError(f"{path}: a linked media file has TIME_ORIGIN {origins[0]} ms; "
+                         "media offsets are not supported (remove it in ELAN and "
+                         "shift the annotations instead)")
+  # Reference annotations (tiers of a Symbolic_Association type) take the time span of
+  # the annotation they refer to; they are not in `tiers[t][0]` and were skipped before.
+  aligned = {aid: (ts0, ts1) for t in eaf.tiers.values() for aid, (ts0, ts1, _, _)
+             in t[0].items()}
+  refers = {aid: (ref, name) for name, t in eaf.tiers.items()
+            for aid, (ref, _, _, _) in t[1].items()}
+
+  def constraint(tier):
+    ltype = eaf.tiers[tier][2].get("LINGUISTIC_TYPE_REF")
+    return eaf.linguistic_types.get(ltype, {}).get("CONSTRAINTS")
+
+  def time_span(aid, tier):
+    seen = aid
+    while aid in refers:
+      ref, ref_tier = refers[aid]
+      if constraint(ref_tier) != "Symbolic_Association":
+        raise cu.CorpusError(
+            f"{path}: annotation {seen} on tier {tier!r} refers to its time through "
+            f"tier {ref_tier!r} of type {constraint(ref_tier)!r}, which has no time "
+            "span of its own (use a time-aligned or Symbolic_Association tier)")
+      aid = ref
+    ts0, ts1 = aligned.get(aid, (None, None))
+    return eaf.timeslots.get(ts0), eaf.timeslots.get(ts1)
+
   def spans(tier):
-    for aid, (ts0, ts1, value, _) in sorted(eaf.tiers[tier][0].items()):
-      t0, t1 = eaf.timeslots.get(ts0), eaf.timeslots.get(ts1)
+    values = {aid: a[2] for aid, a in eaf.tiers[tier][0].items()}
+    values.update({aid: a[1] for aid, a in eaf.tiers[tier][1].items()})
+    for aid, value in sorted(values.items()):
+      t0, t1 = time_span(aid, tier)
       if t0 is None or t1 is None:
         raise cu.CorpusError(f"{path}: annotation {aid} on tier {tier!r} is "
                              "not time-aligned")

@@ -380,6 +380,16 @@ def pool_clip_accuracies(results: Sequence[Mapping]) -> dict:
   return out
 
 
+def _ground_truth_defines(result: Mapping, key: str) -> bool:
+  """Whether the ground truth alone lets `key` rank predictions (the same for every
+  candidate and validation round). F1_DR needs ground truth in both speaking states: with
+  one state empty, its F1 is 0 or None by the predictions alone, so F1_DR is 0 or None
+  whatever the threshold, and whether it is defined would change between rounds, making
+  the best checkpoint's comparisons mix two metrics."""
+  states = {"f1_dr": STATES, "f1_speaking": ("speaking",), "f1_listening": ("listening",)}
+  return all(result[s]["tp"] + result[s]["fn"] > 0 for s in states.get(key, ()))
+
+
 def choose_threshold(video_scores: Mapping, annotations: Any, candidates: Sequence[float], *,
                      classes: Sequence[str] = ("micro",), key: str = "f1_dr",
                      fallback_key: str = "f1", iou: float = 0.5,
@@ -387,7 +397,8 @@ def choose_threshold(video_scores: Mapping, annotations: Any, candidates: Sequen
   """Picks the decoding threshold on VALIDATION data only (never on the test fold).
 
   Each candidate decodes every video's (T, K) scores (`intervals.decode_video`, columns in
-  `classes`) and is scored with `evaluate`. The metric is `key` when it is defined for every
+  `classes`) and is scored with `evaluate`. The metric is `key` when the ground truth
+  lets it rank (for F1_DR: intervals in both speaking states) and it is defined for every
   candidate, otherwise `fallback_key` for all of them (e.g. F1 when the corpus has no
   speaking labels, so F1_DR is None); one metric ranks all candidates. The best value wins,
   ties go to the lower threshold, None ranks last.
@@ -407,7 +418,9 @@ def choose_threshold(video_scores: Mapping, annotations: Any, candidates: Sequen
     results.append((thr, evaluate(annotations, {"videos": preds}, iou, classes)))
   if not results:
     raise ValueError("no candidate thresholds")
-  used = key if all(r[key] is not None for _, r in results) else fallback_key
+  first = results[0][1]
+  used = key if (_ground_truth_defines(first, key)
+                 and all(r[key] is not None for _, r in results)) else fallback_key
   values = [(thr, r[used]) for thr, r in results]
   best_thr, best = values[0]
   for thr, v in values[1:]:

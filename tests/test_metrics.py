@@ -256,12 +256,16 @@ def test_choose_threshold_falls_back_to_f1():
   assert metrics.choose_threshold(scores, ann, [0.5, 0.3])["threshold"] == 0.3
 
 
-def test_choose_threshold_uses_f1_dr_when_defined():
-  # GT in speaking frames, false alarm in listening frames: at 0.5 F1_l = 0 -> F1_DR 0;
-  # at 0.7 F1_s = 0 (missed GT) -> 0 too; so both candidates tie at 0 -> lower wins.
+def test_choose_threshold_needs_ground_truth_in_both_states_for_f1_dr():
+  # GT only in speaking frames, a false alarm in listening frames: F1_DR is 0 at both
+  # 0.5 (F1_l = 0) and 0.7 (F1_s = 0), and would be None at 0.9 (no listening item at
+  # all). Whether it is "defined for every candidate" would depend on the predictions,
+  # so the validation rounds of one run could rank by different metrics. F1 ranks.
   scores, ann = _threshold_case(speaking=[1] * 12 + [0] * 8)
-  out = metrics.choose_threshold(scores, ann, [0.7, 0.5])
-  assert out["key"] == "f1_dr" and out["threshold"] == 0.5 and out["value"] == 0.0
+  for candidates in ([0.7, 0.5], [0.9, 0.7, 0.5]):
+    out = metrics.choose_threshold(scores, ann, candidates)
+    assert out["key"] == "f1" and out["threshold"] == 0.5
+    assert out["value"] == pytest.approx(2 / 3)
 
 
 def test_choose_threshold_prefers_higher_f1_dr():

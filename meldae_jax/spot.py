@@ -1,0 +1,313 @@
+"""Spot micro-expressions in your own videos with a trained workdir.
+
+  python -m meldae_jax.spot --workdir=WORKDIR --video=clip.mp4 [--video=frames_dir/] \
+      --out=OUT [--fps=200] [--threshold=0.4] [--config=configs/wdmd.py]
+
+A video is a file OpenCV reads (.mp4, .avi, ...) or a folder of numbered frame images
+(`img1.jpg`, `006_1_0001.jpg`, ...: ordered by the last number in the name; its fps from
+`--fps`). Each is read, cut to one stable face box as the corpus builders do
+(`data/face_crop.py`: Haar cascade on sampled frames, median box, +20 % margin; the centre
+square when no face is found, with a warning), stored as they store crops (JPEG q90 by
+default), scored with the workdir's best checkpoint over the overlapping windows evaluation
+uses, and decoded with the threshold chosen on validation for that checkpoint (the config's
+`eval.threshold` when the run had no validation data). Every video is read and checked
+before the model runs, and the outputs are written only at the end:
+
+  OUT/predictions.json   SPEC §5's P.json (0-based inclusive frames, type, score; per
+                         interval also onset_s/offset_s in seconds), with per video its
+                         num_frames, fps, face box and the threshold used
+  OUT/scores.npz         per-frame scores, video_id -> (num_frames, K classes)
+  OUT/<video_id>.png     the score track against time, the threshold, the intervals
+
+The model config is the workdir's `config.json` (written by training); `--config` (with
+`--config.a.b=value` overrides) replaces it. Exit status: 0 done; 2 a video, the workdir
+or its checkpoint is missing or unreadable (one line on stderr); 4 the checkpoint was saved
+with other model settings than the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from typing import Any, Callable, Iterator, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import cv2
+import jax
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from meldae_jax import checkpointing
+from meldae_jax import predict
+from meldae_jax import train
+from meldae_jax.data import corpus_utils
+from meldae_jax.data import face_crop
+from meldae_jax.data import sources
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+class SpotError(ValueError):
+  """A video or workdir that cannot be used; the one-line message names it."""
+
+
+@dataclasses.dataclass
+class Video:
+  """One input video: where it is, its id and frame rate, how to read its frames."""
+  path: str
+  video_id: str
+  fps: float
+  read: Callable[[], Iterator[np.ndarray]]  # RGB frames, a fresh pass per call
+  num_frames: int | None = None  # counted by the first full pass (face_record)
+
+
+def _video_file(path: str, fps: float | None) -> Video:
+  cap = cv2.VideoCapture(path)
+  try:
+    if not cap.isOpened():
+      raise SpotError(f"{path}: OpenCV cannot open this video")
+    fps = fps or float(cap.get(cv2.CAP_PROP_FPS))
+  finally:
+    cap.release()
+  if not fps > 0:
+    raise SpotError(f"{path}: the video reports no frame rate; give it with --fps")
+
+  def read():
+    cap = cv2.VideoCapture(path)
+    try:
+      while True:
+        ok, bgr = cap.read()
+        if not ok:
+          return
+        yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    finally:
+      cap.release()
+
+  if next(read(), None) is None:
+    raise SpotError(f"{path}: no frame could be decoded")
+  return Video(path, _stem(path), fps, read)  # frames counted as they are read: a
+  # container's frame count is an estimate
+
+
+def _frame_folder(path: str, fps: float | None) -> Video:
+  numbered = {}
+  for name in os.listdir(path):
+    if not name.lower().endswith(IMAGE_SUFFIXES):
+      continue
+    digits = re.findall(r"\d+", os.path.splitext(name)[0])
+    if not digits:
+      raise SpotError(f"{os.path.join(path, name)}: a frame image without a frame number "
+                      "in its name")
+    n = int(digits[-1])
+    if n in numbered:
+      raise SpotError(f"{path}: frames {numbered[n]} and {name} have the same number {n}")
+    numbered[n] = name
+  if not numbered:
+    raise SpotError(f"{path}: no frame images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+  if not (fps and fps > 0):
+    raise SpotError(f"{path}: a folder of frames has no frame rate; give it with --fps")
+  files = [os.path.join(path, numbered[n]) for n in sorted(numbered)]
+
+  def read():
+    for f in files:
+      bgr = cv2.imread(f, cv2.IMREAD_COLOR)
+      if bgr is None:
+        raise SpotError(f"{f}: cannot read this image")
+      yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+  return Video(path, _stem(path), float(fps), read, len(files))
+
+
+def _stem(path: str) -> str:
+  return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+
+
+def open_videos(paths: Sequence[str], fps: float | None = None) -> list[Video]:
+  """Checks every input before any work: readable, a frame rate, ids unique."""
+  videos, seen = [], {}
+  for path in paths:
+    if os.path.isdir(path):
+      video = _frame_folder(path, fps)
+    elif os.path.isfile(path):
+      video = _video_file(path, fps)
+    else:
+      raise SpotError(f"{path}: no such video file or frame folder")
+    if video.video_id in seen:
+      raise SpotError(f"{path}: video id {video.video_id!r} is also that of {seen[video.video_id]}"
+                      "; rename one of them")
+    seen[video.video_id] = path
+    videos.append(video)
+  return videos
+
+
+def face_record(video: Video, size: int, encoding: str = "jpeg",
+                detector: face_crop.Detector | None = None) -> tuple[dict, tuple]:
+  """The video as a corpus record (shared schema, no labels) and its face box."""
+  count = [0]
+
+  def counted():
+    for frame in video.read():
+      count[0] += 1
+      yield frame
+
+  try:
+    box = face_crop.stable_face_box(counted(), detector=detector)  # reads every frame
+    frames = [corpus_utils.encode_frame(face_crop.crop_and_resize(f, box, size), encoding)
+              for f in video.read()]
+  except ValueError as e:  # frames of different sizes, a box outside a frame
+    raise SpotError(f"{video.path}: {e}") from e
+  if len(frames) != count[0]:
+    raise SpotError(f"{video.path}: read {count[0]} frames, then {len(frames)}; "
+                    "the video is not stable to decode")
+  video.num_frames = len(frames)
+  record = {"video_id": video.video_id, "subject": "", "fps": np.float32(video.fps),
+            "frames": frames,
+            "intervals": {k: [] for k in ("onset", "apex", "offset", "type")},
+            "speaking": np.full((len(frames),), -1, np.int8)}
+  return record, tuple(int(v) for v in box)
+
+
+def load_config(workdir: str, config: ml_collections.ConfigDict | None
+                ) -> ml_collections.ConfigDict:
+  if config is not None:
+    return config
+  saved = train._saved_config(workdir)  # pylint: disable=protected-access
+  if saved is None:
+    raise SpotError(f"{os.path.join(workdir, 'config.json')}: missing or unreadable; "
+                    "pass the run's --config")
+  return ml_collections.ConfigDict(saved)
+
+
+def restore(cfg, workdir: str, trainer: train.Trainer) -> tuple[Any, float, int]:
+  """(params, threshold, step) of the best checkpoint, else of the latest."""
+  ckpt = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep,
+                                    best_metric=cfg.checkpoint.best_metric)
+  try:
+    best_step, best_metrics = ckpt.best_info()
+    if best_step is not None:
+      _, state = ckpt.restore_best(trainer.abstract_state)
+      return state.params, float(best_metrics["threshold"]), int(best_step)
+    if ckpt.latest_step() is None:
+      raise SpotError(f"{workdir}: no checkpoint to spot with")
+    state = ckpt.restore(trainer.abstract_state)
+    train.say(f"[spot] no best checkpoint (the run had no validation data): the latest, "
+              f"with eval.threshold {float(cfg.eval.threshold):.2f}")
+    return state.params, float(cfg.eval.threshold), int(jax.device_get(state.step))
+  finally:
+    ckpt.close()
+
+
+def plot(path: str, scores: np.ndarray, fps: float, classes: Sequence[str],
+         threshold: float, intervals: Sequence[dict], title: str) -> None:
+  """The score track per class against time, the threshold and the spotted intervals."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  t = np.arange(len(scores)) / fps
+  colours = {"micro": "tab:red", "macro": "tab:orange"}
+  fig, ax = plt.subplots(figsize=(max(6.0, min(24.0, len(scores) / fps / 4)), 3.0))
+  for k, name in enumerate(classes):
+    ax.plot(t, scores[:, k], lw=1, color=colours.get(name), label=f"{name} score")
+  for iv in intervals:
+    ax.axvspan(iv["onset"] / fps, (iv["offset"] + 1) / fps, alpha=0.25,
+               color=colours.get(iv["type"]))
+  ax.axhline(threshold, ls="--", lw=0.8, color="k", label=f"threshold {threshold:.2f}")
+  ax.set(xlabel="time (s)", ylabel="score", ylim=(0, 1), xlim=(0, max(t[-1], 1 / fps)),
+         title=title)
+  ax.legend(loc="upper right", fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str], out: str,
+         *, fps: float | None = None, threshold: float | None = None,
+         crop_size: int | None = None, encoding: str = "jpeg",
+         detector: face_crop.Detector | None = None) -> dict:
+  """Spots every video; writes and returns OUT/predictions.json's dict."""
+  videos = open_videos(video_paths, fps)
+  trainer = train.make_trainer(cfg)
+  size = int(crop_size or trainer.model.config.image_size)
+  with jax.set_mesh(trainer.mesh), train._explain_mismatch(  # pylint: disable=protected-access
+      train._saved_config(workdir), cfg, workdir):  # pylint: disable=protected-access
+    params, chosen, step = restore(cfg, workdir, trainer)  # before the long part
+    threshold = chosen if threshold is None else float(threshold)
+    records, boxes = [], {}
+    for video in videos:
+      train.say(f"[spot] {video.path} ({video.fps:g} fps): finding the face, cutting "
+                f"{size}x{size} crops...")
+      record, boxes[video.video_id] = face_record(video, size, encoding, detector)
+      records.append(record)
+      train.say(f"[spot] {video.video_id}: {video.num_frames} frames, face box "
+                f"{boxes[video.video_id]}")
+    train.say(f"[spot] checkpoint step {step}, threshold {threshold:.2f}; scoring "
+              f"{len(videos)} video(s)...")
+    scores, _ = predict.score_videos(trainer, params, sources.VideoIndex(records), cfg)
+  classes = tuple(cfg.dataset.classes)
+  meta = {"videos": {v.video_id: {"fps": v.fps} for v in videos}}
+  found = predict.make_predictions(scores, meta, classes, threshold,
+                                   predict.decode_kwargs(cfg))
+  result = {"videos": {}, "checkpoint_step": step, "threshold": threshold,
+            "classes": list(classes), "workdir": os.path.abspath(workdir)}
+  for v in videos:
+    intervals = found["videos"][v.video_id]["intervals"]
+    for iv in intervals:
+      iv["onset_s"] = round(iv["onset"] / v.fps, 4)
+      iv["offset_s"] = round((iv["offset"] + 1) / v.fps, 4)
+    result["videos"][v.video_id] = {
+        "intervals": intervals, "num_frames": v.num_frames, "fps": v.fps,
+        "face_box": list(boxes[v.video_id]), "path": os.path.abspath(v.path)}
+  os.makedirs(out, exist_ok=True)
+  for v in videos:
+    intervals = result["videos"][v.video_id]["intervals"]
+    plot(os.path.join(out, f"{v.video_id}.png"), scores[v.video_id], v.fps, classes,
+         threshold, intervals, f"{v.video_id}: {len(intervals)} interval(s)")
+    counts = ", ".join(f"{sum(iv['type'] == c for iv in intervals)} {c}" for c in classes)
+    train.say(f"[spot] {v.video_id}: {counts}")
+  predict.write_scores(os.path.join(out, "scores.npz"), scores)
+  checkpointing.write_json(os.path.join(out, "predictions.json"), result)
+  train.say(f"[spot] wrote {os.path.join(out, 'predictions.json')}, scores.npz and "
+            f"{len(videos)} plot(s)")
+  return result
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "The run's config file (default: WORKDIR/config.json).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's workdir.")
+_VIDEO = flags.DEFINE_multi_string("video", None, "A video file or a folder of frames.")
+_OUT = flags.DEFINE_string("out", None, "Where predictions.json, scores.npz and plots go.")
+_FPS = flags.DEFINE_float("fps", None, "Frame rate (needed for frame folders; overrides "
+                          "a video file's own).")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Decoding threshold (default: the one "
+                                "chosen on validation for the checkpoint).")
+_CROP = flags.DEFINE_integer("crop_size", None, "Face crop size in pixels (default: the "
+                             "model's image size).")
+_ENCODING = flags.DEFINE_enum("encoding", "jpeg", ["jpeg", "png"], "How the crops are "
+                              "stored before scoring, as the corpus builders store them.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # the [spot] lines, not orbax's INFO logs
+    logging.set_verbosity(logging.WARNING)
+  try:
+    cfg = load_config(_WORKDIR.value, _CONFIG.value)
+    spot(cfg, _WORKDIR.value, _VIDEO.value, _OUT.value, fps=_FPS.value,
+         threshold=_THRESHOLD.value, crop_size=_CROP.value, encoding=_ENCODING.value)
+  except (SpotError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except checkpointing.CheckpointMismatchError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(4)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir", "video", "out"])
+  app.run(main)

@@ -1,0 +1,124 @@
+"""`python -m meldae_jax.spot`: a trained workdir run on videos that are not in a corpus."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import train_helpers as th
+from meldae_jax import metrics
+from meldae_jax import predict
+from meldae_jax import spot
+from meldae_jax import train
+from meldae_jax.data import corpus_utils as cu
+from meldae_jax.data import sources
+
+compilation_cache = th.compilation_cache_fixture()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A 2-step tiny run with validation data (so a best checkpoint and its threshold)."""
+  wd = tmp_path_factory.mktemp("run")
+  cfg = th.tiny_config(total_steps=2, log_every=1, eval_every=2)
+  result = train.train_and_evaluate(cfg, str(wd), splits=th.splits(
+      n_train=2, n_val=1, n_test=0, num_frames=40))
+  assert result["status"] == "done"
+  return str(wd)
+
+
+def _write_frames(record, folder, names=lambda i: f"img{i + 1}.png"):
+  os.makedirs(folder, exist_ok=True)
+  for i, data in enumerate(record["frames"]):
+    bgr = cv2.cvtColor(cu.decode_frame(data), cv2.COLOR_RGB2BGR)
+    cv2.imwrite(os.path.join(folder, names(i)), bgr)
+  return folder
+
+
+def test_spot_scores_a_frame_folder_as_evaluation_scores_the_record(workdir, tmp_path):
+  """Lossless crops of the full frame (no face: the centre square) give the evaluation
+  path's scores for the same record exactly; the output is a P.json the evaluator takes."""
+  record = th.records(1, seed=700, num_frames=37)[0]
+  folder = _write_frames(record, str(tmp_path / "v700"))
+  cfg = spot.load_config(workdir, None)
+  out = tmp_path / "out"
+  result = spot.spot(cfg, workdir, [folder], str(out), fps=float(record["fps"]),
+                     encoding="png", detector=lambda frame: [], threshold=0.05)
+  trainer = train.make_trainer(cfg)
+  import jax  # pylint: disable=g-import-not-at-top
+  with jax.set_mesh(trainer.mesh):
+    params, threshold, _ = spot.restore(cfg, workdir, trainer)
+    expected, _ = predict.score_videos(trainer, params, sources.VideoIndex([record]), cfg)
+  saved = np.load(out / "scores.npz")
+  np.testing.assert_allclose(saved["v700"], expected["v700"], rtol=0, atol=1e-6)
+  video = result["videos"]["v700"]
+  assert video["num_frames"] == 37 and video["face_box"] == [0, 0, 32, 32]
+  assert result["threshold"] == 0.05 != threshold  # --threshold overrides the chosen one
+  annotations = sources.VideoIndex([record]).to_annotations()
+  on_disk = json.loads((out / "predictions.json").read_text())
+  assert on_disk["videos"]["v700"]["intervals"] == video["intervals"]
+  metrics.evaluate(annotations, on_disk)  # valid SPEC §5 predictions for that video
+  for iv in video["intervals"]:
+    assert iv["onset_s"] == pytest.approx(iv["onset"] / float(record["fps"]), abs=1e-4)
+  assert (out / "v700.png").stat().st_size > 0
+
+
+def test_spot_reads_a_video_file(workdir, tmp_path):
+  path = str(tmp_path / "talk.avi")
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (48, 40))
+  for i in range(30):
+    writer.write(np.full((40, 48, 3), 4 * i, np.uint8))
+  writer.release()
+  result = spot.spot(spot.load_config(workdir, None), workdir, [path], str(tmp_path / "o"))
+  best = json.loads((pathlib.Path(workdir) / "metrics.json").read_text())["validation"]
+  assert result["threshold"] == best["threshold"]  # chosen on validation for the checkpoint
+  video = result["videos"]["talk"]
+  assert (video["num_frames"], video["fps"]) == (30, 25.0)
+  assert video["face_box"] == [4, 0, 44, 40]  # no face: the centre square
+  assert np.load(tmp_path / "o/scores.npz")["talk"].shape == (30, 1)
+
+
+def test_open_videos_orders_frames_by_number_and_checks_inputs(tmp_path):
+  record = th.records(1, seed=701, num_frames=12)[0]
+  folder = _write_frames(record, str(tmp_path / "clip"), names=lambda i: f"clip_{i + 1}.png")
+  (video,) = spot.open_videos([folder], fps=30.0)
+  frames = list(video.read())
+  assert len(frames) == 12 and video.video_id == "clip"
+  np.testing.assert_array_equal(frames[9], cu.decode_frame(record["frames"][9]))  # 10 > 9
+  with pytest.raises(spot.SpotError, match="clip: a folder of frames has no frame rate"):
+    spot.open_videos([folder])
+  with pytest.raises(spot.SpotError, match="also that of"):
+    spot.open_videos([folder, folder], fps=30.0)
+  (tmp_path / "clip" / "cover.png").write_bytes(b"")
+  with pytest.raises(spot.SpotError, match="cover.png: a frame image without a frame number"):
+    spot.open_videos([folder], fps=30.0)
+  with pytest.raises(spot.SpotError, match="nowhere.mp4: no such video"):
+    spot.open_videos([str(tmp_path / "nowhere.mp4")])
+
+
+@pytest.mark.parametrize("make_workdir, words", [
+    (lambda d: None, "config.json: missing"),
+    (lambda d: (d / "config.json").write_text(json.dumps(th.tiny_config().to_dict())),
+     "no checkpoint"),
+])
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path, make_workdir, words):
+  wd = tmp_path / "wd"
+  wd.mkdir()
+  make_workdir(wd)
+  video = str(tmp_path / "v.avi")
+  writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (32, 32))
+  for _ in range(5):
+    writer.write(np.zeros((32, 32, 3), np.uint8))
+  writer.release()
+  proc = subprocess.run(
+      [sys.executable, "-m", "meldae_jax.spot", f"--workdir={wd}", f"--video={video}",
+       f"--out={tmp_path / 'out'}"], cwd=th.ROOT, capture_output=True, text=True,
+      timeout=300, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and words in errors[0], proc.stderr[-2000:]
+  assert not (tmp_path / "out").exists()

@@ -9,6 +9,12 @@ Standalone (no project imports), so the launcher can read it anywhere.
 LOC_LOSSES = ("bal", "bce", "iou", "focal_tversky", "mae", "mse", "smooth_l1")
 
 
+# The ResNet-50 backbone has no pretrained loader (model_init is a ViT checkpoint), so it
+# trains from scratch: at the rest's learning rate, not the ViT's fine-tuning 1e-5.
+RESNET50_ABLATION = {"model.backbone": "resnet50", "model_init": "",
+                     "optimizer.groups": ((".*", 5e-4),)}
+
+
 def get_sweep(name: str) -> list[dict]:
   if name == "loc_loss":
     return [{"loss.loc_loss": loss} for loss in LOC_LOSSES]
@@ -16,7 +22,7 @@ def get_sweep(name: str) -> list[dict]:
     return [
         {},                                     # 1: full model
         {"model.enhancer": False},              # 2: w/o Micro-Expression Enhancer
-        {"model.backbone": "resnet50"},         # 3: ResNet-50 instead of ViT
+        RESNET50_ABLATION,                      # 3: ResNet-50 instead of ViT
         {"model.temporal": "none"},             # 4: w/o Bi-LSTM
         {"loss.state_weight": 0.0},             # 5: w/o L_State
         {"loss.loc_loss": "bce"},               # 6: BCE instead of BAL
@@ -29,6 +35,8 @@ def get_sweep(name: str) -> list[dict]:
 
 
 def run_name(overrides: dict) -> str:
+  """The run's folder name from its scalar overrides (tuples and empty values left out)."""
   if not overrides:
     return "full"
-  return ",".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(overrides.items()))
+  return ",".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(overrides.items())
+                  if isinstance(v, (str, int, float, bool)) and v != "")

@@ -379,6 +379,12 @@ def load_pretrained(cfg, trainer: Trainer, state: TrainState) -> TrainState:
   """Loads `cfg.model_init` into the backbone (ViT only), keeping `dont_load` at init."""
   if not cfg.get("model_init"):
     return state
+  if cfg.model.get("backbone", "vit") != "vit":
+    raise ValueError(
+        f"model_init {cfg.model_init!r} is a ViT checkpoint, and model.backbone is "
+        f"{cfg.model.backbone!r}, which has no pretrained loader: pass --config.model_init= "
+        "to train it from scratch (then give it the rest's learning rate in "
+        "optimizer.groups, as launch/sweeps.py's ablation does)")
   from meldae_jax.models import pretrained  # pylint: disable=g-import-not-at-top
   params = jax.device_get(state.params)
   backbone, report = pretrained.load_vit_params(

@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   o.warmup_steps = 500
   o.end_lr_factor = 0.01
   o.weight_decay = 1e-4
-  o.weight_decay_regex = ".*/kernel"
+  o.weight_decay_regex = ".*kernel"  # every weight matrix: `.../kernel`, attention `out_kernel`
   o.b1 = 0.9
   o.b2 = 0.999
   o.eps = 1e-8

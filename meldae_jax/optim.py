@@ -116,7 +116,7 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int
   accum = max(int(opt_cfg.get("grad_accum_steps", 1)), 1)
   update_steps = max(int(total_steps) // accum, 1)
   wd = float(opt_cfg.get("weight_decay", 0.0))
-  wd_regex = opt_cfg.get("weight_decay_regex", ".*/kernel")
+  wd_regex = opt_cfg.get("weight_decay_regex", ".*kernel")
   b1, b2, eps = (float(opt_cfg.get(k, v)) for k, v in (("b1", 0.9), ("b2", 0.999),
                                                        ("eps", 1e-8)))
   clip_norm = float(opt_cfg.get("clip_norm") or 0)

@@ -170,3 +170,12 @@ def test_model_parameters_are_all_covered_and_backbone_grouped():
   names = {optim.path_name(p): l for p, l in labels}
   assert any(n.startswith("backbone/") for n in names)
   assert all((l == "group_0") == n.startswith("backbone/") for n, l in names.items())
+  # Weight decay on every weight matrix, whatever its module calls it (the enhancer's
+  # attention names its output projection `out_kernel`), and on nothing else.
+  from configs import common  # pylint: disable=g-import-not-at-top
+  regex = common.base_config().optimizer.weight_decay_regex
+  decayed = {optim.path_name(p): bool(d) for p, d in jax.tree_util.tree_leaves_with_path(
+      optim._decay_mask(params, regex))}  # pylint: disable=protected-access
+  assert decayed["enhancer/layer_0_cross_attention/out_kernel"]
+  for name, d in decayed.items():
+    assert d == name.rsplit("/", 1)[-1].endswith("kernel"), name

@@ -12,6 +12,7 @@ import flax.linen as nn
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -481,3 +482,47 @@ def test_big_vision_train_checkpoint_prefix(tmp_path):
   b, report = pretrained.load_vit_params(init, wrapped_path, variant=VARIANT)
   assert report["format"] == "big_vision"
   jax.tree.map(np.testing.assert_array_equal, nn.unbox(a), nn.unbox(b))
+
+
+def test_flax_optim_train_checkpoint_prefix(tmp_path):
+  """`opt/target/...` beside `opt/state/...` (flax.optim, older AugReg/big_vision train
+  states; big_vision's and timm's loaders read them) loads the target."""
+  ck = augreg_ckpt()
+  wrapped = {f"opt/target/{k}": v for k, v in ck.items()}
+  wrapped["opt/state/step"] = np.int64(7)
+  wrapped["opt/state/param_states/cls/grad_ema"] = np.ones((1, 1, D), np.float32)
+  init = _init_params(True)
+  a, _ = pretrained.load_vit_params(init, _save(tmp_path, ck, "npz"), variant=VARIANT)
+  wrapped_path = str(tmp_path / "wrapped.npz")
+  np.savez(wrapped_path, **wrapped)
+  b, report = pretrained.load_vit_params(init, wrapped_path, variant=VARIANT)
+  assert report["format"] == "big_vision"
+  jax.tree.map(np.testing.assert_array_equal, nn.unbox(a), nn.unbox(b))
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
+def test_half_precision_checkpoint_resampled(tmp_path, dtype):
+  """bf16/fp16 safetensors whose grid differs: resampled in float32 (scipy's zoom takes
+  neither dtype), as the float32 copy of the same checkpoint is."""
+  half = {k: v.astype(dtype) for k, v in timm_ckpt(grid=8).items()}
+  as_f32 = {k: v.astype(np.float32) for k, v in half.items()}
+  init = _init_params(True)
+  a, _ = pretrained.load_vit_params(init, _save(tmp_path, as_f32, "npz"), variant=VARIANT)
+  b, report = pretrained.load_vit_params(init, _save(tmp_path, half, "safetensors"),
+                                         variant=VARIANT)
+  assert "8x8 -> 4x4" in report["posemb"]
+  jax.tree.map(np.testing.assert_array_equal, nn.unbox(a), nn.unbox(b))
+
+
+@pytest.mark.parametrize("make, ext, extra", [
+    (timm_ckpt, "safetensors", "blocks.0.ls1.gamma"),       # DeiT-III LayerScale
+    (timm_ckpt, "safetensors", "blocks.1.attn.q_norm.weight"),  # QK-norm
+    (timm_ckpt, "npz", "reg_token"),                        # register tokens
+    (bv_ckpt, "npz", "Transformer/encoderblock/LayerScale_0/scale"),
+])
+def test_encoder_parts_this_vit_lacks_are_errors(tmp_path, make, ext, extra):
+  """Skipping them would load another network than the checkpoint's, silently."""
+  ck = make()
+  ck[extra] = np.ones((D,), np.float32)
+  with pytest.raises(ValueError, match=re.escape(repr(extra)) + ".*no such parameter"):
+    pretrained.load_vit_params(_init_params(True), _save(tmp_path, ck, ext), variant=VARIANT)

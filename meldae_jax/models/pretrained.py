@@ -62,11 +62,14 @@ def _read(path: str) -> dict[str, np.ndarray]:
 def _strip_prefix(ckpt, prefixes):
   """Drops a prefix that every name shares (`module.`, ...).
 
-  A big_vision train checkpoint (`params/...` beside `opt/...`) keeps its
-  params only.
+  A big_vision train checkpoint (`params/...` beside `opt/...`), or an older one
+  of flax.optim (`opt/target/...` beside `opt/state/...`, as big_vision's and
+  timm's loaders read), keeps its params only.
   """
   if any(k.startswith("params/") for k in ckpt):
     ckpt = {k[7:]: v for k, v in ckpt.items() if k.startswith("params/")}
+  elif any(k.startswith("opt/target/") for k in ckpt):  # flax.optim's train checkpoints
+    ckpt = {k[11:]: v for k, v in ckpt.items() if k.startswith("opt/target/")}
   for prefix in prefixes:
     if ckpt and all(k.startswith(prefix) for k in ckpt):
       ckpt = {k[len(prefix):]: v for k, v in ckpt.items()}
@@ -163,9 +166,25 @@ def _convert_torch(ckpt, fmt, heads, skipped) -> list[Entry]:
       for canon, v in _torch_block(m.group(1), table[m.group(2)], m.group(3),
                                    arr, heads):
         entries.append((name, canon, v, arr.shape))
+    elif key.startswith(_torch_encoder_parts(fmt)):
+      _not_this_vit(name)
     else:
       skipped[name] = "not part of the ViT encoder (head/pooler/unsupported)"
   return entries
+
+
+def _torch_encoder_parts(fmt: str) -> tuple[str, ...]:
+  """Name prefixes of encoder parts: one not converted is one this ViT lacks."""
+  if fmt == "timm":
+    return ("blocks.", "reg_token", "norm_pre.")
+  return ("encoder.layer.", "embeddings.")
+
+
+def _not_this_vit(name: str):
+  raise ValueError(
+      f"pretrained: {name!r} is part of the checkpoint's encoder and this ViT has no such "
+      "parameter (LayerScale, QK-norm, register tokens, a pre-norm, ...): loading the rest "
+      "would give another network than the checkpoint's")
 
 
 _OLD_BLOCK_NAMES = (("MultiHeadDotProductAttention_1/", f"{_MHA}/"),
@@ -191,7 +210,7 @@ def _convert_big_vision(ckpt, skipped) -> list[Entry]:
       for old, new in _OLD_BLOCK_NAMES:
         sub = sub.replace(old, new)
       if sub not in _BLOCK_PARAMS:
-        skipped[name] = "unknown block parameter"
+        _not_this_vit(name)
       elif m.group(1) is not None:
         entries.append((name, _block(m.group(1), sub), arr, arr.shape))
       else:  # Scan-stacked: one entry per layer.
@@ -212,6 +231,8 @@ def _grid(n, what):
 def _fit_posemb(pe, model_shape, log):
   """Adds a zero cls slot if missing; resamples the grid to the model's."""
   pe = np.asarray(pe)
+  if pe.dtype not in (np.float32, np.float64):  # bf16/fp16 checkpoints: scipy's zoom
+    pe = pe.astype(np.float32)                  # takes neither (cast to the model's later)
   n = pe.shape[1]
   if math.isqrt(n) ** 2 == n:  # big_vision: no cls slot (cls gets no posemb).
     cls_pe, grid = np.zeros_like(pe[:, :1]), pe

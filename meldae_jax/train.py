@@ -283,8 +283,17 @@ class Trainer:
   eval_step: Any
 
 
+def check_eval_windows(cfg: ml_collections.ConfigDict) -> None:
+  """Evaluation windows must overlap or touch: found before training, not after it."""
+  window, stride = int(cfg.dataset.window), int(cfg.eval.get("stride") or 0)
+  if stride < 1 or stride > window:
+    raise ValueError(f"eval.stride {stride} must be in 1..dataset.window ({window}): with "
+                     "a longer stride the frames between windows would get no score")
+
+
 def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
   """Model, optimiser, shardings and jitted steps (on `devices`, default all)."""
+  check_eval_windows(cfg)
   mcfg = model_config(cfg)
   model = build_model(mcfg)
   tx, schedules = optim.make_optimizer(cfg.optimizer, cfg.total_steps)

@@ -364,3 +364,10 @@ def test_four_lag_view_trains_with_a_four_channel_stem():
                me_label=np.zeros((b,), np.float32))
   state, metrics_ = trainer.train_step(state, batch)
   assert np.isfinite(float(metrics_["loss"]))
+
+
+def test_eval_stride_longer_than_the_window_is_found_before_training():
+  cfg = th.tiny_config()
+  cfg.eval.stride = cfg.dataset.window + 1
+  with pytest.raises(ValueError, match=r"eval.stride 5 must be in 1..dataset.window \(4\)"):
+    train.make_trainer(cfg)

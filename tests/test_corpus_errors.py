@@ -280,3 +280,21 @@ def test_wdmd_subdivision_tiers_and_media_offsets_are_errors(tmp_path):
   path = _eaf_with_child_tiers(tmp_path, origin=1000)
   with pytest.raises(CorpusError, match=r"child\.eaf: .*TIME_ORIGIN 1000"):
     wdmd.read_eaf(path)
+
+
+def test_find_file_takes_the_newest_release_and_names_the_others(tmp_path, caplog):
+  for name in ("SAMM_LongVideos_V2_Release.xlsx", "SAMM_LongVideos_V10_Release.xlsx",
+               "SAMM_LongVideos_V1_Release.xlsx", "notes.txt"):
+    (tmp_path / name).write_bytes(b"")
+  pattern = r"SAMM_LongVideos_V\d+_Release\.xlsx"
+  with caplog.at_level("WARNING", logger="meldae_jax.data.corpus"):
+    found = cu.find_file(str(tmp_path), ["SAMM_LongVideos_V3_Release.xlsx"], pattern)
+  assert os.path.basename(found) == "SAMM_LongVideos_V10_Release.xlsx"
+  assert "using SAMM_LongVideos_V10_Release.xlsx (also there: SAMM_LongVideos_V2" in caplog.text
+  (tmp_path / "SAMM_LongVideos_V3_Release.xlsx").write_bytes(b"")  # a listed name first
+  assert os.path.basename(cu.find_file(str(tmp_path), ["SAMM_LongVideos_V3_Release.xlsx"],
+                                       pattern)) == "SAMM_LongVideos_V3_Release.xlsx"
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="meldae_jax.data.corpus"):
+    assert cu.find_file(str(tmp_path), ["notes.txt"]).endswith("notes.txt")
+  assert caplog.text == ""  # one candidate: nothing to say

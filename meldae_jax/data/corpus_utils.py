@@ -288,19 +288,31 @@ def sheet_rows(sheet) -> Iterable[tuple[int, tuple]]:
       yield number, tuple(row)
 
 
+def _natural_key(name: str):
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def find_file(directory: str, names: Sequence[str],
               pattern: str | None = None) -> str | None:
-  """The first of `names` (or a file matching `pattern`) in `directory`."""
-  for name in names:
-    path = os.path.join(directory, name)
-    if os.path.isfile(path):
-      return path
+  """The first of `names` in `directory`, else the newest file matching `pattern`.
+
+  Files matching `pattern` are taken in descending natural order (`..._V10_...` before
+  `..._V9_...`: the newest release first). When several candidates are there, the one
+  used and the others are named in a WARNING: which annotation release a dataset was
+  built from should not be a guess.
+  """
+  found = [os.path.join(directory, n) for n in names
+           if os.path.isfile(os.path.join(directory, n))]
   if pattern and os.path.isdir(directory):
     regex = re.compile(pattern)
-    for entry in sorted(os.listdir(directory)):
-      if regex.fullmatch(entry):
-        return os.path.join(directory, entry)
-  return None
+    matches = sorted((e for e in os.listdir(directory) if regex.fullmatch(e)),
+                     key=_natural_key, reverse=True)
+    found += [p for p in (os.path.join(directory, e) for e in matches) if p not in found]
+  if len(found) > 1:
+    log.warning("%s: %d candidate files; using %s (also there: %s)", directory,
+                len(found), os.path.basename(found[0]),
+                ", ".join(os.path.basename(f) for f in found[1:]))
+  return found[0] if found else None
 
 
 # --------------------------------------------------------------------------

@@ -474,9 +474,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _save_config(cfg, workdir: str) -> None:
+  """config.json with the model's T and K as the run uses them (`model_config`): a
+  `--config.dataset.window=` override comes after the config file's `finalize`."""
   if jax.process_index() == 0:
+    saved = json.loads(cfg.to_json_best_effort())
+    mcfg = model_config(cfg)
+    saved["model"].update(num_frames=mcfg.num_frames, num_classes=mcfg.num_classes)
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(cfg.to_json_best_effort(indent=2))
+      json.dump(saved, f, indent=2)
 
 
 def _saved_config(workdir: str) -> dict | None:
@@ -490,10 +495,20 @@ def _saved_config(workdir: str) -> dict | None:
     return None
 
 
-def _settings_diff(saved: dict, cfg, sections=("model", "optimizer")) -> list[str]:
+# The data settings that shape the train state besides the model and optimiser sections:
+# the window is the model's T, the classes its K.
+_STATE_DATA_KEYS = ("window", "classes")
+
+
+def _settings_diff(saved: dict, cfg, sections=("model", "optimizer", "input")) -> list[str]:
   """'model.x: checkpoint A, now B' for the settings that shape the train state."""
   now = json.loads(cfg.to_json_best_effort())
-  out = []
+  mcfg = model_config(cfg)
+  now["model"].update(num_frames=mcfg.num_frames, num_classes=mcfg.num_classes)
+  out = [f"dataset.{k}: checkpoint {saved['dataset'].get(k)!r}, now {now['dataset'].get(k)!r}"
+         for k in _STATE_DATA_KEYS
+         if (saved.get("dataset") or {}).get(k) != (now.get("dataset") or {}).get(k)
+         and "dataset" in saved]
   for sec in sections:
     a, b = saved.get(sec) or {}, now.get(sec) or {}
     for k in sorted(set(a) | set(b)):
@@ -522,8 +537,21 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
       workdir, keep=cfg.checkpoint.keep, best_metric=cfg.checkpoint.best_metric,
       async_save=cfg.checkpoint.async_save)
   train_iter = train_iterator(cfg, splits.train, mcfg.image_size)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(trainer.abstract_state, train_iter)
+  total = int(cfg.total_steps)
+  latest = ckpt.latest_step()
+  if latest is not None and latest > total:
+    ckpt.close()
+    raise checkpointing.CheckpointMismatchError(
+        f"{workdir}: the latest checkpoint is at step {latest}, beyond total_steps {total}; "
+        f"pass --config.total_steps={latest} (or more), or use another --workdir")
+  if latest is not None:
+    state = ckpt.restore(trainer.abstract_state, train_iter)  # checks the settings fit
+    finished = _finished(workdir, total) if latest == total else None
+    if finished is not None:
+      ckpt.close()
+      say(f"Finished already at step {total} ({workdir}/metrics.json); nothing to do. "
+          "--mode=evaluate evaluates again, a larger total_steps trains on.")
+      return finished
     say(f"Resumed from step {int(state.step)} ({workdir}).")
   else:
     state = trainer.init_fn(jax.random.key(cfg.seed))
@@ -538,12 +566,15 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
   writer = metric_writers.MetricWriter(workdir)
   preempt = checkpointing.PreemptionFlag()
   start = int(jax.device_get(state.step))
-  total = int(cfg.total_steps)
   accum = int(cfg.optimizer.get("grad_accum_steps", 1))
   window, t_log, sums, n_sum = start, time.time(), {}, 0
   t_start = time.time()
   status, loss, step = "done", None, start
   try:
+    if 0 < start < total and cfg.eval_every and start % cfg.eval_every == 0:
+      # A stop on a validation step saves and leaves before validating (a preemption's
+      # grace is short): the straight run's validation of this step happens here.
+      validate(trainer, state.params, splits.val, start, writer, ckpt, state)
     for step in range(start + 1, total + 1):
       batch = next(train_iter)
       if step == cfg.debug.nan_at_step:
@@ -579,6 +610,8 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
       if stop or step % cfg.checkpoint.every_steps == 0 or step == total:
         ckpt.save(step, state, train_iter)
       if stop:
+        if n_sum:  # the steps since the last log line, not lost with the stop
+          writer.write_scalars(step, {f"train/{k}": v / n_sum for k, v in sums.items()})
         ckpt.wait()
         say(f"Stopping at step {step} (preempted); checkpoint saved, resume with the same "
             f"command.")
@@ -588,26 +621,46 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
         validate(trainer, state.params, splits.val, step, writer, ckpt, state)
   except BaseException:
     writer.close()  # a NaN stop or a crash: no TensorBoard thread left for shutdown
+    preempt.restore_handlers()
     raise
   finally:
     ckpt.wait()
     writer.flush()
-    preempt.restore_handlers()
 
   if status == "preempted":
+    preempt.restore_handlers()
     writer.close()
     ckpt.close()
     return {"status": status, "step": step, "train_loss": loss}
 
   # --- 7. Final: validation at the end, best checkpoint on the test split. ----------
+  # Still under the SIGTERM handler: a preemption here stops after the final validation
+  # (the test evaluation is then redone by the next run, from the saved checkpoint).
   try:
     if splits.val is not None and ckpt.best_info()[0] != total:
       validate(trainer, state.params, splits.val, total, writer, ckpt, state)
+    if preempt.should_stop():
+      say(f"Stopping before the test evaluation (preempted); the checkpoint at step {total} "
+          "is saved, rerun the same command to evaluate it.")
+      return {"status": "preempted", "step": total, "train_loss": loss}
     return final_evaluation(trainer, cfg, workdir, splits, ckpt, writer, state,
-                            extra={"train_loss": loss, "train_seconds": time.time() - t_start})
+                            extra={"train_loss": loss, "train_seconds": time.time() - t_start,
+                                   "total_steps": total})
   finally:
+    preempt.restore_handlers()
     writer.close()
     ckpt.close()
+
+
+def _finished(workdir: str, total: int) -> dict | None:
+  """metrics.json of a run that finished at `total` steps, else None."""
+  try:
+    with open(os.path.join(workdir, "metrics.json")) as f:
+      result = json.load(f)
+  except (OSError, ValueError):
+    return None
+  done = result.get("status") == "done" and result.get("total_steps", total) == total
+  return result if done else None
 
 
 # ========================================================================================

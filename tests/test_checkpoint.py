@@ -1,6 +1,7 @@
 """Checkpoints: exact resume (state + data iterator), SIGTERM, non-finite loss guard."""
 import json
 import os
+import pathlib
 import shutil
 import signal
 import threading
@@ -165,3 +166,99 @@ def test_failed_final_evaluation_closes_the_tensorboard_writer(tmp_path, data, m
   with pytest.raises(RuntimeError, match="unreadable"):
     train.train_and_evaluate(_cfg(total_steps=2), str(tmp_path / "final"), splits=data)
   assert len(_event_writer_threads()) == before
+
+
+@pytest.fixture(scope="module")
+def data_val():
+  return th.splits(n_train=3, n_val=1, n_test=1, num_frames=24)
+
+
+def _records(workdir, prefix):
+  out = {}
+  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    r = json.loads(line)
+    for k, v in r.items():
+      if k.startswith(prefix):
+        out.setdefault(r["step"], {})[k] = v
+  return out
+
+
+def test_stop_on_a_validation_step_validates_it_on_resume(tmp_path, data_val):
+  """The stop saves and leaves before validating; the resumed run validates that step,
+  so the best checkpoint and the test result are the straight run's."""
+  cfg = _cfg(**{"checkpoint.every_steps": 2, "eval_every": 2})
+  straight = train.train_and_evaluate(cfg, str(tmp_path / "straight"), splits=data_val)
+  part = tmp_path / "part"
+  stop = _cfg(**{"checkpoint.every_steps": 2, "eval_every": 2, "debug.stop_at_step": 2})
+  assert train.train_and_evaluate(stop, str(part), splits=data_val)["status"] == "preempted"
+  assert 2 not in _records(part, "val/")  # not validated before the stop
+  resumed = train.train_and_evaluate(cfg, str(part), splits=data_val)
+  assert sorted(_records(part, "val/")) == sorted(_records(tmp_path / "straight", "val/"))
+  assert _records(part, "val/") == _records(tmp_path / "straight", "val/")
+  for key in ("best_step", "threshold", "tp", "fp", "fn", "acc_me", "acc_state"):
+    assert resumed[key] == straight[key], key
+
+
+def test_a_stop_logs_the_steps_since_the_last_log_line(tmp_path, data):
+  straight = tmp_path / "straight"
+  train.train_and_evaluate(_cfg(log_every=2), str(straight), splits=data)
+  part = tmp_path / "part"
+  train.train_and_evaluate(_cfg(log_every=2, **{"debug.stop_at_step": 3}), str(part),
+                           splits=data)
+  train.train_and_evaluate(_cfg(log_every=2), str(part), splits=data)
+  a, b = _records(straight, "train/loss"), _records(part, "train/loss")
+  assert sorted(a) == [2, 4] and sorted(b) == [2, 3, 4]
+  assert b[2] == a[2]
+  mean_3_4 = (b[3]["train/loss"] + b[4]["train/loss"]) / 2  # step 3 is not lost
+  assert mean_3_4 == pytest.approx(a[4]["train/loss"], rel=1e-6)
+
+
+def test_sigterm_in_the_final_validation_stops_cleanly_and_a_rerun_finishes(
+    tmp_path, data_val, monkeypatch):
+  validate, handler = train.validate, signal.getsignal(signal.SIGTERM)
+  cfg = _cfg(total_steps=2, **{"checkpoint.every_steps": 2})
+
+  def preempted_at_the_end(trainer, params, index, step, *args):
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)  # caught: the process lives on
+    return validate(trainer, params, index, step, *args)
+
+  monkeypatch.setattr(train, "validate", preempted_at_the_end)
+  workdir = tmp_path / "w"
+  r = train.train_and_evaluate(cfg, str(workdir), splits=data_val)
+  assert r["status"] == "preempted" and r["step"] == 2
+  assert not (workdir / "metrics.json").exists()
+  assert signal.getsignal(signal.SIGTERM) is handler
+  monkeypatch.setattr(train, "validate", validate)
+  r = train.train_and_evaluate(cfg, str(workdir), splits=data_val)
+  assert r["status"] == "done" and (workdir / "metrics.json").exists()
+  assert sorted(_records(workdir, "train/loss")) == [1, 2]  # no step trained again
+
+
+def test_rerunning_a_finished_run_returns_its_metrics(tmp_path, data_val):
+  cfg = _cfg(total_steps=2, **{"checkpoint.every_steps": 2})
+  workdir = tmp_path / "w"
+  first = train.train_and_evaluate(cfg, str(workdir), splits=data_val)
+  lines = (workdir / "metrics.jsonl").read_text()
+  again = train.train_and_evaluate(cfg, str(workdir), splits=data_val)
+  assert again == json.loads((workdir / "metrics.json").read_text())
+  assert again["tp"] == first["tp"] and again["best_step"] == first["best_step"]
+  assert (workdir / "metrics.jsonl").read_text() == lines  # nothing validated or logged
+
+
+def test_total_steps_below_the_latest_checkpoint_is_an_error(tmp_path, data, uninterrupted):
+  workdir = tmp_path / "w"
+  shutil.copytree(uninterrupted, workdir)
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match="latest checkpoint is at step 4, beyond total_steps 2"):
+    train.train_and_evaluate(_cfg(total_steps=2), str(workdir), splits=data)
+
+
+def test_a_mismatch_from_the_data_settings_names_them(tmp_path, data, uninterrupted):
+  workdir = tmp_path / "w"
+  shutil.copytree(uninterrupted, workdir)
+  cfg = _cfg(**{"checkpoint.every_steps": 2})
+  cfg.dataset.window = 8  # the model's T: a command-line override comes after finalize
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"dataset\.window: checkpoint 4, now 8"):
+    train.train_and_evaluate(cfg, str(workdir), splits=data)

@@ -90,19 +90,22 @@ class Checkpointer:
   """Latest-N checkpoints (state + data iterator) and the best state by a metric."""
 
   def __init__(self, workdir: str, *, keep: int = 2, best_metric: str = "f1_dr",
-               async_save: bool = False):
+               async_save: bool = False, read_only: bool = False):
+    """`read_only`: for readers of a run (spotting): creates and changes nothing."""
     self.workdir = os.fspath(workdir)
     self.best_metric = best_metric
     self._latest = ocp.CheckpointManager(
         os.path.join(self.workdir, "checkpoints"),
         item_names=("state", "data"),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
+            max_to_keep=keep, create=not read_only, read_only=read_only,
+            enable_async_checkpointing=async_save))
     self._best = ocp.CheckpointManager(
         os.path.join(self.workdir, "best"),
         item_names=("state", "metrics"),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, enable_async_checkpointing=async_save))
+            max_to_keep=1, create=not read_only, read_only=read_only,
+            enable_async_checkpointing=async_save))
 
   # --- latest --------------------------------------------------------------------------
 

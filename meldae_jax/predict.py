@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import zipfile
 from typing import Any
 
 import jax
@@ -152,7 +153,15 @@ def load_json(path: str):
 
 
 def write_scores(path: str, scores: dict) -> None:
-  """Per-frame scores as .npz (video_id -> (num_frames, K)), e.g. for plots."""
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    np.savez_compressed(path, **scores)
+  """Per-frame scores as .npz (video_id -> (num_frames, K)), e.g. for plots.
+
+  Written member by member: `np.savez_compressed(path, **scores)` takes a video called
+  `file` or `allow_pickle` for its own arguments. `np.load(path)[video_id]` reads it.
+  """
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    for name, array in scores.items():
+      with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+        np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)

@@ -4,14 +4,18 @@
       --out=OUT [--fps=200] [--threshold=0.4] [--config=configs/wdmd.py]
 
 A video is a file OpenCV reads (.mp4, .avi, ...) or a folder of numbered frame images
-(`img1.jpg`, `006_1_0001.jpg`, ...: ordered by the last number in the name; its fps from
-`--fps`). Each is read, cut to one stable face box as the corpus builders do
-(`data/face_crop.py`: Haar cascade on sampled frames, median box, +20 % margin; the centre
-square when no face is found, with a warning), stored as they store crops (JPEG q90 by
-default), scored with the workdir's best checkpoint over the overlapping windows evaluation
-uses, and decoded with the threshold chosen on validation for that checkpoint (the config's
-`eval.threshold` when the run had no validation data). Every video is read and checked
-before the model runs, and the outputs are written only at the end:
+(`img1.jpg`, `006_1_0001.jpg`, ...: ordered by the last number in the name; its frame rate
+from `--fps`, which a video file only takes when its container gives none). Each is cut to
+one stable face box as the corpus builders cut theirs (`data/face_crop.py`: Haar cascade on
+16 frames spread over the video, median box, +20 % margin; the centre square when no face
+is found, with a warning), stored as the run's corpus stored its crops (its builder
+config's size and encoding, e.g. 112 px JPEG q90, which the input pipeline resizes to the
+model's input as in training), scored with the workdir's best checkpoint over the
+overlapping windows evaluation uses, and decoded with the threshold chosen on validation
+for that checkpoint (the config's `eval.threshold` when the run had no validation data).
+Videos are cut and scored one at a time (memory: one video's crops). Every input and the
+output folder are checked before the model runs, nothing is written to the workdir, and
+the outputs appear in OUT only when all videos are done:
 
   OUT/predictions.json   SPEC §5's P.json (0-based inclusive frames, type, score; per
                          interval also onset_s/offset_s in seconds), with per video its
@@ -20,17 +24,19 @@ before the model runs, and the outputs are written only at the end:
   OUT/<video_id>.png     the score track against time, the threshold, the intervals
 
 The model config is the workdir's `config.json` (written by training); `--config` (with
-`--config.a.b=value` overrides) replaces it. Exit status: 0 done; 2 a video, the workdir
-or its checkpoint is missing or unreadable (one line on stderr); 4 the checkpoint was saved
-with other model settings than the config.
+`--config.a.b=value` overrides) replaces it. Exit status: 0 done; 2 a video, the output
+folder, the workdir or its checkpoint is missing or unusable (one line on stderr); 4 the
+checkpoint was saved with other model settings than the config.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
+import shutil
 import sys
-from typing import Any, Callable, Iterator, Sequence
+import tempfile
+from typing import Any, Callable, Iterable, Sequence
 
 from absl import app
 from absl import flags
@@ -52,17 +58,18 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 class SpotError(ValueError):
-  """A video or workdir that cannot be used; the one-line message names it."""
+  """A video, folder or workdir that cannot be used; the one-line message names it."""
 
 
 @dataclasses.dataclass
 class Video:
-  """One input video: where it is, its id and frame rate, how to read its frames."""
+  """One input: where it is, its id and frame rate, and its RGB frames."""
   path: str
   video_id: str
   fps: float
-  read: Callable[[], Iterator[np.ndarray]]  # RGB frames, a fresh pass per call
-  num_frames: int | None = None  # counted by the first full pass (face_record)
+  frames: Callable[[], Iterable[np.ndarray]]  # a fresh pass (or a lazy sequence) per call
+  num_frames: int | None = None  # a file's are counted as they are read (face_record)
+  files: Sequence[str] | None = None  # a folder's frame images, in order
 
 
 def _video_file(path: str, fps: float | None) -> Video:
@@ -70,10 +77,14 @@ def _video_file(path: str, fps: float | None) -> Video:
   try:
     if not cap.isOpened():
       raise SpotError(f"{path}: OpenCV cannot open this video")
-    fps = fps or float(cap.get(cv2.CAP_PROP_FPS))
+    own = float(cap.get(cv2.CAP_PROP_FPS))
   finally:
     cap.release()
-  if not fps > 0:
+  if own > 0 and fps and abs(own - fps) > 1e-3:
+    train.say(f"[spot] {path}: the file gives {own:g} fps and is read at that rate "
+              "(--fps is for frame folders and files without a rate)")
+  rate = own if own > 0 else fps
+  if not rate or not rate > 0:
     raise SpotError(f"{path}: the video reports no frame rate; give it with --fps")
 
   def read():
@@ -89,15 +100,15 @@ def _video_file(path: str, fps: float | None) -> Video:
 
   if next(read(), None) is None:
     raise SpotError(f"{path}: no frame could be decoded")
-  return Video(path, _stem(path), fps, read)  # frames counted as they are read: a
-  # container's frame count is an estimate
+  return Video(path, _stem(path), float(rate), read)  # frames counted as they are read:
+  # a container's frame count is an estimate
 
 
 def _frame_folder(path: str, fps: float | None) -> Video:
   numbered = {}
   for name in os.listdir(path):
-    if not name.lower().endswith(IMAGE_SUFFIXES):
-      continue
+    if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+      continue  # dotfiles: macOS's ._img1.png and the like
     digits = re.findall(r"\d+", os.path.splitext(name)[0])
     if not digits:
       raise SpotError(f"{os.path.join(path, name)}: a frame image without a frame number "
@@ -110,16 +121,15 @@ def _frame_folder(path: str, fps: float | None) -> Video:
     raise SpotError(f"{path}: no frame images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
   if not (fps and fps > 0):
     raise SpotError(f"{path}: a folder of frames has no frame rate; give it with --fps")
-  files = [os.path.join(path, numbered[n]) for n in sorted(numbered)]
-
-  def read():
-    for f in files:
-      bgr = cv2.imread(f, cv2.IMREAD_COLOR)
-      if bgr is None:
-        raise SpotError(f"{f}: cannot read this image")
-      yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-  return Video(path, _stem(path), float(fps), read, len(files))
+  order = sorted(numbered)
+  missing = sorted(set(range(order[0], order[-1] + 1)) - set(order))
+  if missing:
+    shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+    train.say(f"[spot] {path}: WARNING: {len(missing)} frame number(s) missing ({shown}); "
+              "the frames after a gap are taken as consecutive, so their times shift")
+  files = [os.path.join(path, numbered[n]) for n in order]
+  sequence = corpus_utils.ImageSequence(files)  # sampled as the folder builders sample
+  return Video(path, _stem(path), float(fps), lambda: sequence, len(files), files)
 
 
 def _stem(path: str) -> str:
@@ -132,13 +142,15 @@ def open_videos(paths: Sequence[str], fps: float | None = None) -> list[Video]:
   for path in paths:
     if os.path.isdir(path):
       video = _frame_folder(path, fps)
+    elif path.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(path):
+      raise SpotError(f"{path}: one image; pass the folder of a video's frame images")
     elif os.path.isfile(path):
       video = _video_file(path, fps)
     else:
       raise SpotError(f"{path}: no such video file or frame folder")
     if video.video_id in seen:
-      raise SpotError(f"{path}: video id {video.video_id!r} is also that of {seen[video.video_id]}"
-                      "; rename one of them")
+      raise SpotError(f"{path}: video id {video.video_id!r} is also that of "
+                      f"{seen[video.video_id]}; rename one of them")
     seen[video.video_id] = path
     videos.append(video)
   return videos
@@ -147,21 +159,35 @@ def open_videos(paths: Sequence[str], fps: float | None = None) -> list[Video]:
 def face_record(video: Video, size: int, encoding: str = "jpeg",
                 detector: face_crop.Detector | None = None) -> tuple[dict, tuple]:
   """The video as a corpus record (shared schema, no labels) and its face box."""
-  count = [0]
+  count, shape = [0], [None]
 
-  def counted():
-    for frame in video.read():
-      count[0] += 1
+  def checked(frames):  # one size for all frames, and the frame named where it differs
+    for i, frame in enumerate(frames):
+      if shape[0] is None:
+        shape[0] = frame.shape[:2]
+      elif frame.shape[:2] != shape[0]:
+        where = video.files[i] if video.files else f"{video.path} frame {i}"
+        raise SpotError(f"{where}: {frame.shape[1]}x{frame.shape[0]} pixels, the frames "
+                        f"before it {shape[0][1]}x{shape[0][0]}")
+      count[0] = i + 1
       yield frame
 
   try:
-    box = face_crop.stable_face_box(counted(), detector=detector)  # reads every frame
+    first = video.frames()
+    try:  # a file is read whole (and counted) here, a folder's 16 images only
+      box = face_crop.stable_face_box(first if video.files else checked(first),
+                                      detector=detector)
+    except ValueError as e:  # sampled frames of different sizes: name the image
+      for _ in checked(video.frames()):
+        pass
+      raise SpotError(f"{video.path}: {e}") from e
+    expected = video.num_frames if video.files else count[0]
     frames = [corpus_utils.encode_frame(face_crop.crop_and_resize(f, box, size), encoding)
-              for f in video.read()]
-  except ValueError as e:  # frames of different sizes, a box outside a frame
-    raise SpotError(f"{video.path}: {e}") from e
-  if len(frames) != count[0]:
-    raise SpotError(f"{video.path}: read {count[0]} frames, then {len(frames)}; "
+              for f in checked(video.frames())]
+  except corpus_utils.CorpusError as e:  # an unreadable frame image
+    raise SpotError(str(e)) from e
+  if len(frames) != expected:
+    raise SpotError(f"{video.path}: read {expected} frames, then {len(frames)}; "
                     "the video is not stable to decode")
   video.num_frames = len(frames)
   record = {"video_id": video.video_id, "subject": "", "fps": np.float32(video.fps),
@@ -169,6 +195,20 @@ def face_record(video: Video, size: int, encoding: str = "jpeg",
             "intervals": {k: [] for k in ("onset", "apex", "offset", "type")},
             "speaking": np.full((len(frames),), -1, np.int8)}
   return record, tuple(int(v) for v in box)
+
+
+def stored_crops(cfg: ml_collections.ConfigDict) -> tuple[int, str]:
+  """(size, encoding) of the crops the run's corpus stored, as training saw them."""
+  size, encoding = int(train.model_config(cfg).image_size), "jpeg"
+  try:
+    builder = corpus_utils.builder_class(cfg.dataset.name)
+  except Exception:  # pylint: disable=broad-except  (a corpus of the user's own)
+    return size, encoding
+  configs = {c.name: c for c in builder.BUILDER_CONFIGS}
+  name = cfg.dataset.get("builder_config") or builder.BUILDER_CONFIGS[0].name
+  config = configs.get(name)
+  stored = getattr(config, "size", None) or getattr(config, "image_size", None)
+  return int(stored or size), str(getattr(config, "encoding", encoding))
 
 
 def load_config(workdir: str, config: ml_collections.ConfigDict | None
@@ -183,16 +223,19 @@ def load_config(workdir: str, config: ml_collections.ConfigDict | None
 
 
 def restore(cfg, workdir: str, trainer: train.Trainer) -> tuple[Any, float, int]:
-  """(params, threshold, step) of the best checkpoint, else of the latest."""
+  """(params, threshold, step) of the best checkpoint, else of the latest. Read-only."""
   ckpt = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep,
-                                    best_metric=cfg.checkpoint.best_metric)
+                                    best_metric=cfg.checkpoint.best_metric, read_only=True)
   try:
     best_step, best_metrics = ckpt.best_info()
     if best_step is not None:
       _, state = ckpt.restore_best(trainer.abstract_state)
       return state.params, float(best_metrics["threshold"]), int(best_step)
     if ckpt.latest_step() is None:
-      raise SpotError(f"{workdir}: no checkpoint to spot with")
+      folds = sorted(d for d in os.listdir(workdir) if d.startswith("fold_"))
+      hint = (f" (a leave-one-subject-out run: pass a fold's folder, e.g. "
+              f"{os.path.join(workdir, folds[0])})" if folds else "")
+      raise SpotError(f"{workdir}: no checkpoint to spot with{hint}")
     state = ckpt.restore(trainer.abstract_state)
     train.say(f"[spot] no best checkpoint (the run had no validation data): the latest, "
               f"with eval.threshold {float(cfg.eval.threshold):.2f}")
@@ -224,29 +267,44 @@ def plot(path: str, scores: np.ndarray, fps: float, classes: Sequence[str],
   plt.close(fig)
 
 
+def _check_out(out: str) -> None:
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise SpotError(f"{out}: --out is a file, not a folder")
+  parent = os.path.dirname(os.path.abspath(out))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.access(parent if not os.path.isdir(out) else out, os.W_OK):
+    raise SpotError(f"{out}: cannot write there")
+
+
 def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str], out: str,
          *, fps: float | None = None, threshold: float | None = None,
-         crop_size: int | None = None, encoding: str = "jpeg",
+         crop_size: int | None = None, encoding: str | None = None,
          detector: face_crop.Detector | None = None) -> dict:
   """Spots every video; writes and returns OUT/predictions.json's dict."""
+  _check_out(out)
+  if not os.path.isdir(workdir):
+    raise SpotError(f"{workdir}: no such workdir")
   videos = open_videos(video_paths, fps)
   trainer = train.make_trainer(cfg)
-  size = int(crop_size or trainer.model.config.image_size)
+  size, stored_encoding = stored_crops(cfg)
+  size, encoding = int(crop_size or size), encoding or stored_encoding
+  scores, boxes = {}, {}
   with jax.set_mesh(trainer.mesh), train._explain_mismatch(  # pylint: disable=protected-access
       train._saved_config(workdir), cfg, workdir):  # pylint: disable=protected-access
     params, chosen, step = restore(cfg, workdir, trainer)  # before the long part
     threshold = chosen if threshold is None else float(threshold)
-    records, boxes = [], {}
-    for video in videos:
-      train.say(f"[spot] {video.path} ({video.fps:g} fps): finding the face, cutting "
-                f"{size}x{size} crops...")
+    train.say(f"[spot] checkpoint step {step}, threshold {threshold:.2f}; crops "
+              f"{size}x{size} {encoding}, as the run's corpus stored them")
+    for i, video in enumerate(videos):
+      train.say(f"[spot] {i + 1}/{len(videos)} {video.path} ({video.fps:g} fps): finding "
+                "the face, cutting crops...")
       record, boxes[video.video_id] = face_record(video, size, encoding, detector)
-      records.append(record)
       train.say(f"[spot] {video.video_id}: {video.num_frames} frames, face box "
-                f"{boxes[video.video_id]}")
-    train.say(f"[spot] checkpoint step {step}, threshold {threshold:.2f}; scoring "
-              f"{len(videos)} video(s)...")
-    scores, _ = predict.score_videos(trainer, params, sources.VideoIndex(records), cfg)
+                f"{boxes[video.video_id]}; scoring...")
+      scores.update(predict.score_videos(trainer, params, sources.VideoIndex([record]),
+                                         cfg)[0])
+      del record
   classes = tuple(cfg.dataset.classes)
   meta = {"videos": {v.video_id: {"fps": v.fps} for v in videos}}
   found = predict.make_predictions(scores, meta, classes, threshold,
@@ -261,18 +319,30 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
     result["videos"][v.video_id] = {
         "intervals": intervals, "num_frames": v.num_frames, "fps": v.fps,
         "face_box": list(boxes[v.video_id]), "path": os.path.abspath(v.path)}
-  os.makedirs(out, exist_ok=True)
-  for v in videos:
-    intervals = result["videos"][v.video_id]["intervals"]
-    plot(os.path.join(out, f"{v.video_id}.png"), scores[v.video_id], v.fps, classes,
-         threshold, intervals, f"{v.video_id}: {len(intervals)} interval(s)")
-    counts = ", ".join(f"{sum(iv['type'] == c for iv in intervals)} {c}" for c in classes)
-    train.say(f"[spot] {v.video_id}: {counts}")
-  predict.write_scores(os.path.join(out, "scores.npz"), scores)
-  checkpointing.write_json(os.path.join(out, "predictions.json"), result)
+  _write(out, result, scores, videos, classes, threshold)
+  return result
+
+
+def _write(out, result, scores, videos, classes, threshold) -> None:
+  """All outputs into a temporary folder beside OUT, then moved in: all or nothing."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".spot-", dir=os.path.dirname(os.path.abspath(out)))
+  try:
+    for v in videos:
+      intervals = result["videos"][v.video_id]["intervals"]
+      plot(os.path.join(tmp, f"{v.video_id}.png"), scores[v.video_id], v.fps, classes,
+           threshold, intervals, f"{v.video_id}: {len(intervals)} interval(s)")
+      counts = ", ".join(f"{sum(iv['type'] == c for iv in intervals)} {c}" for c in classes)
+      train.say(f"[spot] {v.video_id}: {counts}")
+    predict.write_scores(os.path.join(tmp, "scores.npz"), scores)
+    checkpointing.write_json(os.path.join(tmp, "predictions.json"), result)
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(tmp):
+      os.replace(os.path.join(tmp, name), os.path.join(out, name))
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
   train.say(f"[spot] wrote {os.path.join(out, 'predictions.json')}, scores.npz and "
             f"{len(videos)} plot(s)")
-  return result
 
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -281,14 +351,14 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's workdir.")
 _VIDEO = flags.DEFINE_multi_string("video", None, "A video file or a folder of frames.")
 _OUT = flags.DEFINE_string("out", None, "Where predictions.json, scores.npz and plots go.")
-_FPS = flags.DEFINE_float("fps", None, "Frame rate (needed for frame folders; overrides "
-                          "a video file's own).")
+_FPS = flags.DEFINE_float("fps", None, "Frame rate of frame folders (and of video files "
+                          "whose container gives none).")
 _THRESHOLD = flags.DEFINE_float("threshold", None, "Decoding threshold (default: the one "
                                 "chosen on validation for the checkpoint).")
 _CROP = flags.DEFINE_integer("crop_size", None, "Face crop size in pixels (default: the "
-                             "model's image size).")
-_ENCODING = flags.DEFINE_enum("encoding", "jpeg", ["jpeg", "png"], "How the crops are "
-                              "stored before scoring, as the corpus builders store them.")
+                             "size the run's corpus stored).")
+_ENCODING = flags.DEFINE_enum("encoding", None, ["jpeg", "png"], "How the crops are "
+                              "stored before scoring (default: as the run's corpus).")
 
 
 def main(argv):
@@ -297,6 +367,8 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # the [spot] lines, not orbax's INFO logs
     logging.set_verbosity(logging.WARNING)
   try:
+    if not os.path.isdir(_WORKDIR.value):
+      raise SpotError(f"{_WORKDIR.value}: no such workdir")
     cfg = load_config(_WORKDIR.value, _CONFIG.value)
     spot(cfg, _WORKDIR.value, _VIDEO.value, _OUT.value, fps=_FPS.value,
          threshold=_THRESHOLD.value, crop_size=_CROP.value, encoding=_ENCODING.value)

@@ -46,8 +46,11 @@ def test_spot_scores_a_frame_folder_as_evaluation_scores_the_record(workdir, tmp
   folder = _write_frames(record, str(tmp_path / "v700"))
   cfg = spot.load_config(workdir, None)
   out = tmp_path / "out"
+  before = sorted(os.walk(workdir))
   result = spot.spot(cfg, workdir, [folder], str(out), fps=float(record["fps"]),
-                     encoding="png", detector=lambda frame: [], threshold=0.05)
+                     crop_size=32, encoding="png", detector=lambda frame: [],
+                     threshold=0.05)  # a corpus that stored 32 px PNG crops
+  assert sorted(os.walk(workdir)) == before  # the workdir is only read
   trainer = train.make_trainer(cfg)
   import jax  # pylint: disable=g-import-not-at-top
   with jax.set_mesh(trainer.mesh):
@@ -73,7 +76,8 @@ def test_spot_reads_a_video_file(workdir, tmp_path):
   for i in range(30):
     writer.write(np.full((40, 48, 3), 4 * i, np.uint8))
   writer.release()
-  result = spot.spot(spot.load_config(workdir, None), workdir, [path], str(tmp_path / "o"))
+  result = spot.spot(spot.load_config(workdir, None), workdir, [path], str(tmp_path / "o"),
+                     fps=30.0)  # --fps is for folders: the file's own 25 fps stays
   best = json.loads((pathlib.Path(workdir) / "metrics.json").read_text())["validation"]
   assert result["threshold"] == best["threshold"]  # chosen on validation for the checkpoint
   video = result["videos"]["talk"]
@@ -86,7 +90,7 @@ def test_open_videos_orders_frames_by_number_and_checks_inputs(tmp_path):
   record = th.records(1, seed=701, num_frames=12)[0]
   folder = _write_frames(record, str(tmp_path / "clip"), names=lambda i: f"clip_{i + 1}.png")
   (video,) = spot.open_videos([folder], fps=30.0)
-  frames = list(video.read())
+  frames = list(video.frames())
   assert len(frames) == 12 and video.video_id == "clip"
   np.testing.assert_array_equal(frames[9], cu.decode_frame(record["frames"][9]))  # 10 > 9
   with pytest.raises(spot.SpotError, match="clip: a folder of frames has no frame rate"):
@@ -98,12 +102,68 @@ def test_open_videos_orders_frames_by_number_and_checks_inputs(tmp_path):
     spot.open_videos([folder], fps=30.0)
   with pytest.raises(spot.SpotError, match="nowhere.mp4: no such video"):
     spot.open_videos([str(tmp_path / "nowhere.mp4")])
+  with pytest.raises(spot.SpotError, match="clip_1.png: one image; pass the folder"):
+    spot.open_videos([os.path.join(folder, "clip_1.png")])
+
+
+def test_frame_folders_skip_dotfiles_and_warn_about_gaps(tmp_path, capsys):
+  record = th.records(1, seed=702, num_frames=6)[0]
+  folder = _write_frames(record, str(tmp_path / "gappy"),
+                         names=lambda i: f"f{i + 1 + (i >= 3) * 2}.png")  # no f4, f5
+  (tmp_path / "gappy" / "._f1.png").write_bytes(b"\0\0")  # macOS metadata, not a frame
+  (video,) = spot.open_videos([folder], fps=30.0)
+  assert video.num_frames == 6
+  assert "2 frame number(s) missing (4, 5)" in capsys.readouterr().out
+
+
+def test_a_frame_of_another_size_is_named(tmp_path):
+  record = th.records(1, seed=703, num_frames=20)[0]
+  folder = _write_frames(record, str(tmp_path / "mixed"))
+  cv2.imwrite(os.path.join(folder, "img13.png"), np.zeros((40, 48, 3), np.uint8))
+  (video,) = spot.open_videos([folder], fps=30.0)
+  with pytest.raises(spot.SpotError, match=r"img13\.png: 48x40 pixels, the frames before "
+                     r"it 32x32"):
+    spot.face_record(video, 32, "png", detector=lambda frame: [])
+
+
+@pytest.mark.parametrize("builder_config, expected", [
+    (None, (112, "jpeg")), ("png112", (112, "png")), ("crop224", (224, "jpeg"))])
+def test_crops_are_cut_as_the_runs_corpus_stored_them(builder_config, expected):
+  from configs import wdmd  # pylint: disable=g-import-not-at-top
+  cfg = wdmd.get_config()
+  cfg.dataset.builder_config = builder_config
+  assert cfg.model.image_size == 224  # upsampled from the stored crops in training
+  assert spot.stored_crops(cfg) == expected
+
+
+def test_scores_of_videos_named_like_numpy_arguments(tmp_path):
+  scores = {"file": np.zeros((3, 1)), "allow_pickle": np.ones((2, 1)), "v": np.ones((1, 2))}
+  predict.write_scores(str(tmp_path / "s.npz"), scores)
+  with np.load(tmp_path / "s.npz") as z:
+    assert sorted(z.files) == sorted(scores)
+    for name, array in scores.items():
+      np.testing.assert_array_equal(z[name], array)
+
+
+def test_out_and_workdir_are_checked_first(tmp_path):
+  (tmp_path / "taken").write_text("a file")
+  with pytest.raises(spot.SpotError, match="taken: --out is a file"):
+    spot.spot(th.tiny_config(), str(tmp_path), [], str(tmp_path / "taken"))
+  with pytest.raises(spot.SpotError, match="nowhere: no such workdir"):
+    spot.spot(th.tiny_config(), str(tmp_path / "nowhere"), [], str(tmp_path / "o"))
+  assert not (tmp_path / "nowhere").exists() and not (tmp_path / "o").exists()
+
+
+def _fold_run(d):
+  (d / "config.json").write_text(json.dumps(th.tiny_config().to_dict()))
+  (d / "fold_s01").mkdir()
 
 
 @pytest.mark.parametrize("make_workdir, words", [
     (lambda d: None, "config.json: missing"),
     (lambda d: (d / "config.json").write_text(json.dumps(th.tiny_config().to_dict())),
      "no checkpoint"),
+    (_fold_run, "leave-one-subject-out run: pass a fold's folder"),
 ])
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, make_workdir, words):
   wd = tmp_path / "wd"
@@ -122,3 +182,4 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, make_workdir, words
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and words in errors[0], proc.stderr[-2000:]
   assert not (tmp_path / "out").exists()
+  assert not {"checkpoints", "best"} & set(os.listdir(wd))  # nothing created in the workdir

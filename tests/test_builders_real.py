@@ -168,7 +168,7 @@ def test_samm_lv_released_rows_that_need_a_policy(tmp_path, caplog):
                                          (1, 3, 7, MICRO)]
   assert intervals_of(recs["007_3"]) == [(3, 3, 4, MICRO)]  # onset := apex
   log = caplog.text
-  for what, row in (("clamped", 11), ("set to the apex", 13), ("apex outside", 14),
+  for what, row in (("clamped", 11), ("set to the apex", 13), ("outside onset..offset", 14),
                     ("onset past the last frame", 15)):
     assert re.search(what + r".*: 1 row\(s\) of .*Release\.xlsx: " + str(row), log), what
   skipping = records(build("samm_lv", tmp_path / "data_skip", str(manual),

@@ -110,6 +110,7 @@ def _read_annotations(path, clips):
   wb = cu.open_workbook(path)
   sheet = wb[wb.sheetnames[0]]
   cols, videos, seen = None, [], {}
+  repairs = cu.RowRepairs("mmew", path)
   for row, cells in cu.sheet_rows(sheet):
     names = [re.sub(r"\s", "", str(c)).lower() if c is not None else ""
              for c in cells]
@@ -130,16 +131,28 @@ def _read_annotations(path, clips):
     if clip not in clips:
       raise cu.CorpusError(f"{where}: no clip folder Micro_Expression/*/{clip}")
     frames = cu.numbered_frames(clips[clip], r"(?P<n>\d+)\.jpg",
-                                lambda n: f"{n}.jpg")
-    interval = cu.one_based(
-        cu.to_int(cells[cols["onsetframe"]], where, "OnsetFrame"),
-        cu.to_int(cells[cols["apexframe"]], where, "ApexFrame"),
-        cu.to_int(cells[cols["offsetframe"]], where, "OffsetFrame"),
-        len(frames), where)
+                                lambda n: f"{n}.jpg", start=None)
+    first = int(os.path.splitext(os.path.basename(frames[0]))[0])  # 1, or the
+    # recording's number of the clip's first frame: the sheet counts the same way
+    onset, apex, offset = (cu.frame_number_or_zero(cells[cols[c.lower()]], where, c)
+                           for c in ("OnsetFrame", "ApexFrame", "OffsetFrame"))
+    label = f"{row} ({clip} {onset}/{apex}/{offset})"
+    if first != 1:  # file numbers -> 1-based positions in the clip (0 stays not coded)
+      if any(0 < v < first for v in (onset, apex, offset)):
+        raise cu.CorpusError(f"{where}: frame numbers {onset}/{apex}/{offset} start before "
+                             f"the clip's first file {first}.jpg")
+      onset, apex, offset = (v - first + 1 if v > 0 else v for v in (onset, apex, offset))
+    if apex == 0 and onset > 0 and offset > 0:  # not coded: unknown, not a missing bound
+      repairs.note("apex_dropped", label)
+    fixed = repairs.apply(label, onset, apex, offset, len(frames))
+    if fixed is None:
+      continue
+    interval = cu.one_based(*fixed, len(frames), where)
     emotion = os.path.basename(os.path.dirname(clips[clip]))
     videos.append({"video_id": f"{emotion}/{clip}",
                    "subject": _subject(cells[cols["subject"]], where),
                    "frames": frames, "intervals": [interval + ("micro",)]})
+  repairs.log(log)
   if cols is None:
     raise cu.CorpusError(f"{path}: no header row with a Filename column")
   unlabelled = sorted(set(clips) - set(seen))

@@ -9,8 +9,9 @@ One split per subject (`subject_006`, ...) for leave-one-subject-out.
 
 The released sheets hold rows that no interval check passes (V1, as the MEGC2020
 baseline's dump of it shows: onset 0 on ten Macro rows, an apex after the offset, an
-offset past the last frame file). Each kind has a stated policy (`_repair`), logged
-with its rows, instead of stopping the build on the real corpus.
+offset past the last frame file). Each kind has a stated policy
+(`corpus_utils.RowRepairs`), logged with its rows, instead of stopping the build on the
+real corpus.
 """
 from __future__ import annotations
 
@@ -123,49 +124,6 @@ def _header(sheet, path):
   raise cu.CorpusError(f"{path}: no header row with Filename/Onset columns")
 
 
-# What `_repair` did to a row, for the build's log: (kind, level, message).
-REPAIRS = {
-    "bound_from_apex": (logging.INFO, "onset or offset 0 (not coded) set to the apex"),
-    "skipped_missing_bound": (logging.WARNING, "skipped: onset or offset 0 (not coded)"),
-    "offset_clamped": (logging.WARNING, "offset past the last frame file, clamped to it"),
-    "skipped_past_end": (logging.WARNING, "skipped: onset past the last frame file"),
-    "apex_dropped": (logging.WARNING, "apex outside onset..offset, set to unknown (-1)"),
-    "skipped_reversed": (logging.WARNING, "skipped: onset after offset"),
-}
-
-
-def _repair(onset: int, apex: int, offset: int, num_frames: int, missing_bound: str
-            ) -> tuple[tuple[int, int, int] | None, list[str]]:
-  """1-based (onset, apex, offset) as released -> ones `cu.one_based` accepts, or None.
-
-  Returns the row (None: skip it) and the `REPAIRS` kinds applied. A bound of 0 is not
-  coded (the same video has several onset-0 rows with apexes far apart, so it does not
-  mean "from the first frame"): with `missing_bound='apex'` it becomes the apex, as the
-  CAS(ME)^2 builder does for a missing offset; 'skip' drops the row (SOFTNet/MTSN skip
-  SAMM's onset-0 rows). An offset past the last frame file is clamped to it and a row
-  starting past it is dropped (an MEGC reader of V2 does the same), and an apex outside
-  onset..offset becomes unknown: apexes are not used by the evaluation.
-  """
-  done = []
-  apex = apex if apex >= 1 else -1
-  if onset <= 0 or offset <= 0:
-    if missing_bound == "skip" or apex < 1 or (onset <= 0 and offset <= 0):
-      return None, ["skipped_missing_bound"]
-    onset, offset = (apex, offset) if onset <= 0 else (onset, apex)
-    done.append("bound_from_apex")
-  if onset > num_frames:
-    return None, done + ["skipped_past_end"]
-  if offset > num_frames:
-    offset = num_frames
-    done.append("offset_clamped")
-  if onset > offset:
-    return None, done + ["skipped_reversed"]
-  if apex != -1 and not onset <= apex <= offset:
-    apex = -1
-    done.append("apex_dropped")
-  return (onset, apex, offset), done
-
-
 def _read_annotations(path, videos, missing_bound: str = "apex"):
   """Adds 0-based intervals from the release spreadsheet (in place)."""
   if missing_bound not in ("apex", "skip"):
@@ -173,7 +131,7 @@ def _read_annotations(path, videos, missing_bound: str = "apex"):
   wb = cu.open_workbook(path)
   sheet = wb[wb.sheetnames[0]]
   header_row, cols = _header(sheet, path)
-  repaired = {kind: [] for kind in REPAIRS}
+  repairs = cu.RowRepairs("samm_lv", path)
   for row, cells in cu.sheet_rows(sheet):
     if row <= header_row:
       continue
@@ -197,14 +155,9 @@ def _read_annotations(path, videos, missing_bound: str = "apex"):
     type_name = re.sub(r"\s*-\s*", " - ", str(cells[cols["type"]] or "").strip())
     kind = cu.expression_type(type_name, TYPES, f"{where} column Type")
     video = videos[video_id]
-    fixed, done = _repair(onset, apex, offset, len(video["frames"]), missing_bound)
-    for k in done:
-      repaired[k].append(f"{row} ({filename} {onset}/{apex}/{offset})")
+    fixed = repairs.apply(f"{row} ({filename} {onset}/{apex}/{offset})", onset, apex,
+                          offset, len(video["frames"]), missing_bound)
     if fixed is not None:
       video["intervals"].append(
           cu.one_based(*fixed, len(video["frames"]), where) + (kind,))
-  for k, rows in repaired.items():
-    if rows:
-      level, what = REPAIRS[k]
-      log.log(level, "samm_lv: %s: %d row(s) of %s: %s", what, len(rows), path,
-              ", ".join(rows[:8]) + (", ..." if len(rows) > 8 else ""))
+  repairs.log(log)

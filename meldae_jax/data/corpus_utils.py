@@ -123,11 +123,12 @@ class ImageSequence(collections.abc.Sequence):
 
 
 def numbered_frames(directory: str, pattern: str,
-                    name_of: Callable[[int], str]) -> list[str]:
-  """Frame files of `directory` numbered 1..N without gaps, in order.
+                    name_of: Callable[[int], str], start: int | None = 1) -> list[str]:
+  """Frame files of `directory` numbered start..N without gaps, in order.
 
-  `pattern` is a regex with a group `n` (the 1-based frame number);
-  `name_of(n)` rebuilds a file name, to name a missing frame in the error.
+  `pattern` is a regex with a group `n` (the frame number); `name_of(n)` rebuilds a file
+  name, to name a missing frame in the error. `start=None`: from the lowest number
+  there (clips cut out of a recording may keep its frame numbers).
   """
   if not os.path.isdir(directory):
     raise CorpusError(f"{directory}: frame folder is missing")
@@ -139,13 +140,13 @@ def numbered_frames(directory: str, pattern: str,
       found[int(m.group("n"))] = os.path.join(directory, entry)
   if not found:
     raise CorpusError(f"{directory}: no frame images matching {pattern}")
-  last = max(found)
-  missing = [n for n in range(1, last + 1) if n not in found]
+  first, last = (min(found) if start is None else start), max(found)
+  missing = [n for n in range(first, last + 1) if n not in found]
   if missing:
     raise CorpusError(
         f"{os.path.join(directory, name_of(missing[0]))}: frame image is "
-        f"missing ({len(missing)} missing of frames 1..{last})")
-  return [found[n] for n in range(1, last + 1)]
+        f"missing ({len(missing)} missing of frames {first}..{last})")
+  return [found[n] for n in range(first, last + 1)]
 
 
 def encode_frame(rgb: np.ndarray, encoding: str) -> bytes:
@@ -212,6 +213,77 @@ def one_based(onset: int, apex: int, offset: int, num_frames: int,
   return check_interval(onset - 1, apex0, offset - 1, num_frames, where)
 
 
+class RowRepairs:
+  """Stated rules for released annotation rows no interval check passes; logged by kind.
+
+  `apply(label, onset, apex, offset, num_frames, missing_bound)` takes 1-based frame
+  numbers as released (0 or less = not coded) and returns ones `one_based` accepts, or
+  None to skip the row:
+  * a bound not coded becomes the apex (`missing_bound='apex'`, as the CAS(ME)^2 builder
+    does for a missing offset) or drops the row ('skip'); so does a row with neither;
+  * an offset past the last frame file is clamped to it, a row starting past it dropped;
+  * an onset after its offset drops the row;
+  * an apex outside onset..offset becomes unknown (-1): the evaluation uses onset and
+    offset only.
+  `log(logger)` reports each kind with its rows (label: e.g. spreadsheet row and values).
+  """
+
+  KINDS = {
+      "bound_from_apex": (logging.INFO, "onset or offset not coded, set to the apex"),
+      "skipped_missing_bound": (logging.WARNING, "skipped: onset or offset not coded"),
+      "offset_clamped": (logging.WARNING, "offset past the last frame file, clamped to it"),
+      "skipped_past_end": (logging.WARNING, "skipped: onset past the last frame file"),
+      "apex_dropped": (logging.WARNING, "apex not coded or outside onset..offset, set to "
+                                        "unknown (-1)"),
+      "skipped_reversed": (logging.WARNING, "skipped: onset after offset"),
+  }
+
+  def __init__(self, corpus: str, path: str):
+    self.corpus, self.path = corpus, path
+    self.rows = {kind: [] for kind in self.KINDS}
+
+  def apply(self, label: str, onset: int, apex: int, offset: int, num_frames: int,
+            missing_bound: str = "apex") -> tuple[int, int, int] | None:
+    if missing_bound not in ("apex", "skip"):
+      raise ValueError(f"missing_bound must be 'apex' or 'skip', got {missing_bound!r}")
+    fixed, done = self._repair(onset, apex, offset, num_frames, missing_bound)
+    for kind in done:
+      self.rows[kind].append(label)
+    return fixed
+
+  @staticmethod
+  def _repair(onset, apex, offset, num_frames, missing_bound):
+    done = []
+    apex = apex if apex >= 1 else -1
+    if onset <= 0 or offset <= 0:
+      if missing_bound == "skip" or apex < 1 or (onset <= 0 and offset <= 0):
+        return None, ["skipped_missing_bound"]
+      onset, offset = (apex, offset) if onset <= 0 else (onset, apex)
+      done.append("bound_from_apex")
+    if onset > num_frames:
+      return None, done + ["skipped_past_end"]
+    if offset > num_frames:
+      offset = num_frames
+      done.append("offset_clamped")
+    if onset > offset:
+      return None, done + ["skipped_reversed"]
+    if apex != -1 and not onset <= apex <= offset:
+      apex = -1
+      done.append("apex_dropped")
+    return (onset, apex, offset), done
+
+  def note(self, kind: str, label: str) -> None:
+    """Records a repair a builder made itself (e.g. an empty apex cell read as unknown)."""
+    self.rows[kind].append(label)
+
+  def log(self, logger: logging.Logger) -> None:
+    for kind, rows in self.rows.items():
+      if rows:
+        level, what = self.KINDS[kind]
+        logger.log(level, "%s: %s: %d row(s) of %s: %s", self.corpus, what, len(rows),
+                   self.path, ", ".join(rows[:8]) + (", ..." if len(rows) > 8 else ""))
+
+
 def ms_to_frames(start_ms: float, end_ms: float, fps: float, num_frames: int,
                  where: str) -> tuple[int, int]:
   """ELAN span [start_ms, end_ms) -> 0-based inclusive frames.
@@ -264,6 +336,13 @@ def to_int(value: Any, where: str, column: str) -> int:
     return int(float(text))
   raise CorpusError(f"{where}: column {column!r} is not an integer frame "
                     f"number ({value!r})")
+
+
+def frame_number_or_zero(value: Any, where: str, column: str) -> int:
+  """A 1-based frame-number cell; an empty one is 0 (not coded, for `RowRepairs`)."""
+  if value is None or (isinstance(value, str) and not value.strip()):
+    return 0
+  return to_int(value, where, column)
 
 
 # --------------------------------------------------------------------------

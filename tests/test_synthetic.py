@@ -200,3 +200,45 @@ def test_error_report_counts_hits_misses_and_false_positive_causes():
   assert wide["false_positives"]["on_an_me"] == 1
   with pytest.raises(SystemExit, match="no synthetic_conversation level"):
     error_report.builder_config("medium")
+
+
+def test_a_turn_just_long_enough_for_no_onset_does_not_crash():
+  """A turn of exactly length + 4 frames left rng.integers an empty range (seed 3 at 19
+  frames raised ValueError: low >= high)."""
+  frames, ann = generate_video(3, "default", 32, 19)
+  assert len(frames) == 19
+
+
+def test_render_timeline_skips_the_channels_named():
+  tl = generator.video_timeline(7, 60, 30.0, "default", 2.0)
+  face = generator.subject_face(1)
+
+  def render(skip=()):
+    return generator.render_timeline(tl, face, 48, np.random.default_rng(0), 0.0, skip=skip)
+
+  moving = [n for n, v in tl.controls.items() if np.ptp(v) > 0]
+  assert moving and not np.array_equal(render(), render(skip=moving))
+  still = render(skip=list(tl.controls))
+  np.testing.assert_array_equal(still, still[:1].repeat(len(still), 0))  # nothing moves
+  with pytest.raises(ValueError, match="no control channel"):
+    render(skip=["tail_wag"])
+
+
+def test_false_positive_causes_exclude_the_mes_own_motion_and_name_macros():
+  from meldae_jax.data.synthetic import error_report  # pylint: disable=g-import-not-at-top
+  for seed in range(40):
+    tl = generator.video_timeline(seed, 900, 30.0, "default", 2.0)
+    nuisance = generator.video_timeline(seed, 900, 30.0, "default", 2.0, without_micro=True)
+    macros = [e for e in tl.events if e.kind == "macro"]
+    if macros:
+      break
+  m = macros[0]
+  assert error_report.fp_cause(nuisance, macros, m.onset, m.offset) == "macro-expression"
+  # An ME's own channels swing in `tl`, not in `nuisance`: the cause is what else moved.
+  me = next(e for e in tl.events if e.kind == "micro")
+  cause = error_report.fp_cause(nuisance, [], me.onset, me.offset)
+  assert cause in set(error_report._CAUSES) | {"none (no nuisance motion)"}  # pylint: disable=protected-access
+  flat = generator.video_timeline(seed, 900, 30.0, "default", 2.0, without_micro=True)
+  for v in flat.controls.values():
+    v[:] = 0.0
+  assert error_report.fp_cause(flat, [], 100, 108) == "none (no nuisance motion)"

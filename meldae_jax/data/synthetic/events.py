@@ -300,8 +300,8 @@ def _place_micros(rng, c, speaking, fps, occupied, events, difficulty, me_period
     lengths = np.array([e - s + 1 for s, e in turns[state]], np.float64)
     for _ in range(30):
       start, end = turns[state][rng.choice(len(lengths), p=lengths / lengths.sum())]
-      if end - start + 1 < length + 4:
-        continue
+      if end - start + 1 < length + 5:  # room for an onset in [start + 2, end - length - 1)
+        continue  # (a turn of length + 4 frames left none: rng.integers raised)
       onset = int(rng.integers(start + 2, end - length - 1))
       offset = onset + length - 1
       if _free(occupied, onset, offset, gap):

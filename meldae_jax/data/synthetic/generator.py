@@ -36,7 +36,11 @@ def render_timeline(timeline, face, image_size: int, rng, noise_sigma: float,
   """Renders every frame; channels named in `skip` are zeroed (for counterfactuals)."""
   renderer = face_lib.FaceRenderer(face, image_size, rng, noise_sigma)
   names = list(timeline.controls)
-  table = np.stack([timeline.controls[n] for n in names], 1).astype(np.float64)
+  unknown = sorted(set(skip) - set(names))
+  if unknown:
+    raise ValueError(f"skip names no control channel: {unknown} (have {names})")
+  table = np.stack([np.zeros_like(timeline.controls[n]) if n in skip
+                    else timeline.controls[n] for n in names], 1).astype(np.float64)
   frames = np.empty((timeline.num_frames, image_size, image_size, 3), np.uint8)
   for t in range(timeline.num_frames):
     frames[t] = renderer.render(dict(zip(names, table[t].tolist())))

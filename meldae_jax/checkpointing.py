@@ -98,13 +98,15 @@ class Checkpointer:
         os.path.join(self.workdir, "checkpoints"),
         item_names=("state", "data"),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only,
+            max_to_keep=None if read_only else keep, create=not read_only,
+            read_only=read_only,
             enable_async_checkpointing=async_save))
     self._best = ocp.CheckpointManager(
         os.path.join(self.workdir, "best"),
         item_names=("state", "metrics"),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=not read_only, read_only=read_only,
+            max_to_keep=None if read_only else 1, create=not read_only,
+            read_only=read_only,
             enable_async_checkpointing=async_save))
 
   # --- latest --------------------------------------------------------------------------

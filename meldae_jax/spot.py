@@ -345,20 +345,22 @@ def _write(out, result, scores, videos, classes, threshold) -> None:
             f"{len(videos)} plot(s)")
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The run's config file (default: WORKDIR/config.json).",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's workdir.")
-_VIDEO = flags.DEFINE_multi_string("video", None, "A video file or a folder of frames.")
-_OUT = flags.DEFINE_string("out", None, "Where predictions.json, scores.npz and plots go.")
-_FPS = flags.DEFINE_float("fps", None, "Frame rate of frame folders (and of video files "
-                          "whose container gives none).")
-_THRESHOLD = flags.DEFINE_float("threshold", None, "Decoding threshold (default: the one "
-                                "chosen on validation for the checkpoint).")
-_CROP = flags.DEFINE_integer("crop_size", None, "Face crop size in pixels (default: the "
-                             "size the run's corpus stored).")
-_ENCODING = flags.DEFINE_enum("encoding", None, ["jpeg", "png"], "How the crops are "
-                              "stored before scoring (default: as the run's corpus).")
+def _define_flags() -> None:
+  """Defined when run as a command, not on import (attention_maps imports this module)."""
+  config_flags.DEFINE_config_file(
+      "config", None, "The run's config file (default: WORKDIR/config.json).",
+      lock_config=True)
+  flags.DEFINE_string("workdir", None, "The trained run's workdir.")
+  flags.DEFINE_multi_string("video", None, "A video file or a folder of frames.")
+  flags.DEFINE_string("out", None, "Where predictions.json, scores.npz and plots go.")
+  flags.DEFINE_float("fps", None, "Frame rate of frame folders (and of video files whose "
+                     "container gives none).")
+  flags.DEFINE_float("threshold", None, "Decoding threshold (default: the one chosen on "
+                     "validation for the checkpoint).")
+  flags.DEFINE_integer("crop_size", None, "Face crop size in pixels (default: the size "
+                       "the run's corpus stored).")
+  flags.DEFINE_enum("encoding", None, ["jpeg", "png"], "How the crops are stored before "
+                    "scoring (default: as the run's corpus).")
 
 
 def main(argv):
@@ -367,11 +369,12 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # the [spot] lines, not orbax's INFO logs
     logging.set_verbosity(logging.WARNING)
   try:
-    if not os.path.isdir(_WORKDIR.value):
-      raise SpotError(f"{_WORKDIR.value}: no such workdir")
-    cfg = load_config(_WORKDIR.value, _CONFIG.value)
-    spot(cfg, _WORKDIR.value, _VIDEO.value, _OUT.value, fps=_FPS.value,
-         threshold=_THRESHOLD.value, crop_size=_CROP.value, encoding=_ENCODING.value)
+    f = flags.FLAGS
+    if not os.path.isdir(f.workdir):
+      raise SpotError(f"{f.workdir}: no such workdir")
+    cfg = load_config(f.workdir, f.config)
+    spot(cfg, f.workdir, f.video, f.out, fps=f.fps, threshold=f.threshold,
+         crop_size=f.crop_size, encoding=f.encoding)
   except (SpotError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -381,5 +384,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["workdir", "video", "out"])
   app.run(main)

@@ -291,6 +291,16 @@ def check_eval_windows(cfg: ml_collections.ConfigDict) -> None:
                      "a longer stride the frames between windows would get no score")
 
 
+def input_view(cfg: ml_collections.ConfigDict):
+  """`view(video, frame_mask)`: the model's input view of uint8 frames, per `cfg.input`
+  (its channels may differ from the stored RGB: 'diff1248' has 4)."""
+  return functools.partial(input_transform, kind=cfg.input.transform, gain=cfg.input.gain,
+                           normalize=bool(cfg.input.get("normalize", False)),
+                           blur=float(cfg.input.get("blur", 0.0)),
+                           clip=bool(cfg.input.get("clip", True)),
+                           compress=bool(cfg.input.get("compress", False)))
+
+
 def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
   """Model, optimiser, shardings and jitted steps (on `devices`, default all)."""
   check_eval_windows(cfg)
@@ -300,12 +310,7 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
   t, s = mcfg.num_frames, mcfg.image_size
 
   # --- Abstract state (boxed params carry the logical axis names). ---------------------
-  # The input view (channels may differ from the stored RGB: 'diff1248' has 4).
-  view = functools.partial(input_transform, kind=cfg.input.transform, gain=cfg.input.gain,
-                           normalize=bool(cfg.input.get("normalize", False)),
-                           blur=float(cfg.input.get("blur", 0.0)),
-                           clip=bool(cfg.input.get("clip", True)),
-                           compress=bool(cfg.input.get("compress", False)))
+  view = input_view(cfg)
 
   def init_params(rng):
     video = view(jnp.zeros((1, t, s, s, 3), jnp.uint8), jnp.ones((1, t), jnp.float32))

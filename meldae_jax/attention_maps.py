@@ -1,0 +1,245 @@
+"""The enhancer's attention over the face's regions (the paper's Figures 6-8), per frame.
+
+  python -m meldae_jax.attention_maps --workdir=WORKDIR --out=OUT [--split=test] \
+      [--max_videos=20] [--config=configs/wdmd.py]
+
+For every frame of a labelled split, the enhancer's attention probabilities (last layer,
+(heads, queries, T, G, G) per window) are averaged over heads and queries, then over the
+windows that hold the frame, giving a G x G map per frame (not renormalised: a uniform
+window puts 1 / (T G G) on each region of each frame). Three groups of frames are then
+averaged, as the paper's figures show them:
+
+  ME apex          the apex frame of each ground-truth micro-expression (Figure 7)
+  speech only      speaking frames at least `--margin_seconds` from any expression (Fig. 6)
+  idle             listening frames at least as far from any expression (Figure 8)
+
+Writes OUT/attention.npz (video_id -> (num_frames, G, G)), OUT/attention.png (the three
+maps on one colour scale, rows named by the face band they cover) and
+OUT/attention.json (per group: frames, the mean map, its mass per row and its peak over
+the uniform level). Row bands follow the crop top to bottom; with G = 10 they carry the
+paper's names (rows 1-2 forehead, 3-4 eyes & brows, 5-6 nose & cheeks, 7-8 mouth, 9-10
+chin & jaw). The workdir is only read. Exit status 2: no checkpoint, no enhancer
+(`model.enhancer=False`), or the split is missing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from meldae_jax import checkpointing
+from meldae_jax import predict
+from meldae_jax import sharding
+from meldae_jax import spot
+from meldae_jax import train
+from meldae_jax.data import pipeline
+from meldae_jax.data import schema
+
+PAPER_ROWS = ("forehead", "forehead", "eyes & brows", "eyes & brows", "nose & cheeks",
+              "nose & cheeks", "mouth", "mouth", "chin & jaw", "chin & jaw")
+GROUPS = ("ME apex", "speech only", "idle")
+
+
+class AttentionError(ValueError):
+  """A run or split the maps cannot be made from; the message names it."""
+
+
+def attention_step(trainer: train.Trainer):
+  """Jitted (params, batch) -> {'maps': (B, T, G*G) mean over heads and queries, ...}."""
+  view, model = train.input_view(trainer.cfg), trainer.model
+  if not model.config.get("enhancer", True):
+    raise AttentionError("the model has no enhancer (model.enhancer=False): no attention")
+
+  def step(params, batch):
+    out = model.apply({"params": params}, view(batch["video"], batch["frame_mask"]),
+                      frame_mask=batch["frame_mask"], train=False, return_attention=True)
+    a = out["attention"].astype(jnp.float32).mean(axis=(1, 2))  # (B, T, G, G)
+    res = {"maps": a.reshape(a.shape[0], a.shape[1], -1)}
+    for k in ("video_index", "start", "frame_mask", "batch_valid"):
+      res[k] = batch[k]
+    return res
+
+  return jax.jit(step, in_shardings=(trainer.state_shardings.params, trainer.batch_sharding),
+                 out_shardings=sharding.replicated(trainer.mesh))
+
+
+def frame_maps(trainer: train.Trainer, params, index, cfg) -> dict[str, np.ndarray]:
+  """{video_id: (num_frames, G, G)}: each frame's map, averaged over the windows."""
+  d, mcfg = cfg.dataset, trainer.model.config
+  step = attention_step(trainer)
+  it = pipeline.make_eval_iterator(
+      index, window=int(d.window), stride=int(cfg.eval.stride),
+      batch_size=sharding.local_batch_size(int(cfg.eval.batch_size)),
+      classes=tuple(d.classes), image_size=int(mcfg.image_size),
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      num_threads=int(d.num_threads))
+  averager = pipeline.ScoreAverager(index)
+  for batch in it:
+    out = jax.device_get(step(params, sharding.make_global_batch(batch, trainer.batch_sharding)))
+    averager.add(out, out["maps"])
+  g = int(mcfg.num_regions)
+  return {index.info(vi).video_id: m.reshape(len(m), g, g).astype(np.float32)
+          for vi, m in averager.result().items()}
+
+
+def frame_groups(info, margin: int) -> dict[str, np.ndarray]:
+  """Frame indices of one video per group (GROUPS), from its labels."""
+  n = info.num_frames
+  near = np.zeros(n, bool)
+  apexes = []
+  iv = info.intervals
+  for on, ap, off, kind in zip(iv["onset"], iv["apex"], iv["offset"], iv["type"]):
+    near[max(0, on - margin):min(n, off + margin + 1)] = True
+    if schema.EXPRESSION_TYPES[int(kind)] == "micro":
+      apexes.append(int(ap) if ap >= 0 else (int(on) + int(off)) // 2)
+  speaking = np.asarray(info.speaking)
+  return {"ME apex": np.asarray(sorted(set(apexes)), np.int64),
+          "speech only": np.flatnonzero((speaking == 1) & ~near),
+          "idle": np.flatnonzero((speaking == 0) & ~near)}
+
+
+def row_names(g: int) -> list[str]:
+  if g == len(PAPER_ROWS):
+    return [f"{i + 1}: {name}" for i, name in enumerate(PAPER_ROWS)]
+  return [f"{i + 1}: {100 * i // g}-{100 * (i + 1) // g} % of the crop" for i in range(g)]
+
+
+def summarise(maps: dict[str, np.ndarray], index, margin: int, window: int) -> dict:
+  """Per group: frames, mean map, mass per row, peak over the uniform level."""
+  sums, counts = {}, {k: 0 for k in GROUPS}
+  for info in index.infos:
+    if info.video_id not in maps:
+      continue
+    for name, frames in frame_groups(info, margin).items():
+      if len(frames):
+        sums[name] = sums.get(name, 0) + maps[info.video_id][frames].sum(0)
+        counts[name] += len(frames)
+  out = {}
+  for name in GROUPS:
+    if not counts[name]:
+      out[name] = {"frames": 0}
+      continue
+    mean = sums[name].astype(np.float64) / counts[name]
+    g = mean.shape[0]
+    uniform = 1.0 / (window * g * g)
+    out[name] = {"frames": counts[name], "mean_map": mean.round(6).tolist(),
+                 "row_mass": (mean.sum(1) / mean.sum()).round(4).tolist(),
+                 "peak_over_uniform": round(float(mean.max() / uniform), 3)}
+  return out
+
+
+def figure(path: str, summary: dict, title: str) -> None:
+  """The groups' mean maps side by side, one colour scale, rows named."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  shown = [n for n in GROUPS if summary[n]["frames"]]
+  if not shown:
+    raise AttentionError("no frame falls in any group (no labels in this split?)")
+  maps = [np.asarray(summary[n]["mean_map"]) for n in shown]
+  vmax = max(float(m.max()) for m in maps)
+  g = maps[0].shape[0]
+  fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown) + 1.5, 4.2),
+                           squeeze=False)
+  for k, (ax, name, m) in enumerate(zip(axes[0], shown, maps)):
+    im = ax.imshow(m, vmin=0.0, vmax=vmax, cmap="viridis")
+    ax.set_title(f"{name} ({summary[name]['frames']} frames)\n"
+                 f"peak {summary[name]['peak_over_uniform']:.2f}x uniform", fontsize=9)
+    ax.set_xticks(range(g))
+    ax.set_xticklabels([str(i + 1) for i in range(g)], fontsize=7)
+    ax.set_yticks(range(g))
+    ax.set_yticklabels(row_names(g) if k == 0 else [""] * g, fontsize=7)
+  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="attention per region")
+  fig.suptitle(title, fontsize=10)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = "test",
+        index=None, max_videos: int = 0, margin_seconds: float = 0.5) -> dict:
+  """Maps for a split (or `index`); writes OUT/attention.{npz,png,json}; returns the
+  summary."""
+  if not os.path.isdir(workdir):
+    raise AttentionError(f"{workdir}: no such workdir")
+  if index is None:
+    splits = train.open_splits(cfg)
+    index = {"test": splits.test, "validation": splits.val, "train": splits.train}.get(split)
+    if index is None:
+      raise AttentionError(f"{cfg.dataset.name} has no {split!r} split")
+  if max_videos:
+    index = predict.subset(index, max_videos)
+  trainer = train.make_trainer(cfg)
+  step_fn = attention_step(trainer)  # no enhancer: fails before the checkpoint is read
+  del step_fn
+  with jax.set_mesh(trainer.mesh):
+    params, _, step = spot.restore(cfg, workdir, trainer)
+    train.say(f"[attention] checkpoint step {step}: {len(index)} video(s) of the "
+              f"{split} split...")
+    maps = frame_maps(trainer, params, index, cfg)
+  fps = float(np.median([v.fps for v in index.infos])) if len(index) else 30.0
+  margin = int(round(margin_seconds * fps))
+  summary = summarise(maps, index, margin, int(cfg.dataset.window))
+  os.makedirs(out, exist_ok=True)
+  predict.write_scores(os.path.join(out, "attention.npz"), maps)
+  figure(os.path.join(out, "attention.png"), summary,
+         f"enhancer attention, {cfg.dataset.name} {split}, checkpoint step {step}")
+  checkpointing.write_json(os.path.join(out, "attention.json"),
+                           {"checkpoint_step": step, "split": split, "groups": summary,
+                            "margin_frames": margin, "rows": row_names(
+                                int(trainer.model.config.num_regions))})
+  for name in GROUPS:
+    s = summary[name]
+    if s["frames"]:
+      train.say(f"[attention] {name}: {s['frames']} frames, peak "
+                f"{s['peak_over_uniform']:.2f}x uniform")
+  train.say(f"[attention] wrote {os.path.join(out, 'attention.png')}, attention.npz, "
+            "attention.json")
+  return summary
+
+
+def _define_flags() -> None:
+  """Defined when run as a command, not on import."""
+  config_flags.DEFINE_config_file(
+      "config", None, "The run's config file (default: WORKDIR/config.json).",
+      lock_config=True)
+  flags.DEFINE_string("workdir", None, "The trained run's workdir.")
+  flags.DEFINE_string("out", None, "Where attention.{npz,png,json} go.")
+  flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "Which split.")
+  flags.DEFINE_integer("max_videos", 0, "At most this many videos (0: all).")
+  flags.DEFINE_float("margin_seconds", 0.5, "Speech-only and idle frames are at least "
+                     "this far from any annotated expression.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    f = flags.FLAGS
+    if not os.path.isdir(f.workdir):
+      raise AttentionError(f"{f.workdir}: no such workdir")
+    cfg = spot.load_config(f.workdir, f.config)
+    run(cfg, f.workdir, f.out, split=f.split, max_videos=f.max_videos,
+        margin_seconds=f.margin_seconds)
+  except (AttentionError, spot.SpotError, train.CorpusNotBuiltError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except checkpointing.CheckpointMismatchError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(4)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)

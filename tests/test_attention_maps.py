@@ -1,0 +1,85 @@
+"""`python -m meldae_jax.attention_maps`: the enhancer's attention per frame and group."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import train_helpers as th
+from meldae_jax import attention_maps
+from meldae_jax import spot
+from meldae_jax import train
+from meldae_jax.data import sources
+
+compilation_cache = th.compilation_cache_fixture()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("run")
+  cfg = th.tiny_config(total_steps=2, log_every=1, eval_every=2)
+  assert train.train_and_evaluate(cfg, str(wd), splits=th.splits(
+      n_train=2, n_val=1, n_test=0, num_frames=40))["status"] == "done"
+  return str(wd)
+
+
+def test_a_one_window_video_gets_the_models_own_attention(workdir):
+  """A video as long as the window: its frame maps are the model's probabilities for
+  that window, averaged over heads and queries, and they sum to 1 over frames and
+  regions."""
+  cfg = spot.load_config(workdir, None)
+  window = int(cfg.dataset.window)
+  record = th.records(1, seed=900, num_frames=window)[0]
+  index = sources.VideoIndex([record])
+  trainer = train.make_trainer(cfg)
+  with jax.set_mesh(trainer.mesh):
+    params, _, _ = spot.restore(cfg, workdir, trainer)
+    maps = attention_maps.frame_maps(trainer, params, index, cfg)["v900"]
+    batch = next(iter(attention_maps.pipeline.make_eval_iterator(
+        index, window=window, stride=int(cfg.eval.stride), batch_size=1,
+        classes=tuple(cfg.dataset.classes), image_size=int(cfg.model.image_size))))
+    view = train.input_view(cfg)(batch["video"], batch["frame_mask"])
+    out = trainer.model.apply({"params": params}, view, frame_mask=batch["frame_mask"],
+                              train=False, return_attention=True)
+  g = int(cfg.model.num_regions)
+  assert maps.shape == (window, g, g)
+  np.testing.assert_allclose(maps, np.asarray(out["attention"])[0].mean((0, 1)),
+                             rtol=1e-5, atol=1e-7)
+  assert maps.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_frame_groups_follow_the_labels():
+  info = sources.VideoInfo(
+      video_id="v", subject="s", fps=30.0, num_frames=40,
+      intervals={"onset": np.array([10, 30]), "apex": np.array([12, -1]),
+                 "offset": np.array([14, 33]), "type": np.array([0, 0])},
+      speaking=np.array([1] * 20 + [0] * 20, np.int8))
+  groups = attention_maps.frame_groups(info, margin=3)
+  assert groups["ME apex"].tolist() == [12, 31]  # an unknown apex: the middle frame
+  assert groups["speech only"].tolist() == list(range(0, 7)) + list(range(18, 20))
+  assert groups["idle"].tolist() == list(range(20, 27)) + list(range(37, 40))
+
+
+def test_run_writes_maps_figure_and_summary(workdir, tmp_path):
+  cfg = spot.load_config(workdir, None)
+  index = th.splits(n_train=1, n_val=0, n_test=2, num_frames=60).test
+  summary = attention_maps.run(cfg, workdir, str(tmp_path / "o"), index=index)
+  saved = json.loads((tmp_path / "o/attention.json").read_text())
+  assert saved["groups"] == json.loads(json.dumps(summary))
+  g = int(cfg.model.num_regions)
+  with np.load(tmp_path / "o/attention.npz") as z:
+    assert sorted(z.files) == sorted(v.video_id for v in index.infos)
+    assert all(z[k].shape == (60, g, g) for k in z.files)
+  for name, group in summary.items():
+    if group["frames"]:
+      assert np.asarray(group["mean_map"]).shape == (g, g)
+      assert sum(group["row_mass"]) == pytest.approx(1.0, abs=1e-3)
+  assert (tmp_path / "o/attention.png").stat().st_size > 0
+  assert len(saved["rows"]) == g
+
+
+def test_a_model_without_enhancer_is_refused():
+  cfg = th.tiny_config()
+  cfg.model.enhancer = False
+  with pytest.raises(attention_maps.AttentionError, match="no enhancer"):
+    attention_maps.attention_step(train.make_trainer(cfg))

@@ -58,6 +58,24 @@ def test_matches_jax_gelu_values_and_gradients(forced_on, shape, plain):
     np.testing.assert_allclose(a, r, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(r))))
 
 
+@pytest.mark.parametrize("plain", [False, True])
+def test_large_negative_preactivations_give_zero(forced_on, plain):
+  """Past erf's clamp the cdf is 0 exactly: z * cdf was -1.9e12 at z = -1e20 (AVX-512,
+  erf 1e-7 short of -1) and +6e12 (plain loop, 1e-7 past it)."""
+  h = jnp.array([[-6.0, -10.0, -100.0, -1e4, -1e20, 6.0, 1e20]], jnp.float32)
+  b = jnp.zeros((7,), jnp.float32)
+  cpu_bias_gelu.set_plain(plain)
+  try:
+    y = np.asarray(jax.jit(cpu_bias_gelu.bias_gelu)(h, b))
+    dh = np.asarray(jax.jit(jax.grad(lambda h: cpu_bias_gelu.bias_gelu(h, b).sum()))(h))
+  finally:
+    cpu_bias_gelu.set_plain(False)
+  np.testing.assert_allclose(y, np.asarray(_reference(h, b)), rtol=1e-6, atol=1e-8)
+  np.testing.assert_array_equal(y[0, 2:5], 0.0)  # the true values underflow
+  np.testing.assert_array_equal(dh[0, 2:5], 0.0)
+  assert dh[0, 6] == 1.0
+
+
 def test_empty_rows(forced_on):
   h, b = jnp.zeros((0, 24)), _rand((24,), 0)
   y, vjp = jax.vjp(jax.jit(cpu_bias_gelu.bias_gelu), h, b)

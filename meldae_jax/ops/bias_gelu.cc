@@ -41,13 +41,17 @@ constexpr float kBeta[7] = {-1.1791602954361697e-7f, 0.000023547966471313185f,
 
 // --- plain loops (any CPU; tests force them with meldae_plain_loops(1)) ------------------
 
+// Past the clamp erf is exactly +-1 (as XLA's, which clamps its result to [-1, 1]): the
+// rational function there is 1 - 1e-7 or 1 + 1e-7 in float32, and the GELU's z * cdf
+// would grow with |z| instead of being 0 for large negative z.
 float ErfPlain(float x) {
-  x = std::min(kErfClamp, std::max(-kErfClamp, x));
+  if (std::fabs(x) >= kErfClamp) return std::copysign(1.0f, x);
   const float x2 = x * x;
   float p = kAlpha[0], q = kBeta[0];
   for (int i = 1; i < 5; ++i) p = p * x2 + kAlpha[i];
   for (int i = 1; i < 7; ++i) q = q * x2 + kBeta[i];
-  return x * p / q;
+  const float e = x * p / q;
+  return e > 1.0f ? 1.0f : (e < -1.0f ? -1.0f : e);  // NaN stays NaN
 }
 
 void RowForwardPlain(const float* h, const float* b, float* y, int64_t d) {
@@ -74,8 +78,9 @@ void RowGradPlain(const float* dy, const float* h, const float* b, float* dh, fl
 #pragma GCC push_options
 #pragma GCC target("avx512f")  // these functions only; called where the CPU has it
 
-inline __m512 Erf512(__m512 x) {
-  x = _mm512_min_ps(_mm512_set1_ps(kErfClamp), _mm512_max_ps(_mm512_set1_ps(-kErfClamp), x));
+inline __m512 Erf512(__m512 x_in) {
+  const __m512 x = _mm512_min_ps(_mm512_set1_ps(kErfClamp),
+                                 _mm512_max_ps(_mm512_set1_ps(-kErfClamp), x_in));
   const __m512 x2 = _mm512_mul_ps(x, x);
   __m512 p = _mm512_set1_ps(kAlpha[0]), q = _mm512_set1_ps(kBeta[0]);
   for (int i = 1; i < 5; ++i) p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kAlpha[i]));
@@ -84,7 +89,14 @@ inline __m512 Erf512(__m512 x) {
   // would bound the loop
   __m512 r = _mm512_rcp14_ps(q);
   r = _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.0f)));
-  return _mm512_mul_ps(_mm512_mul_ps(x, p), r);
+  const __m512 e = _mm512_mul_ps(_mm512_mul_ps(x, p), r);
+  // +-1 exactly past the clamp (see ErfPlain); NaN lanes fail the compare and stay NaN
+  const __mmask16 past = _mm512_cmp_ps_mask(_mm512_abs_ps(x_in),
+                                            _mm512_set1_ps(kErfClamp), _CMP_GE_OQ);
+  const __m512 one = _mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_castps_si512(_mm512_set1_ps(1.0f)),
+      _mm512_and_si512(_mm512_castps_si512(x_in), _mm512_set1_epi32(0x80000000))));
+  return _mm512_mask_mov_ps(e, past, one);
 }
 
 // e^x for x <= 0 (the GELU's -z^2/2): x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6

@@ -204,3 +204,18 @@ def test_calls_say_so_where_the_handlers_are_missing(monkeypatch):
   x = [jnp.ones(3)]
   with pytest.raises(RuntimeError, match="unavailable"):
     cpu_adamw.adamw_step(jnp.ones((1, len(cpu_adamw.COEFFS))), x, x, x, x)
+
+
+def test_vmap_over_optimisers_matches_optax(forced_on):
+  """An ensemble's steps under jax.vmap (the calls had no vmap rule: NotImplementedError):
+  each member clipped by its own norm, as optax's chain does."""
+  tx, _ = optim.make_optimizer(_cfg(), total_steps=10)
+  members = [_params(seed) for seed in (0, 1, 2)]
+  params = jax.tree.map(lambda *x: jnp.stack(x), *members)
+  grads = jax.tree.map(lambda *x: jnp.stack(x), *[_grads(p, 1) for p in members])
+  state = jax.vmap(tx.init)(params)
+  step = lambda step_fn: jax.jit(jax.vmap(step_fn))  # noqa: E731
+  got = step(lambda p, s, g: optim.apply_gradients(tx, g, s, p))(params, state, grads)
+  want = step(lambda p, s, g: _reference(tx)(p, s, g))(params, state, grads)
+  _assert_close(got, want)
+  assert _uses_call(tx, members[0], tx.init(members[0]), _grads(members[0], 1))

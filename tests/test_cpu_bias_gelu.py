@@ -149,3 +149,8 @@ def test_the_vit_mlp_keeps_flax_parameters_and_values(forced_on):
   for a, r in zip(jax.tree.leaves(jax.grad(loss(ours))(params)),
                   jax.tree.leaves(jax.grad(loss(_FlaxMlp(48)))(params))):
     np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-5)
+
+
+def test_zero_width_rows(forced_on):
+  x = jnp.zeros((3, 0), jnp.float32)
+  assert cpu_bias_gelu.bias_gelu(x, jnp.zeros(0, jnp.float32)).shape == (3, 0)

@@ -114,3 +114,10 @@ def test_the_vit_keeps_its_parameter_names():
   params = block.init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 16)))["params"]
   assert {"LayerNorm_0", "LayerNorm_1"} <= set(params)
   assert set(params["LayerNorm_0"]) == {"scale", "bias"}
+
+
+def test_zero_width_rows_as_flax(forced_on):
+  """A last axis of 0 (x.reshape(-1, 0) raised ZeroDivisionError before the call)."""
+  x = jnp.zeros((3, 0), jnp.float32)
+  params = {"params": {"scale": jnp.ones(0), "bias": jnp.zeros(0)}}
+  assert cpu_layer_norm.LayerNorm().apply(params, x).shape == (3, 0)

@@ -50,7 +50,8 @@ def _require() -> None:
 def sum_squares(leaves):
   """sum(x ** 2) over every element of every float32 array in `leaves`, a scalar."""
   _require()
-  return jax.ffi.ffi_call(_SUM_SQUARES, jax.ShapeDtypeStruct((), jnp.float32))(*leaves)
+  return jax.ffi.ffi_call(_SUM_SQUARES, jax.ShapeDtypeStruct((), jnp.float32),
+                         vmap_method="sequential")(*leaves)
 
 
 def adamw_step(coeffs, params, grads, mu, nu):
@@ -70,6 +71,7 @@ def adamw_step(coeffs, params, grads, mu, nu):
   shapes = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (*params, *mu, *nu)]
   # Argument 0 is coeffs; params, grads, mu, nu follow, n each.
   aliases = {1 + k * n + i: j * n + i for j, k in enumerate((0, 2, 3)) for i in range(n)}
-  out = jax.ffi.ffi_call(_STEP, shapes, input_output_aliases=aliases)(
+  out = jax.ffi.ffi_call(_STEP, shapes, input_output_aliases=aliases,
+                         vmap_method="sequential")(  # e.g. an ensemble's optimisers
       coeffs.astype(jnp.float32), *params, *grads, *mu, *nu)
   return list(out[:n]), list(out[n:2 * n]), list(out[2 * n:])

@@ -59,7 +59,7 @@ _calls.defvjp(_fwd, _bwd)
 def bias_gelu(h, b):
   """exact_gelu(h + b) for h (..., D) and b (D,)."""
   if not (h.dtype == jnp.float32 and b.dtype == jnp.float32 and h.ndim >= 1
-          and b.shape == h.shape[-1:] and enabled(h.dtype)):
+          and b.shape == h.shape[-1:] and h.shape[-1] > 0 and enabled(h.dtype)):
     return gelu.exact_gelu(h + b)
   d = h.shape[-1]
   return _calls(h.reshape(-1, d), b).reshape(h.shape)

@@ -87,7 +87,7 @@ class LayerNorm(nn.Module):
     scale = self.param("scale", self.scale_init, (d,), jnp.float32)
     bias = self.param("bias", self.bias_init, (d,), jnp.float32)
     out_dtype = self.dtype or x.dtype
-    if not (jnp.dtype(out_dtype) == jnp.float32 and enabled(x.dtype)):
+    if not (jnp.dtype(out_dtype) == jnp.float32 and enabled(x.dtype) and d > 0):
       # flax's LayerNorm, on this module's parameters
       return nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype, parent=None).apply(
           {"params": {"scale": scale, "bias": bias}}, x)

@@ -1,5 +1,10 @@
 """The CPU LayerNorm custom calls (meldae_jax/ops/cpu_layer_norm.py): flax's values and
 gradients, the same parameters, and taken only where they should be."""
+import os
+import shutil
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -121,3 +126,34 @@ def test_zero_width_rows_as_flax(forced_on):
   x = jnp.zeros((3, 0), jnp.float32)
   params = {"params": {"scale": jnp.ones(0), "bias": jnp.zeros(0)}}
   assert cpu_layer_norm.LayerNorm().apply(params, x).shape == (3, 0)
+
+
+_SUMS = """
+import hashlib, jax, jax.numpy as jnp, numpy as np
+from meldae_jax.ops import blas_dot, cpu_bias_gelu, cpu_layer_norm
+blas_dot.cpu_has_avx512 = lambda: True  # the calls on any CPU (plain loops without it)
+r = np.random.default_rng(0)
+x = jnp.asarray(r.standard_normal((3000, 40)), jnp.float32)
+w = jnp.asarray(r.standard_normal((3000, 40)), jnp.float32)
+p = {"params": {"scale": jnp.ones(40), "bias": jnp.asarray(r.standard_normal(40), jnp.float32)}}
+m = cpu_layer_norm.LayerNorm()
+g = jax.jit(jax.grad(lambda p: jnp.sum(m.apply(p, x) * w)))(p)
+db = jax.jit(jax.grad(lambda b: jnp.sum(cpu_bias_gelu.bias_gelu(x, b) * w)))(p["params"]["bias"])
+print(hashlib.md5(b"".join(np.asarray(a).tobytes() for a in (
+    g["params"]["scale"], g["params"]["bias"], db))).hexdigest())
+"""
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs taskset and two cores")
+def test_parameter_gradients_do_not_depend_on_the_core_count():
+  """The row blocks' column sums are grouped the same way on 1 and 2 cores (the block
+  size followed the thread count, and with it the sums' last bits)."""
+  cores = sorted(os.sched_getaffinity(0))[:2]
+  digests = {
+      n: subprocess.run(["taskset", "-c", ",".join(map(str, cores[:n])), sys.executable,
+                         "-c", _SUMS], capture_output=True, text=True, timeout=300,
+                        check=True, env={**os.environ, "MELDAE_CPU_LAYERNORM": "1",
+                                         "MELDAE_CPU_GELU": "1"}).stdout.split()[-1]
+      for n in (1, 2)}
+  assert digests[1] == digests[2]

@@ -53,16 +53,22 @@ void ForRowBlocks(xla::ffi::ThreadPool& pool, int64_t rows, int64_t min_rows,
   });
 }
 
-// ForRowBlocks where each block also sums `width` floats: body(begin, end, sums) with the
-// block's own zeroed sums. Returns the blocks' sums added in block order, so the result
-// does not depend on which thread ran which block.
+// Blocks of a summed pass: a fixed count, not a few per thread, so that the sums' grouping
+// (and their bits) are the same on 1, 2 or 16 cores, as XLA's reductions are. 8 is the
+// count RowsPerBlock gives on 2 cores, whose figures (docs/performance.md) stay as they were.
+constexpr int64_t kSummedBlocks = 8;
+
+// Row blocks over XLA's pool where each block also sums `width` floats: body(begin, end,
+// sums) with the block's own zeroed sums. Returns the blocks' sums added in block order:
+// the result depends neither on which thread ran which block nor on the thread count.
 template <typename Body>
 std::vector<float> ForRowBlocksSummed(xla::ffi::ThreadPool& pool, int64_t rows,
                                       int64_t min_rows, int64_t width, const Body& body) {
-  const int64_t per = RowsPerBlock(pool, rows, min_rows), blocks = (rows + per - 1) / per;
+  const int64_t per = std::max<int64_t>(min_rows, (rows + kSummedBlocks - 1) / kSummedBlocks);
+  const int64_t blocks = (rows + per - 1) / per;
   std::vector<float> partial(blocks * width, 0.0f), total(width, 0.0f);
-  ForRowBlocks(pool, rows, min_rows, [&](int64_t begin, int64_t end, int64_t blk) {
-    body(begin, end, partial.data() + blk * width);
+  ParallelFor(pool, blocks, [&](int64_t blk) {
+    body(blk * per, std::min(rows, (blk + 1) * per), partial.data() + blk * width);
   });
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const float* part = partial.data() + blk * width;

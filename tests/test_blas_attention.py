@@ -97,3 +97,20 @@ def test_a_bias_of_the_wrong_shape_is_named():
   qkv = jnp.zeros((1, 5, 12), jnp.float32)
   with pytest.raises(ValueError, match=r"bias of shape \(4,\).*must be \(12,\)"):
     blas_attention.attention(qkv, 2, jnp.zeros((4,), jnp.float32))
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+def test_a_non_finite_key_bias_shows_in_the_output(bad):
+  """The scores do not depend on bk, so the calls never read it; a NaN or Inf there must
+  still make the output NaN, as XLA's path (k + bk) does: a diverged bias is noticed."""
+  mod = attention.SelfAttention(num_heads=2)
+  x = jax.random.normal(jax.random.key(0), (1, 4, 6))
+  params = mod.init(jax.random.key(1), x)
+  params["params"]["key"]["bias"] = params["params"]["key"]["bias"].at[0, 1].set(bad)
+  out = jax.jit(mod.apply)(params, x)
+  with blas_attention.xla_attention():
+    ref = jax.jit(mod.apply)(params, x)
+  assert "meldae_attention_scores" in jax.jit(mod.apply).lower(params, x).as_text()
+  assert bool(jnp.isnan(ref).all()) and bool(jnp.isnan(out).all())
+  params["params"]["key"]["bias"] = params["params"]["key"]["bias"].at[0, 1].set(0.0)
+  assert bool(jnp.isfinite(jax.jit(mod.apply)(params, x)).all())

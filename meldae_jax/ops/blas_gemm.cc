@@ -202,10 +202,22 @@ bool IsBias(ffi::Span<const int64_t> s, const Dims& d) {  // (3D,)
 // product of its own (L x dh by dh x 1, into the block's first row): as a plain loop its
 // sums are one dependent chain each, which cost about what the bias add did.
 void StartScoresWithBias(const Head& hd, const float* x, const float* b, float scale,
-                         float* block) {
+                         float poison, float* block) {
   const Dims& d = hd.d;
   Sgemm(false, false, d.l, 1, d.dh, scale, hd.k(x), 3 * d.d, hd.bq(b), 1, block, 1);
+  if (poison != 0.0f || poison != poison) {
+    for (int64_t j = 0; j < d.l; ++j) block[j] += poison;
+  }
   for (int64_t r = 1; r < d.l; ++r) std::copy(block, block + d.l, block + r * d.l);
+}
+
+// 0 where bk is finite, NaN where any of it is not: the scores do not depend on bk (the
+// header's note), but a NaN or Inf there must still show in the result, as XLA's path
+// (which adds bk to k) shows it, or a diverged bias would go unnoticed.
+float KeyBiasPoison(const float* b, const Dims& d) {
+  float poison = 0.0f;
+  for (int64_t j = d.d; j < 2 * d.d; ++j) poison += 0.0f * b[j];
+  return poison;
 }
 
 // S (N, H, L, L) = scale (q k^T + 1 (k bq)^T) per (frame, head): the biased scores up to
@@ -220,9 +232,10 @@ ffi::Error Scores(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
   }
   const float *x = qkv.typed_data(), *b = bias.typed_data();
   float* out = s->typed_data();
+  const float poison = KeyBiasPoison(b, d);
   meldae::ParallelFor(pool, d.n * d.h, [&](int64_t i) {
     const Head hd = HeadOf(d, i);
-    StartScoresWithBias(hd, x, b, scale, out + hd.scores());
+    StartScoresWithBias(hd, x, b, scale, poison, out + hd.scores());
     Sgemm(false, true, d.l, d.l, d.dh, scale, hd.q(x), 3 * d.d, hd.k(x), 3 * d.d,
           out + hd.scores(), d.l, 1.0f);
   });

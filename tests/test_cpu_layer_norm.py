@@ -157,3 +157,17 @@ def test_parameter_gradients_do_not_depend_on_the_core_count():
                                          "MELDAE_CPU_GELU": "1"}).stdout.split()[-1]
       for n in (1, 2)}
   assert digests[1] == digests[2]
+
+
+@pytest.mark.skipif("avx512f" not in open("/proc/cpuinfo").read(),
+                    reason="the AVX-512 rows (the plain loops' sequential mean is inexact "
+                    "for a constant row, and rstd = 1/sqrt(eps) magnifies that)")
+def test_a_constant_row_has_zero_input_gradient(forced_on):
+  """The output of a constant row is the bias whatever x: dx = 0 exactly, as flax's. With
+  GCC fusing dy * scale - a into an FMA, the product's rounding (~1e-8) was left there,
+  times rstd = 1/sqrt(eps): -0.0155 at eps = 1e-12."""
+  m = cpu_layer_norm.LayerNorm(epsilon=1e-12)
+  params = {"params": {"scale": jnp.full((16,), 1.3), "bias": jnp.zeros(16)}}
+  dx = jax.jit(jax.grad(lambda x: jnp.sum(m.apply(params, x) * 0.7)))(
+      jnp.full((3, 16), 0.3, jnp.float32))
+  np.testing.assert_array_equal(dx, 0.0)

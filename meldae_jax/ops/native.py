@@ -50,6 +50,13 @@ def compiler() -> str | None:
   return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
+# -ffp-contract=off: the kernels' arithmetic as written (explicit FMAs stay FMAs). GCC
+# otherwise fuses a product and a difference written apart, e.g. LayerNorm's backward
+# (dy scale - a), whose unrounded product then leaves ~1e-8 where the result is 0 exactly,
+# times rstd (1/sqrt(eps) for a constant row).
+CXX_FLAGS = ("-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", "-w")
+
+
 def build(src: pathlib.Path) -> pathlib.Path:
   """Compiles `src` once per (source, the headers beside it, jax version); returns the
   .so path.
@@ -58,7 +65,7 @@ def build(src: pathlib.Path) -> pathlib.Path:
   include = jax.ffi.include_dir()
   headers = b"".join(h.read_bytes() for h in sorted(src.parent.glob("*.h")))
   key = hashlib.sha256(src.read_bytes() + headers + jax.__version__.encode()
-                       + include.encode()).hexdigest()[:16]
+                       + include.encode() + " ".join(CXX_FLAGS).encode()).hexdigest()[:16]
   out = cache_dir() / f"{src.stem}-{key}.so"
   if out.exists():
     return out
@@ -67,8 +74,7 @@ def build(src: pathlib.Path) -> pathlib.Path:
     raise RuntimeError(f"no C++ compiler (g++/c++ or $CXX) to build {src.name}")
 
   def compile_to(part: pathlib.Path) -> None:
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{include}",
-           f"-I{src.parent}", str(src), "-o", str(part)]
+    cmd = [cxx, *CXX_FLAGS, f"-I{include}", f"-I{src.parent}", str(src), "-o", str(part)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
       raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")

@@ -114,3 +114,29 @@ def test_tracing_a_dense_matmul_installs_it_whatever_its_operand_dtype(operands)
                         capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   assert json.loads(done.stdout.strip().splitlines()[-1])["installed"]
+
+
+_ALIGNED = """
+import ctypes, sys
+from meldae_jax.ops import host_alloc
+lib, libc = host_alloc.library(), ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long)
+k = int(sys.argv[1])
+for _ in range(k):  # small maps first, so that the region lands off a 64 KiB boundary
+  libc.mmap(None, 4096 * 3, 3, 0x22, -1, 0)
+assert lib.meldae_host_alloc_install(b"no-such-library", (1 << 30) + 4096 * k, 1 << 20) == 0
+p = ctypes.c_void_p()
+assert lib.meldae_host_alloc_posix_memalign(ctypes.byref(p), 65536, 1 << 20) == 0
+print(p.value % 65536)
+"""
+
+
+@pytest.mark.parametrize("maps_before", [1, 3])
+def test_blocks_keep_the_largest_alignment_promised(maps_before):
+  """Alignments up to 64 KiB are served: the region's base is 64 KiB-aligned, not only
+  page-aligned as mmap returns it (blocks were 4 KiB-aligned when it landed there)."""
+  out = subprocess.run([sys.executable, "-c", _ALIGNED, str(maps_before)],
+                       capture_output=True, text=True, timeout=120, check=True)
+  assert out.stdout.split()[-1] == "0"

@@ -300,9 +300,19 @@ int meldae_host_alloc_install(const char* libraries, size_t reserve_bytes,
     return -1;
   }
   reserve_bytes = RoundUp(reserve_bytes, kGranule);
-  void* r = mmap(nullptr, reserve_bytes, PROT_NONE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (r == MAP_FAILED) return -1;
+  // Blocks start at multiples of kGranule from the region's base, so the base itself
+  // must be kMaxAlign-aligned (mmap promises a page): reserve kMaxAlign more and give
+  // back what lies before the first aligned address and after the region.
+  void* raw = mmap(nullptr, reserve_bytes + kMaxAlign, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) return -1;
+  const uintptr_t base = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (base + kMaxAlign - 1) & ~static_cast<uintptr_t>(kMaxAlign - 1);
+  if (aligned > base) munmap(raw, aligned - base);
+  if (const size_t tail = kMaxAlign - (aligned - base); tail > 0) {
+    munmap(reinterpret_cast<void*>(aligned + reserve_bytes), tail);
+  }
+  void* r = reinterpret_cast<void*>(aligned);
   madvise(r, reserve_bytes, MADV_HUGEPAGE);  // fewer, larger first-touch faults
   threshold = min_bytes;
   region_size = reserve_bytes;

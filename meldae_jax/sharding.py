@@ -145,12 +145,14 @@ def batch_sharding(mesh, logical_rules) -> NamedSharding:
   return NamedSharding(mesh, spec if spec is not None else P())
 
 
-def global_batch_size_ok(global_batch: int, mesh, logical_rules) -> None:
+def global_batch_size_ok(global_batch: int, mesh, logical_rules,
+                         name: str = "batch_size") -> None:
+  """A ValueError naming the setting `name` if its batch does not split over the shards."""
   n = _axes_size(mesh, batch_sharding(mesh, logical_rules).spec[0]
                  if batch_sharding(mesh, logical_rules).spec else None)
   if global_batch % n:
-    raise ValueError(f"Global batch {global_batch} is not divisible by the {n} batch shards "
-                     f"of mesh {dict(mesh.shape)}.")
+    raise ValueError(f"Global batch {global_batch} ({name}) is not divisible by the {n} "
+                     f"batch shards of mesh {dict(mesh.shape)}.")
 
 
 def make_global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding):

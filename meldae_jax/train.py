@@ -335,6 +335,7 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
       nn.meta.unbox(boxed_state), state_sh)
   batch_sh = sharding.batch_sharding(mesh, rules)
   sharding.global_batch_size_ok(cfg.batch_size, mesh, rules)
+  sharding.global_batch_size_ok(int(cfg.eval.batch_size), mesh, rules, "eval.batch_size")
 
   # --- Sharded init. ---------------------------------------------------------------------
   def init_state(rng):

@@ -74,6 +74,13 @@ for data, fsdp in MESHES:
   results[f"{{data}}x{{fsdp}}"] = dict(
       losses=losses, ref_losses=ref_losses, max_param_diff=max(jax.tree.leaves(diffs)),
       sharded=sharded, mesh=dict(state.params["backbone"]["cls"].sharding.mesh.shape))
+cfg = th.tiny_config(batch_size=8)
+cfg.eval.batch_size = 6  # not a multiple of the 8 batch shards: found before training
+try:
+  train.make_trainer(cfg)
+  results["bad_eval_batch"] = None
+except ValueError as e:
+  results["bad_eval_batch"] = str(e)
 print("RESULT " + json.dumps(results))
 """
 
@@ -88,6 +95,8 @@ def test_sharded_step_matches_single_device():
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
   results = json.loads(line[len("RESULT "):])
+  assert "Global batch 6 (eval.batch_size) is not divisible by the 8" in (
+      results["bad_eval_batch"] or "")
   for data, fsdp in meshes:
     r = results[f"{data}x{fsdp}"]
     assert r["mesh"] == {"data": data, "fsdp": fsdp}

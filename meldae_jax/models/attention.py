@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from meldae_jax.models import layers
 from meldae_jax.ops import blas_attention
 from meldae_jax.ops import blas_dot
 
@@ -87,17 +88,19 @@ class SelfAttention(nn.Module):
       biases.append(bias.reshape(d))
     out_kernel, out_bias = _DenseGeneralParams(
         (h, dh, d), (d,), 2, self.out_kernel_init or self.kernel_init, name="out")()
-    x, kernel, bias, out_kernel, out_bias = nn.dtypes.promote_dtype(
-        x, jnp.concatenate(kernels, axis=1), jnp.concatenate(biases), out_kernel,
-        out_bias, dtype=self.dtype)
+    x, kernel, out_kernel = nn.dtypes.promote_dtype(
+        x, jnp.concatenate(kernels, axis=1), out_kernel, dtype=self.dtype)
+    bias = jnp.concatenate(biases)  # float32: added by layers.add_bias (or the calls)
 
     tokens = x.reshape(n * length, d)
     qkv = blas_dot.dot_general(tokens, kernel, (((1,), (0,)), ((), ())))
     if blas_attention.enabled(qkv.dtype):  # one CPU device: sgemm per head, no transposes
-      ctx = blas_attention.attention(qkv.reshape(n, length, 3 * d), h, bias)
+      ctx = blas_attention.attention(qkv.reshape(n, length, 3 * d), h,
+                                     bias.astype(qkv.dtype))
     else:
-      qkv = (qkv + bias).reshape(n, length, 3, h, dh)
+      qkv = layers.add_bias(qkv, bias).reshape(n, length, 3, h, dh)
       ctx = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-    out = blas_dot.dot_general(ctx.reshape(n * length, d), out_kernel.reshape(d, d),
-                               (((1,), (0,)), ((), ()))) + out_bias
+    out = layers.add_bias(blas_dot.dot_general(ctx.reshape(n * length, d),
+                                               out_kernel.reshape(d, d),
+                                               (((1,), (0,)), ((), ()))), out_bias)
     return out.reshape(n, length, d)

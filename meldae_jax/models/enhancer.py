@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from meldae_jax.models import layers
 from meldae_jax.ops import blas_dot
 
 Dtype = Any
@@ -31,12 +32,12 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     d = x.shape[-1]
-    x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0",
+    x = layers.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0",
                  kernel_init=kernel_init("embed", "mlp"),
                  dot_general=blas_dot.dot_general)(x)
     x = nn.gelu(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(d, dtype=self.dtype, name="Dense_1",
+    return layers.Dense(d, dtype=self.dtype, name="Dense_1",
                     kernel_init=kernel_init("mlp", "embed"),
                     dot_general=blas_dot.dot_general)(x)
 
@@ -55,7 +56,7 @@ class Attention(nn.Module):
   def __call__(self, x, kv, kv_mask=None):
     d = x.shape[-1]
     dh = max(1, d // self.num_heads)  # L/16 (1024) with 12 heads: 12 x 85
-    proj = lambda name: nn.DenseGeneral(  # noqa: E731
+    proj = lambda name: layers.DenseGeneral(  # noqa: E731
         (self.num_heads, dh), dtype=self.dtype, name=name,
         kernel_init=kernel_init("embed", "heads", "kv"),
         dot_general=blas_dot.dot_general)
@@ -72,7 +73,7 @@ class Attention(nn.Module):
                      (self.num_heads, dh, d))
     b_o = self.param("out_bias", nn.initializers.zeros, (d,))
     out = jnp.einsum("bnhc,hcd->bnd", ctx, w_o.astype(self.dtype))
-    out = out + b_o.astype(self.dtype)
+    out = layers.add_bias(out, b_o)
     aux = dict(probs=probs, v=v, out_kernel=w_o, out_bias=b_o, out=out)
     return out, aux
 

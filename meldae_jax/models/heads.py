@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from meldae_jax.models import layers
 from meldae_jax.models.enhancer import kernel_init
 from meldae_jax.ops import blas_dot
 
@@ -38,7 +39,7 @@ class Head(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     x = nn.LayerNorm(dtype=self.dtype, name="norm")(x.astype(self.dtype))
-    x = nn.Dense(self.hidden, dtype=self.dtype, name="hidden",
+    x = layers.Dense(self.hidden, dtype=self.dtype, name="hidden",
                  kernel_init=kernel_init("embed", "mlp"),
                  dot_general=blas_dot.dot_general)(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(x))

@@ -17,6 +17,7 @@ from flax.linen import recurrent
 import jax
 import jax.numpy as jnp
 
+from meldae_jax.models import layers
 from meldae_jax.ops import blas_dot
 
 _GATES = "ifgo"  # flax's order (OptimizedLSTMCell concatenates i, f, g, o)
@@ -102,7 +103,7 @@ def bilstm(x, seq_lengths=None, *, features: int, dtype: Any = jnp.float32,
   wi = jnp.concatenate([c[0] for c in cells], -1)  # (D, 8H): both directions
   wh = jnp.stack([c[1] for c in cells])            # (2, H, 4H)
   bias = jnp.stack([c[2] for c in cells])          # (2, 4H)
-  x, wi, wh, bias = nn.dtypes.promote_dtype(x, wi, wh, bias, dtype=dtype)
+  x, wi, wh = nn.dtypes.promote_dtype(x, wi, wh, dtype=dtype)  # bias: float32 (layers)
 
   xw = blas_dot.dot_general(x, wi, (((2,), (0,)), ((), ())))  # (B, T, 8H): one matmul
   fwd, bwd = jnp.split(xw, 2, axis=-1)
@@ -113,7 +114,7 @@ def bilstm(x, seq_lengths=None, *, features: int, dtype: Any = jnp.float32,
 
   def step(carry, xw_t):
     c, hid = carry
-    y = recurrent_matmul(hid.astype(wh.dtype), wh, wh_t) + bias[:, None]
+    y = layers.add_bias(recurrent_matmul(hid.astype(wh.dtype), wh, wh_t), bias[:, None])
     i, f, g, o = jnp.split(y + xw_t, 4, axis=-1)
     i, f, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o)
     c = f * c + i * jnp.tanh(g)

@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from meldae_jax.models import layers
+
 Dtype = Any
 
 
@@ -49,5 +51,5 @@ class RegionPool(nn.Module):
     emb_r = self.param("region_embedding", nn.initializers.normal(0.02),
                        (g * g, d))
     pooled = einops.rearrange(pooled, "b t i j d -> b t (i j) d")
-    pooled = pooled + (emb_t[:, None] + emb_r[None]).astype(self.dtype)
+    pooled = layers.add_bias(pooled, emb_t[:, None] + emb_r[None])
     return einops.rearrange(pooled, "b t r d -> b (t r) d")

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from meldae_jax.models import layers
 from meldae_jax.models.enhancer import kernel_init
 
 Dtype = Any
@@ -83,8 +84,8 @@ class ResNet(nn.Module):
                        name=f"block{i + 1}_unit{j + 1}")(x)
     x = nn.relu(_norm(x, "norm_pre_head", self.dtype))
     cls = jnp.mean(x, axis=(1, 2))
-    cls = nn.Dense(self.width, dtype=self.dtype, name="cls_proj",
+    cls = layers.Dense(self.width, dtype=self.dtype, name="cls_proj",
                    kernel_init=kernel_init("conv_out", "embed"))(cls)
-    patches = nn.Dense(self.width, dtype=self.dtype, name="patch_proj",
+    patches = layers.Dense(self.width, dtype=self.dtype, name="patch_proj",
                        kernel_init=kernel_init("conv_out", "embed"))(x)
     return cls, patches

@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from meldae_jax.models import layers
 from meldae_jax.models import lstm
 from meldae_jax.models.enhancer import kernel_init
 from meldae_jax.ops import blas_dot
@@ -41,6 +42,6 @@ class Temporal(nn.Module):
       x = lstm.bilstm(x, lengths, features=h, dtype=self.dtype)
     elif self.kind != "none":
       raise ValueError(f"unknown temporal model {self.kind!r}")
-    return nn.Dense(self.width, dtype=self.dtype, name="proj",
+    return layers.Dense(self.width, dtype=self.dtype, name="proj",
                     kernel_init=kernel_init("mlp", "embed"),
                     dot_general=blas_dot.dot_general)(x.astype(self.dtype))

@@ -20,6 +20,7 @@ import numpy as np
 
 from meldae_jax.models import attention
 from meldae_jax.models import gelu
+from meldae_jax.models import layers
 from meldae_jax.ops import blas_attention
 from meldae_jax.ops import blas_dot
 from meldae_jax.ops import cpu_bias_gelu
@@ -85,12 +86,14 @@ class DenseGelu(nn.Dense):
     kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features),
                         self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    inputs, kernel = nn.dtypes.promote_dtype(inputs, kernel, dtype=self.dtype)
     dot_general = (self.dot_general_cls() if self.dot_general_cls is not None
                    else self.dot_general or jax.lax.dot_general)
     h = dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
                     precision=self.precision)
-    return cpu_bias_gelu.bias_gelu(h, bias)
+    if layers.low_precision(h.dtype):
+      return gelu.exact_gelu(layers.add_bias(h, bias))  # the bias's gradient in float32
+    return cpu_bias_gelu.bias_gelu(h, bias.astype(h.dtype))
 
 
 class MlpBlock(nn.Module):
@@ -109,7 +112,7 @@ class MlpBlock(nn.Module):
                   kernel_init=_part(xavier, ("embed", "mlp")),
                   dot_general=blas_dot.dot_general, name="Dense_0")(x)
     x = nn.Dropout(rate=self.dropout)(x, self.deterministic)
-    return nn.Dense(d, dtype=self.dtype, bias_init=bias_init,
+    return layers.Dense(d, dtype=self.dtype, bias_init=bias_init,
                     kernel_init=_part(xavier, ("mlp", "embed")),
                     dot_general=blas_dot.dot_general, name="Dense_1")(x)
 
@@ -195,13 +198,13 @@ class PatchEmbed(nn.Module):
                                         (None, None, None, "embed")),
                         (p, p, c, self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     h, w = x.shape[1] // p, x.shape[2] // p
     x = einops.rearrange(x[:, :h * p, :w * p], "n (h a) (w b) c -> n h w (a b c)",
                          a=p, b=p)
     y = blas_dot.dot_general(x, kernel.reshape(p * p * c, self.features),
                              (((3,), (0,)), ((), ())))
-    return y + bias
+    return layers.add_bias(y, bias)
 
 
 class HMlpStem(nn.Module):
@@ -228,7 +231,7 @@ class HMlpStem(nn.Module):
     for i, f in enumerate(factors):
       last = i == len(factors) - 1
       x = einops.rearrange(x, "n (h a) (w b) c -> n h w (a b c)", a=f, b=f)
-      x = nn.Dense(self.width if last else self.hidden, dtype=self.dtype,
+      x = layers.Dense(self.width if last else self.hidden, dtype=self.dtype,
                    kernel_init=_part(nn.initializers.lecun_normal(),
                                      (None, "embed" if last else None)),
                    dot_general=blas_dot.dot_general, name=f"dense_{i}")(x)
@@ -272,7 +275,7 @@ class ViT(nn.Module):
               (None, None, "embed")),
         (1, 1 + h * w, d))
     cls = jnp.broadcast_to(cls.astype(x.dtype), (n, 1, d))
-    x = jnp.concatenate([cls, x], axis=1) + pos.astype(x.dtype)
+    x = layers.add_bias(jnp.concatenate([cls, x], axis=1), pos)
     x = nn.Dropout(rate=self.dropout)(x, not train)
     x = Encoder(depth=dims["depth"], mlp_dim=dims["mlp_dim"],
                 num_heads=dims["num_heads"], dropout=self.dropout,

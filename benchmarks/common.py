@@ -237,7 +237,10 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> dict:
 class Turns:
   """Timed steps taken in turns with another benchmark process (`compare.py
   --lockstep`), over two pipes the coordinator opened: this process says `ready` after
-  its warm-up, then waits for `go` before each timed step and says `done` after it.
+  its warm-up, then waits for `go` before each timed step and says `done` after it, and
+  after its last one waits for a last `go`, the release, which comes once both sides have
+  taken every timed step: its work after them (memory and FLOP counts: seconds of
+  tracing, or a whole eager step) then overlaps no timed step of the other side.
 
   Why: on a shared VM the cores' speed drifts over minutes, so two processes timed one
   after the other can run in different phases; steps taken in turns run in the same one.
@@ -278,6 +281,8 @@ def time_steps(step: Callable[[], None], steps: int, warmup: int,
     times.append(time.perf_counter() - t0)
     if turns:
       turns.done()
+  if turns:
+    turns.wait()  # the release: the other side's timed steps are all done
   return times
 
 

@@ -112,6 +112,13 @@ class _Side:
     if os.read(self.done, 1) != token:
       raise self.failure("ended before its turns did", ended=True)
 
+  def release(self) -> None:
+    """The last `go`: both sides' timed steps are done, work after them may start."""
+    try:
+      os.write(self.go, b"g")
+    except BrokenPipeError:
+      pass  # it ended already (a turn-taker without a release); its exit status tells
+
   def go_on(self, timeout: float) -> None:
     try:
       os.write(self.go, b"g")
@@ -147,6 +154,8 @@ def lockstep_round(cmds: dict[str, list[str]], first: str, steps: int, gap: floa
         for name in (order if i % 2 == 0 else order[::-1]):
           time.sleep(gap)  # the other side's idle thread pools stop spinning
           sides[name].go_on(timeout)
+      for side in sides.values():  # only now may either start its work after the steps
+        side.release()
       figures = {}
       for name, side in sides.items():
         if side.proc.wait(timeout):

@@ -328,3 +328,32 @@ def test_a_negative_gap_is_refused(capsys):
   with pytest.raises(SystemExit):
     compare.main(["--lockstep", "--gap", "-0.1"])
   assert "--gap must be >= 0" in capsys.readouterr().err
+
+
+_SIDE = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+from benchmarks import common
+spans = []
+def step():
+  t0 = time.monotonic(); time.sleep(0.05); spans.append((t0, time.monotonic()))
+turns = common.Turns(sys.argv[sys.argv.index("--turns") + 1])
+times = common.time_steps(step, {steps}, 1, turns)
+t0 = time.monotonic(); time.sleep(0.3); post = (t0, time.monotonic())  # FLOP counts
+print(json.dumps(dict(median_s=sorted(times)[len(times) // 2], timed=spans[1:], post=post)))
+"""
+
+
+@pytest.mark.parametrize("steps", [3, 4])
+def test_no_timed_step_overlaps_the_other_sides_work_after_its_steps(tmp_path, steps):
+  """The side whose turn comes last took its last timed step while the other side was
+  already counting FLOPs (seconds of tracing, or a whole eager step): its median moved."""
+  script = tmp_path / "side.py"
+  script.write_text(_SIDE.format(root=str(ROOT), steps=steps))
+  cmds = {side: [sys.executable, str(script)] for side in ("jax", "torch")}
+  for first in ("jax", "torch"):
+    figures = compare.lockstep_round(cmds, first, steps, gap=0.0)
+    for side, other in (("jax", "torch"), ("torch", "jax")):
+      post_start, post_end = figures[other]["post"]
+      for start, end in figures[side]["timed"]:
+        assert end <= post_start or start >= post_end, (first, side)

@@ -264,6 +264,12 @@ SAME = ("config", "mode", "dtype", "jax_dtype", "torch_backend", "lockstep",
         "cpu_model_name", "cpu_family")
 
 
+# Known in newer files only: rounds pool where these agree or one file predates them
+# (the CPU's model number tells Zen 3 from Zen 4 under one name and family; the steps,
+# warm-up and gap shape each round's median).
+SAME_WHERE_KNOWN = ("cpu_model", "steps", "warmup", "gap")
+
+
 def json_lines(path) -> list[dict]:
   """The JSON lines of a saved benchmark output; other lines (progress) are skipped."""
   return [json.loads(l) for l in pathlib.Path(path).read_text().splitlines()
@@ -274,7 +280,7 @@ def load_rounds(paths: list[str]) -> tuple[dict, list[dict], list[str | None]]:
   """The rounds of saved compare outputs, pooled: (what they measured, rounds, each
   file's source fingerprint or None where it predates them). Each file must hold whole
   rounds and its own `compare` line; all must agree on SAME."""
-  setting, rounds, sources = None, [], []
+  setting, rounds, sources, known = None, [], [], {}
   for path in paths:
     lines = json_lines(path)
     summary = [l for l in lines if l.get("kind") == "compare"]
@@ -283,6 +289,11 @@ def load_rounds(paths: list[str]) -> tuple[dict, list[dict], list[str | None]]:
     this = {k: summary[-1].get(k) for k in SAME}
     this["lockstep"] = bool(this["lockstep"])  # files before --lockstep alternated
     sources.append(summary[-1].get("source"))
+    for k in SAME_WHERE_KNOWN:
+      value = summary[-1].get(k)
+      if value is not None and known.setdefault(k, (value, path))[0] != value:
+        raise ValueError(f"{path} measured {k}={value!r}, {known[k][1]} {k}="
+                         f"{known[k][0]!r}")
     if setting is None:
       setting = this
     elif this != setting:
@@ -295,6 +306,8 @@ def load_rounds(paths: list[str]) -> tuple[dict, list[dict], list[str | None]]:
       if set(pair) != {"jax", "torch"}:
         raise ValueError(f"{path}: round {number} lacks a side ({sorted(pair)})")
       rounds.append(pair)
+  if setting is not None:
+    setting.update({k: v for k, (v, _) in known.items()})  # e.g. cpu_model for the tables
   return setting, rounds, sources
 
 

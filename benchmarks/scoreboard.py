@@ -17,6 +17,7 @@ files whose fingerprints differ.
 import argparse
 import dataclasses
 import difflib
+import fnmatch
 import pathlib
 import re
 import sys
@@ -163,8 +164,8 @@ ROWS = (
 
 
 # The CPUs the boards' runs ran on, as compare.py records them (model name, family).
-INTEL_XEON = ("Intel(R) Xeon(R) Processor", "6")  # model 207: the issue's machine kind
-AMD_EPYC = ("AMD EPYC", "25")  # model 17: Zen 4 (sessions 12-18, 26-28)
+INTEL_XEON = ("Intel(R) Xeon(R) Processor", "6", "207")  # the issue's machine kind
+AMD_EPYC = ("AMD EPYC", "25", "17")  # Zen 4 (sessions 12-18, 26-30); Zen 3 shares 25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,12 +284,32 @@ def _unmeasured(label: str, why: str, sessions: str = "") -> list[str]:
   return [label, "", why, "not measured", sessions]
 
 
-def _check_cpu(what, line: dict, cpu: tuple[str, str] | None) -> None:
-  """Refuses a run from another CPU than the table's (None: no check)."""
+def _check_cpu(what, line: dict, cpu: tuple[str, ...] | None) -> None:
+  """Refuses a run from another CPU than the table's (None: no check): model name and
+  family, and the model number where both the table and the run name one."""
+  if cpu is None:
+    return
   ran_on = (line.get("cpu_model_name"), line.get("cpu_family"))
-  if cpu is not None and ran_on != cpu:
+  if ran_on != tuple(cpu[:2]):
     raise ValueError(f"{what} ran on {ran_on} (model name, family), the table is "
-                     f"for {cpu}")
+                     f"for {cpu[:2]}")
+  model = line.get("cpu_model")
+  if len(cpu) > 2 and model is not None and str(model) != cpu[2]:
+    raise ValueError(f"{what} ran on CPU model {model}, the table is for model {cpu[2]}")
+
+
+# Fingerprints of the files saved before compare.py recorded them (benchmarks/results/
+# README.md, hashed from their commits), so that pooling them with later files is flagged
+# as pooling different code, as it is between recorded ones.
+KNOWN_SOURCES = (("s22_*_a.jsonl", "0f44c072421a"), ("s22_*_b.jsonl", "fd9c6577e582"),
+                 ("s23_*.jsonl", "1f8a7ab775a0"),
+                 ("s24_Ti112_train_fp32_eager_a.jsonl", "1f8a7ab775a0"))
+
+
+def _source(name: str, recorded: str | None) -> str | None:
+  if recorded is not None:
+    return recorded
+  return next((src for pattern, src in KNOWN_SOURCES if fnmatch.fnmatch(name, pattern)), None)
 
 
 def against_cells(row: Against, results: pathlib.Path,
@@ -297,6 +318,7 @@ def against_cells(row: Against, results: pathlib.Path,
     return _unmeasured(row.label, "no saved rounds")
   paths = [str(results / f) for f in row.files]
   setting, rounds, sources = compare.load_rounds(paths)
+  sources = [_source(f, src) for f, src in zip(row.files, sources)]
   got = tuple(setting[k] for k in ("config", "mode", "jax_dtype", "torch_backend"))
   if got != row.measures:
     raise ValueError(f"{row.files} measured {got}, the row {row.measures}")

@@ -357,3 +357,22 @@ def test_no_timed_step_overlaps_the_other_sides_work_after_its_steps(tmp_path, s
       post_start, post_end = figures[other]["post"]
       for start, end in figures[side]["timed"]:
         assert end <= post_start or start >= post_end, (first, side)
+
+
+def test_pooling_refuses_files_of_another_cpu_model_or_step_count(tmp_path):
+  """Where both files recorded them: the CPU's model number (Zen 3 and Zen 4 share a name
+  and family) and the steps, warm-up and gap that shape each round's median."""
+  def saved(name, **summary):
+    lines = [dict(kind="run", side=side, round=1, median_s=0.2) for side in ("jax", "torch")]
+    lines.append(dict(kind="compare", config="Ti112", mode="train", dtype="fp32",
+                      jax_dtype="fp32", torch_backend="eager", lockstep=True,
+                      cpu_model_name="AMD EPYC", cpu_family="25", **summary))
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(l) + "\n" for l in lines))
+    return str(path)
+  zen4 = saved("a.jsonl", cpu_model="17", steps=10, warmup=2, gap=0.05)
+  assert len(compare.load_rounds([zen4, saved("b.jsonl", steps=10)])[1]) == 2
+  with pytest.raises(ValueError, match="cpu_model='1'"):
+    compare.load_rounds([zen4, saved("c.jsonl", cpu_model="1")])
+  with pytest.raises(ValueError, match="steps=3"):
+    compare.load_rounds([zen4, saved("d.jsonl", cpu_model="17", steps=3)])

@@ -21,7 +21,8 @@ def _compare_file(path, pairs, source=None, lockstep=None, cpu=("Intel(R) Xeon(R
     lines.append(dict(kind="run", side="torch", round=i, median_s=torch_s))
   lines.append(dict(kind="compare", config="Ti112", mode="train", dtype="fp32",
                     jax_dtype="fp32", torch_backend="eager", source=source,
-                    lockstep=lockstep, cpu_model_name=cpu[0], cpu_family=cpu[1]))
+                    lockstep=lockstep, cpu_model_name=cpu[0], cpu_family=cpu[1],
+                    cpu_model=cpu[2] if len(cpu) > 2 else None))
   path.write_text("".join(json.dumps(l) + "\n" for l in lines))
 
 
@@ -220,3 +221,19 @@ def test_a_saved_run_without_its_figures_is_named(tmp_path, row, text):
   (tmp_path / row.file).write_text(text)
   with pytest.raises(ValueError, match=rf"{row.label}.*{row.file}"):
     scoreboard.table(tmp_path, (row,))
+
+
+def test_a_table_refuses_rounds_of_another_cpu_model(tmp_path):
+  """Zen 3 and Zen 4 share 'AMD EPYC' and family 25: the model number tells them apart,
+  where the run recorded it."""
+  measures = ("Ti112", "train", "fp32", "eager")
+  _compare_file(tmp_path / "s2_a.jsonl", [(0.2, 0.3)], cpu=("AMD EPYC", "25", "1"))
+  _compare_file(tmp_path / "s3_a.jsonl", [(0.2, 0.3)], cpu=("AMD EPYC", "25"))  # unknown
+  for name, fits in (("s2_a.jsonl", False), ("s3_a.jsonl", True)):
+    board = scoreboard.Board("z", scoreboard.AMD_EPYC,
+                             (scoreboard.Against("r", 1.3, measures, (name,)),))
+    if fits:
+      assert "| 1.50 [1.50, 1.50]" in scoreboard.table(tmp_path, board=board)
+    else:
+      with pytest.raises(ValueError, match="ran on CPU model 1, the table is for model 17"):
+        scoreboard.table(tmp_path, board=board)

@@ -72,16 +72,21 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
   everything = sources.VideoIndex(source)
   subjects = sorted({v.subject for v in everything.infos})
   plan = folds(subjects, int(cfg.dataset.get("loso_val_subjects", 1)))
+  unknown = sorted(set(only or ()) - set(subjects))
+  if unknown:
+    raise ValueError(f"--folds {unknown}: no such test subject(s); the corpus's subjects "
+                     f"are {subjects}")
+  os.makedirs(workdir, exist_ok=True)
   per_fold = {}
   for test, val, trn in plan:
-    if only and test not in only:
-      continue
     fold_dir = os.path.join(workdir, f"fold_{test}")
     done = os.path.join(fold_dir, "metrics.json")
-    if os.path.exists(done):
+    if os.path.exists(done):  # finished folds pool whatever --folds runs now
       with open(done) as f:
         per_fold[test] = json.load(f)
       train.say(f"[loso] fold {test}: done already")
+      continue
+    if only and test not in only:
       continue
     train.say(f"[loso] fold {test}: train on {len(trn)} subjects, validate on {val}")
     splits = train.Splits(
@@ -100,8 +105,13 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
     if old:
       train.say(f"[loso] {key} not pooled: folds {old} keep no clip counts (written "
                 f"before they were kept); delete their metrics.json and rerun to pool it.")
+  missing = [t for t, _, _ in plan if t not in per_fold]
   out = {"pooled": pooled, "folds": {k: _fold_summary(v) for k, v in per_fold.items()},
-         "num_folds": len(per_fold), "status": "done"}
+         "num_folds": len(per_fold), "status": "done" if not missing else "partial",
+         "folds_to_run": missing}
+  if missing:
+    train.say(f"[loso] {len(missing)} fold(s) not run yet ({missing}): the pooled figures "
+              "are of the finished folds only")
   checkpointing.write_json(os.path.join(workdir, "loso_metrics.json"), out)
   train.say(f"[loso] pooled over {len(per_fold)} folds: f1={_f(pooled['f1'])} "
             f"uf1={_f(pooled['uf1'])} f1_dr={_f(pooled['f1_dr'])} "
@@ -127,12 +137,11 @@ def main(argv):
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   try:
     run(config, workdir, only=flags.FLAGS.folds)
-  except train.CorpusNotBuiltError as e:
+  except (train.CorpusNotBuiltError, ValueError, FileNotFoundError,
+          train.NonFiniteLossError) as e:  # one line, the exit statuses of meldae_jax.main
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except train.NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
+    sys.exit(3 if isinstance(e, train.NonFiniteLossError) else
+             4 if isinstance(e, checkpointing.CheckpointMismatchError) else 2)
 
 
 if __name__ == "__main__":

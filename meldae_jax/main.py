@@ -48,6 +48,11 @@ def main(argv):
   logging.info("Config:\n%s", config)
   try:
     if config.dataset.get("protocol") == "loso":
+      if _MODE.value != "train":
+        raise FileNotFoundError(  # exit 2 (it trained before: the LOSO driver trains)
+            "--mode=evaluate is not available for a leave-one-subject-out config: each "
+            f"finished fold keeps its test metrics in {_WORKDIR.value}/fold_<subject>/"
+            "metrics.json, and `python -m meldae_jax.loso` (same flags) pools them")
       from meldae_jax import loso  # pylint: disable=g-import-not-at-top
       result = loso.run(config, _WORKDIR.value)
     elif _MODE.value == "train":

@@ -62,3 +62,13 @@ def test_licensed_corpus_not_built_exits_with_instructions(tmp_path):
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["seed"] == 17 and saved["optimizer"]["clip_norm"] == 0.25
   assert saved["dataset"]["data_dir"] == str(tmp_path / "tfds")
+
+
+def test_evaluate_mode_with_a_loso_config_is_refused_not_trained(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "meldae_jax.main", f"--config={ROOT / 'configs' / 'casme2.py'}:tiny",
+       f"--workdir={tmp_path / 'w'}", "--mode=evaluate"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert "--mode=evaluate is not available for a leave-one-subject-out config" in proc.stderr
+  assert not (tmp_path / "w").exists()

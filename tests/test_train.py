@@ -371,3 +371,17 @@ def test_eval_stride_longer_than_the_window_is_found_before_training():
   cfg.eval.stride = cfg.dataset.window + 1
   with pytest.raises(ValueError, match=r"eval.stride 5 must be in 1..dataset.window \(4\)"):
     train.make_trainer(cfg)
+
+
+def test_loso_folds_must_name_known_subjects_and_finished_folds_still_pool(tmp_path):
+  records = th.records(3, seed=310, num_frames=24, subjects=3)
+  cfg = th.tiny_config(total_steps=2, log_every=1, eval_every=0)
+  cfg.dataset.protocol, cfg.dataset.loso_val_subjects = "loso", 1
+  with pytest.raises(ValueError, match=r"--folds \['s15'\]: no such test subject.*s000"):
+    loso.run(cfg, str(tmp_path), source=records, only=["s15"])
+  assert not (tmp_path / "loso_metrics.json").exists()
+  first = loso.run(cfg, str(tmp_path), source=records, only=["s000"])
+  assert first["status"] == "partial" and first["folds_to_run"] == ["s001", "s002"]
+  second = loso.run(cfg, str(tmp_path), source=records, only=["s001"])
+  assert sorted(second["folds"]) == ["s000", "s001"]  # the finished fold pools too
+  assert second["folds_to_run"] == ["s002"]

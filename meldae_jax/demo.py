@@ -74,6 +74,10 @@ def main(argv=None) -> int:
                                         threshold=val["threshold"])
     del trainer, state
   result = train.train_and_evaluate(cfg, run_dir, splits=splits)
+  if result.get("status") != "done":  # SIGTERM: the demo starts afresh when rerun
+    print(f"Demo stopped at step {result.get('step')} ({result.get('status')}); rerunning "
+          f"it starts again from scratch.", file=sys.stderr)
+    return 1
 
   rows = [("trained", result)] + ([("untrained", baseline)] if baseline else [])
   print("\nTest split (subject-disjoint), micro-expression spotting, IoU >= 0.5:")

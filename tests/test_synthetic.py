@@ -1,4 +1,6 @@
 """Synthetic conversation corpus: determinism, label sanity, labels match rendered motion."""
+import json
+
 import numpy as np
 import pytest
 
@@ -155,6 +157,18 @@ def test_tiny_builder_builds_and_reads_back(tmp_path):
   assert not (subjects["train"] & subjects["validation"] or subjects["train"] & subjects["test"])
 
 
+def test_preview_of_videos_whose_ids_hold_a_slash(tmp_path, monkeypatch):
+  """CAS(ME)^2's and MMEW's ids (s15/15_0101..., disgust/S02-01-001) named a missing
+  subfolder: FileNotFoundError."""
+  frames, ann = generate_video(5, "easy", 48, 60)
+  monkeypatch.setattr(preview, "_record_videos",
+                      lambda *args: iter([("s15/15_0101clip", frames, ann)]))
+  preview.main(["--builder", "casme2", "--split", "subject_15", "--videos", "1",
+                "--out", str(tmp_path)])
+  assert (tmp_path / "s15__15_0101clip_sheet.png").stat().st_size > 0
+  assert (tmp_path / "s15__15_0101clip.mp4").stat().st_size > 0
+
+
 def test_preview_writes_a_contact_sheet(tmp_path):
   preview.main(["--generate", "--difficulty", "easy", "--image_size", "48", "--seconds", "3",
                 "--videos", "1", "--no_video", "--seed", "5", "--out", str(tmp_path)])
@@ -242,3 +256,28 @@ def test_false_positive_causes_exclude_the_mes_own_motion_and_name_macros():
   for v in flat.controls.values():
     v[:] = 0.0
   assert error_report.fp_cause(flat, [], 100, 108) == "none (no nuisance motion)"
+
+
+def test_error_report_takes_the_workdirs_level_and_refuses_another(tmp_path, capsys):
+  """Predictions scored against another level's videos of the same ids gave confident
+  wrong numbers (the level defaulted to 'default')."""
+  from meldae_jax.data.synthetic import error_report  # pylint: disable=g-import-not-at-top
+  c = error_report.builder_config("tiny")
+  plan = [s for s in generator.corpus_plan(
+      c.num_subjects, videos_per_subject=c.videos_per_subject, seconds=c.seconds, fps=c.fps,
+      corpus_seed=c.corpus_seed) if s.split == "test"]
+  videos, truth = {}, {}
+  for s in plan:
+    tl = generator.video_timeline(s.seed, s.num_frames, c.fps, c.difficulty, c.me_period_s)
+    ivs = [{"onset": e.onset, "offset": e.offset, "type": "micro"}
+           for e in tl.events if e.kind == "micro"]
+    videos[s.video_id], truth[s.video_id] = {"intervals": ivs}, {"intervals": ivs}
+  (tmp_path / "test_predictions.json").write_text(json.dumps({"videos": videos}))
+  (tmp_path / "test_annotations.json").write_text(json.dumps({"videos": truth}))
+  (tmp_path / "config.json").write_text(json.dumps(
+      {"dataset": {"name": "synthetic_conversation", "builder_config": "tiny"}}))
+  assert error_report.main(["--workdir", str(tmp_path), "--json"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["recall"]["all"]["recall"] == 1.0
+  assert error_report.main(["--workdir", str(tmp_path), "--level", "default"]) == 2
+  assert "not the 'default' level's" in capsys.readouterr().err

@@ -385,3 +385,14 @@ def test_loso_folds_must_name_known_subjects_and_finished_folds_still_pool(tmp_p
   second = loso.run(cfg, str(tmp_path), source=records, only=["s001"])
   assert sorted(second["folds"]) == ["s000", "s001"]  # the finished fold pools too
   assert second["folds_to_run"] == ["s002"]
+
+
+def test_a_preempted_demo_says_so_instead_of_failing_on_missing_metrics(tmp_path, monkeypatch,
+                                                                         capsys):
+  from meldae_jax import demo  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(train, "open_splits", lambda cfg: th.splits(n_val=0, n_test=0))
+  monkeypatch.setattr(train, "train_and_evaluate", lambda cfg, workdir, splits: {
+      "status": "preempted", "step": 63, "train_loss": 1.0})
+  assert demo.main(["--workdir", str(tmp_path), "--no_baseline", "--steps", "2"]) == 1
+  err = capsys.readouterr().err
+  assert "Demo stopped at step 63 (preempted)" in err and "from scratch" in err

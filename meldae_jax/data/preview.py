@@ -189,9 +189,10 @@ def main(argv=None):
   else:
     videos = _record_videos(args.builder, args.data_dir, args.split, args.videos)
   for video_id, frames, ann in videos:
-    write_sheet(out / f"{video_id}_sheet.png", video_id, frames, ann)
+    stem = str(video_id).replace("/", "__")  # casme2's s15/..., mmew's disgust/...
+    write_sheet(out / f"{stem}_sheet.png", video_id, frames, ann)
     if not args.no_video:
-      write_video(str(out / f"{video_id}.mp4"), frames, ann)
+      write_video(str(out / f"{stem}.mp4"), frames, ann)
     print(f"{video_id}: {len(frames)} frames, {len(ann['intervals'])} intervals -> {out}")
 
 

@@ -60,9 +60,11 @@ def skin_luminance(subject_seed: int) -> float:
   return float(np.dot(skin, [0.299, 0.587, 0.114]))
 
 
-def report(predictions: dict, level: str, split: str = "test") -> dict:
-  """Recall per group, misses by kind and false-positive causes; `predictions` in SPEC
-  §5's format."""
+def report(predictions: dict, level: str, split: str = "test",
+           annotations: dict | None = None) -> dict:
+  """Recall per group, misses by kind and false-positive causes; `predictions` (and the
+  run's `annotations`, to check that the replayed level is the run's) in SPEC §5's
+  format."""
   c = builder_config(level)
   plan = [s for s in generator.corpus_plan(c.num_subjects, videos_per_subject=c.videos_per_subject,
                                            seconds=c.seconds, fps=c.fps,
@@ -73,6 +75,10 @@ def report(predictions: dict, level: str, split: str = "test") -> dict:
   misses = collections.Counter()  # a missed ME: overlapped by a prediction, or not at all
   fp_on_me = 0
   videos = predictions.get("videos", {})
+  strangers = sorted(set(videos) - {spec.video_id for spec in plan})
+  if strangers:
+    raise ValueError(f"predictions for {len(strangers)} video(s) that the {level!r} level's "
+                     f"{split} split does not have (e.g. {strangers[0]!r}): another level?")
   for spec in plan:
     tl = generator.video_timeline(spec.seed, spec.num_frames, c.fps, c.difficulty,
                                   c.me_period_s)
@@ -81,6 +87,12 @@ def report(predictions: dict, level: str, split: str = "test") -> dict:
     macros = [e for e in tl.events if e.kind == "macro"]
     mes = [e for e in tl.events if e.kind == "micro"]
     gts = [(e.onset, e.offset) for e in mes]
+    given = ((annotations or {}).get("videos") or {}).get(spec.video_id)
+    if given is not None and sorted(
+        (iv["onset"], iv["offset"]) for iv in given.get("intervals", ())
+        if iv.get("type", "micro") == "micro") != sorted(gts):
+      raise ValueError(f"video {spec.video_id!r}: the run's annotations are not the "
+                       f"{level!r} level's (replayed): another level?")
     preds = [(p["onset"], p["offset"]) for p in videos.get(spec.video_id, {}).get("intervals", [])
              if p.get("type", "micro") == "micro"]
     pairs = metrics.match(gts, preds)  # SPEC §5: IoU >= 0.5, one-to-one
@@ -106,18 +118,49 @@ def report(predictions: dict, level: str, split: str = "test") -> dict:
                               "on_an_me": fp_on_me}}
 
 
+def _workdir_level(workdir: str) -> str | None:
+  """The synthetic level a workdir trained on (config.json's dataset), or None."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      dataset = json.load(f).get("dataset") or {}
+  except (OSError, ValueError):
+    return None
+  if dataset.get("name") != "synthetic_conversation":
+    return None
+  return dataset.get("builder_config") or builder_config_default()
+
+
+def builder_config_default() -> str:
+  return build_lib.load_builder_class("synthetic_conversation").BUILDER_CONFIGS[0].name
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True, help="holds test_predictions.json")
-  p.add_argument("--level", default="default", help="synthetic_conversation level")
+  p.add_argument("--level", default=None, help="synthetic_conversation level (default: "
+                 "the workdir's, from its config.json)")
   p.add_argument("--json", action="store_true", help="print JSON instead of a table")
   a = p.parse_args(argv)
   path = os.path.join(a.workdir, "test_predictions.json")
   if not os.path.exists(path):
     print(f"error: {path} not found (train with a test split first)", file=sys.stderr)
     return 2
+  level = a.level or _workdir_level(a.workdir)
+  if level is None:
+    print(f"error: {a.workdir}/config.json names no synthetic_conversation level; give "
+          "--level", file=sys.stderr)
+    return 2
   with open(path) as f:
-    out = report(json.load(f), a.level)
+    predictions = json.load(f)
+  annotations = None
+  if os.path.exists(os.path.join(a.workdir, "test_annotations.json")):
+    with open(os.path.join(a.workdir, "test_annotations.json")) as f:
+      annotations = json.load(f)
+  try:
+    out = report(predictions, level, annotations=annotations)
+  except (ValueError, SystemExit) as e:
+    print(e if str(e).startswith("error:") else f"error: {e}", file=sys.stderr)
+    return 2
   if a.json:
     print(json.dumps(out, indent=1))
     return 0

@@ -3,6 +3,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -335,3 +336,18 @@ def test_mmew_clip_files_numbered_as_in_the_recording(tmp_path):
   iv = record["intervals"]
   assert (int(iv["onset"][0]), int(iv["apex"][0]), int(iv["offset"][0])) == (1, 2, 3)
   assert len(record["frames"]) == 5
+
+
+@pytest.mark.parametrize("args, words", [
+    (["wdmd"], "wdmd is built from your own copy of the corpus: pass --manual_dir"),
+    (["synthetic_conversation/bogus"], "no config 'bogus'"),
+    (["nosuch"], "no builder for 'nosuch'"),
+])
+def test_build_command_errors_are_one_line(tmp_path, args, words):
+  proc = subprocess.run([sys.executable, "-m", "meldae_jax.data.build", *args,
+                         "--data_dir", str(tmp_path / "data")], capture_output=True,
+                        text=True, timeout=300, cwd=os.path.dirname(cu.DATASETS_DIR))
+  assert proc.returncode == 2
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
+  assert not (tmp_path / "data" / "wdmd").exists()

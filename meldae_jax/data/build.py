@@ -49,9 +49,26 @@ def make_builder(spec: str, data_dir=None, datasets_dir=None):
   return cls(**kwargs)
 
 
+class BuildError(ValueError):
+  """A corpus that cannot be built as asked; the one-line message says why."""
+
+
 def build(spec: str, data_dir=None, manual_dir=None, datasets_dir=None):
   """Generates and writes the corpus (a no-op when it is already there)."""
+  name, _, config = spec.partition("/")
+  cls = load_builder_class(name, datasets_dir)
+  known = [c.name for c in getattr(cls, "BUILDER_CONFIGS", ())]
+  if config and known and config not in known:
+    raise BuildError(f"{name} has no config {config!r} (have {known})")
+  if data_dir and os.path.exists(os.path.expanduser(str(data_dir))) and not os.path.isdir(
+      os.path.expanduser(str(data_dir))):
+    raise BuildError(f"--data_dir {data_dir} is a file, not a folder")
   builder = make_builder(spec, data_dir, datasets_dir)
+  if (getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) and not builder.is_prepared()
+      and not (manual_dir and os.path.isdir(os.path.expanduser(str(manual_dir))))):
+    raise BuildError(f"{name} is built from your own copy of the corpus: pass "
+                     f"--manual_dir=FOLDER (its layout: datasets/{name}/README.md)"
+                     + (f"; {manual_dir} is not a folder" if manual_dir else ""))
   download_config = tfds.download.DownloadConfig(
       manual_dir=os.path.expanduser(str(manual_dir)) if manual_dir else None)
   builder.download_and_prepare(download_config=download_config)
@@ -66,7 +83,12 @@ def main(argv=None):
   parser.add_argument("--manual_dir", default=None, help="where licensed corpora were put by hand")
   args = parser.parse_args(argv)
   start = time.perf_counter()
-  builder = build(args.spec, args.data_dir, args.manual_dir)
+  from meldae_jax.data import corpus_utils  # pylint: disable=g-import-not-at-top
+  try:
+    builder = build(args.spec, args.data_dir, args.manual_dir)
+  except (BuildError, FileNotFoundError, corpus_utils.CorpusError) as e:
+    print(f"error: {e}".replace("\n", " "), file=sys.stderr)
+    sys.exit(2)
   splits = {k: v.num_examples for k, v in builder.info.splits.items()}
   print(f"{builder.info.full_name} in {builder.data_dir}: {splits} "
         f"({time.perf_counter() - start:.1f} s)")

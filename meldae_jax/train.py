@@ -711,6 +711,8 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, *,
                   splits: Splits | None = None) -> dict:
   """`--mode=evaluate`: the workdir's best (else latest) checkpoint on the test split."""
   cfg = config
+  if not os.path.isdir(workdir):  # before the checkpoint managers create folders in it
+    raise FileNotFoundError(f"No workdir {workdir} to evaluate.")
   sharding.maybe_initialize_distributed(cfg)
   splits = splits or open_splits(cfg)
   trainer = make_trainer(cfg)

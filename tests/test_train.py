@@ -396,3 +396,9 @@ def test_a_preempted_demo_says_so_instead_of_failing_on_missing_metrics(tmp_path
   assert demo.main(["--workdir", str(tmp_path), "--no_baseline", "--steps", "2"]) == 1
   err = capsys.readouterr().err
   assert "Demo stopped at step 63 (preempted)" in err and "from scratch" in err
+
+
+def test_evaluating_a_missing_workdir_creates_nothing(tmp_path):
+  with pytest.raises(FileNotFoundError, match="No workdir"):
+    train.evaluate_only(th.tiny_config(), str(tmp_path / "typo"), splits=th.splits())
+  assert not (tmp_path / "typo").exists()

@@ -284,6 +284,7 @@ def test_turns_time_the_step_only_after_saying_ready():
       time.sleep(0.2)  # not the step's time
       os.write(go_write, b"g")
       said.append(os.read(done_read, 1))
+    os.write(go_write, b"g")  # the release: time_steps returns only after it
 
   thread = threading.Thread(target=coordinator)
   thread.start()

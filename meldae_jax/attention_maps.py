@@ -24,12 +24,10 @@ chin & jaw). The workdir is only read. Exit status 2: no checkpoint, no enhancer
 from __future__ import annotations
 
 import os
-import sys
 from typing import Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,6 +35,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from meldae_jax import checkpointing
+from meldae_jax import cli
 from meldae_jax import predict
 from meldae_jax import sharding
 from meldae_jax import spot
@@ -222,21 +221,13 @@ def _define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    f = flags.FLAGS
-    if not os.path.isdir(f.workdir):
-      raise AttentionError(f"{f.workdir}: no such workdir")
-    cfg = spot.load_config(f.workdir, f.config)
-    run(cfg, f.workdir, f.out, split=f.split, max_videos=f.max_videos,
-        margin_seconds=f.margin_seconds)
-  except (AttentionError, spot.SpotError, train.CorpusNotBuiltError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except checkpointing.CheckpointMismatchError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(4)
+  cli.quiet_logs()
+  f = flags.FLAGS
+  with cli.one_line_errors(((AttentionError, 2), (spot.SpotError, 2),
+                            (train.CorpusNotBuiltError, 2),
+                            (checkpointing.CheckpointMismatchError, 4))):
+    run(spot.load_config(f.workdir, f.config), f.workdir, f.out, split=f.split,
+        max_videos=f.max_videos, margin_seconds=f.margin_seconds)
 
 
 if __name__ == "__main__":

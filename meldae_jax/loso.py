@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any, Sequence
 
 from absl import app
@@ -23,6 +22,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from meldae_jax import checkpointing
+from meldae_jax import cli
 from meldae_jax import metrics as metrics_lib
 from meldae_jax import train
 from meldae_jax.data import sources
@@ -135,13 +135,8 @@ def _f(v) -> str:
 def main(argv):
   del argv
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  try:
+  with cli.one_line_errors(cli.EXIT_CODES + ((ValueError, 2),)):  # e.g. --folds
     run(config, workdir, only=flags.FLAGS.folds)
-  except (train.CorpusNotBuiltError, ValueError, FileNotFoundError,
-          train.NonFiniteLossError) as e:  # one line, the exit statuses of meldae_jax.main
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3 if isinstance(e, train.NonFiniteLossError) else
-             4 if isinstance(e, checkpointing.CheckpointMismatchError) else 2)
 
 
 if __name__ == "__main__":

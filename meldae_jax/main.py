@@ -14,14 +14,13 @@ Exit status: 0 done (or preempted with a checkpoint saved); 2 corpus not built o
 checkpoint to evaluate; 3 non-finite loss; 4 the workdir's checkpoint was saved with other
 model/optimizer settings (the message lists them). Errors are one line on stderr.
 """
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from meldae_jax import checkpointing
+from meldae_jax import cli
 from meldae_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
@@ -31,22 +30,12 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-# Expected failures -> exit status (the module docstring lists them); first match wins.
-_EXIT_CODE_OF = (
-    (train.CorpusNotBuiltError, 2),
-    (train.NonFiniteLossError, 3),
-    (checkpointing.CheckpointMismatchError, 4),
-    (FileNotFoundError, 2),  # --mode=evaluate on a workdir without checkpoints
-)
-_EXIT_CODES = tuple(cls for cls, _ in _EXIT_CODE_OF)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   logging.info("Config:\n%s", config)
-  try:
+  with cli.one_line_errors():
     if config.dataset.get("protocol") == "loso":
       if _MODE.value != "train":
         raise FileNotFoundError(  # exit 2 (it trained before: the LOSO driver trains)
@@ -59,9 +48,6 @@ def main(argv):
       result = train.train_and_evaluate(config, _WORKDIR.value)
     else:
       result = train.evaluate_only(config, _WORKDIR.value)
-  except _EXIT_CODES as e:  # one line on stderr, no traceback
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(next(code for cls, code in _EXIT_CODE_OF if isinstance(e, cls)))
   if result.get("status") == "preempted":
     logging.info("Preempted at step %s; checkpoint saved.", result.get("step"))
 

@@ -34,13 +34,11 @@ import dataclasses
 import os
 import re
 import shutil
-import sys
 import tempfile
 from typing import Any, Callable, Iterable, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import cv2
 import jax
 import ml_collections
@@ -48,6 +46,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from meldae_jax import checkpointing
+from meldae_jax import cli
 from meldae_jax import predict
 from meldae_jax import train
 from meldae_jax.data import corpus_utils
@@ -213,6 +212,9 @@ def stored_crops(cfg: ml_collections.ConfigDict) -> tuple[int, str]:
 
 def load_config(workdir: str, config: ml_collections.ConfigDict | None
                 ) -> ml_collections.ConfigDict:
+  """`config`, else the one the run in `workdir` saved (SpotError where neither is)."""
+  if not os.path.isdir(workdir):
+    raise SpotError(f"{workdir}: no such workdir")
   if config is not None:
     return config
   saved = train._saved_config(workdir)  # pylint: disable=protected-access
@@ -366,21 +368,12 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # the [spot] lines, not orbax's INFO logs
-    logging.set_verbosity(logging.WARNING)
-  try:
-    f = flags.FLAGS
-    if not os.path.isdir(f.workdir):
-      raise SpotError(f"{f.workdir}: no such workdir")
-    cfg = load_config(f.workdir, f.config)
-    spot(cfg, f.workdir, f.video, f.out, fps=f.fps, threshold=f.threshold,
-         crop_size=f.crop_size, encoding=f.encoding)
-  except (SpotError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except checkpointing.CheckpointMismatchError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(4)
+  cli.quiet_logs()  # the [spot] lines, not orbax's INFO logs
+  f = flags.FLAGS
+  with cli.one_line_errors(((SpotError, 2), (FileNotFoundError, 2),
+                            (checkpointing.CheckpointMismatchError, 4))):
+    spot(load_config(f.workdir, f.config), f.workdir, f.video, f.out, fps=f.fps,
+         threshold=f.threshold, crop_size=f.crop_size, encoding=f.encoding)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""What the commands share: one-line errors with the exit statuses `meldae_jax.main`
+documents, and quiet logs where a command prints its own progress lines."""
+import contextlib
+import sys
+
+from absl import flags
+from absl import logging
+
+from meldae_jax import checkpointing
+from meldae_jax import train
+
+# Expected failures -> exit status; first match wins (CheckpointMismatchError is a
+# ValueError: a table that adds ValueError lists it after this one).
+EXIT_CODES = (
+    (train.CorpusNotBuiltError, 2),
+    (train.NonFiniteLossError, 3),
+    (checkpointing.CheckpointMismatchError, 4),
+    (FileNotFoundError, 2),  # --mode=evaluate on a workdir without checkpoints
+)
+
+
+@contextlib.contextmanager
+def one_line_errors(codes=EXIT_CODES):
+  """An error of `codes` becomes `error: ...` on stderr and its exit status, no traceback."""
+  try:
+    yield
+  except tuple(cls for cls, _ in codes) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(next(code for cls, code in codes if isinstance(e, cls)))
+
+
+def quiet_logs() -> None:
+  """WARNING and up from absl (orbax's INFO lines), unless --verbosity was given."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)

@@ -479,15 +479,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return _run(trainer, cfg, mcfg, workdir, splits)
 
 
+def _config_json(cfg) -> dict:
+  """The config as config.json holds it, with the model's T and K as the run uses them
+  (`model_config`): a `--config.dataset.window=` override comes after `finalize`."""
+  out = json.loads(cfg.to_json_best_effort())
+  mcfg = model_config(cfg)
+  out["model"].update(num_frames=mcfg.num_frames, num_classes=mcfg.num_classes)
+  return out
+
+
 def _save_config(cfg, workdir: str) -> None:
-  """config.json with the model's T and K as the run uses them (`model_config`): a
-  `--config.dataset.window=` override comes after the config file's `finalize`."""
   if jax.process_index() == 0:
-    saved = json.loads(cfg.to_json_best_effort())
-    mcfg = model_config(cfg)
-    saved["model"].update(num_frames=mcfg.num_frames, num_classes=mcfg.num_classes)
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(saved, f, indent=2)
+      json.dump(_config_json(cfg), f, indent=2)
 
 
 def _saved_config(workdir: str) -> dict | None:
@@ -508,13 +512,10 @@ _STATE_DATA_KEYS = ("window", "classes")
 
 def _settings_diff(saved: dict, cfg, sections=("model", "optimizer", "input")) -> list[str]:
   """'model.x: checkpoint A, now B' for the settings that shape the train state."""
-  now = json.loads(cfg.to_json_best_effort())
-  mcfg = model_config(cfg)
-  now["model"].update(num_frames=mcfg.num_frames, num_classes=mcfg.num_classes)
-  out = [f"dataset.{k}: checkpoint {saved['dataset'].get(k)!r}, now {now['dataset'].get(k)!r}"
-         for k in _STATE_DATA_KEYS
-         if (saved.get("dataset") or {}).get(k) != (now.get("dataset") or {}).get(k)
-         and "dataset" in saved]
+  now = _config_json(cfg)
+  then_data, now_data = saved.get("dataset"), now.get("dataset") or {}
+  out = [f"dataset.{k}: checkpoint {then_data.get(k)!r}, now {now_data.get(k)!r}"
+         for k in _STATE_DATA_KEYS if then_data and then_data.get(k) != now_data.get(k)]
   for sec in sections:
     a, b = saved.get(sec) or {}, now.get(sec) or {}
     for k in sorted(set(a) | set(b)):

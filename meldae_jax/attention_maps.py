@@ -71,21 +71,16 @@ def attention_step(trainer: train.Trainer):
                  out_shardings=sharding.replicated(trainer.mesh))
 
 
-def frame_maps(trainer: train.Trainer, params, index, cfg) -> dict[str, np.ndarray]:
-  """{video_id: (num_frames, G, G)}: each frame's map, averaged over the windows."""
-  d, mcfg = cfg.dataset, trainer.model.config
-  step = attention_step(trainer)
-  it = pipeline.make_eval_iterator(
-      index, window=int(d.window), stride=int(cfg.eval.stride),
-      batch_size=sharding.local_batch_size(int(cfg.eval.batch_size)),
-      classes=tuple(d.classes), image_size=int(mcfg.image_size),
-      shard_index=jax.process_index(), shard_count=jax.process_count(),
-      num_threads=int(d.num_threads))
+def frame_maps(trainer: train.Trainer, params, index, cfg, step=None
+               ) -> dict[str, np.ndarray]:
+  """{video_id: (num_frames, G, G)}: each frame's map, averaged over the windows.
+  `step`: an `attention_step(trainer)` already built."""
+  step = step or attention_step(trainer)
   averager = pipeline.ScoreAverager(index)
-  for batch in it:
-    out = jax.device_get(step(params, sharding.make_global_batch(batch, trainer.batch_sharding)))
+  for batch in predict.eval_batches(trainer, index, cfg):
+    out = jax.device_get(step(params, batch))
     averager.add(out, out["maps"])
-  g = int(mcfg.num_regions)
+  g = int(trainer.model.config.num_regions)
   return {index.info(vi).video_id: m.reshape(len(m), g, g).astype(np.float32)
           for vi, m in averager.result().items()}
 
@@ -177,13 +172,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = 
   if max_videos:
     index = predict.subset(index, max_videos)
   trainer = train.make_trainer(cfg)
-  step_fn = attention_step(trainer)  # no enhancer: fails before the checkpoint is read
-  del step_fn
+  attend = attention_step(trainer)  # no enhancer: fails before the checkpoint is read
   with jax.set_mesh(trainer.mesh):
     params, _, step = spot.restore(cfg, workdir, trainer)
     train.say(f"[attention] checkpoint step {step}: {len(index)} video(s) of the "
               f"{split} split...")
-    maps = frame_maps(trainer, params, index, cfg)
+    maps = frame_maps(trainer, params, index, cfg, attend)
   fps = float(np.median([v.fps for v in index.infos])) if len(index) else 30.0
   margin = int(round(margin_seconds * fps))
   summary = summarise(maps, index, margin, int(cfg.dataset.window))

@@ -65,6 +65,20 @@ def decode_kwargs(cfg) -> dict:
           "max_seconds": max_seconds, "smooth_seconds": e.get("smooth_seconds")}
 
 
+def eval_batches(trainer, index, cfg):
+  """The global batches of `index`'s eval windows (every frame covered; this process's
+  shard), laid out for the trainer's steps."""
+  d, mcfg = cfg.dataset, trainer.model.config
+  it = pipeline.make_eval_iterator(
+      index, window=int(d.window), stride=int(cfg.eval.stride),
+      batch_size=sharding.local_batch_size(int(cfg.eval.batch_size)),
+      classes=tuple(d.classes), image_size=int(mcfg.image_size),
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      num_threads=int(d.num_threads))
+  for batch in it:
+    yield sharding.make_global_batch(batch, trainer.batch_sharding)
+
+
 def score_videos(trainer, params, index, cfg) -> tuple[dict, dict]:
   """Runs the model over every eval window of `index`.
 
@@ -72,17 +86,9 @@ def score_videos(trainer, params, index, cfg) -> tuple[dict, dict]:
     ({video_id: (num_frames, K) averaged frame scores},
      {'me': probs, 'me_label', 'state': probs, 'state_label', 'state_valid'} per window).
   """
-  d, mcfg = cfg.dataset, trainer.model.config
-  nproc = jax.process_count()
-  it = pipeline.make_eval_iterator(
-      index, window=int(d.window), stride=int(cfg.eval.stride),
-      batch_size=sharding.local_batch_size(int(cfg.eval.batch_size)),
-      classes=tuple(d.classes), image_size=int(mcfg.image_size),
-      shard_index=jax.process_index(), shard_count=nproc, num_threads=int(d.num_threads))
   averager = pipeline.ScoreAverager(index)
   clips = {k: [] for k in ("me", "me_label", "state", "state_label", "state_valid")}
-  for batch in it:
-    global_batch = sharding.make_global_batch(batch, trainer.batch_sharding)
+  for global_batch in eval_batches(trainer, index, cfg):
     out = jax.device_get(trainer.eval_step(params, global_batch))
     averager.add(out, out["loc"])
     valid = np.asarray(out["batch_valid"]) > 0

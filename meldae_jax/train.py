@@ -570,9 +570,9 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
       f"{jax.process_count()} process(es).")
 
   # --- 6. Loop. ----------------------------------------------------------------------
-  writer = metric_writers.MetricWriter(workdir)
-  preempt = checkpointing.PreemptionFlag()
   start = int(jax.device_get(state.step))
+  writer = metric_writers.MetricWriter(workdir, resume_step=start)
+  preempt = checkpointing.PreemptionFlag()
   accum = int(cfg.optimizer.get("grad_accum_steps", 1))
   window, t_log, sums, n_sum = start, time.time(), {}, 0
   t_start = time.time()

@@ -127,6 +127,22 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+def test_a_run_resumed_after_dying_between_checkpoints_logs_each_step_once(
+    tmp_path, data, uninterrupted):
+  """A NaN stop at step 4 leaves step 3's record after the checkpoint at 2 (as a hard kill
+  does); the resumed run logs step 3 again, which replaces that record."""
+  workdir = tmp_path / "w"
+  with pytest.raises(train.NonFiniteLossError):
+    train.train_and_evaluate(_cfg(**{"checkpoint.every_steps": 2, "debug.nan_at_step": 4}),
+                             str(workdir), splits=data)
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write('{"step": 3, "time": 1.0, "train/lo')  # a kill in the middle of a write
+  train.train_and_evaluate(_cfg(**{"checkpoint.every_steps": 2}), str(workdir), splits=data)
+  steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [1, 2, 3, 4]
+  assert _records(workdir, "train/loss") == _records(uninterrupted, "train/loss")
+
+
 def _event_writer_threads():
   return [t for t in threading.enumerate()
           if type(t).__name__ == "_EventLoggerThread" and t.is_alive()]

@@ -239,6 +239,19 @@ def test_sharding_is_disjoint_and_covers_the_epoch(source):
   assert set(s0) | set(s1) <= set(table)
 
 
+def test_each_process_draws_its_own_augmentation(source):
+  """Every frame the same image: the augmented pixels then show only the draws, which
+  must differ between the processes' i-th windows (they did not, with one seed)."""
+  img = (np.add.outer(np.arange(SIZE) * 7, np.arange(SIZE) * 3) % 256).astype(np.uint8)
+  png = _jpeg(np.stack([img, img[::-1], img.T], -1))
+  same = [dict(r, frames=[png] * len(r["frames"])) for r in source]
+  kw = dict(window=8, stride=4, batch_size=4, image_size=24, seed=0, num_threads=0,
+            augment=augment_lib.AugmentConfig(low_light_prob=0.5), shard_count=2)
+  b0, b1 = (next(pipeline.make_train_iterator(same, shard_index=i, **kw)) for i in (0, 1))
+  assert not any(np.array_equal(b0["video"][r], b1["video"][r]) for r in range(4))
+  assert not np.array_equal(b0["video"][0], b0["video"][1])
+
+
 def test_second_epoch_is_reshuffled(source):
   it = pipeline.make_train_iterator(source, window=10, stride=3, batch_size=1, num_epochs=2,
                                     augment=False, image_size=8, seed=0, shard_index=0,

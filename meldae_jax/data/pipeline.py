@@ -41,9 +41,13 @@ BATCH_KEYS = ("video", "frame_mask", "labels", "boundary", "speaking", "me_label
               "state_label", "state_valid", "video_index", "start")
 
 
-def _seed(seed: int, salt: int) -> int:
-  """Independent 32-bit seeds for the pipeline's random ops, all derived from `seed`."""
-  return int(np.random.SeedSequence([int(seed) % 2**32, salt]).generate_state(1)[0])
+def _seed(seed: int, salt: int, shard: int = 0) -> int:
+  """Independent 32-bit seeds for the pipeline's random ops, all derived from `seed`.
+
+  `shard` > 0 gives each process's own seed (shard 0 keeps a single process's seeds).
+  """
+  entropy = [int(seed) % 2**32, salt] + ([int(shard)] if shard else [])
+  return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def decode_frame(data, video_id: str = "", frame: int = -1) -> np.ndarray:
@@ -220,15 +224,18 @@ def make_train_dataset(source, *, window: int, stride: int, batch_size: int,
       raise ValueError(f"{len(table)} windows cannot fill {shard_count} shards")
     perm = np.random.default_rng(_seed(seed, 1)).permutation(len(table))
     table = table[perm[shard_index:per_shard * shard_count:shard_count]]
-  order = windows_lib.EpochOrder(table, _seed(seed, 2), windows_per_read, mix_videos,
-                                 num_epochs)
+  # Per-process seeds for the order and the augmentation: grain draws an element's
+  # randomness from the seed and the element's position, so one seed everywhere would
+  # give every process's i-th window the same crop, flip and colour draws.
+  order = windows_lib.EpochOrder(table, _seed(seed, 2, shard_index), windows_per_read,
+                                 mix_videos, num_epochs)
   ds = grain.MapDataset.source(order)
   if cache_videos is None:
     cache_videos = 2 * mix_videos
   loader = WindowLoader(index, window, classes, image_size,
                         augment_lib.as_config(augment), cache_videos)
   if loader.augment is not None:
-    ds = ds.random_map(loader, seed=_seed(seed, 3))
+    ds = ds.random_map(loader, seed=_seed(seed, 3, shard_index))
   else:
     ds = ds.map(loader)
   buffer = prefetch_windows if prefetch_windows is not None else max(2 * batch_size, 4)

@@ -8,11 +8,13 @@ from absl import logging
 
 from meldae_jax import checkpointing
 from meldae_jax import train
+from meldae_jax.data import sources
 
 # Expected failures -> exit status; first match wins (CheckpointMismatchError is a
 # ValueError: a table that adds ValueError lists it after this one).
 EXIT_CODES = (
     (train.CorpusNotBuiltError, 2),
+    (sources.RecordError, 2),  # a record that breaks the schema (the video named)
     (train.NonFiniteLossError, 3),
     (checkpointing.CheckpointMismatchError, 4),
     (FileNotFoundError, 2),  # --mode=evaluate on a workdir without checkpoints

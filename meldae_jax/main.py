@@ -10,9 +10,10 @@ checkpoint on the test split; `--mode=evaluate` only does the latter. Configs wi
 `dataset.protocol='loso'` (casme2, samm_lv) run the leave-one-subject-out driver
 (`meldae_jax.loso`, also runnable directly).
 
-Exit status: 0 done (or preempted with a checkpoint saved); 2 corpus not built or no
-checkpoint to evaluate; 3 non-finite loss; 4 the workdir's checkpoint was saved with other
-model/optimizer settings (the message lists them). Errors are one line on stderr.
+Exit status: 0 done (or preempted with a checkpoint saved); 2 corpus not built, a record
+that breaks the schema, no checkpoint to evaluate, or `--mode=evaluate` with a LOSO config;
+3 non-finite loss; 4 the workdir's checkpoint was saved with other model/optimizer settings
+(the message lists them). Errors are one line on stderr.
 """
 
 from absl import app

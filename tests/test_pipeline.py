@@ -39,7 +39,7 @@ def source():
   return [
       _record(60, [(3, 8, 0), (10, 10, 0), (14, 30, 1), (40, 45, 0)], seed=1,
               video_id="a", subject="s1"),
-      _record(11, [(2, 5, 1), (9, 20, 0)], seed=2, video_id="b", subject="s2"),
+      _record(11, [(2, 5, 1), (9, 10, 0)], seed=2, video_id="b", subject="s2"),
       _record(45, [(0, 44, 1), (20, 23, 0)], speaking=[-1] * 45, seed=3,
               video_id="c", subject="s1"),
   ]
@@ -100,6 +100,43 @@ def test_train_batches_match_reference_labels(source, classes):
     assert batch["video_index"].dtype == np.int32
     assert set(batch) == set(pipeline.BATCH_KEYS)
     _check_batch(batch, source, 16, classes)
+
+
+def _iv(*rows):
+  on, off, ty = (np.array(x) for x in zip(*rows))
+  return {"onset": on, "offset": off, "type": ty}
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(intervals=_iv((6, 2, 0))), r"interval 0 \(onset 6, offset 2\) is not 0 <= onset"),
+    (dict(intervals=_iv((3, 4, 0), (5, 8, 0))), r"interval 1 .* < 8 frames"),
+    (dict(intervals=_iv((-5, 2, 0))), r"interval 0 \(onset -5"),
+    (dict(intervals=_iv((1, 2, 7))), r"type 7, not an index of \('micro', 'macro'\)"),
+    (dict(intervals={"onset": [1, 3], "offset": [2], "type": [0, 0]}), r"differ in length"),
+    (dict(intervals=[{"onset": 1, "offset": 2, "type": 0}]), r"must be a dict"),
+    (dict(speaking=[0] * 9), r"speaking has 9 values for 8 frames"),
+    (dict(speaking=[0, 2] * 4), r"speaking values must be 1, 0 or -1, got \[2\]"),
+    (dict(speaking=["x"] * 8), r"speaking holds a non-integer"),
+    (dict(fps=0.0), r"fps must be a positive number"),
+    (dict(fps=None), r"fps must be a positive number"),
+])
+def test_a_record_that_breaks_the_schema_is_an_error_naming_the_video(change, message):
+  record = dict(_record(8, [(1, 2, 0)], video_id="vid7"), **change)
+  with pytest.raises(sources.RecordError, match="video 'vid7': .*" + message):
+    sources.VideoIndex([_record(8, [], video_id="ok"), record])
+
+
+def test_a_record_without_frames_or_id_is_named_by_its_position():
+  with pytest.raises(sources.RecordError, match="video record 1: no 'frames'"):
+    sources.VideoIndex([_record(8, []), {"fps": 25.0}])
+
+
+def test_a_missing_apex_or_short_speaking_track_is_unknown():
+  record = dict(_record(8, [], video_id="v"), speaking=[1, 0],
+                intervals={"onset": [1], "offset": [2], "type": [0]})
+  info = sources.video_info(record)
+  np.testing.assert_array_equal(info.speaking, [1, 0, -1, -1, -1, -1, -1, -1])
+  np.testing.assert_array_equal(info.intervals["apex"], [-1])
 
 
 def test_window_labels_edge_cases():

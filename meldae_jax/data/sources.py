@@ -33,24 +33,78 @@ class VideoInfo:
   speaking: np.ndarray  # int8 (num_frames,)
 
 
-def video_info(record: dict) -> VideoInfo:
-  """Extracts the metadata of a record (dict or TFDS example)."""
+class RecordError(ValueError):
+  """A record that breaks the schema (SPEC §4); the message names the video."""
+
+
+def _intervals(iv, name: str) -> dict:
+  if not isinstance(iv, collections.abc.Mapping):
+    raise RecordError(f"video {name}: intervals must be a dict of onset/apex/offset/type "
+                      f"arrays (the schema of docs/contracts.md), got {type(iv).__name__}")
+  try:
+    out = {k: np.asarray(iv.get(k, ()), np.int64).reshape(-1)
+           for k in ("onset", "apex", "offset", "type")}
+  except (TypeError, ValueError) as e:
+    raise RecordError(f"video {name}: intervals hold a non-integer value ({e})") from None
+  n = out["onset"].size
+  if out["apex"].size == 0:
+    out["apex"] = np.full(n, -1, np.int64)  # apex is optional: unknown
+  sizes = {k: v.size for k, v in out.items()}
+  if len(set(sizes.values())) > 1:
+    raise RecordError(f"video {name}: intervals' arrays differ in length {sizes}")
+  return out
+
+
+def _check_intervals(iv: dict, num_frames: int, name: str) -> None:
+  from meldae_jax.data import schema  # pylint: disable=g-import-not-at-top
+  for j, (on, off, ty) in enumerate(zip(iv["onset"], iv["offset"], iv["type"])):
+    what = f"video {name}: interval {j} (onset {on}, offset {off})"
+    if not 0 <= on <= off < num_frames:
+      raise RecordError(f"{what} is not 0 <= onset <= offset < {num_frames} frames "
+                        "(0-based inclusive)")
+    if not 0 <= ty < len(schema.EXPRESSION_TYPES):
+      raise RecordError(f"{what} has type {ty}, not an index of {schema.EXPRESSION_TYPES}")
+
+
+def video_info(record: dict, position: int | None = None) -> VideoInfo:
+  """Extracts and checks the metadata of a record (dict or TFDS example).
+
+  Builders check their corpora; this catches a hand-made source (docs/contracts.md) that
+  breaks the schema, with an error naming the video, instead of training on labels that
+  were silently clipped or dropped. A missing or short speaking track is unknown (-1).
+  """
+  name = repr(_text(record["video_id"])) if "video_id" in record else f"record {position}"
+  if "frames" not in record:
+    raise RecordError(f"video {name}: no 'frames'")
   num_frames = len(record["frames"])
-  iv = record.get("intervals") or {}
-  intervals = {k: np.asarray(iv.get(k, ()), np.int32).reshape(-1)
-               for k in ("onset", "apex", "offset", "type")}
-  speaking = np.asarray(record.get("speaking", ()), np.int8).reshape(-1)
-  if speaking.size != num_frames:  # missing/short speaking track -> unknown
-    fixed = np.full((num_frames,), -1, np.int8)
-    fixed[:min(num_frames, speaking.size)] = speaking[:num_frames]
-    speaking = fixed
+  intervals = _intervals(record.get("intervals") or {}, name)
+  _check_intervals(intervals, num_frames, name)
+  try:
+    speaking = np.asarray(record.get("speaking", ()), np.int64).reshape(-1)
+  except (TypeError, ValueError) as e:
+    raise RecordError(f"video {name}: speaking holds a non-integer value ({e})") from None
+  if speaking.size > num_frames:
+    raise RecordError(f"video {name}: speaking has {speaking.size} values for "
+                      f"{num_frames} frames")
+  if not np.isin(speaking, (-1, 0, 1)).all():
+    raise RecordError(f"video {name}: speaking values must be 1, 0 or -1, got "
+                      f"{sorted(set(speaking.tolist()) - {-1, 0, 1})[:5]}")
+  if speaking.size < num_frames:  # missing/short speaking track -> unknown
+    speaking = np.concatenate([speaking, np.full(num_frames - speaking.size, -1)])
+  try:
+    fps = float(np.asarray(record.get("fps", 0.0)))
+  except (TypeError, ValueError):
+    fps = float("nan")
+  if not (np.isfinite(fps) and fps > 0):
+    raise RecordError(f"video {name}: fps must be a positive number, got "
+                      f"{record.get('fps')!r}")
   return VideoInfo(
       video_id=_text(record.get("video_id", "")),
       subject=_text(record.get("subject", "")),
-      fps=float(np.asarray(record.get("fps", 0.0))),
+      fps=fps,
       num_frames=num_frames,
-      intervals=intervals,
-      speaking=speaking,
+      intervals={k: v.astype(np.int32) for k, v in intervals.items()},
+      speaking=speaking.astype(np.int8),
   )
 
 
@@ -67,7 +121,7 @@ class VideoIndex(collections.abc.Sequence):
     self.source = source
     infos, indices = [], []
     for i in range(len(source)):
-      info = video_info(source[i])
+      info = video_info(source[i], i)
       if subjects is not None and info.subject not in subjects:
         continue
       if exclude_subjects is not None and info.subject in exclude_subjects:

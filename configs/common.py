@@ -64,7 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
       dataclasses.asdict(augment_lib.AugmentConfig()))
   d.num_threads = 2              # grain read threads
   d.worker_count = 0             # grain worker processes (mp_prefetch)
-  d.cache_videos = 4
+  # Records kept per process: None = 2 * the videos the epoch order mixes (8), so each
+  # record is read about once per pass over its windows (4 re-read one per window).
+  # A SAMM long video is ~30 MB of 112 px JPEG: lower it on a host short of memory.
+  d.cache_videos = None
 
   # --- model / loss ------------------------------------------------------------------
   # On-device input view (train.input_transform): 'rgb' (the paper) | 'diff' | 'diff124'

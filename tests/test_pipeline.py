@@ -289,6 +289,20 @@ def test_each_process_draws_its_own_augmentation(source):
   assert not np.array_equal(b0["video"][0], b0["video"][1])
 
 
+@pytest.mark.parametrize("field, value", [("flip_prob", 2.0), ("min_crop", 0.0),
+                                          ("min_crop", -1.0), ("brightness", -0.1),
+                                          ("contrast", 1.5)])
+def test_augment_ranges_out_of_bounds_are_errors(field, value):
+  with pytest.raises(ValueError, match=f"augment {field} must be in"):
+    augment_lib.as_config({field: value})
+
+
+def test_an_eval_stride_past_the_window_is_an_error():
+  with pytest.raises(ValueError, match="stride 31 must be in \\[1, window 30\\]"):
+    windows_lib.eval_starts(100, 30, 31)
+  assert windows_lib.eval_starts(100, 30, 30).tolist() == [0, 30, 60, 70]
+
+
 def test_second_epoch_is_reshuffled(source):
   it = pipeline.make_train_iterator(source, window=10, stride=3, batch_size=1, num_epochs=2,
                                     augment=False, image_size=8, seed=0, shard_index=0,

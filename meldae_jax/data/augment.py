@@ -28,7 +28,12 @@ class AugmentConfig:
   low_light_noise: float = 1.0
 
   def __post_init__(self):
-    for name, ok, want in (("low_light_prob", 0 <= self.low_light_prob <= 1, "in [0, 1]"),
+    for name, ok, want in (("flip_prob", 0 <= self.flip_prob <= 1, "in [0, 1]"),
+                           ("min_crop", 0 < self.min_crop <= 1, "in (0, 1]"),
+                           ("brightness", 0 <= self.brightness <= 1, "in [0, 1]"),
+                           # 1 - contrast < 0 would invert the image
+                           ("contrast", 0 <= self.contrast <= 1, "in [0, 1]"),
+                           ("low_light_prob", 0 <= self.low_light_prob <= 1, "in [0, 1]"),
                            ("low_light_min", 0 < self.low_light_min <= 1, "in (0, 1]"),
                            ("low_light_noise", self.low_light_noise >= 0, ">= 0")):
       if not ok:

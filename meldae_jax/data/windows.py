@@ -44,6 +44,9 @@ def eval_starts(num_frames: int, window: int, stride: int) -> np.ndarray:
   padded window at 0), so every real frame is scored at least once and the coverage of a
   frame is the number of windows containing it.
   """
+  if not 1 <= stride <= window:
+    raise ValueError(f"eval stride {stride} must be in [1, window {window}]: a larger one "
+                     "leaves frames unscored")
   return train_starts(num_frames, window, stride, align_end=True)
 
 

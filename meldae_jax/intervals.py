@@ -149,10 +149,10 @@ def decode_video(scores: Any, classes: Sequence[str], fps: float, threshold: Any
   Every setting may be a scalar, a {class: value} mapping or a per-class sequence. Lengths
   are in frames; `min_seconds` and `max_seconds` (e.g. `DEFAULT_MAX_SECONDS`) are converted
   at this video's `fps` and, when given (and not 0), override `min_len` and `max_len` for
-  that class, so one setting means the same duration in a 25 and a 200 fps video. `smooth_seconds` (> 0) is the standard
-  deviation of a Gaussian the score track is smoothed with before thresholding: a motion
-  detector's score dips at an expression's apex, and smoothing keeps one expression one
-  interval instead of two fragments.
+  that class, so one setting means the same duration in a 25 and a 200 fps video.
+  `smooth_seconds` (> 0) is the standard deviation of a Gaussian the score track is
+  smoothed with before thresholding: a motion detector's score dips at an expression's
+  apex, and smoothing keeps one expression one interval instead of two fragments.
 
   Returns:
     [{onset, offset, type, score}] sorted by onset, then class order.
@@ -166,7 +166,7 @@ def decode_video(scores: Any, classes: Sequence[str], fps: float, threshold: Any
   for k, name in enumerate(classes):
     limit = _for_class(max_len, name, k)
     seconds = _for_class(max_seconds, name, k)
-    if seconds is not None:
+    if seconds:  # 0 or None: no override (as for min_seconds)
       limit = seconds_to_frames(seconds, fps)
     shortest = _for_class(min_len, name, k) or 1
     if _for_class(min_seconds, name, k):

@@ -41,7 +41,12 @@ def _is_int(x: Any) -> bool:
 
 def _is_finite_real(x: Any) -> bool:
   """A real number, not a bool, NaN or infinity (json.load accepts NaN and Infinity)."""
-  return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+  if not isinstance(x, numbers.Real) or isinstance(x, bool):
+    return False
+  try:
+    return math.isfinite(x)
+  except OverflowError:  # an int of hundreds of digits: no float holds it
+    return False
 
 
 def _videos(data: Any, source: str) -> Mapping:

@@ -79,6 +79,8 @@ def test_video_absent_from_predictions(tmp_path):
     (_ann(), _pred(score=float("nan")), "pred_file"),  # json.dumps writes NaN, as
     (_ann(), _pred(score=float("inf")), "pred_file"),  # json.load reads it
     (_ann(fps=float("inf")), _pred(), "gt_file"),
+    (_ann(), _pred(score=10 ** 400), "pred_file"),  # an int no float holds
+    (_ann(fps=10 ** 400), _pred(), "gt_file"),
     (_ann(speaking="0" * 30), _pred(), "gt_file"),
 ])
 def test_malformed_input_fails_with_one_line(tmp_path, ann, pred, bad_file):

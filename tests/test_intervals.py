@@ -119,6 +119,13 @@ def test_decode_video_per_class_settings():
   assert found[1]["score"] == pytest.approx(0.6)
 
 
+@pytest.mark.parametrize("max_seconds", [0, {"micro": 0}, None])
+def test_decode_video_max_seconds_0_is_no_limit(max_seconds):
+  found = intervals.decode_video(np.full(20, 0.9), ("micro",), 30.0, 0.5,
+                                 max_seconds=max_seconds)
+  assert [(iv["onset"], iv["offset"]) for iv in found] == [(0, 19)]
+
+
 @pytest.mark.parametrize("fps, kept", [(25.0, True), (30.0, True), (60.0, False)])
 def test_decode_video_min_seconds_at_the_videos_fps(fps, kept):
   # A 4-frame run against min_seconds = 0.1: 3 frames at 25 fps, 3 at 30, 6 at 60.

@@ -1,6 +1,8 @@
 """Sweep definitions: lists of `--config.<key>=<value>` overrides, one dict per run.
 
-  get_sweep('loc_loss')   Figure 4: the localisation loss (BAL vs six baselines).
+  get_sweep('loc_loss')   Figure 4: the localisation loss (BAL against the paper's five
+                          baselines MAE, MSE, IoU, Smooth L1, BCE, plus Table 3's
+                          Focal Tversky alone, row 8).
   get_sweep('ablations')  Table 3: one component removed per run.
   get_sweep('seeds')      three seeds of the full model.
 Standalone (no project imports), so the launcher can read it anywhere.

@@ -1,6 +1,6 @@
 """Leave-one-subject-out protocol (CAS(ME)^2, SAMM-LV): train/evaluate per fold, pool counts.
 
-  python -m meldae_jax.loso --config=configs/casme2.py --workdir=/tmp/casme2 [--folds=s15,s16]
+  python -m meldae_jax.loso --config=configs/casme2.py --workdir=/tmp/casme2 [--folds=15,16]
 
 For each subject S: the test fold is S's videos; `dataset.loso_val_subjects` other subjects
 (the ones following S in sorted order) are held out of training to choose the decoding

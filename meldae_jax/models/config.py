@@ -19,7 +19,7 @@ def default_model_config() -> ml_collections.ConfigDict:
                                 # docs/performance.md); params load either way
   c.remat_policy = "none"       # 'none' | 'full' | 'dots' | 'dots_no_batch' (jax.checkpoint_policies)
   c.temporal = "bilstm"         # 'bilstm' | 'none' (Dense in its place)
-  c.temporal_hidden = 0         # LSTM units per direction; 0: D/2 (the paper)
+  c.temporal_hidden = 0         # LSTM units per direction; 0: D/2 (SPEC §1.2)
   c.num_regions = 10            # G: G x G region pooling
   c.enhancer = True             # False: ablation without the Micro-Expression Enhancer
   c.num_queries = 16            # N

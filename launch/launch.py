@@ -28,8 +28,18 @@ def _sweeps():
   return module
 
 
+def _absolute(config: str, workdir: str) -> tuple[str, str]:
+  """The runs start in the repository root: paths given relative to where the launcher
+  was called from are made absolute first (a config's `:arg` suffix kept)."""
+  path, colon, arg = config.partition(":")
+  if os.path.exists(path):
+    config = os.path.abspath(path) + colon + arg
+  return config, os.path.abspath(workdir)
+
+
 def commands(config: str, sweep: str, workdir: str, extra=()) -> list[tuple[str, list]]:
   sweeps = _sweeps()
+  config, workdir = _absolute(config, workdir)
   out = []
   for overrides in sweeps.get_sweep(sweep):
     name = sweeps.run_name(overrides)
@@ -45,6 +55,7 @@ def launch_xm(config: str, sweep: str, workdir: str, extra=()) -> None:
   from xmanager import xm  # pylint: disable=g-import-not-at-top
   from xmanager import xm_local  # pylint: disable=g-import-not-at-top
   sweeps = _sweeps()
+  config, workdir = _absolute(config, workdir)
   with xm_local.create_experiment(experiment_title=f"meldae-{sweep}") as experiment:
     [executable] = experiment.package([xm.python_container(
         executor_spec=xm_local.Local.Spec(), path=str(ROOT),

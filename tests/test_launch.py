@@ -53,3 +53,13 @@ def test_a_vit_checkpoint_into_the_resnet_backbone_is_an_error():
   cfg.model.backbone, cfg.model_init = "resnet50", "/ckpt/ViT-B_16.npz"
   with pytest.raises(ValueError, match="ViT checkpoint.*'resnet50'.*no pretrained loader"):
     train.load_pretrained(cfg, trainer=None, state=None)
+
+
+def test_relative_paths_are_from_where_the_launcher_runs(tmp_path, monkeypatch):
+  (tmp_path / "my.py").write_text("")
+  monkeypatch.chdir(tmp_path)
+  (_, cmd), *_ = launch.commands("my.py:easy", "seeds", "runs")
+  assert f"--config={tmp_path / 'my.py'}:easy" in cmd
+  assert any(a.startswith(f"--workdir={tmp_path / 'runs'}/") for a in cmd)
+  (_, cmd), *_ = launch.commands("configs/wdmd.py", "seeds", "/w")  # not here: as given
+  assert "--config=configs/wdmd.py" in cmd

@@ -20,6 +20,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _number(v) -> str:
+  return "n/a" if v is None else f"{v:.3f}"
+
+
 def _table(rows: list[tuple[str, dict]]) -> str:
   keys = ("f1", "precision", "recall", "f1_dr", "f1_speaking", "f1_listening", "acc_me",
           "acc_state")
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
   print(_table(rows))
   print(f"trained: TP {result['tp']} FP {result['fp']} FN {result['fn']}, "
         f"threshold {result['threshold']:.2f} (chosen on validation), best step "
-        f"{result['best_step']}; MEGC2020 F1 {result['megc2020']['f1']}")
+        f"{result['best_step']}; MEGC2020 F1 {_number(result['megc2020']['f1'])}")
   print(f"metrics: {os.path.join(run_dir, 'metrics.json')}; re-score with\n"
         f"  python -m meldae_jax.evaluate --annotations {run_dir}/test_annotations.json "
         f"--predictions {run_dir}/test_predictions.json")

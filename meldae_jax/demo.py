@@ -75,7 +75,8 @@ def main(argv=None) -> int:
       state = trainer.init_fn(jax.random.key(cfg.seed))
       val = predict.evaluate_split(trainer, state.params, splits.val, cfg, threshold=None)
       baseline = predict.evaluate_split(trainer, state.params, splits.test, cfg,
-                                        threshold=val["threshold"])
+                                        threshold=val["threshold"],
+                                        threshold_key=val["threshold_key"])
     del trainer, state
   result = train.train_and_evaluate(cfg, run_dir, splits=splits)
   if result.get("status") != "done":  # SIGTERM: the demo starts afresh when rerun

@@ -99,12 +99,14 @@ def score_videos(trainer, params, index, cfg) -> tuple[dict, dict]:
 
 
 def evaluate_split(trainer, params, index, cfg, *, threshold: float | None = None,
+                   threshold_key: str | None = None,
                    out_prefix: str | None = None) -> dict[str, Any]:
   """Scores a split; `threshold=None` chooses it here (validation only!).
 
   Writes `<out_prefix>_predictions.json` and `<out_prefix>_annotations.json` when
   `out_prefix` is given. Returns the `metrics.evaluate` dict plus acc_me, acc_state,
-  threshold, threshold_key and (when chosen here) threshold_values.
+  threshold, threshold_key (the metric the threshold was chosen by: here, or on validation
+  as the caller says; None for a fixed one) and (when chosen here) threshold_values.
   """
   classes = tuple(cfg.dataset.classes)
   index = subset(index, int(cfg.eval.get("max_val_videos", 0))) if threshold is None else index
@@ -121,14 +123,13 @@ def evaluate_split(trainer, params, index, cfg, *, threshold: float | None = Non
     threshold = float(chosen["threshold"])
   predictions = make_predictions(scores, annotations, classes, threshold, dk)
   result = metrics_lib.evaluate(annotations, predictions, iou)
-  for key, counts in (
+  for name, counts in (
       ("acc_me", metrics_lib.clip_counts(clips["me"], clips["me_label"])),
       ("acc_state", metrics_lib.clip_counts(clips["state"], clips["state_label"],
                                             clips["state_valid"]))):
-    result[key], result[f"{key}_clips"] = metrics_lib.accuracy(counts), counts
+    result[name], result[f"{name}_clips"] = metrics_lib.accuracy(counts), counts
   result["threshold"] = float(threshold)
-  result["threshold_key"] = chosen["key"] if chosen else (
-      key if result.get(key) is not None else "f1")
+  result["threshold_key"] = chosen["key"] if chosen else threshold_key
   if chosen:
     result["threshold_values"] = [[float(t), v] for t, v in chosen["values"]]
   if out_prefix:

@@ -686,14 +686,15 @@ def final_evaluation(trainer: Trainer, cfg, workdir: str, splits: Splits, ckpt, 
   if best_step is not None:
     _, best = ckpt.restore_best(trainer.abstract_state)
     params, threshold = best.params, float(best_metrics["threshold"])
+    key = best_metrics.get("threshold_key")
   else:
-    params, threshold = state.params, float(cfg.eval.threshold)
+    params, threshold, key = state.params, float(cfg.eval.threshold), None
     best_step = int(jax.device_get(state.step))
   result = {"status": "done", "best_step": best_step, "threshold": threshold,
             "validation": best_metrics, **(extra or {})}
   if splits.test is not None:
     test = predict.evaluate_split(trainer, params, splits.test, cfg, threshold=threshold,
-                                  out_prefix=os.path.join(workdir, "test"))
+                                  threshold_key=key, out_prefix=os.path.join(workdir, "test"))
     result.update(test)
     result["split"] = "test"
     writer.write_scalars(best_step, metric_writers.flatten(

@@ -50,6 +50,7 @@ def test_builds_corpus_trains_and_writes_metrics(run):
   assert 0.0 <= m["acc_me"] <= 1.0 and 0.0 <= m["acc_state"] <= 1.0
   # The test threshold is the one chosen on validation for the best checkpoint.
   assert m["threshold"] == m["validation"]["threshold"] in cfg.eval.thresholds
+  assert m["threshold_key"] == m["validation"]["threshold_key"] in ("f1_dr", "f1")
   assert m["best_step"] in (2, 4)
   assert m["num_gt"] > 0  # the tiny test video has micro-expressions
   assert result["f1"] == m["f1"]

@@ -4,10 +4,15 @@
   python launch/launch.py --config=configs/synthetic.py:easy --sweep=loc_loss \
       --workdir=/tmp/loss --run            # run the local commands one after another
   python launch/launch.py ... --xm         # XManager (xm_local), when it is installed
+  python launch/launch.py --config=configs/wdmd.py --sweep=ablations --workdir=/tmp/abl \
+      --results [--plot=/tmp/abl/val_f1_dr.png]   # the runs' table beside the paper's
 
 Without `--xm` (or without XManager installed) it prints one `python -m meldae_jax.main`
-command per run of the sweep (see launch/sweeps.py); `--run` executes them. It does not
-import the project, and XManager only inside `launch_xm`.
+command per run of the sweep (see launch/sweeps.py); `--run` executes them and then prints
+the results table. `--results` prints it for runs made before (launch/results.py: each
+run's test figures, their difference to the sweep's full model, and the paper's figure
+for the run), `--plot` adds the runs' validation curves (the paper's Figure 4 for
+`loc_loss`). It does not import the project, and XManager only inside `launch_xm`.
 """
 import argparse
 import importlib.util
@@ -21,11 +26,35 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def _sweeps():
-  spec = importlib.util.spec_from_file_location("meldae_sweeps", HERE / "sweeps.py")
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(f"meldae_{name}", HERE / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def _sweeps():
+  return _load("sweeps")
+
+
+def run_dirs(config: str, sweep: str, workdir: str) -> list[tuple[str, str]]:
+  """(run name, its workdir) for every run of the sweep."""
+  out = []
+  for name, cmd in commands(config, sweep, workdir):
+    [arg] = [a for a in cmd if a.startswith("--workdir=")]
+    out.append((name, arg.partition("=")[2]))
+  return out
+
+
+def report(config: str, sweep: str, workdir: str, plot: str | None = None) -> str:
+  results = _load("results")
+  runs = run_dirs(config, sweep, workdir)
+  text = results.table(config, sweep, runs)
+  if plot:
+    key = results.KEY_METRIC.get(results.corpus_of(config), "f1_dr")
+    results.plot(runs, plot, key=key, title=f"{os.path.basename(config)}: sweep {sweep}")
+    text += f"\n\nValidation curves: {plot}"
+  return text
 
 
 def _absolute(config: str, workdir: str) -> tuple[str, str]:
@@ -73,11 +102,21 @@ def launch_xm(config: str, sweep: str, workdir: str, extra=()) -> None:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True)
-  parser.add_argument("--sweep", required=True, help="loc_loss | ablations | seeds")
+  parser.add_argument("--sweep", required=True, choices=_sweeps().SWEEPS)
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--run", action="store_true", help="run the local commands")
   parser.add_argument("--xm", action="store_true", help="launch with XManager")
+  parser.add_argument("--results", action="store_true",
+                      help="print the runs' results beside the paper's; run nothing")
+  parser.add_argument("--plot", help="with --results or --run: validation curves to this PNG")
   args, extra = parser.parse_known_args(argv)
+  if args.results:
+    try:
+      print(report(args.config, args.sweep, args.workdir, args.plot))
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    return 0
   if args.xm:
     try:
       launch_xm(args.config, args.sweep, args.workdir, extra)
@@ -90,6 +129,8 @@ def main(argv=None) -> int:
     print(f"# {name}\n{shlex.join(cmd)}", flush=True)
     if args.run:
       failed += subprocess.call(cmd, cwd=ROOT) != 0
+  if args.run:
+    print(report(args.config, args.sweep, args.workdir, args.plot))
   return 1 if failed else 0
 
 

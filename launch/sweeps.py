@@ -4,6 +4,8 @@
                           baselines MAE, MSE, IoU, Smooth L1, BCE, plus Table 3's
                           Focal Tversky alone, row 8).
   get_sweep('ablations')  Table 3: one component removed per run.
+  get_sweep('lambda')     Table 4: the boundary term's weight lambda.
+  get_sweep('tokens')     Table 4: the enhancer's number of query tokens N.
   get_sweep('seeds')      three seeds of the full model.
 Standalone (no project imports), so the launcher can read it anywhere.
 """
@@ -31,9 +33,16 @@ def get_sweep(name: str) -> list[dict]:
         {"loss.loc_loss": "iou"},               # 7: IoU instead of BAL
         {"loss.loc_loss": "focal_tversky"},     # 8: BAL w/o the boundary term
     ]
+  if name == "lambda":
+    return [{"loss.boundary_lambda": v} for v in (0.5, 1.0, 1.5, 2.0)]
+  if name == "tokens":
+    return [{"model.num_queries": n} for n in (4, 8, 16, 32)]
   if name == "seeds":
     return [{"seed": s} for s in (0, 1, 2)]
-  raise ValueError(f"Unknown sweep {name!r} (loc_loss, ablations, seeds).")
+  raise ValueError(f"Unknown sweep {name!r} ({', '.join(SWEEPS)}).")
+
+
+SWEEPS = ("loc_loss", "ablations", "lambda", "tokens", "seeds")
 
 
 def run_name(overrides: dict) -> str:

@@ -63,3 +63,53 @@ def test_relative_paths_are_from_where_the_launcher_runs(tmp_path, monkeypatch):
   assert any(a.startswith(f"--workdir={tmp_path / 'runs'}/") for a in cmd)
   (_, cmd), *_ = launch.commands("configs/wdmd.py", "seeds", "/w")  # not here: as given
   assert "--config=configs/wdmd.py" in cmd
+
+
+def _write(path, data):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(data))
+
+
+def test_results_table_beside_the_papers_numbers(tmp_path):
+  """A real run's metrics.json as `full`, a LOSO-style pooled file and an unfinished run."""
+  cfg = th.tiny_config(total_steps=2, log_every=1, eval_every=1)
+  full = tmp_path / "abl" / "full"
+  train.train_and_evaluate(cfg, str(full), splits=th.splits(n_train=2, n_val=1, n_test=1))
+  m = json.loads((full / "metrics.json").read_text())
+  pooled = dict(m, f1_dr=m["f1_dr"] - 0.1 if m["f1_dr"] is not None else None)
+  _write(tmp_path / "abl" / "temporal=none" / "loso_metrics.json",
+         {"pooled": pooled, "status": "partial", "num_folds": 3})
+  (tmp_path / "abl" / "loc_loss=bce").mkdir()
+  out = subprocess.run(
+      [sys.executable, "launch/launch.py", "--config=configs/wdmd.py", "--sweep=ablations",
+       f"--workdir={tmp_path / 'abl'}", "--results", f"--plot={tmp_path / 'c.png'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
+  rows = {l.split(" | ")[0].strip("| "): l.split(" | ") for l in out.splitlines()
+          if l.startswith("| ") and "---" not in l}
+  pct = lambda v: "" if v is None else f"{100 * v:.2f}"
+  assert rows["full"][1:3] == ["done", pct(m["f1_dr"])]
+  assert rows["full"][4] == "31.74 (Table 2)"
+  assert rows["temporal=none"][1] == "partial" and rows["temporal=none"][-1].startswith("3 folds")
+  if m["f1_dr"] is not None:
+    assert rows["temporal=none"][3] == "-10.00"
+  assert rows["temporal=none"][4:6] == ["28.05 (Table 3)", "-3.69"]
+  assert rows["loc_loss=bce"][1].startswith("running or stopped")
+  assert rows["enhancer=False"][1:3] == ["not started", ""]
+  assert rows["enhancer=False"][4] == "18.87 (Table 2)"
+  assert (tmp_path / "c.png").stat().st_size > 1000  # the full run's validation curve
+
+
+def test_results_of_seeds_give_mean_and_sd(tmp_path):
+  for seed, f1_dr in ((0, 0.30), (1, 0.20), (2, 0.25)):
+    _write(tmp_path / f"seed={seed}" / "metrics.json", {"status": "done", "f1_dr": f1_dr})
+  text = launch.report("configs/synthetic.py", "seeds", str(tmp_path))
+  assert "f1_dr over 3 seeds: mean 25.00, sd 5.00" in text
+  assert "no paper figures" in text
+
+
+def test_curves_take_the_last_record_of_a_step(tmp_path):
+  results = launch._load("results")
+  (tmp_path / "metrics.jsonl").write_text(
+      '{"step": 2, "val/f1_dr": 0.1}\n{"step": 4, "train/loss": 1.0}\n'
+      '{"step": 4, "val/f1_dr": 0.3}\n{"step": 2, "val/f1_dr": 0.2}\n')
+  assert results.curves([("r", str(tmp_path))]) == {"r": [(2, 0.2), (4, 0.3)]}

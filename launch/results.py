@@ -1,0 +1,186 @@
+"""A sweep's results as one table beside the paper's numbers, and its validation curves.
+
+  python launch/launch.py --config=configs/wdmd.py --sweep=ablations --workdir=/tmp/abl \
+      --results [--plot=/tmp/abl/curves.png]
+
+Reads each run's `metrics.json` (a LOSO run's `loso_metrics.json`, pooled over its folds)
+under `workdir/<run name>`; runs not finished show their status. Figures are in percent,
+as the paper gives them. The paper's column is its Table 2 (full model and the model
+without the enhancer, per corpus), Table 3 (WDMD ablations), Table 4 (WDMD, lambda and N)
+and, read off Figure 4's text, the converged F1_DR of the localisation losses ("~"). Each
+corpus is compared on the paper's metric for it: F1_DR on WDMD, UF1 on the others.
+Standalone (no project imports), like sweeps.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+# The paper's metric per corpus (Table 2's columns).
+KEY_METRIC = {"wdmd": "f1_dr", "casme2": "uf1", "samm_lv": "uf1", "mmew": "uf1"}
+
+# Table 2: MELDAE (Full) and MELDAE* (w/o Enhancer); WDMD also Acc_ME and Acc_State.
+TABLE2 = {
+    "wdmd": {"full": {"f1_dr": 31.74, "acc_me": 81.76, "acc_state": 80.27},
+             "enhancer=False": {"f1_dr": 18.87, "acc_me": 78.05, "acc_state": 76.59}},
+    "casme2": {"full": {"uf1": 37.93}, "enhancer=False": {"uf1": 20.68}},
+    "samm_lv": {"full": {"uf1": 88.13}, "enhancer=False": {"uf1": 76.05}},
+    "mmew": {"full": {"uf1": 73.04}, "enhancer=False": {"uf1": 65.10}},
+}
+# Table 3 (rows 3-8), Table 4 and Figure 4 (approximate, from §5.6's text): WDMD F1_DR by
+# run name (launch/sweeps.py's run_name).
+WDMD_F1_DR = {
+    "loc_loss=bal": 31.74,  # Table 3's row 1: the full model
+    "backbone=resnet50": 26.13,
+    "temporal=none": 28.05,
+    "state_weight=0.0": 25.20,
+    "loc_loss=bce": 22.04,
+    "loc_loss=iou": 27.19,
+    "loc_loss=focal_tversky": 28.33,
+    "boundary_lambda=0.5": 30.15, "boundary_lambda=1.0": 31.74,
+    "boundary_lambda=1.5": 31.09, "boundary_lambda=2.0": 29.88,
+    "num_queries=4": 28.30, "num_queries=8": 31.02, "num_queries=16": 31.74,
+    "num_queries=32": 31.71,
+}
+# Figure 4 for the losses Table 3 lacks (its BCE, ~30, is Table 3's 22.04 there).
+FIGURE4_APPROX = {"loc_loss=mae": 12.0, "loc_loss=mse": 12.0, "loc_loss=smooth_l1": 28.5}
+# The run each sweep compares with: the full model under that sweep's name.
+BASELINE = {"loc_loss": "loc_loss=bal", "lambda": "boundary_lambda=1.0",
+            "tokens": "num_queries=16", "seeds": "seed=0"}
+
+COLUMNS = ("f1_dr", "f1", "uf1", "precision", "recall", "acc_me", "acc_state", "megc2020_f1")
+
+
+def corpus_of(config: str) -> str | None:
+  """'configs/wdmd.py:arg' -> 'wdmd' when it is one of the paper's corpora."""
+  name = os.path.splitext(os.path.basename(config.partition(":")[0]))[0]
+  return name if name in KEY_METRIC else None
+
+
+def paper_value(corpus: str | None, run: str, sweep: str) -> tuple[float | None, str]:
+  """The paper's figure for a run on the corpus's metric, and where it is from."""
+  if corpus is None:
+    return None, ""
+  full = run == "full" or run.startswith("seed=")
+  if full or run in TABLE2[corpus]:
+    return TABLE2[corpus]["full" if full else run][KEY_METRIC[corpus]], "Table 2"
+  if corpus != "wdmd":
+    return None, ""
+  if run in WDMD_F1_DR:
+    table = "Table 4" if run.startswith(("boundary_lambda", "num_queries")) else "Table 3"
+    return WDMD_F1_DR[run], table
+  if run in FIGURE4_APPROX:
+    return FIGURE4_APPROX[run], "Fig. 4, ~"
+  return None, ""
+
+
+def read_run(run_dir: str) -> dict:
+  """{'status': ..., metric: value in [0, 1] or None, 'best_step', 'folds'}."""
+  for name, loso in (("loso_metrics.json", True), ("metrics.json", False)):
+    path = os.path.join(run_dir, name)
+    if not os.path.exists(path):
+      continue
+    try:
+      with open(path) as f:
+        data = json.load(f)
+    except (OSError, ValueError) as e:
+      return {"status": f"unreadable {name}: {e}"}
+    m = data.get("pooled", {}) if loso else data
+    out = {k: m.get(k) for k in COLUMNS if k != "megc2020_f1"}
+    out["megc2020_f1"] = (m.get("megc2020") or {}).get("f1")
+    out["status"] = data.get("status", "?")
+    out["best_step"] = None if loso else data.get("best_step")
+    out["folds"] = data.get("num_folds") if loso else None
+    return out
+  if not os.path.isdir(run_dir):
+    return {"status": "not started"}
+  return {"status": "running or stopped (no metrics.json yet)"}
+
+
+def _pct(v) -> str:
+  return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+def table(config: str, sweep: str, runs: list[tuple[str, str]]) -> str:
+  """Markdown: one row per (run name, run dir), ours beside the paper's figure."""
+  corpus = corpus_of(config)
+  key = KEY_METRIC.get(corpus, "f1_dr")
+  results = {name: read_run(path) for name, path in runs}
+  baseline = BASELINE.get(sweep, "full")
+  base = results.get(baseline, {}).get(key)
+  paper_base = paper_value(corpus, baseline, sweep)[0]
+  head = (f"| run | status | {key} | vs {baseline} | paper | paper vs {baseline} | "
+          + " | ".join(c for c in COLUMNS if c != key) + " | best step / folds |")
+  lines = [f"{config}, sweep {sweep!r}: figures in %, on the test split "
+           f"({'the paper compares ' + key.upper() if corpus else 'no paper figures: not one of its corpora'}).",
+           "", head, "|" + " --- |" * (head.count("|") - 1)]
+  for name, _ in runs:
+    r = results[name]
+    ours = r.get(key)
+    paper, source = paper_value(corpus, name, sweep)
+    delta = "" if ours is None or base is None or name == baseline else (
+        f"{100 * (ours - base):+.2f}")
+    paper_delta = "" if paper is None or paper_base is None or name == baseline else (
+        f"{paper - paper_base:+.2f}")
+    where = r.get("best_step") if r.get("folds") is None else f"{r['folds']} folds"
+    cells = [name, str(r.get("status")), _pct(ours), delta,
+             f"{paper:.2f} ({source})" if paper is not None else "", paper_delta]
+    cells += [_pct(r.get(c)) for c in COLUMNS if c != key]
+    cells.append("" if where is None else str(where))
+    lines.append("| " + " | ".join(cells) + " |")
+  values = [results[n].get(key) for n, _ in runs if results[n].get(key) is not None]
+  if sweep == "seeds" and len(values) >= 2:
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    lines += ["", f"{key} over {len(values)} seeds: mean {100 * mean:.2f}, "
+                  f"sd {100 * sd:.2f} (the paper reports one figure)."]
+  return "\n".join(lines)
+
+
+def curves(runs: list[tuple[str, str]], key: str = "f1_dr") -> dict[str, list[tuple]]:
+  """Validation `key` over the steps, per run, from each run's metrics.jsonl (the last
+  record of a step wins; LOSO runs have one per fold and are left out)."""
+  out = {}
+  for name, path in runs:
+    path = os.path.join(path, "metrics.jsonl")
+    if not os.path.exists(path):
+      continue
+    points = {}
+    with open(path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        value = record.get(f"val/{key}")
+        if isinstance(value, (int, float)):
+          points[record["step"]] = value
+    if points:
+      out[name] = sorted(points.items())
+  return out
+
+
+def plot(runs: list[tuple[str, str]], out: str, key: str = "f1_dr",
+         title: str = "") -> str:
+  """Validation curves of the runs in one figure (the paper's Figure 4 for loc_loss)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  data = curves(runs, key)
+  if not data:
+    raise ValueError(f"no run has validation records of {key} (val/{key} in metrics.jsonl)")
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for name, points in data.items():
+    steps, values = zip(*points)
+    ax.plot(steps, [100 * v for v in values], marker="o", ms=3, label=name)
+  ax.set_xlabel("step")
+  ax.set_ylabel(f"validation {key} (%)")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out

@@ -5,7 +5,9 @@
 
 A video is a file OpenCV reads (.mp4, .avi, ...) or a folder of numbered frame images
 (`img1.jpg`, `006_1_0001.jpg`, ...: ordered by the last number in the name; its frame rate
-from `--fps`, which a video file only takes when its container gives none). Each is cut to
+from `--fps`). A video file's rate is its container's unless `--fps` is given: high-speed
+recordings are often saved with a player's rate (and OpenCV reports 25 for a file that
+gives none), so an explicit `--fps` wins, with a note when it differs. Each is cut to
 one stable face box as the corpus builders cut theirs (`data/face_crop.py`: Haar cascade on
 16 frames spread over the video, median box, +20 % margin; the centre square when no face
 is found, with a warning), stored as the run's corpus stored its crops (its builder
@@ -31,6 +33,7 @@ checkpoint was saved with other model settings than the config.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -79,11 +82,10 @@ def _video_file(path: str, fps: float | None) -> Video:
     own = float(cap.get(cv2.CAP_PROP_FPS))
   finally:
     cap.release()
-  if own > 0 and fps and abs(own - fps) > 1e-3:
-    train.say(f"[spot] {path}: the file gives {own:g} fps and is read at that rate "
-              "(--fps is for frame folders and files without a rate)")
-  rate = own if own > 0 else fps
-  if not rate or not rate > 0:
+  if fps and own > 0 and abs(own - fps) > 1e-3:
+    train.say(f"[spot] {path}: the file gives {own:g} fps; read at --fps {fps:g}")
+  rate = fps or own
+  if not rate > 0:
     raise SpotError(f"{path}: the video reports no frame rate; give it with --fps")
 
   def read():
@@ -99,7 +101,7 @@ def _video_file(path: str, fps: float | None) -> Video:
 
   if next(read(), None) is None:
     raise SpotError(f"{path}: no frame could be decoded")
-  return Video(path, _stem(path), float(rate), read)  # frames counted as they are read:
+  return Video(path, _video_id(path), float(rate), read)  # frames counted as they are read:
   # a container's frame count is an estimate
 
 
@@ -121,18 +123,22 @@ def _frame_folder(path: str, fps: float | None) -> Video:
   if not (fps and fps > 0):
     raise SpotError(f"{path}: a folder of frames has no frame rate; give it with --fps")
   order = sorted(numbered)
-  missing = sorted(set(range(order[0], order[-1] + 1)) - set(order))
-  if missing:
-    shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
-    train.say(f"[spot] {path}: WARNING: {len(missing)} frame number(s) missing ({shown}); "
+  gaps = [(a, b) for a, b in zip(order, order[1:]) if b > a + 1]  # not a set of the
+  if gaps:  # whole range: timestamps as names span billions of numbers
+    count = sum(b - a - 1 for a, b in gaps)
+    first = [n for a, b in gaps[:5] for n in range(a + 1, min(b, a + 6))][:5]
+    shown = ", ".join(map(str, first)) + (", ..." if count > len(first) else "")
+    train.say(f"[spot] {path}: WARNING: {count} frame number(s) missing ({shown}); "
               "the frames after a gap are taken as consecutive, so their times shift")
   files = [os.path.join(path, numbered[n]) for n in order]
   sequence = corpus_utils.ImageSequence(files)  # sampled as the folder builders sample
-  return Video(path, _stem(path), float(fps), lambda: sequence, len(files), files)
+  return Video(path, _video_id(path), float(fps), lambda: sequence, len(files), files)
 
 
-def _stem(path: str) -> str:
-  return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+def _video_id(path: str) -> str:
+  """A file's name without its extension; a folder's whole name (`take.1`, and `.`'s)."""
+  name = os.path.basename(os.path.abspath(path))
+  return name if os.path.isdir(path) else os.path.splitext(name)[0]
 
 
 def open_videos(paths: Sequence[str], fps: float | None = None) -> list[Video]:
@@ -326,9 +332,15 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
 
 
 def _write(out, result, scores, videos, classes, threshold) -> None:
-  """All outputs into a temporary folder beside OUT, then moved in: all or nothing."""
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".spot-", dir=os.path.dirname(os.path.abspath(out)))
+  """All outputs into a temporary folder inside OUT (one filesystem, whatever OUT links
+  to), then moved in: all or nothing. The plots of videos an earlier run wrote there and
+  this one does not have are removed, so OUT holds one run's outputs."""
+  try:
+    os.makedirs(out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".spot-", dir=os.path.realpath(out))
+  except OSError as e:
+    raise SpotError(f"{out}: cannot write there ({e.strerror})") from None
+  stale = _previous_plots(out) - {f"{v.video_id}.png" for v in videos}
   try:
     for v in videos:
       intervals = result["videos"][v.video_id]["intervals"]
@@ -338,13 +350,26 @@ def _write(out, result, scores, videos, classes, threshold) -> None:
       train.say(f"[spot] {v.video_id}: {counts}")
     predict.write_scores(os.path.join(tmp, "scores.npz"), scores)
     checkpointing.write_json(os.path.join(tmp, "predictions.json"), result)
-    os.makedirs(out, exist_ok=True)
+    for name in stale:
+      os.remove(os.path.join(out, name))
     for name in os.listdir(tmp):
       os.replace(os.path.join(tmp, name), os.path.join(out, name))
+  except OSError as e:
+    raise SpotError(f"{out}: writing the outputs failed ({e})") from None
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   train.say(f"[spot] wrote {os.path.join(out, 'predictions.json')}, scores.npz and "
             f"{len(videos)} plot(s)")
+
+
+def _previous_plots(out: str) -> set[str]:
+  """The plots an earlier spot run wrote in OUT (its predictions.json names the videos)."""
+  try:
+    with open(os.path.join(out, "predictions.json")) as f:
+      ids = json.load(f)["videos"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return set()
+  return {f"{i}.png" for i in ids if os.path.isfile(os.path.join(out, f"{i}.png"))}
 
 
 def _define_flags() -> None:
@@ -355,8 +380,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The trained run's workdir.")
   flags.DEFINE_multi_string("video", None, "A video file or a folder of frames.")
   flags.DEFINE_string("out", None, "Where predictions.json, scores.npz and plots go.")
-  flags.DEFINE_float("fps", None, "Frame rate of frame folders (and of video files whose "
-                     "container gives none).")
+  flags.DEFINE_float("fps", None, "Frame rate of the videos: needed for frame folders; for "
+                     "a video file it replaces the container's rate.")
   flags.DEFINE_float("threshold", None, "Decoding threshold (default: the one chosen on "
                      "validation for the checkpoint).")
   flags.DEFINE_integer("crop_size", None, "Face crop size in pixels (default: the size "

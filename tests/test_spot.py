@@ -76,14 +76,42 @@ def test_spot_reads_a_video_file(workdir, tmp_path):
   for i in range(30):
     writer.write(np.full((40, 48, 3), 4 * i, np.uint8))
   writer.release()
-  result = spot.spot(spot.load_config(workdir, None), workdir, [path], str(tmp_path / "o"),
-                     fps=30.0)  # --fps is for folders: the file's own 25 fps stays
+  result = spot.spot(spot.load_config(workdir, None), workdir, [path], str(tmp_path / "o"))
   best = json.loads((pathlib.Path(workdir) / "metrics.json").read_text())["validation"]
   assert result["threshold"] == best["threshold"]  # chosen on validation for the checkpoint
   video = result["videos"]["talk"]
-  assert (video["num_frames"], video["fps"]) == (30, 25.0)
+  assert (video["num_frames"], video["fps"]) == (30, 25.0)  # the container's rate
   assert video["face_box"] == [4, 0, 44, 40]  # no face: the centre square
   assert np.load(tmp_path / "o/scores.npz")["talk"].shape == (30, 1)
+  (video,) = spot.open_videos([path], fps=200.0)  # a high-speed recording saved at 25
+  assert video.fps == 200.0
+
+
+def test_a_second_run_into_one_out_leaves_only_its_own_plots(workdir, tmp_path):
+  cfg, out = spot.load_config(workdir, None), str(tmp_path / "out")
+  kw = dict(fps=30.0, crop_size=32, encoding="png", detector=lambda frame: [])
+  for name, seed in (("take.1", 710), ("take.2", 711)):  # folder names keep their dots
+    _write_frames(th.records(1, seed=seed, num_frames=20)[0], str(tmp_path / name))
+  spot.spot(cfg, workdir, [str(tmp_path / "take.1"), str(tmp_path / "take.2")], out, **kw)
+  assert sorted(os.listdir(out)) == ["predictions.json", "scores.npz", "take.1.png",
+                                     "take.2.png"]
+  spot.spot(cfg, workdir, [str(tmp_path / "take.2")], out, **kw)
+  assert sorted(os.listdir(out)) == ["predictions.json", "scores.npz", "take.2.png"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no second filesystem to link to")
+def test_out_linked_to_another_filesystem(workdir, tmp_path):
+  import tempfile  # pylint: disable=g-import-not-at-top
+  target = tempfile.mkdtemp(dir="/dev/shm")
+  try:
+    os.symlink(target, tmp_path / "link")
+    _write_frames(th.records(1, seed=712, num_frames=20)[0], str(tmp_path / "v"))
+    spot.spot(spot.load_config(workdir, None), workdir, [str(tmp_path / "v")],
+              str(tmp_path / "link"), fps=30.0, detector=lambda frame: [])
+    assert sorted(os.listdir(target)) == ["predictions.json", "scores.npz", "v.png"]
+  finally:
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(target, ignore_errors=True)
 
 
 def test_open_videos_orders_frames_by_number_and_checks_inputs(tmp_path):
@@ -114,6 +142,11 @@ def test_frame_folders_skip_dotfiles_and_warn_about_gaps(tmp_path, capsys):
   (video,) = spot.open_videos([folder], fps=30.0)
   assert video.num_frames == 6
   assert "2 frame number(s) missing (4, 5)" in capsys.readouterr().out
+  stamps = _write_frames(record, str(tmp_path / "stamps"),  # microsecond timestamps
+                         names=lambda i: f"{1701234567000000 + 33333 * i}.png")
+  (video,) = spot.open_videos([stamps], fps=30.0)
+  assert video.num_frames == 6
+  assert "166660 frame number(s) missing (1701234567000001, " in capsys.readouterr().out
 
 
 def test_a_frame_of_another_size_is_named(tmp_path):

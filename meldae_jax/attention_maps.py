@@ -24,6 +24,8 @@ chin & jaw). The workdir is only read. Exit status 2: no checkpoint, no enhancer
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Sequence
 
 from absl import app
@@ -107,12 +109,15 @@ def row_names(g: int) -> list[str]:
   return [f"{i + 1}: {100 * i // g}-{100 * (i + 1) // g} % of the crop" for i in range(g)]
 
 
-def summarise(maps: dict[str, np.ndarray], index, margin: int, window: int) -> dict:
-  """Per group: frames, mean map, mass per row, peak over the uniform level."""
+def summarise(maps: dict[str, np.ndarray], index, margin_seconds: float,
+              window: int) -> dict:
+  """Per group: frames, mean map, mass per row, peak over the uniform level. The margin
+  is converted at each video's own fps."""
   sums, counts = {}, {k: 0 for k in GROUPS}
   for info in index.infos:
     if info.video_id not in maps:
       continue
+    margin = int(round(margin_seconds * info.fps))
     for name, frames in frame_groups(info, margin).items():
       if len(frames):
         sums[name] = sums.get(name, 0) + maps[info.video_id][frames].sum(0)
@@ -178,17 +183,24 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = 
     train.say(f"[attention] checkpoint step {step}: {len(index)} video(s) of the "
               f"{split} split...")
     maps = frame_maps(trainer, params, index, cfg, attend)
-  fps = float(np.median([v.fps for v in index.infos])) if len(index) else 30.0
-  margin = int(round(margin_seconds * fps))
-  summary = summarise(maps, index, margin, int(cfg.dataset.window))
+  summary = summarise(maps, index, margin_seconds, int(cfg.dataset.window))
+  if not any(summary[n]["frames"] for n in GROUPS):
+    raise AttentionError(f"no frame of the {split} split falls in any group (no labels?); "
+                         "nothing written")
   os.makedirs(out, exist_ok=True)
-  predict.write_scores(os.path.join(out, "attention.npz"), maps)
-  figure(os.path.join(out, "attention.png"), summary,
-         f"enhancer attention, {cfg.dataset.name} {split}, checkpoint step {step}")
-  checkpointing.write_json(os.path.join(out, "attention.json"),
-                           {"checkpoint_step": step, "split": split, "groups": summary,
-                            "margin_frames": margin, "rows": row_names(
-                                int(trainer.model.config.num_regions))})
+  tmp = tempfile.mkdtemp(prefix=".attention-", dir=os.path.realpath(out))
+  try:  # all three files or none
+    predict.write_scores(os.path.join(tmp, "attention.npz"), maps)
+    figure(os.path.join(tmp, "attention.png"), summary,
+           f"enhancer attention, {cfg.dataset.name} {split}, checkpoint step {step}")
+    checkpointing.write_json(os.path.join(tmp, "attention.json"),
+                             {"checkpoint_step": step, "split": split, "groups": summary,
+                              "margin_seconds": margin_seconds, "rows": row_names(
+                                  int(trainer.model.config.num_regions))})
+    for name in os.listdir(tmp):
+      os.replace(os.path.join(tmp, name), os.path.join(out, name))
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
   for name in GROUPS:
     s = summary[name]
     if s["frames"]:

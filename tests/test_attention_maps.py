@@ -60,6 +60,30 @@ def test_frame_groups_follow_the_labels():
   assert groups["idle"].tolist() == list(range(20, 27)) + list(range(37, 40))
 
 
+def test_the_margin_is_converted_at_each_videos_fps():
+  """0.1 s: 3 frames at 30 fps, 20 at 200; idle frames keep that far from the ME."""
+  def info(fps):
+    return sources.VideoInfo(
+        video_id=f"v{fps}", subject="s", fps=float(fps), num_frames=60,
+        intervals={"onset": np.array([10]), "apex": np.array([12]),
+                   "offset": np.array([14]), "type": np.array([0])},
+        speaking=np.zeros(60, np.int8))
+  index = sources.VideoIndex([])
+  index.infos = [info(30), info(200)]
+  maps = {i.video_id: np.ones((60, 2, 2), np.float32) for i in index.infos}
+  summary = attention_maps.summarise(maps, index, 0.1, window=16)
+  assert summary["idle"]["frames"] == (60 - len(range(7, 18))) + (60 - len(range(0, 35)))
+
+
+def test_a_split_without_groups_writes_nothing(workdir, tmp_path):
+  cfg = spot.load_config(workdir, None)
+  record = dict(th.records(1, seed=901, num_frames=20)[0], speaking=np.full(20, -1, np.int8),
+                intervals={"onset": [], "offset": [], "type": []})
+  with pytest.raises(attention_maps.AttentionError, match="nothing written"):
+    attention_maps.run(cfg, workdir, str(tmp_path / "o"), index=sources.VideoIndex([record]))
+  assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
 def test_run_writes_maps_figure_and_summary(workdir, tmp_path):
   cfg = spot.load_config(workdir, None)
   index = th.splits(n_train=1, n_val=0, n_test=2, num_frames=60).test

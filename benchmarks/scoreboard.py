@@ -158,14 +158,14 @@ ROWS = (
     Remat("the same, the step's own memory: XLA's buffers for it (arguments, "
           "temporaries, outputs)", "s24_memory.jsonl", measure="xla"),
     NotRun("GPU: B224 and the 16-clip batch in bf16, MFU >= 45 %",
-           "not run: no GPU lent (sessions 10-30); one prepared call, "
+           "not run: no GPU lent (sessions 10-31); one prepared call, "
            "`benchmarks/gpu_suite.sh run`, re-checked in session 23", "16, 23"),
 )
 
 
 # The CPUs the boards' runs ran on, as compare.py records them (model name, family).
 INTEL_XEON = ("Intel(R) Xeon(R) Processor", "6", "207")  # the issue's machine kind
-AMD_EPYC = ("AMD EPYC", "25", "17")  # Zen 4 (sessions 12-18, 26-30); Zen 3 shares 25
+AMD_EPYC = ("AMD EPYC", "25", "17")  # Zen 4 (sessions 12-18, 26-31); Zen 3 shares 25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +181,10 @@ class Board:
 # measured the rest of the table at it: its sources differ from session 28's only by a
 # shape check in blas_attention.py, fingerprint 38888acf2aae against c8a8fd495c15).
 S28 = "session 28's step (the projection's bias in the attention's calls)"
+# Session 30's step: its CPU calls' numerics (erf clamp, no FMA contraction, fixed row
+# blocks); measured with session 30's `--lockstep`, where no side's timed step overlaps
+# the other side's work after its last turn.
+S30 = "session 30's step and turns (no overlap after the last turn)"
 
 ZEN4_ROWS = (
     Against("Ti112 train >= 1.3x eager, timed in turns", 1.3,
@@ -203,6 +207,8 @@ ZEN4_ROWS = (
             ("s28_S112_train_fp32_eager_turns_a.jsonl",
              "s29_S112_train_fp32_eager_turns_a.jsonl",
              "s29_S112_train_fp32_eager_turns_b.jsonl"), lockstep=True),
+    Against(f"the same, {S30}, timed in turns", 1.3, ("S112", "train", "fp32", "eager"),
+            ("s31_S112_train_fp32_eager_turns_a.jsonl",), lockstep=True),
     Against("Ti112 infer faster than `torch.compile`, timed in turns", 1.0,
             ("Ti112", "infer", "fp32", "compile"),
             ("s26_Ti112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),

@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from meldae_jax.data import corpus_utils as cu
 from meldae_jax.data import schema
+from meldae_jax.data import sources
 
 DATASETS = cu.DATASETS_DIR
 MICRO, MACRO = 0, 1
@@ -58,6 +59,7 @@ def check_common(builder, size=112):
     for onset, apex, offset, _ in intervals_of(r):
       assert 0 <= onset <= offset < n
       assert apex == -1 or onset <= apex <= offset
+  sources.VideoIndex(builder.as_data_source("all"))  # the pipeline's record checks pass
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   # ablation starts from scratch and takes the rest's lr (launch/sweeps.py).
   o.groups = (("backbone/.*", 1e-5), (".*", 5e-4))
   o.schedule = "warmup_cosine"
-  o.warmup_steps = 500
+  o.warmup_steps = 500            # in optimiser updates (total_steps / grad_accum_steps)
   o.end_lr_factor = 0.01
   o.weight_decay = 1e-4
   o.weight_decay_regex = ".*kernel"  # every weight matrix: `.../kernel`, attention `out_kernel`

@@ -20,6 +20,7 @@ import dataclasses
 import re
 from typing import Any, Callable, Sequence
 
+from absl import logging
 from flax.core import meta
 import jax
 import jax.numpy as jnp
@@ -57,15 +58,19 @@ def group_labels(params, groups: Sequence[tuple[str, Any]]):
   """Label every parameter with its group's name ('group_<i>', or 'frozen' for lr 0).
 
   Raises:
-    ValueError: naming every parameter that no group's regex covers.
+    ValueError: naming every parameter that no group's regex covers, and every group
+      that labels no parameter (a typo in its regex, or an earlier group taking all its
+      matches: either would silently train those parameters at another rate).
   """
   compiled = [(re.compile(rx), lr) for rx, lr in groups]
-  uncovered = []
+  uncovered, names, used = [], [], set()
 
   def label(path, _):
     name = path_name(path)
+    names.append(name)
     for i, (rx, lr) in enumerate(compiled):
       if rx.fullmatch(name):
+        used.add(i)
         return FROZEN if not lr else f"group_{i}"
     uncovered.append(name)
     return None
@@ -75,6 +80,10 @@ def group_labels(params, groups: Sequence[tuple[str, Any]]):
     raise ValueError(
         f"Parameter(s) not covered by any optimizer group {[rx for rx, _ in groups]}: "
         f"{', '.join(repr(n) for n in uncovered)}; add a regex (e.g. ('.*', lr)) for them.")
+  if names and (unused := [groups[i] for i in range(len(groups)) if i not in used]):
+    raise ValueError(
+        f"Optimizer group(s) {unused} label no parameter (first match wins; the "
+        f"parameters are named like {names[0]!r}): fix their regex or remove them.")
   return labels
 
 
@@ -115,6 +124,11 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int
   groups = [tuple(g) for g in opt_cfg.groups]
   accum = max(int(opt_cfg.get("grad_accum_steps", 1)), 1)
   update_steps = max(int(total_steps) // accum, 1)
+  warmup = int(opt_cfg.get("warmup_steps", 0))
+  if opt_cfg.get("schedule", "warmup_cosine") == "warmup_cosine" and warmup >= update_steps:
+    logging.warning("optimizer.warmup_steps %d (updates) >= the run's %d updates "
+                    "(total_steps %d / grad_accum_steps %d): the whole run is warmup, "
+                    "no cosine decay.", warmup, update_steps, int(total_steps), accum)
   wd = float(opt_cfg.get("weight_decay", 0.0))
   wd_regex = opt_cfg.get("weight_decay_regex", ".*kernel")
   b1, b2, eps = (float(opt_cfg.get(k, v)) for k, v in (("b1", 0.9), ("b2", 0.999),
@@ -274,6 +288,7 @@ def apply_gradients(tx: optax.GradientTransformation, grads, opt_state, params):
 
 
 def learning_rates(schedules: dict[str, Callable], step, grad_accum_steps: int = 1):
-  """Current learning rate of each group at train step `step` (for logging)."""
-  update = step // max(int(grad_accum_steps), 1)
+  """The learning rate of each group that the update of 1-based train step `step` used
+  (or, with accumulation, the update its micro-batch goes into), for logging."""
+  update = max(int(step) - 1, 0) // max(int(grad_accum_steps), 1)
   return {f"lr/{name}": sched(update) for name, sched in schedules.items()}

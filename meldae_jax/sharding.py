@@ -43,6 +43,10 @@ def maybe_initialize_distributed(cfg=None) -> None:
   if jax.distributed.is_initialized():
     return
   if addr and nproc and int(nproc) > 1:
+    if pid is None:
+      raise ValueError(f"{nproc} processes at {addr}, but not which one this is: set "
+                       "config.distributed.process_id or JAX_PROCESS_ID (0 .. "
+                       f"{int(nproc) - 1})")
     logging.info("jax.distributed.initialize(%s, num_processes=%s, process_id=%s)", addr, nproc, pid)
     jax.distributed.initialize(coordinator_address=addr, num_processes=int(nproc),
                                process_id=int(pid))

@@ -111,13 +111,37 @@ def test_warmup_cosine_schedule_values():
       [float(sched(s)) for s in (0, 5, 10, 60, 110, 200)],
       [0.0, 1.0, 2.0, 0.2 + 0.5 * 1.8, 0.2, 0.2], rtol=1e-5, atol=1e-6)
   tx, schedules = optim.make_optimizer(_with(cfg, groups=((".*", 2.0),)), 110)
-  lrs = optim.learning_rates(schedules, 5)
+  # Logged at 1-based train step s: the lr its update used, the schedule's at s - 1.
+  assert float(optim.learning_rates(schedules, 1)["lr/group_0"]) == 0.0
+  lrs = optim.learning_rates(schedules, 6)
   np.testing.assert_allclose(float(lrs["lr/group_0"]), 1.0, rtol=1e-5)
-  # With accumulation the schedule counts optimiser updates, not micro-batches.
+  # With accumulation the schedule counts optimiser updates, not micro-batches: micro-
+  # steps 11 and 12 make update 5.
   tx, schedules = optim.make_optimizer(
       _with(cfg, groups=((".*", 2.0),), grad_accum_steps=2), 220)
-  np.testing.assert_allclose(float(optim.learning_rates(schedules, 10, 2)["lr/group_0"]),
-                             1.0, rtol=1e-5)
+  for step in (11, 12):
+    np.testing.assert_allclose(
+        float(optim.learning_rates(schedules, step, 2)["lr/group_0"]), 1.0, rtol=1e-5)
+
+
+def test_the_logged_lr_is_the_one_the_update_used():
+  cfg = _cfg(schedule="warmup_cosine", warmup_steps=2, end_lr_factor=0.0)
+  tx, schedules = optim.make_optimizer(_with(cfg, groups=((".*", 1.0),), b1=0.0,
+                                             weight_decay=0.0, clip_norm=0.0), 4)
+  params = {"w": jnp.zeros(())}
+  state = tx.init(params)
+  for step in range(1, 5):  # Adam with b1 = 0 on a constant gradient moves lr per step
+    new, state = optim.apply_gradients(tx, {"w": jnp.ones(())}, state, params)
+    logged = float(optim.learning_rates(schedules, step)["lr/group_0"])
+    np.testing.assert_allclose(float(params["w"] - new["w"]), logged, rtol=1e-3, atol=1e-6)
+    params = new
+
+
+def test_a_group_that_labels_no_parameter_is_an_error():
+  with pytest.raises(ValueError, match=r"\('Backbone/\.\*', 1e-05\)\] label no parameter"):
+    optim.group_labels(_params(), [("Backbone/.*", 1e-5), (".*", 5e-4)])
+  with pytest.raises(ValueError, match=r"\('backbone/\.\*', 1e-05\)\] label no"):
+    optim.group_labels(_params(), [(".*", 5e-4), ("backbone/.*", 1e-5)])  # shadowed
 
 
 def test_accumulating_k_steps_equals_one_big_batch():
@@ -179,3 +203,12 @@ def test_model_parameters_are_all_covered_and_backbone_grouped():
   assert decayed["enhancer/layer_0_cross_attention/out_kernel"]
   for name, d in decayed.items():
     assert d == name.rsplit("/", 1)[-1].endswith("kernel"), name
+
+
+def test_a_warmup_as_long_as_the_run_is_a_warning(caplog):
+  cfg = _cfg(schedule="warmup_cosine", warmup_steps=500, grad_accum_steps=4)
+  optim.make_optimizer(_with(cfg, groups=((".*", 1.0),)), 2000)  # 500 updates
+  assert "the whole run is warmup" in caplog.text
+  caplog.clear()
+  optim.make_optimizer(_with(cfg, groups=((".*", 1.0),), grad_accum_steps=1), 2000)
+  assert "warmup" not in caplog.text

@@ -9,6 +9,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
@@ -110,3 +112,13 @@ def test_sharded_step_matches_single_device():
       assert any(g == s * fsdp for g, s in zip(shape, shard)), (name, shape, shard)
     names = " ".join(n for n, _, _ in r["sharded"])
     assert "backbone" in names and "Transformer" in names
+
+
+def test_a_process_without_its_id_is_a_clear_error(monkeypatch):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from meldae_jax import sharding  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+  cfg = ml_collections.ConfigDict({"distributed": {
+      "coordinator_address": "localhost:1234", "num_processes": 2, "process_id": -1}})
+  with pytest.raises(ValueError, match="set config.distributed.process_id or JAX_PROCESS_ID"):
+    sharding.maybe_initialize_distributed(cfg)

@@ -181,10 +181,11 @@ def commands(a) -> dict[str, list[str]]:
              "--dtype", a.dtype, "--backend", a.backend])
 
 
-# What defines the two measured steps: a round pools with another only where these match.
+# What defines the two measured steps and how they are timed: a round pools with another
+# only where these match. compare.py since session 31 (its --lockstep sets the turns).
 SOURCES = ("meldae_jax/**/*.py", "meldae_jax/**/*.cc", "meldae_jax/**/*.h", "configs/*.py",
            "setup.py", "benchmarks/step.py", "benchmarks/torch_port.py",
-           "benchmarks/common.py")
+           "benchmarks/common.py", "benchmarks/compare.py")
 
 
 def source_fingerprint(root: pathlib.Path = ROOT) -> str:
@@ -286,6 +287,11 @@ def load_rounds(paths: list[str]) -> tuple[dict, list[dict], list[str | None]]:
     summary = [l for l in lines if l.get("kind") == "compare"]
     if not summary:
       raise ValueError(f"{path}: no `kind: compare` line (an unfinished run?)")
+    if len(summary) > 1:
+      raise ValueError(f"{path}: {len(summary)} `kind: compare` lines; one run a file")
+    if summary[-1].get("source_changed"):
+      raise ValueError(f"{path}: the step's sources changed while it ran "
+                       "(source_changed): its rounds measured two steps, do not pool them")
     this = {k: summary[-1].get(k) for k in SAME}
     this["lockstep"] = bool(this["lockstep"])  # files before --lockstep alternated
     sources.append(summary[-1].get("source"))
@@ -301,7 +307,9 @@ def load_rounds(paths: list[str]) -> tuple[dict, list[dict], list[str | None]]:
     by_round = {}
     for l in lines:
       if l.get("kind") == "run":
-        by_round.setdefault(l["round"], {})[l["side"]] = l
+        if l["side"] in by_round.setdefault(l["round"], {}):
+          raise ValueError(f"{path}: round {l['round']}'s {l['side']} side twice")
+        by_round[l["round"]][l["side"]] = l
     for number, pair in sorted(by_round.items()):
       if set(pair) != {"jax", "torch"}:
         raise ValueError(f"{path}: round {number} lacks a side ({sorted(pair)})")

@@ -265,12 +265,16 @@ BOARDS = (
 
 
 def _sessions(files) -> str:
-  """'22-24' from the files' 'sNN_' prefixes."""
+  """'22, 24-25' from the files' 'sNN_' prefixes: the sessions whose runs are pooled."""
   numbers = sorted({int(m.group(1)) for f in files
                     if (m := re.match(r"s(\d+)_", pathlib.Path(f).name))})
-  if not numbers:
-    return ""
-  return str(numbers[0]) if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
+  spans = []
+  for n in numbers:
+    if spans and n == spans[-1][1] + 1:
+      spans[-1][1] = n
+    else:
+      spans.append([n, n])
+  return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _range(values) -> str:

@@ -165,7 +165,7 @@ def test_the_source_fingerprint_follows_the_step_and_nothing_else(tmp_path):
   _tree(tmp_path, {"docs/performance.md": "# v2\n", "tests/test_y.py": "",
                    "benchmarks/scoreboard.py": ""})
   assert compare.source_fingerprint(tmp_path) == before
-  for name in ("meldae_jax/ops/k.cc", "benchmarks/step.py"):
+  for name in ("meldae_jax/ops/k.cc", "benchmarks/step.py", "benchmarks/compare.py"):
     _tree(tmp_path, {name: "changed\n"})
     assert compare.source_fingerprint(tmp_path) != before
     before = compare.source_fingerprint(tmp_path)
@@ -376,3 +376,23 @@ def test_pooling_refuses_files_of_another_cpu_model_or_step_count(tmp_path):
     compare.load_rounds([zen4, saved("c.jsonl", cpu_model="1")])
   with pytest.raises(ValueError, match="steps=3"):
     compare.load_rounds([zen4, saved("d.jsonl", cpu_model="17", steps=3)])
+
+
+def test_pooling_refuses_a_file_whose_sources_changed_or_that_holds_two_runs(tmp_path):
+  a = _saved_run(tmp_path, "a", 1.0, 1.2)
+  lines = pathlib.Path(a).read_text().splitlines()
+  summary = json.loads(lines[-1])
+  changed = tmp_path / "changed.jsonl"
+  changed.write_text("\n".join(lines[:-1] + [json.dumps(dict(summary, source_changed=True))])
+                     + "\n")
+  with pytest.raises(ValueError, match="sources changed while it ran"):
+    compare.load_rounds([str(changed)])
+  twice = tmp_path / "twice.jsonl"
+  twice.write_text(pathlib.Path(a).read_text() * 2)
+  with pytest.raises(ValueError, match="2 `kind: compare` lines"):
+    compare.load_rounds([str(twice)])
+  runs_twice = tmp_path / "runs_twice.jsonl"
+  runs = [l for l in lines if json.loads(l).get("kind") == "run"]
+  runs_twice.write_text("\n".join(runs + lines) + "\n")
+  with pytest.raises(ValueError, match="round 1's .* side twice"):
+    compare.load_rounds([str(runs_twice)])

@@ -94,6 +94,12 @@ def table(rows: list[dict], markdown: bool = False) -> str:
       out.append("")
     out.append(f"device {device} ({r.get('backend')}), jax {r.get('jax_version')}; "
                "peaks (first run): " + (", ".join(p for p in peaks if p) or "not measured"))
+  counted = sorted({r["flops_source"] for r in ok if r.get("flops_source")})
+  if len(counted) > 1:  # step.py's and torch_port.py's rows side by side
+    out.append(("" if not markdown else "\n") + "FLOPs as each side counts them: "
+               + "; ".join(counted) + ". XLA counts every op, FlopCounterMode the "
+               "matmuls only: for the same matmuls JAX's GFLOP/s and MFU read ~1 % higher "
+               "(0.6-1.1 % at Ti112 and S112, session 31).")
   for summary in summaries:
     if markdown:
       out.append("")

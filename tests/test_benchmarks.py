@@ -229,6 +229,16 @@ def test_table_lists_runs_and_failures():
   assert md[2].startswith("| B224 train bf16 B16 | 0.0312 |")
 
 
+def test_table_says_how_each_side_counts_flops():
+  from benchmarks import table  # pylint: disable=g-import-not-at-top
+  jax_row = dict(label="S112 train", median_s=1.0, gflops_per_s=215.0, backend="cpu",
+                 flops_source="xla_cost_analysis(lowered, unrolled blocks, XLA dots)")
+  torch_row = dict(label="torch S112 train", median_s=1.2, gflops_per_s=178.0,
+                   flops_source="torch FlopCounterMode, eager fp32 (matmul/conv/bmm only)")
+  assert "FLOPs as each side counts them" in table.table([jax_row, torch_row])
+  assert "FLOPs as each side" not in table.table([jax_row])
+
+
 def test_table_names_memory_sweep_rows_and_reads_its_summary():
   """`step.py --memory-sweep` lines have no suite label: the rows are named by their
   shape, and the summary becomes a line per (T, remat) after the table."""

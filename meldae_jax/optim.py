@@ -57,10 +57,13 @@ def path_name(path) -> str:
 def group_labels(params, groups: Sequence[tuple[str, Any]]):
   """Label every parameter with its group's name ('group_<i>', or 'frozen' for lr 0).
 
+  A group that labels no parameter is a WARNING naming it: a typo in its regex, or an
+  earlier group taking all its matches, would train those parameters at another rate;
+  but one table may serve several models (the enhancer-free ablation has no `enhancer/`
+  parameters), so it is not an error.
+
   Raises:
-    ValueError: naming every parameter that no group's regex covers, and every group
-      that labels no parameter (a typo in its regex, or an earlier group taking all its
-      matches: either would silently train those parameters at another rate).
+    ValueError: naming every parameter that no group's regex covers.
   """
   compiled = [(re.compile(rx), lr) for rx, lr in groups]
   uncovered, names, used = [], [], set()
@@ -80,11 +83,16 @@ def group_labels(params, groups: Sequence[tuple[str, Any]]):
     raise ValueError(
         f"Parameter(s) not covered by any optimizer group {[rx for rx, _ in groups]}: "
         f"{', '.join(repr(n) for n in uncovered)}; add a regex (e.g. ('.*', lr)) for them.")
-  if names and (unused := [groups[i] for i in range(len(groups)) if i not in used]):
-    raise ValueError(
-        f"Optimizer group(s) {unused} label no parameter (first match wins; the "
-        f"parameters are named like {names[0]!r}): fix their regex or remove them.")
+  unused = tuple(tuple(groups[i]) for i in range(len(groups)) if i not in used)
+  if names and unused and (unused, names[0]) not in _WARNED:
+    _WARNED.add((unused, names[0]))
+    logging.warning("Optimizer group(s) %s label no parameter (first match wins; the "
+                    "parameters are named like %r): check their regex.", list(unused),
+                    names[0])
   return labels
+
+
+_WARNED: set = set()  # group_labels runs at every trace: one warning per table
 
 
 def make_schedule(lr: float, opt_cfg: ml_collections.ConfigDict,

@@ -197,6 +197,8 @@ ZEN4_ROWS = (
             ("s26_Ti112_train_fp32_eager_a.jsonl",)),
     Against(f"the same, {S28}, timed in turns", 1.3, ("Ti112", "train", "fp32", "eager"),
             ("s28_Ti112_train_fp32_eager_turns_a.jsonl",), lockstep=True),
+    Against(f"the same, {S30}, timed in turns", 1.3, ("Ti112", "train", "fp32", "eager"),
+            ("s31_Ti112_train_fp32_eager_turns_a.jsonl",), lockstep=True),
     Against("S112 train >= 1.3x eager, timed in turns", 1.3,
             ("S112", "train", "fp32", "eager"),
             ("s26_S112_train_fp32_eager_turns_a.jsonl",

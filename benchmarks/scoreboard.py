@@ -221,6 +221,8 @@ ZEN4_ROWS = (
             ("s26_S112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),
     Against(f"the same, {S28}, timed in turns", 1.0, ("S112", "infer", "fp32", "compile"),
             ("s29_S112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),
+    Against(f"the same, {S30}, timed in turns", 1.0, ("S112", "infer", "fp32", "compile"),
+            ("s31_S112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),
     Against("Stretch, bf16 (`bf16_matmul`) against autocast: S112 train, timed in turns",
             1.0, ("S112", "train", BF16, "eager"),
             ("s26_S112_train_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),

@@ -216,6 +216,8 @@ ZEN4_ROWS = (
             ("s26_Ti112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),
     Against(f"the same, {S28}, timed in turns", 1.0, ("Ti112", "infer", "fp32", "compile"),
             ("s28_Ti112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),
+    Against(f"the same, {S30}, timed in turns", 1.0, ("Ti112", "infer", "fp32", "compile"),
+            ("s31_Ti112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),
     Against("S112 infer faster than `torch.compile`, timed in turns", 1.0,
             ("S112", "infer", "fp32", "compile"),
             ("s26_S112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),

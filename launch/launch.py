@@ -39,11 +39,10 @@ def _sweeps():
 
 def run_dirs(config: str, sweep: str, workdir: str) -> list[tuple[str, str]]:
   """(run name, its workdir) for every run of the sweep."""
-  out = []
-  for name, cmd in commands(config, sweep, workdir):
-    [arg] = [a for a in cmd if a.startswith("--workdir=")]
-    out.append((name, arg.partition("=")[2]))
-  return out
+  sweeps = _sweeps()
+  _, workdir = _absolute(config, workdir)
+  names = [sweeps.run_name(overrides) for overrides in sweeps.get_sweep(sweep)]
+  return [(name, os.path.join(workdir, name)) for name in names]
 
 
 def report(config: str, sweep: str, workdir: str, plot: str | None = None) -> str:

@@ -24,8 +24,6 @@ chin & jaw). The workdir is only read. Exit status 2: no checkpoint, no enhancer
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from typing import Sequence
 
 from absl import app
@@ -187,9 +185,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = 
   if not any(summary[n]["frames"] for n in GROUPS):
     raise AttentionError(f"no frame of the {split} split falls in any group (no labels?); "
                          "nothing written")
-  os.makedirs(out, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".attention-", dir=os.path.realpath(out))
-  try:  # all three files or none
+  with checkpointing.staged_folder(out) as tmp:  # all three files or none
     predict.write_scores(os.path.join(tmp, "attention.npz"), maps)
     figure(os.path.join(tmp, "attention.png"), summary,
            f"enhancer attention, {cfg.dataset.name} {split}, checkpoint step {step}")
@@ -197,10 +193,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = 
                              {"checkpoint_step": step, "split": split, "groups": summary,
                               "margin_seconds": margin_seconds, "rows": row_names(
                                   int(trainer.model.config.num_regions))})
-    for name in os.listdir(tmp):
-      os.replace(os.path.join(tmp, name), os.path.join(out, name))
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
   for name in GROUPS:
     s = summary[name]
     if s["frames"]:

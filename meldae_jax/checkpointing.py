@@ -11,9 +11,12 @@ training loop checks it after each step, saves, and exits cleanly.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from typing import Any
 
@@ -233,6 +236,21 @@ class PreemptionFlag:
     for s, h in self._previous.items():
       signal.signal(s, h)
     self._previous = {}
+
+
+@contextlib.contextmanager
+def staged_folder(out: str):
+  """Yields a temporary folder inside `out` (one filesystem, whatever `out` links to);
+  the files written there move into `out` when the block ends without an error: a
+  command's outputs appear all together or not at all."""
+  os.makedirs(out, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".staged-", dir=os.path.realpath(out))
+  try:
+    yield tmp
+    for name in os.listdir(tmp):
+      os.replace(os.path.join(tmp, name), os.path.join(out, name))
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str, obj) -> None:

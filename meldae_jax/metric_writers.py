@@ -63,22 +63,18 @@ class MetricWriter:
         text = f.read()
     except FileNotFoundError:
       return [], 0
-    if text and not text.endswith("\n"):
-      text = text.rsplit("\n", 1)[0] if "\n" in text else ""
-      cut = 1
-    else:
-      cut = 0
-    records, bad = [], 0
-    for line in text.split("\n"):
+    *lines, last = text.split("\n")  # `last` is "" unless a write was cut short
+    records, bad = [], int(last != "")
+    for line in filter(str.strip, lines):
       try:
-        record = json.loads(line) if line.strip() else None
+        record = json.loads(line)
       except ValueError:
         record = None
       if isinstance(record, dict) and isinstance(record.get("step"), int):
         records.append(record)
-      elif line.strip():
+      else:
         bad += 1
-    return records, bad + cut
+    return records, bad
 
   def _rewrite(self, records: list[dict]) -> None:
     tmp = self._path + ".tmp"

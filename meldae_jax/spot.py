@@ -36,8 +36,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Any, Callable, Iterable, Sequence
 
 from absl import app
@@ -332,32 +330,25 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
 
 
 def _write(out, result, scores, videos, classes, threshold) -> None:
-  """All outputs into a temporary folder inside OUT (one filesystem, whatever OUT links
-  to), then moved in: all or nothing. The plots of videos an earlier run wrote there and
-  this one does not have are removed, so OUT holds one run's outputs."""
-  try:
-    os.makedirs(out, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".spot-", dir=os.path.realpath(out))
-  except OSError as e:
-    raise SpotError(f"{out}: cannot write there ({e.strerror})") from None
+  """All outputs through `checkpointing.staged_folder` (all or nothing). The plots of
+  videos an earlier run wrote there and this one does not have are removed, so OUT holds
+  one run's outputs."""
   stale = _previous_plots(out) - {f"{v.video_id}.png" for v in videos}
   try:
-    for v in videos:
-      intervals = result["videos"][v.video_id]["intervals"]
-      plot(os.path.join(tmp, f"{v.video_id}.png"), scores[v.video_id], v.fps, classes,
-           threshold, intervals, f"{v.video_id}: {len(intervals)} interval(s)")
-      counts = ", ".join(f"{sum(iv['type'] == c for iv in intervals)} {c}" for c in classes)
-      train.say(f"[spot] {v.video_id}: {counts}")
-    predict.write_scores(os.path.join(tmp, "scores.npz"), scores)
-    checkpointing.write_json(os.path.join(tmp, "predictions.json"), result)
-    for name in stale:
-      os.remove(os.path.join(out, name))
-    for name in os.listdir(tmp):
-      os.replace(os.path.join(tmp, name), os.path.join(out, name))
+    with checkpointing.staged_folder(out) as tmp:
+      for v in videos:
+        intervals = result["videos"][v.video_id]["intervals"]
+        plot(os.path.join(tmp, f"{v.video_id}.png"), scores[v.video_id], v.fps, classes,
+             threshold, intervals, f"{v.video_id}: {len(intervals)} interval(s)")
+        counts = ", ".join(f"{sum(iv['type'] == c for iv in intervals)} {c}"
+                           for c in classes)
+        train.say(f"[spot] {v.video_id}: {counts}")
+      predict.write_scores(os.path.join(tmp, "scores.npz"), scores)
+      checkpointing.write_json(os.path.join(tmp, "predictions.json"), result)
+      for name in stale:
+        os.remove(os.path.join(out, name))
   except OSError as e:
     raise SpotError(f"{out}: writing the outputs failed ({e})") from None
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
   train.say(f"[spot] wrote {os.path.join(out, 'predictions.json')}, scores.npz and "
             f"{len(videos)} plot(s)")
 

@@ -23,7 +23,7 @@ vids = {"s15/15_0101disgustingteeth": 8, "s15/15_0502funnyerrors": 6,
         "s16/16_0101disgustingteeth": 8, "s19/23_0502funnyerrors": 6}
 for v, n in vids.items():
   for i in range(1, n + 1):
-    jpg(os.path.join(d, "rawpic", v, f"img{i}.jpg"), i)
+    jpg(os.path.join(d, "rawpic", v, f"img{i:03d}.jpg"), i)  # zero-padded, as released
 wb = openpyxl.Workbook()
 ws = wb.active; ws.title = "CASFEcode_final"
 for r in [

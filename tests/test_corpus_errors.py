@@ -57,15 +57,17 @@ def test_casme2_missing_spreadsheet(tmp_path):
 
 def test_casme2_missing_frame(tmp_path):
   manual = copy("casme2", tmp_path)
-  os.remove(manual / "rawpic/s16/16_0101disgustingteeth/img3.jpg")
-  with pytest.raises(CorpusError, match=r"16_0101disgustingteeth/img3\.jpg.*missing"):
+  os.remove(manual / "rawpic/s16/16_0101disgustingteeth/img003.jpg")
+  # The error names the file as the release names it (zero-padded), not `img3.jpg`.
+  with pytest.raises(CorpusError, match=r"16_0101disgustingteeth/img003\.jpg: frame "
+                     r"image is missing"):
     build("casme2", manual, tmp_path / "data")
 
 
 def test_casme2_unreadable_frame_leaves_no_dataset(tmp_path):
   manual = copy("casme2", tmp_path)
-  (manual / "rawpic/s16/16_0101disgustingteeth/img2.jpg").write_bytes(b"junk")
-  with pytest.raises(CorpusError, match=r"img2\.jpg.*unreadable"):
+  (manual / "rawpic/s16/16_0101disgustingteeth/img002.jpg").write_bytes(b"junk")
+  with pytest.raises(CorpusError, match=r"img002\.jpg.*unreadable"):
     build("casme2", manual, tmp_path / "data")
   # The failure happened while writing: only TFDS's incomplete dir was used.
   assert not (tmp_path / "data/casme2/default/1.0.0").exists()
@@ -111,6 +113,22 @@ def test_samm_bad_rows(tmp_path, cell, value, pattern):
   edit_cell(manual / SAMM_SHEET, None, cell, value)
   with pytest.raises(CorpusError, match=r"Release\.xlsx " + pattern):
     build("samm_lv", manual, tmp_path / "data")
+
+
+def test_samm_empty_cells_are_not_coded(tmp_path, caplog):
+  manual = copy("samm_lv", tmp_path)
+  wb = openpyxl.load_workbook(manual / SAMM_SHEET)
+  wb.active["E11"] = None  # 006_1_1: apex empty -> unknown, logged
+  wb.active["D13"] = None  # 007_3_1: onset empty -> the apex (default config)
+  wb.save(manual / SAMM_SHEET)
+  samm = sys.modules[cu.builder_class("samm_lv").__module__]
+  videos = samm._scan_videos(str(manual / "SAMM_longvideos"))
+  with caplog.at_level("INFO", logger="meldae_jax.data.samm_lv"):
+    samm._read_annotations(str(manual / SAMM_SHEET), videos)
+  assert sorted(videos["006_1"]["intervals"]) == [(0, -1, 7, "macro"), (1, -1, 5, "micro")]
+  assert videos["007_3"]["intervals"] == [(3, 3, 4, "micro")]
+  assert "set to unknown (-1): 1 row(s)" in caplog.text and "11 (006_1_1 2/0/6)" in caplog.text
+  assert "set to the apex: 1 row(s)" in caplog.text and "13 (007_3_1 0/4/5)" in caplog.text
 
 
 def test_samm_missing_header_and_sheet(tmp_path):
@@ -166,6 +184,29 @@ def test_wdmd_bad_values_name_the_annotation(tmp_path):
   _rewrite_eaf(eaf, 'TIER_ID="speaking"', 'TIER_ID="talk"')
   with pytest.raises(CorpusError, match="no 'speaking' tier"):
     build("wdmd", manual, tmp_path / "data")
+
+
+def test_wdmd_annotation_without_its_video_is_an_error(tmp_path):
+  manual = copy("wdmd", tmp_path)  # e.g. a video in a format not read: not dropped silently
+  os.rename(manual / "videos/P02/P02_talkshow_01.mp4",
+            manual / "videos/P02/P02_talkshow_01.m4v")
+  with pytest.raises(CorpusError, match=r"annotations/P02_talkshow_01\.eaf: no video "
+                     r"P02_talkshow_01\{\.mp4,"):
+    build("wdmd", manual, tmp_path / "data")
+  assert no_finished_dataset(tmp_path / "data")
+
+
+def test_wdmd_several_expression_tiers_are_an_error(tmp_path):
+  import pympi  # pylint: disable=g-import-not-at-top
+  eaf = pympi.Elan.Eaf()
+  for tier in ("expression", "ME", "speaking"):
+    eaf.add_tier(tier)
+  eaf.add_annotation("ME", 80, 200, "micro")  # only on the second tier
+  path = str(tmp_path / "two.eaf")
+  eaf.to_file(path)
+  with pytest.raises(CorpusError, match=r"two\.eaf: several expression tiers "
+                     r"\['expression', 'ME'\]"):
+    _wdmd_module().read_eaf(path)
 
 
 def test_wdmd_interval_outside_video_leaves_no_dataset(tmp_path):
@@ -235,6 +276,29 @@ def test_numbered_frames_and_read(tmp_path):
                        lambda n: f"img{n}.jpg")
   with pytest.raises(CorpusError, match=r"img1\.jpg: frame image is unreadable"):
     cu.read_rgb(str(tmp_path / "img1.jpg"))
+
+
+def test_numbered_frames_padding_duplicates_and_frame_zero(tmp_path):
+  name = lambda n: f"img{n}.jpg"  # pylint: disable=unnecessary-lambda-assignment
+  for n in (1, 2, 4):  # CAS(ME)^2 rawpic names: img001.jpg ...
+    (tmp_path / f"img{n:03d}.jpg").write_bytes(b"x")
+  with pytest.raises(CorpusError, match=r"/img003\.jpg: frame image is missing"):
+    cu.numbered_frames(str(tmp_path), r"img(?P<n>\d+)\.jpg", name)
+  (tmp_path / "img003.jpg").write_bytes(b"x")
+  assert [os.path.basename(p) for p in cu.numbered_frames(
+      str(tmp_path), r"img(?P<n>\d+)\.jpg", name)] == [
+          "img001.jpg", "img002.jpg", "img003.jpg", "img004.jpg"]
+  (tmp_path / "img3.jpg").write_bytes(b"x")  # two files for frame 3: which one is it?
+  with pytest.raises(CorpusError, match=r"img3\.jpg: frame number 3 is also img003\.jpg"):
+    cu.numbered_frames(str(tmp_path), r"img(?P<n>\d+)\.jpg", name)
+  os.remove(tmp_path / "img3.jpg")
+  (tmp_path / "img000.jpg").write_bytes(b"x")  # numbered from 1: frame 0 was dropped
+  with pytest.raises(CorpusError, match=r"img000\.jpg: frame number 0 is below the "
+                     r"first frame 1"):
+    cu.numbered_frames(str(tmp_path), r"img(?P<n>\d+)\.jpg", name)
+  # start=None (clips keeping their recording's numbers) starts at the lowest file.
+  assert len(cu.numbered_frames(str(tmp_path), r"img(?P<n>\d+)\.jpg", name,
+                                start=None)) == 5
 
 
 def _wdmd_module():

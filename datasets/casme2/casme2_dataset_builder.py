@@ -3,7 +3,7 @@
 Layout read (see README.md): `rawpic/sNN/NN_CCCCname/imgN.jpg` plus
 `CAS(ME)^2code_final.xlsx` with the sheets `CASFEcode_final` (annotations, no
 header row), `naming rule1` (subject number, `sNN`, participant index) and
-`naming rule2` (video code, video name). Frame numbers are 1-based (`img1.jpg`
+`naming rule2` (video code, video name). Frame numbers are 1-based (`img001.jpg`
 is frame 0 here); an offset of 0 means "not annotated". 30 fps.
 One split per subject (`subject_15`, ...) for leave-one-subject-out.
 """

@@ -149,14 +149,16 @@ def _read_annotations(path, videos, missing_bound: str = "apex"):
                            f"Filename {filename!r}")
     if video_id not in videos:
       raise cu.CorpusError(f"{where}: no frame folder {FRAMES_DIR}/{video_id}")
-    onset = cu.to_int(cells[cols["onset"]], where, "Onset")
-    apex = cu.to_int(cells[cols["apex"]], where, "Apex")
-    offset = cu.to_int(cells[cols["offset"]], where, "Offset")
+    # An empty cell is not coded, like 0 (onset/offset) or -1 (apex): `RowRepairs` rules.
+    onset, apex, offset = (cu.frame_number_or_zero(cells[cols[c.lower()]], where, c)
+                           for c in ("Onset", "Apex", "Offset"))
     type_name = re.sub(r"\s*-\s*", " - ", str(cells[cols["type"]] or "").strip())
     kind = cu.expression_type(type_name, TYPES, f"{where} column Type")
     video = videos[video_id]
-    fixed = repairs.apply(f"{row} ({filename} {onset}/{apex}/{offset})", onset, apex,
-                          offset, len(video["frames"]), missing_bound)
+    label = f"{row} ({filename} {onset}/{apex}/{offset})"
+    if cells[cols["apex"]] is None or not str(cells[cols["apex"]]).strip():
+      repairs.note("apex_dropped", label)  # empty: unknown, as -1 or 0 are
+    fixed = repairs.apply(label, onset, apex, offset, len(video["frames"]), missing_bound)
     if fixed is not None:
       video["intervals"].append(
           cu.one_based(*fixed, len(video["frames"]), where) + (kind,))

@@ -127,6 +127,14 @@ def _scan_videos(root: str) -> list[dict]:
                      "eaf": eaf})
   if not videos:
     raise cu.CorpusError(f"{vroot}: no videos <subject>/<video_id>.mp4")
+  adir = os.path.join(root, "annotations")
+  orphans = sorted(e for e in os.listdir(adir)
+                   if e.lower().endswith(".eaf") and os.path.splitext(e)[0] not in seen)
+  if orphans:  # a labelled video that is not read (other extension, other folder)
+    raise cu.CorpusError(
+        f"{os.path.join(adir, orphans[0])}: no video {os.path.splitext(orphans[0])[0]}"
+        f"{{{','.join(VIDEO_EXTS)}}} under {vroot}/<subject>/ for this annotation file"
+        + (f" ({len(orphans)} such files)" if len(orphans) > 1 else ""))
   return videos
 
 
@@ -142,6 +150,9 @@ def read_eaf(path: str) -> dict:
   if not expr:
     raise cu.CorpusError(f"{path}: no expression tier (one of "
                          f"{EXPRESSION_TIERS}; found {sorted(tiers)})")
+  if len(expr) > 1:  # reading one would drop the other's annotations without a word
+    raise cu.CorpusError(f"{path}: several expression tiers {expr}; keep one (merge "
+                         "them in ELAN)")
   if SPEAKING_TIER not in tiers:
     raise cu.CorpusError(f"{path}: no {SPEAKING_TIER!r} tier "
                          f"(found {sorted(tiers)})")

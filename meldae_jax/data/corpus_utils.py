@@ -127,24 +127,42 @@ def numbered_frames(directory: str, pattern: str,
   """Frame files of `directory` numbered start..N without gaps, in order.
 
   `pattern` is a regex with a group `n` (the frame number); `name_of(n)` rebuilds a file
-  name, to name a missing frame in the error. `start=None`: from the lowest number
-  there (clips cut out of a recording may keep its frame numbers).
+  name, to name a missing frame in the error (zero-padded like the folder's own files:
+  `img005.jpg` where the folder holds `img001.jpg`). `start=None`: from the lowest number
+  there (clips cut out of a recording may keep its frame numbers). Two files with one
+  number (`img5.jpg` and `img005.jpg`) or a file numbered below `start` (`img0.jpg`) are
+  errors: which file is which frame would be a guess.
   """
   if not os.path.isdir(directory):
     raise CorpusError(f"{directory}: frame folder is missing")
   regex = re.compile(pattern)
-  found = {}
-  for entry in os.listdir(directory):
+  found, matches = {}, {}
+  for entry in sorted(os.listdir(directory)):
     m = regex.fullmatch(entry)
     if m:
-      found[int(m.group("n"))] = os.path.join(directory, entry)
+      n = int(m.group("n"))
+      if n in found:
+        raise CorpusError(
+            f"{os.path.join(directory, entry)}: frame number {n} is also "
+            f"{os.path.basename(found[n])}")
+      found[n] = os.path.join(directory, entry)
+      matches[n] = m
   if not found:
     raise CorpusError(f"{directory}: no frame images matching {pattern}")
   first, last = (min(found) if start is None else start), max(found)
+  if min(found) < first:
+    raise CorpusError(f"{found[min(found)]}: frame number {min(found)} is below the "
+                      f"first frame {first} (frames are numbered from {first})")
   missing = [n for n in range(first, last + 1) if n not in found]
   if missing:
+    name = name_of(missing[0])
+    padded = [m for m in matches.values() if re.fullmatch(r"0\d+", m.group("n"))]
+    if padded:  # the folder zero-pads its numbers: name the file it lacks that way
+      m = min(padded, key=lambda m: len(m.group("n")))
+      name = (m.string[:m.start("n")] + str(missing[0]).zfill(len(m.group("n"))) +
+              m.string[m.end("n"):])
     raise CorpusError(
-        f"{os.path.join(directory, name_of(missing[0]))}: frame image is "
+        f"{os.path.join(directory, name)}: frame image is "
         f"missing ({len(missing)} missing of frames {first}..{last})")
   return [found[n] for n in range(first, last + 1)]
 

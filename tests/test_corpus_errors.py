@@ -50,7 +50,9 @@ CASME_SHEET = "CAS(ME)^2code_final.xlsx"
 def test_casme2_missing_spreadsheet(tmp_path):
   manual = copy("casme2", tmp_path)
   os.remove(manual / CASME_SHEET)
-  with pytest.raises(CorpusError, match=r"CAS\(ME\)\^2code_final\.xlsx.*missing"):
+  with pytest.raises(CorpusError, match=r"code_final\(Updated\)\.xlsx: annotation "
+                     r"spreadsheet is missing \(nor CAS\(ME\)\^2code_final\.xlsx or "
+                     r"code_final\.xlsx there\)"):
     build("casme2", manual, tmp_path / "data")
   assert no_finished_dataset(tmp_path / "data")
 
@@ -89,6 +91,20 @@ def test_casme2_bad_rows(tmp_path, cell, value, pattern):
                      r"'CASFEcode_final' " + pattern):
     build("casme2", manual, tmp_path / "data")
   assert no_finished_dataset(tmp_path / "data")
+
+
+def test_casme2_prefers_the_updated_spreadsheet(tmp_path, caplog):
+  """With both releases there, the corrected `(Updated)` sheet is read, as the MEGC
+  spotting baselines read it, and the WARNING names the other one."""
+  manual = copy("casme2", tmp_path)
+  updated = manual / "CAS(ME)^2code_final(Updated).xlsx"
+  shutil.copy(manual / CASME_SHEET, updated)
+  edit_cell(updated, "CASFEcode_final", "D2", "x")  # tells which sheet was read
+  with caplog.at_level("WARNING"), pytest.raises(
+      CorpusError, match=r"code_final\(Updated\)\.xlsx sheet 'CASFEcode_final' row 2"):
+    build("casme2", manual, tmp_path / "data")
+  assert re.search(r"using CAS\(ME\)\^2code_final\(Updated\)\.xlsx \(also there: "
+                   r"CAS\(ME\)\^2code_final\.xlsx\)", caplog.text)
 
 
 def test_casme2_missing_naming_sheet(tmp_path):

@@ -22,7 +22,8 @@ log = logging.getLogger("meldae_jax.data.casme2")
 FPS = 30.0
 SHEET_NAMES = ("CASFEcode_final", "CASMEcode_final")
 RULE1, RULE2 = "naming rule1", "naming rule2"
-SPREADSHEETS = ("CAS(ME)^2code_final.xlsx", "CAS(ME)^2code_final(Updated).xlsx",
+# The corrected `(Updated)` release first (the MEGC spotting baselines read it).
+SPREADSHEETS = ("CAS(ME)^2code_final(Updated).xlsx", "CAS(ME)^2code_final.xlsx",
                 "code_final.xlsx")
 TYPES = {"micro-expression": "micro", "macro-expression": "macro"}
 # Columns of the annotation sheet (0-based).
@@ -57,8 +58,10 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """CAS(ME)^2 long videos, one example per video, face crops."""
 
   name = "casme2"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "Reads CAS(ME)^2code_final(Updated).xlsx first where both "
+                            "releases of the spreadsheet are there."}
   BUILDER_CONFIGS = _configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Request CAS(ME)^2 from http://casme.psych.ac.cn/casme/e3 and pass the
@@ -80,7 +83,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if sheet is None:
       raise cu.CorpusError(
           f"{os.path.join(root, SPREADSHEETS[0])}: annotation spreadsheet is "
-          "missing")
+          f"missing (nor {' or '.join(SPREADSHEETS[1:])} there)")
     _read_annotations(sheet, videos, self.builder_config.missing_offset)
     return cu.loso_splits(videos.values(), self._generate_examples)
 

@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.batch_size = 16              # global: split over processes and the batch mesh axes
   c.total_steps = 10_000         # train-step calls (micro-batches with grad accumulation)
-  c.log_every = 50
+  c.log_every = 50               # 0 = at the end only
   c.eval_every = 1_000           # validation (threshold choice + best checkpoint); 0 = end only
 
   # --- data --------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- checkpoints -------------------------------------------------------------------
   k = c.checkpoint = ml_collections.ConfigDict()
-  k.every_steps = 1_000
+  k.every_steps = 1_000          # 0 = at the end (and on a stop) only
   k.keep = 2
   k.best_metric = "f1_dr"        # falls back to f1 when the corpus has no speaking labels
   k.async_save = False
@@ -143,6 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_init = config_dict.placeholder(str)   # ViT .npz (big_vision) / .safetensors (timm)
   c.model_init_variant = config_dict.placeholder(str)  # default: model.variant
   c.dont_load = ()               # regexes of backbone params kept at their init
+  c.model_init_expected = False  # True: a WARNING when model_init is unset (paper configs)
 
   # --- test hooks --------------------------------------------------------------------
   c.debug = ml_collections.ConfigDict()
@@ -187,7 +188,17 @@ def paper_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.loss.boundary_lambda = 1.0
   c.loss.boundary_weight = 10.0
   c.model_init = os.environ.get("MELDAE_VIT_INIT", None) or None  # e.g. ViT-B_16 .npz
+  c.model_init_expected = True   # the paper fine-tunes an ImageNet-21k ViT-B/16
   return c
+
+
+def check_arg(name: str, arg: str | None) -> bool:
+  """Whether a corpus config's `arg` asks for the `:tiny` variant; anything else but none
+  is an error (a misspelt variant would otherwise run the full paper model)."""
+  arg = (arg or "").strip()
+  if arg not in ("", "tiny"):
+    raise ValueError(f"{name} config arg must be empty or 'tiny', got {arg!r}")
+  return arg == "tiny"
 
 
 def loso_corpus(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -211,7 +222,7 @@ def loso_corpus(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.best_metric = "f1"   # no speaking labels: F1 (UF1 is reported too)
   c.eval.max_seconds = {"micro": 0.5, "macro": 4.0}
   c.eval.min_seconds = 0.1
-  if arg == "tiny":
+  if check_arg(name, arg):
     local_variant(c)
   return finalize(c)
 
@@ -220,6 +231,7 @@ def local_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A few-step, tiny-model variant of a corpus config (smoke tests / `:tiny`)."""
   tiny_model(c)
   c.model_init = None
+  c.model_init_expected = False
   c.batch_size = 4
   c.total_steps = 4
   c.log_every = 2

@@ -28,6 +28,6 @@ def get_config(arg: str | None = None):
   # Annotated clip spans reach ~1.2 s (108 frames at 90 fps in meb's corrected offsets):
   # a 0.5 s cap could not reach IoU 0.5 with the longer ones.
   c.eval.max_seconds = {"micro": 1.5}
-  if arg == "tiny":
+  if common.check_arg("mmew", arg):
     common.local_variant(c)
   return common.finalize(c)

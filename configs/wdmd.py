@@ -27,6 +27,6 @@ def get_config(arg: str | None = None):
   c.checkpoint.every_steps = 1_000
   c.checkpoint.best_metric = "f1_dr"
   c.eval.max_seconds = {"micro": 0.5, "macro": 4.0}
-  if arg == "tiny":
+  if common.check_arg("wdmd", arg):
     common.local_variant(c)
   return common.finalize(c)

@@ -165,6 +165,12 @@ class Checkpointer:
     record = {k: _jsonable(v) for k, v in metrics.items()}
     record["__best_value__"] = float(value)
     record["__step__"] = int(step)
+    if step in self._best.all_steps():
+      # The same step validated again with a better value: a run resumed from an older
+      # checkpoint, or on a validation step, after its evaluation came out differently
+      # (another compile, non-deterministic kernels). Orbax refuses to save an existing
+      # step (StepAlreadyExistsError, the same on every rerun): replace it.
+      self._best.delete(step)
     self._best.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), metrics=ocp.args.JsonSave(record)), force=True)
     self._best.wait_until_finished()

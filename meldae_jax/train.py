@@ -393,6 +393,13 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
 def load_pretrained(cfg, trainer: Trainer, state: TrainState) -> TrainState:
   """Loads `cfg.model_init` into the backbone (ViT only), keeping `dont_load` at init."""
   if not cfg.get("model_init"):
+    if cfg.get("model_init_expected", False):
+      logging.warning(
+          "model_init is unset: the backbone (%s) trains from scratch with the config's "
+          "fine-tuning learning rates %s; the paper's numbers start from a pretrained ViT "
+          "(set MELDAE_VIT_INIT or --config.model_init=PATH; "
+          "--config.model_init_expected=False silences this)",
+          cfg.model.variant, [tuple(g) for g in cfg.optimizer.groups])
     return state
   if cfg.model.get("backbone", "vit") != "vit":
     raise ValueError(
@@ -600,7 +607,7 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
         sums[k] = sums.get(k, 0.0) + float(v)
       n_sum += 1
 
-      if step % cfg.log_every == 0 or step == total:
+      if (cfg.log_every and step % cfg.log_every == 0) or step == total:
         dt = time.time() - t_log
         sps = (step - window) / max(dt, 1e-9)
         scalars = {f"train/{k}": v / n_sum for k, v in sums.items()}
@@ -614,7 +621,8 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
         window, t_log, sums, n_sum = step, time.time(), {}, 0
 
       stop = preempt.should_stop() or step == cfg.debug.stop_at_step
-      if stop or step % cfg.checkpoint.every_steps == 0 or step == total:
+      every = cfg.checkpoint.every_steps  # 0: at the end and on a stop only
+      if stop or (every and step % every == 0) or step == total:
         ckpt.save(step, state, train_iter)
       if stop:
         if n_sum:  # the steps since the last log line, not lost with the stop

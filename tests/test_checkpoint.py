@@ -278,3 +278,33 @@ def test_a_mismatch_from_the_data_settings_names_them(tmp_path, data, uninterrup
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match=r"dataset\.window: checkpoint 4, now 8"):
     train.train_and_evaluate(cfg, str(workdir), splits=data)
+
+
+def test_a_better_value_for_a_step_already_kept_as_best_replaces_it(tmp_path):
+  # A run resumed from an older checkpoint (or on a validation step) validates a step a
+  # second time; another compile or non-deterministic kernels can score it higher. Orbax
+  # refuses to save an existing step: that was a StepAlreadyExistsError on every rerun.
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  old, new = {"w": np.ones(3, np.float32)}, {"w": np.full(3, 2.0, np.float32)}
+  assert ckpt.maybe_save_best(10, old, {"f1": 0.3}, 0.3)
+  assert not ckpt.maybe_save_best(10, new, {"f1": 0.2}, 0.2)
+  assert ckpt.maybe_save_best(10, new, {"f1": 0.5}, 0.5)
+  step, metrics = ckpt.best_info()
+  assert step == 10 and metrics["__best_value__"] == 0.5 and metrics["f1"] == 0.5
+  _, state = ckpt.restore_best({"w": np.zeros(3, np.float32)})
+  np.testing.assert_array_equal(state["w"], new["w"])
+  ckpt.close()
+
+
+def test_zero_intervals_checkpoint_and_log_at_the_end_only(tmp_path, data):
+  # eval_every=0 is "at the end only"; every_steps=0 and log_every=0 were a
+  # ZeroDivisionError at the first step.
+  cfg = _cfg(total_steps=3, log_every=0, **{"checkpoint.every_steps": 0})
+  workdir = tmp_path / "w"
+  assert train.train_and_evaluate(cfg, str(workdir), splits=data)["status"] == "done"
+  ckpt = checkpointing.Checkpointer(str(workdir))
+  assert ckpt._latest.all_steps() == [3]  # pylint: disable=protected-access
+  ckpt.close()
+  train_steps = [r["step"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text()
+                                        .splitlines()) if "train/loss" in r]
+  assert train_steps == [3]

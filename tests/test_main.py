@@ -72,3 +72,15 @@ def test_evaluate_mode_with_a_loso_config_is_refused_not_trained(tmp_path):
   assert proc.returncode == 2
   assert "--mode=evaluate is not available for a leave-one-subject-out config" in proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_an_unknown_corpus_config_arg_is_an_error():
+  # `configs/wdmd.py:Tiny` (or any misspelling) used to give the full B/16 paper config.
+  import pytest  # pylint: disable=g-import-not-at-top
+  for name in ("wdmd", "mmew", "casme2", "samm_lv"):
+    argv = ["prog", f"--config={ROOT / 'configs' / f'{name}.py'}:smoke"]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv,
+                                    sys_argv=argv)
+    with pytest.raises(Exception, match=f"{name} config arg must be empty or 'tiny'"):
+      fv(argv)

@@ -526,3 +526,17 @@ def test_encoder_parts_this_vit_lacks_are_errors(tmp_path, make, ext, extra):
   ck[extra] = np.ones((D,), np.float32)
   with pytest.raises(ValueError, match=re.escape(repr(extra)) + ".*no such parameter"):
     pretrained.load_vit_params(_init_params(True), _save(tmp_path, ck, ext), variant=VARIANT)
+
+
+@pytest.mark.parametrize("pattern,scan", [
+    ("backbone/pos_embedding", True),           # the optimizer groups' naming
+    (r"Transformer/encoderblock_0/.*", True),   # unrolled naming, scanned model
+    (r"Transformer/encoderblock/.*", False),    # scanned naming, unrolled model
+])
+def test_dont_load_pattern_matching_nothing_is_an_error(tmp_path, pattern, scan):
+  # It used to load everything silently, the parameter meant to stay at init included.
+  path = _save(tmp_path, timm_ckpt(), "npz")
+  with pytest.raises(ValueError, match=r"dont_load pattern.*" + re.escape(pattern)
+                     + r".*match no parameter.*without 'backbone/'"):
+    pretrained.load_vit_params(_init_params(scan), path, variant=VARIANT,
+                               dont_load=(pattern,))

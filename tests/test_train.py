@@ -185,6 +185,27 @@ def test_loso_pools_clip_accuracy_over_clips_not_folds(tmp_path, monkeypatch):
   assert "acc_state" not in pooled  # no fold measured it
 
 
+def test_a_paper_config_without_model_init_warns(caplog, monkeypatch):
+  """The paper's configs fine-tune a pretrained ViT: leaving model_init unset trains it
+  from scratch at 1e-5, which a researcher comparing with Table 2 must hear about."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import wdmd  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv("MELDAE_VIT_INIT", raising=False)
+  assert wdmd.get_config().model_init_expected
+  assert not wdmd.get_config("tiny").model_init_expected
+  cfg = th.tiny_config()
+  trainer = train.make_trainer(cfg)
+  with jax.set_mesh(trainer.mesh):
+    state = trainer.init_fn(jax.random.key(0))
+    with caplog.at_level("WARNING"):
+      train.load_pretrained(cfg, trainer, state)
+    assert "model_init is unset" not in caplog.text
+    cfg.model_init_expected = True
+    with caplog.at_level("WARNING"):
+      assert train.load_pretrained(cfg, trainer, state) is state
+  assert "model_init is unset: the backbone (Mu/8) trains from scratch" in caplog.text
+
+
 def test_pretrained_backbone_is_loaded_except_dont_load(tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   from meldae_jax import optim  # pylint: disable=g-import-not-at-top

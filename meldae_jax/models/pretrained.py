@@ -260,7 +260,8 @@ def load_vit_params(init_params, path: str, *, variant: str,
     path: `.npz` or `.safetensors` file (big_vision / vit_jax / timm / HF).
     variant: the model's variant (e.g. 'B/16'), for the number of heads.
     dont_load: regexes (`re.fullmatch`) over our '/'-joined param paths whose
-      values stay at init (for scanned blocks: the whole stacked param).
+      values stay at init (for scanned blocks: the whole stacked param); one that
+      matches no parameter is an error.
     log: called with one string per message.
 
   Returns:
@@ -284,6 +285,12 @@ def load_vit_params(init_params, path: str, *, variant: str,
 
   flat = traverse_util.flatten_dict(meta.unbox(init_params), sep="/")
   boxed = traverse_util.flatten_dict(init_params, sep="/")
+  unmatched = [p for p in dont_load if not any(re.fullmatch(p, k) for k in flat)]
+  if unmatched:  # a typo would load what was meant to stay at init, silently
+    raise ValueError(
+        f"pretrained: dont_load pattern(s) {unmatched} match no parameter of the "
+        "backbone; they are matched (re.fullmatch) against the backbone's own paths, "
+        f"without 'backbone/', e.g. {sorted(flat)[:3]}")
   scanned = any(k.startswith("Transformer/encoderblock/") for k in flat)
   depth = (flat[f"Transformer/encoderblock/{_MHA}/query/kernel"].shape[0]
            if scanned else

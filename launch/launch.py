@@ -51,8 +51,11 @@ def report(config: str, sweep: str, workdir: str, plot: str | None = None) -> st
   text = results.table(config, sweep, runs)
   if plot:
     key = results.KEY_METRIC.get(results.corpus_of(config), "f1_dr")
-    results.plot(runs, plot, key=key, title=f"{os.path.basename(config)}: sweep {sweep}")
-    text += f"\n\nValidation curves: {plot}"
+    try:
+      results.plot(runs, plot, key=key, title=f"{os.path.basename(config)}: sweep {sweep}")
+      text += f"\n\nValidation curves: {plot}"
+    except ValueError as e:  # no curves (e.g. LOSO runs): the table still stands
+      text += f"\n\nValidation curves: none written to {plot}: {e}"
   return text
 
 

@@ -5,14 +5,14 @@
 For each subject S: the test fold is S's videos; `dataset.loso_val_subjects` other subjects
 (the ones following S in sorted order) are held out of training to choose the decoding
 threshold and the best checkpoint — the test subject is never used for either; the rest
-train. Each fold runs `train.train_and_evaluate` in `workdir/fold_<S>/` (a finished fold
-is skipped, so the driver resumes). TP/FP/FN are pooled over folds with
+train. Each fold runs `train.train_and_evaluate` in `workdir/fold_<S>/` (a fold
+finished at the same total_steps is skipped, so the driver resumes; with a larger
+total_steps the folds train on). TP/FP/FN are pooled over folds with
 `metrics.pool_results`, and Acc_ME / Acc_State over their clips (not averaged over folds):
 `workdir/loso_metrics.json` holds per-fold and pooled metrics.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
@@ -80,10 +80,12 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
   per_fold = {}
   for test, val, trn in plan:
     fold_dir = os.path.join(workdir, f"fold_{test}")
-    done = os.path.join(fold_dir, "metrics.json")
-    if os.path.exists(done):  # finished folds pool whatever --folds runs now
-      with open(done) as f:
-        per_fold[test] = json.load(f)
+    # A fold finished at this config's total_steps pools whatever --folds runs now; one
+    # finished at another total_steps is not done: it trains on (or is refused) as
+    # `train.train_and_evaluate` decides, like a fixed-split run's workdir.
+    finished = train.finished_metrics(fold_dir, int(cfg.total_steps))
+    if finished is not None:
+      per_fold[test] = finished
       train.say(f"[loso] fold {test}: done already")
       continue
     if only and test not in only:

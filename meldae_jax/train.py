@@ -476,6 +476,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   splits = splits or open_splits(cfg)
   if splits.train is None:
     raise ValueError(f"No training split {cfg.dataset.train_split!r} in {cfg.dataset.name}.")
+  for evaluated in (splits.val, splits.test):  # found before training, not after it
+    if evaluated is not None:
+      evaluated.check_unique_ids()
   say(f"Data: {cfg.dataset.name} train={len(splits.train)} videos, "
       f"val={len(splits.val) if splits.val else 0}, test={len(splits.test) if splits.test else 0}")
 
@@ -560,7 +563,7 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
         f"pass --config.total_steps={latest} (or more), or use another --workdir")
   if latest is not None:
     state = ckpt.restore(trainer.abstract_state, train_iter)  # checks the settings fit
-    finished = _finished(workdir, total) if latest == total else None
+    finished = finished_metrics(workdir, total) if latest == total else None
     if finished is not None:
       ckpt.close()
       say(f"Finished already at step {total} ({workdir}/metrics.json); nothing to do. "
@@ -667,7 +670,7 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
     ckpt.close()
 
 
-def _finished(workdir: str, total: int) -> dict | None:
+def finished_metrics(workdir: str, total: int) -> dict | None:
   """metrics.json of a run that finished at `total` steps, else None."""
   try:
     with open(os.path.join(workdir, "metrics.json")) as f:

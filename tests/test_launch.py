@@ -113,3 +113,20 @@ def test_curves_take_the_last_record_of_a_step(tmp_path):
       '{"step": 2, "val/f1_dr": 0.1}\n{"step": 4, "train/loss": 1.0}\n'
       '{"step": 4, "val/f1_dr": 0.3}\n{"step": 2, "val/f1_dr": 0.2}\n')
   assert results.curves([("r", str(tmp_path))]) == {"r": [(2, 0.2), (4, 0.3)]}
+
+
+def test_results_with_plot_but_no_curves_still_print_the_table(tmp_path):
+  """LOSO runs keep no top-level metrics.jsonl: --plot has nothing to draw, and neither
+  --results nor the end of --run may lose the table (or fail) over it."""
+  for seed, uf1 in ((0, 0.30), (1, 0.20), (2, 0.25)):
+    _write(tmp_path / f"seed={seed}" / "loso_metrics.json",
+           {"status": "done", "num_folds": 3, "pooled": {"uf1": uf1}})
+  proc = subprocess.run(
+      [sys.executable, "launch/launch.py", "--config=configs/casme2.py", "--sweep=seeds",
+       f"--workdir={tmp_path}", "--results", f"--plot={tmp_path / 'c.png'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert "| seed=1 | done | 20.00 |" in proc.stdout
+  assert "uf1 over 3 seeds: mean 25.00" in proc.stdout
+  assert "Validation curves: none written" in proc.stdout
+  assert not (tmp_path / "c.png").exists()

@@ -424,3 +424,53 @@ def test_evaluating_a_missing_workdir_creates_nothing(tmp_path):
   with pytest.raises(FileNotFoundError, match="No workdir"):
     train.evaluate_only(th.tiny_config(), str(tmp_path / "typo"), splits=th.splits())
   assert not (tmp_path / "typo").exists()
+
+
+def test_loso_rerun_with_more_steps_trains_the_folds_on(tmp_path, monkeypatch):
+  """A fold finished at 2 steps is not done for total_steps=4: it must not be pooled as
+  if it were (a fixed-split workdir trains on in the same case)."""
+  def record(vid, subject, n=20):
+    return {"video_id": vid, "subject": subject, "fps": 30.0, "frames": [b""] * n,
+            "intervals": {"onset": [5], "offset": [10], "apex": [-1], "type": [0]},
+            "speaking": [-1] * n}
+  source = [record(f"{s}/a", s) for s in ("s1", "s2", "s3")]
+  calls = []
+
+  def fake_fold(cfg, workdir, splits):
+    calls.append((splits.test.infos[0].subject, int(cfg.total_steps)))
+    result = metrics.evaluate(splits.test.to_annotations(), {"videos": {}}, 0.5)
+    result.update(status="done", total_steps=int(cfg.total_steps))
+    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(workdir) / "metrics.json").write_text(json.dumps(result))
+    return result
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_fold)
+  cfg = th.tiny_config(total_steps=2)
+  cfg.dataset.loso_val_subjects = 1
+  loso.run(cfg, str(tmp_path), source=source)
+  assert calls == [("s1", 2), ("s2", 2), ("s3", 2)]
+  loso.run(cfg, str(tmp_path), source=source)  # same steps: every fold is done
+  assert len(calls) == 3
+  cfg.total_steps = 4
+  out = loso.run(cfg, str(tmp_path), source=source)
+  assert calls[3:] == [("s1", 4), ("s2", 4), ("s3", 4)]
+  assert out["status"] == "done" and out["num_folds"] == 3
+
+
+def test_two_evaluated_videos_of_one_id_are_an_error_naming_it_before_training(tmp_path):
+  """Scores, annotations and predictions are keyed by video_id: a second video of one id
+  silently dropped the first's ground truth from the metrics."""
+  from meldae_jax.data import sources  # pylint: disable=g-import-not-at-top
+  def record(subject, onset, n=30):
+    return {"video_id": "same", "subject": subject, "fps": 30.0, "frames": [b""] * n,
+            "intervals": {"onset": [onset], "offset": [onset + 5], "type": [0]},
+            "speaking": [0] * n}
+  index = sources.VideoIndex([record("s1", 2), record("s2", 20)])
+  with pytest.raises(sources.RecordError, match=r"video 'same': records 0 and 1 have the "
+                     r"same video_id"):
+    predict.annotations_for(index, ("micro",))
+  splits = th.splits(n_train=1, n_val=0, n_test=0)
+  splits.test = index
+  with pytest.raises(sources.RecordError, match="same video_id"):
+    train.train_and_evaluate(th.tiny_config(), str(tmp_path / "w"), splits=splits)
+  assert not (tmp_path / "w" / "checkpoints").exists()

@@ -142,9 +142,20 @@ class VideoIndex(collections.abc.Sequence):
     """Metadata by record index in the source."""
     return self._by_source[source_index]
 
+  def check_unique_ids(self) -> None:
+    """Evaluation keys scores, annotations and predictions by `video_id`: two videos of
+    one id would silently leave one out of the metrics, so that is a RecordError."""
+    seen = {}
+    for i, v in zip(self.indices, self.infos):
+      if v.video_id in seen:
+        raise RecordError(f"video {v.video_id!r}: records {seen[v.video_id]} and {i} have "
+                          "the same video_id; evaluation needs one id per video")
+      seen[v.video_id] = i
+
   def to_annotations(self) -> dict:
     """The evaluator's `A.json` dict (SPEC §5) for these videos."""
     from meldae_jax.data import schema  # pylint: disable=g-import-not-at-top
+    self.check_unique_ids()
     videos = {}
     for v in self.infos:
       videos[v.video_id] = {

@@ -68,6 +68,26 @@ def _absolute(config: str, workdir: str) -> tuple[str, str]:
   return config, os.path.abspath(workdir)
 
 
+def check_extra(sweep: str, extra=()) -> None:
+  """Refuses an extra `--config.K=V` that sets (or nests in, or holds) a key the sweep
+  sets itself: the last flag wins, so every run would get V while its folder's name
+  (and the results table) said the sweep's value."""
+  swept = {k for overrides in _sweeps().get_sweep(sweep) for k in overrides}
+  for e in extra:
+    key = e.lstrip("-").partition("=")[0]
+    if not key.startswith("config."):
+      continue
+    key = key[len("config."):]
+    clash = sorted(k for k in swept
+                   if k == key or k.startswith(key + ".") or key.startswith(k + "."))
+    if clash:
+      hint = (" (for the ViT init, set MELDAE_VIT_INIT=PATH: the paper configs read it, "
+              "and the ResNet-50 run keeps none)" if "model_init" in clash else "")
+      raise ValueError(f"{e}: sweep {sweep!r} sets {', '.join(clash)} itself (its run "
+                       "names say which value each run has); drop the flag or pick "
+                       f"another sweep{hint}")
+
+
 def commands(config: str, sweep: str, workdir: str, extra=()) -> list[tuple[str, list]]:
   sweeps = _sweeps()
   config, workdir = _absolute(config, workdir)
@@ -112,6 +132,11 @@ def main(argv=None) -> int:
                       help="print the runs' results beside the paper's; run nothing")
   parser.add_argument("--plot", help="with --results or --run: validation curves to this PNG")
   args, extra = parser.parse_known_args(argv)
+  try:
+    check_extra(args.sweep, extra)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   if args.results:
     try:
       print(report(args.config, args.sweep, args.workdir, args.plot))

@@ -55,6 +55,22 @@ def test_a_vit_checkpoint_into_the_resnet_backbone_is_an_error():
     train.load_pretrained(cfg, trainer=None, state=None)
 
 
+def test_an_extra_flag_that_a_sweep_sets_itself_is_refused(capsys):
+  # The last flag wins: every run would get 0.5 while its folder said otherwise.
+  assert launch.main(["--config=configs/wdmd.py", "--sweep=lambda", "--workdir=/w",
+                      "--config.loss.boundary_lambda=0.5"]) == 2
+  assert "sets loss.boundary_lambda itself" in capsys.readouterr().err
+  assert launch.main(["--config=configs/wdmd.py", "--sweep=ablations", "--workdir=/w",
+                      "--config.model_init=/ckpt/ViT-B_16.npz"]) == 2
+  assert "MELDAE_VIT_INIT" in capsys.readouterr().err
+  assert launch.main(["--config=configs/wdmd.py", "--sweep=ablations", "--workdir=/w",
+                      "--config.model=x"]) == 2  # holds model.enhancer, model.temporal
+  launch.check_extra("lambda", ["--config.total_steps=10", "--config.loss.loc_loss=bce"])
+  assert launch.main(["--config=configs/wdmd.py", "--sweep=lambda", "--workdir=/w",
+                      "--config.total_steps=10"]) == 0
+  assert "--config.total_steps=10" in capsys.readouterr().out
+
+
 def test_relative_paths_are_from_where_the_launcher_runs(tmp_path, monkeypatch):
   (tmp_path / "my.py").write_text("")
   monkeypatch.chdir(tmp_path)

@@ -92,9 +92,9 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
       continue
     train.say(f"[loso] fold {test}: train on {len(trn)} subjects, validate on {val}")
     splits = train.Splits(
-        train=sources.VideoIndex(source, subjects=trn),
-        val=sources.VideoIndex(source, subjects=val) if val else None,
-        test=sources.VideoIndex(source, subjects=[test]))
+        train=everything.subset(subjects=trn),  # no record read again
+        val=everything.subset(subjects=val) if val else None,
+        test=everything.subset(subjects=[test]))
     result = train.train_and_evaluate(cfg, fold_dir, splits=splits)
     if result.get("status") != "done":
       train.say(f"[loso] stopped in fold {test}; rerun to resume.")

@@ -12,6 +12,7 @@ from meldae_jax import loso
 from meldae_jax import metrics
 from meldae_jax import predict
 from meldae_jax import train
+from meldae_jax.data import sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 compilation_cache = th.compilation_cache_fixture()
@@ -142,6 +143,47 @@ def test_loso_pools_counts_over_folds(tmp_path):
   # Rerunning skips the finished folds.
   again = loso.run(cfg, str(tmp_path), source=records)
   assert again["pooled"] == pooled
+
+
+def test_loso_reads_each_record_once_to_split_the_folds(tmp_path, monkeypatch):
+  """The folds' indexes come from the whole corpus's, not from reading it 3x a fold."""
+  records = th.records(4, seed=301, num_frames=12, subjects=4)
+  reads = []
+
+  class Counting:
+    def __len__(self):
+      return len(records)
+
+    def __getitem__(self, i):
+      reads.append(i)
+      return records[i]
+
+  seen = []
+
+  def fake_fold(cfg, workdir, splits):
+    del cfg, workdir
+    seen.append(splits)
+    return {"status": "stopped"} if len(seen) == 3 else {"status": "done", **_EMPTY}
+
+  _EMPTY.update(metrics.evaluate({"videos": {}}, {"videos": {}}, 0.5))
+  monkeypatch.setattr(train, "train_and_evaluate", fake_fold)
+  cfg = th.tiny_config()
+  cfg.dataset.loso_val_subjects = 1
+  source = Counting()
+  assert loso.run(cfg, str(tmp_path), source=source)["status"] == "stopped"
+  assert sorted(reads) == list(range(len(records)))  # one pass, for every fold
+  for splits in seen:
+    for index in (splits.train, splits.val, splits.test):
+      direct = sources.VideoIndex(records, subjects=sorted({v.subject for v in index}))
+      assert index.indices == direct.indices
+      assert [v.video_id for v in index.infos] == [v.video_id for v in direct.infos]
+      assert index.source is source and all(
+          index.info(i) is v for i, v in zip(index.indices, index.infos))
+  test_subjects = [s.test.infos[0].subject for s in seen]
+  assert test_subjects == sorted(test_subjects) and len(set(test_subjects)) == 3
+
+
+_EMPTY = {}
 
 
 def test_min_seconds_is_converted_at_each_videos_fps():
@@ -460,7 +502,6 @@ def test_loso_rerun_with_more_steps_trains_the_folds_on(tmp_path, monkeypatch):
 def test_two_evaluated_videos_of_one_id_are_an_error_naming_it_before_training(tmp_path):
   """Scores, annotations and predictions are keyed by video_id: a second video of one id
   silently dropped the first's ground truth from the metrics."""
-  from meldae_jax.data import sources  # pylint: disable=g-import-not-at-top
   def record(subject, onset, n=30):
     return {"video_id": "same", "subject": subject, "fps": 30.0, "frames": [b""] * n,
             "intervals": {"onset": [onset], "offset": [onset + 5], "type": [0]},

@@ -138,6 +138,21 @@ class VideoIndex(collections.abc.Sequence):
   def __getitem__(self, i):
     return self.infos[i]
 
+  def subset(self, subjects: Sequence[str] | None = None,
+             exclude_subjects: Sequence[str] | None = None) -> "VideoIndex":
+    """The index `VideoIndex(self.source, subjects, exclude_subjects)` would build, from
+    this one's metadata: no record is read again (a LOSO run splits a long-video corpus
+    three ways per fold, and every pass reads every video's frames)."""
+    keep = [(i, v) for i, v in zip(self.indices, self.infos)
+            if (subjects is None or v.subject in subjects)
+            and (exclude_subjects is None or v.subject not in exclude_subjects)]
+    out = object.__new__(VideoIndex)
+    out.source = self.source
+    out.indices = [i for i, _ in keep]
+    out.infos = [v for _, v in keep]
+    out._by_source = dict(keep)  # pylint: disable=protected-access
+    return out
+
   def info(self, source_index: int) -> VideoInfo:
     """Metadata by record index in the source."""
     return self._by_source[source_index]

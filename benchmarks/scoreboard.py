@@ -158,14 +158,14 @@ ROWS = (
     Remat("the same, the step's own memory: XLA's buffers for it (arguments, "
           "temporaries, outputs)", "s24_memory.jsonl", measure="xla"),
     NotRun("GPU: B224 and the 16-clip batch in bf16, MFU >= 45 %",
-           "not run: no GPU lent (sessions 10-31); one prepared call, "
+           "not run: no GPU lent (sessions 10-32); one prepared call, "
            "`benchmarks/gpu_suite.sh run`, re-checked in session 23", "16, 23"),
 )
 
 
 # The CPUs the boards' runs ran on, as compare.py records them (model name, family).
 INTEL_XEON = ("Intel(R) Xeon(R) Processor", "6", "207")  # the issue's machine kind
-AMD_EPYC = ("AMD EPYC", "25", "17")  # Zen 4 (sessions 12-18, 26-31); Zen 3 shares 25
+AMD_EPYC = ("AMD EPYC", "25", "17")  # Zen 4 (sessions 12-18, 26-32); Zen 3 shares 25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +185,7 @@ S28 = "session 28's step (the projection's bias in the attention's calls)"
 # blocks); measured with session 30's `--lockstep`, where no side's timed step overlaps
 # the other side's work after its last turn.
 S30 = "session 30's step and turns (no overlap after the last turn)"
+S30_STEP = "session 30's step (the CPU calls' numerics fixed)"
 
 ZEN4_ROWS = (
     Against("Ti112 train >= 1.3x eager, timed in turns", 1.3,
@@ -210,7 +211,8 @@ ZEN4_ROWS = (
              "s29_S112_train_fp32_eager_turns_a.jsonl",
              "s29_S112_train_fp32_eager_turns_b.jsonl"), lockstep=True),
     Against(f"the same, {S30}, timed in turns", 1.3, ("S112", "train", "fp32", "eager"),
-            ("s31_S112_train_fp32_eager_turns_a.jsonl",), lockstep=True),
+            ("s31_S112_train_fp32_eager_turns_a.jsonl",
+             "s32_S112_train_fp32_eager_turns_a.jsonl"), lockstep=True),
     Against("Ti112 infer faster than `torch.compile`, timed in turns", 1.0,
             ("Ti112", "infer", "fp32", "compile"),
             ("s26_Ti112_infer_fp32_compile_turns_a.jsonl",), lockstep=True),
@@ -260,20 +262,28 @@ ZEN4_ROWS = (
              "s28_Ti112_infer_bf16_matmul_autocast_turns_b.jsonl"), lockstep=True),
     Against(f"the same, Ti112 infer, {S30}, timed in turns", 1.0,
             ("Ti112", "infer", BF16, "eager"),
-            ("s31_Ti112_infer_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
+            ("s31_Ti112_infer_bf16_matmul_autocast_turns_a.jsonl",
+             "s32_Ti112_infer_bf16_matmul_autocast_turns_a.jsonl"), lockstep=True),
     Against("the same, B224 train, timed in turns", 1.0, ("B224", "train", BF16, "eager"),
             ("s27_B224_train_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
     Against(f"the same, B224 train, {S28}, timed in turns", 1.0,
             ("B224", "train", BF16, "eager"),
             ("s29_B224_train_bf16_matmul_autocast_turns_a.jsonl",), lockstep=True),
+    Against(f"the same, B224 train, {S30}, timed in turns", 1.0,
+            ("B224", "train", BF16, "eager"),
+            ("s32_B224_train_bf16_matmul_autocast_turns_b.jsonl",), lockstep=True),
     Bf16Loss("bf16 training loss within a stated tolerance of fp32", "s26_bf16_loss.jsonl"),
     Bf16Loss(f"the same, {S28}", "s29_bf16_loss.jsonl"),
+    Bf16Loss(f"the same, {S30_STEP}", "s32_bf16_loss.jsonl"),
     Remat("Remat: S112 train at T = 64, peak memory /2 at <= 30 % more time",
           "s27_memory.jsonl"),
     Remat(f"the same, {S28}", "s29_memory.jsonl"),
+    Remat(f"the same, {S30_STEP}", "s32_memory.jsonl"),
     Remat("the same, the step's own memory: XLA's buffers for it (arguments, "
           "temporaries, outputs)", "s27_memory.jsonl", measure="xla"),
     Remat(f"the same, the step's own memory, {S28}", "s29_memory.jsonl", measure="xla"),
+    Remat(f"the same, the step's own memory, {S30_STEP}", "s32_memory.jsonl",
+          measure="xla"),
 )
 
 BOARDS = (

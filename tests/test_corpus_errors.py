@@ -359,6 +359,30 @@ def test_wdmd_subdivision_tiers_and_media_offsets_are_errors(tmp_path):
     wdmd.read_eaf(path)
 
 
+def test_sheet_rows_read_past_a_wrong_stated_size(tmp_path):
+  """Read-only openpyxl trusts the file's <dimension>: a writer that states A1:B5 for
+  A3:C9 lost rows 6-9 and column C without an error."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  wb = openpyxl.Workbook()
+  for r in range(3, 10):
+    for c in range(1, 4):
+      wb.active.cell(r, c, r * 10 + c)
+  wb.active.cell(10, 1, "short row")
+  wb.save(tmp_path / "ok.xlsx")
+  with zipfile.ZipFile(tmp_path / "ok.xlsx") as zin, \
+      zipfile.ZipFile(tmp_path / "bad.xlsx", "w") as zout:
+    for item in zin.infolist():
+      data = zin.read(item.filename)
+      if item.filename.endswith("sheet1.xml"):
+        data, n = re.subn(rb"<dimension[^>]*>", b'<dimension ref="A1:B5"/>', data)
+        assert n == 1
+      zout.writestr(item, data)
+  rows = list(cu.sheet_rows(cu.open_workbook(str(tmp_path / "bad.xlsx")).active))
+  assert [n for n, _ in rows] == list(range(3, 11))
+  assert rows[0][1] == (31, 32, 33) and rows[6][1] == (91, 92, 93)
+  assert rows[-1][1] == ("short row", None, None)  # as wide as the widest
+
+
 def test_find_file_takes_the_newest_release_and_names_the_others(tmp_path, caplog):
   for name in ("SAMM_LongVideos_V2_Release.xlsx", "SAMM_LongVideos_V10_Release.xlsx",
                "SAMM_LongVideos_V1_Release.xlsx", "notes.txt"):

@@ -379,10 +379,21 @@ def open_workbook(path: str):
 
 
 def sheet_rows(sheet) -> Iterable[tuple[int, tuple]]:
-  """(1-based spreadsheet row number, cell values) for non-empty rows."""
-  for number, row in enumerate(sheet.iter_rows(values_only=True), start=1):
-    if row and any(c is not None and str(c).strip() != "" for c in row):
-      yield number, tuple(row)
+  """(1-based spreadsheet row number, cell values) for non-empty rows, all as wide as the
+  widest.
+
+  A read-only sheet is read to its last cell, not to the size the file states: some
+  writers state a wrong one (`A1:B5`), and openpyxl would then yield only that part,
+  dropping annotation rows and columns without an error.
+  """
+  if hasattr(sheet, "reset_dimensions"):
+    sheet.reset_dimensions()
+  rows = [(number, tuple(row))
+          for number, row in enumerate(sheet.iter_rows(values_only=True), start=1)
+          if row and any(c is not None and str(c).strip() != "" for c in row)]
+  width = max((len(row) for _, row in rows), default=0)
+  for number, row in rows:
+    yield number, row + (None,) * (width - len(row))
 
 
 def _natural_key(name: str):

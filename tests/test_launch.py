@@ -71,6 +71,15 @@ def test_an_extra_flag_that_a_sweep_sets_itself_is_refused(capsys):
   assert "--config.total_steps=10" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("corpus", ["wdmd", "casme2", "samm_lv", "mmew"])
+def test_each_corpus_chooses_by_the_metric_the_paper_reports_for_it(corpus):
+  """Threshold and best checkpoint are chosen by the metric Table 2 reports (and
+  `--results` compares): UF1 on CAS(ME)^2, SAMM and MMEW, F1_DR on WDMD."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{corpus}").get_config()
+  assert config.checkpoint.best_metric == launch._load("results").KEY_METRIC[corpus]  # pylint: disable=protected-access
+
+
 def test_relative_paths_are_from_where_the_launcher_runs(tmp_path, monkeypatch):
   (tmp_path / "my.py").write_text("")
   monkeypatch.chdir(tmp_path)

@@ -70,6 +70,7 @@ class Video:
   frames: Callable[[], Iterable[np.ndarray]]  # a fresh pass (or a lazy sequence) per call
   num_frames: int | None = None  # a file's are counted as they are read (face_record)
   files: Sequence[str] | None = None  # a folder's frame images, in order
+  frame_times_ms: list | None = None  # a file's frame timestamps, from its last full read
 
 
 def _video_file(path: str, fps: float | None) -> Video:
@@ -88,19 +89,38 @@ def _video_file(path: str, fps: float | None) -> Video:
 
   def read():
     cap = cv2.VideoCapture(path)
+    times = []
     try:
       while True:
         ok, bgr = cap.read()
         if not ok:
+          video.frame_times_ms = times  # a whole pass: the timestamps of every frame
           return
+        times.append(float(cap.get(cv2.CAP_PROP_POS_MSEC)))
         yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     finally:
       cap.release()
 
+  video = Video(path, _video_id(path), float(rate), read)  # frames counted as they are
+  # read: a container's frame count is an estimate
   if next(read(), None) is None:
     raise SpotError(f"{path}: no frame could be decoded")
-  return Video(path, _video_id(path), float(rate), read)  # frames counted as they are read:
-  # a container's frame count is an estimate
+  return video
+
+
+def uneven_timing(times_ms: Sequence[float]) -> tuple[float, float, float] | None:
+  """(drift s, shortest and longest frame interval ms) where a file's frames are not evenly
+  spaced in time by more than one frame interval (a variable-frame-rate recording, e.g. a
+  phone's), else None. Frames are scored as evenly spaced, so their times drift that much."""
+  t = np.asarray(times_ms, np.float64)
+  if len(t) < 3 or not np.all(np.isfinite(t)) or t[-1] <= t[0]:
+    return None  # too short, or a backend that gives no timestamps
+  dt = np.diff(t)
+  even = t[0] + np.arange(len(t)) * (t[-1] - t[0]) / (len(t) - 1)
+  drift = float(np.max(np.abs(t - even)))
+  if drift <= float(np.median(dt)):
+    return None
+  return drift / 1000.0, float(dt.min()), float(dt.max())
 
 
 def _frame_folder(path: str, fps: float | None) -> Video:
@@ -193,6 +213,12 @@ def face_record(video: Video, size: int, encoding: str = "jpeg",
     raise SpotError(f"{video.path}: read {expected} frames, then {len(frames)}; "
                     "the video is not stable to decode")
   video.num_frames = len(frames)
+  uneven = uneven_timing(video.frame_times_ms) if video.frame_times_ms else None
+  if uneven:
+    train.say(f"[spot] {video.path}: WARNING: variable frame rate (frames "
+              f"{uneven[1]:.1f} to {uneven[2]:.1f} ms apart): frames are taken as evenly "
+              f"spaced at {video.fps:g} fps, so times are off by up to {uneven[0]:.2f} s; "
+              "re-encode at a constant rate (ffmpeg -i IN -fps_mode cfr OUT)")
   record = {"video_id": video.video_id, "subject": "", "fps": np.float32(video.fps),
             "frames": frames,
             "intervals": {k: [] for k in ("onset", "apex", "offset", "type")},

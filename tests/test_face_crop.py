@@ -41,6 +41,24 @@ def test_box_is_square_with_margin_and_median():
   assert (y0 + y1) / 2 == pytest.approx(51, abs=1)
 
 
+def test_two_faces_give_one_of_them_not_a_box_between(caplog):
+  """The coordinate-wise median of 8 boxes on one face and 8 on another was (226, 80,
+  397, 251): between the faces (x 60-180 and 440-564), holding neither."""
+  frames = [np.zeros((360, 640, 3), np.uint8) for _ in range(16)]
+  index = {id(f): i for i, f in enumerate(frames)}
+  left, right = (60, 100, 120, 120), (440, 110, 124, 124)
+  detector = lambda f: [right if index[id(f)] % 2 == 0 else left]
+  box = face_crop.stable_face_box(frames, detector=detector)
+  assert box == face_crop.square_box((440, 110, 564, 234), 0.2, 360, 640)
+  assert "faces found in 8 of 16 sampled frames lie elsewhere" in caplog.text
+  caplog.clear()  # one face, boxes jittering: every box counts, no warning
+  jitter = lambda f: [(200 + index[id(f)] % 3, 100 - index[id(f)] % 2, 120, 121)]
+  boxes = np.array([(200 + i % 3, 100 - i % 2, 320 + i % 3, 221 - i % 2) for i in range(16)])
+  assert face_crop.stable_face_box(frames, detector=jitter) == face_crop.square_box(
+      np.median(boxes, axis=0), 0.2, 360, 640)
+  assert "elsewhere" not in caplog.text
+
+
 def test_box_is_clamped_inside_the_image():
   box = face_crop.stable_face_box(frames(4), detector=fixed((140, 100, 30, 30)))
   x0, y0, x1, y1 = box

@@ -149,6 +149,29 @@ def test_frame_folders_skip_dotfiles_and_warn_about_gaps(tmp_path, capsys):
   assert "166660 frame number(s) missing (1701234567000001, " in capsys.readouterr().out
 
 
+def test_a_variable_frame_rate_file_is_warned_about(tmp_path, capsys):
+  """A VFR file's frames were scored and timed (onset_s) as evenly spaced at its average
+  rate without a word: here frames 40 ms apart, then 120 ms apart, 0.85 s off mid-video."""
+  ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+  lines = []
+  for i in range(40):
+    cv2.imwrite(str(tmp_path / f"f{i}.png"), np.full((40, 48, 3), 5 * i, np.uint8))
+    lines.append(f"file 'f{i}.png'\nduration {0.04 if i < 20 else 0.12}\n")
+  (tmp_path / "list.txt").write_text("".join(lines) + "file 'f39.png'\n")
+  for name, rate in (("vfr.mp4", ["-fps_mode", "vfr"]), ("cfr.mp4", ["-fps_mode", "cfr",
+                                                                   "-r", "25"])):
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i",
+                    str(tmp_path / "list.txt"), *rate, "-c:v", "libx264", "-pix_fmt",
+                    "yuv420p", str(tmp_path / name)], check=True)
+  (video,) = spot.open_videos([str(tmp_path / "vfr.mp4")])
+  spot.face_record(video, 32, "png", detector=lambda frame: [])
+  out = capsys.readouterr().out
+  assert "vfr.mp4: WARNING: variable frame rate (frames 40.0 to 120.0 ms apart)" in out
+  (video,) = spot.open_videos([str(tmp_path / "cfr.mp4")])  # the same, re-encoded at 25
+  spot.face_record(video, 32, "png", detector=lambda frame: [])
+  assert "variable frame rate" not in capsys.readouterr().out
+
+
 def test_a_frame_of_another_size_is_named(tmp_path):
   record = th.records(1, seed=703, num_frames=20)[0]
   folder = _write_frames(record, str(tmp_path / "mixed"))

@@ -176,6 +176,66 @@ def test_preview_writes_a_contact_sheet(tmp_path):
   assert len(sheets) == 1 and sheets[0].stat().st_size > 10_000
 
 
+def _sheet_axes(tmp_path, monkeypatch, frames, ann):
+  import matplotlib.figure  # pylint: disable=g-import-not-at-top
+  figs = []
+  save = matplotlib.figure.Figure.savefig
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                      lambda self, *a, **k: (figs.append(self), save(self, *a, **k)))
+  preview.write_sheet(tmp_path / "s.png", "v", frames, ann)
+  return figs[0].axes
+
+
+def test_preview_of_an_uncoded_apex_and_unknown_speaking(tmp_path, monkeypatch):
+  """Real corpora store apex -1 (not coded) and speaking -1 (not annotated): the sheet
+  showed the video's last frame as the apex, took the speaking state from the last frame
+  and drew an apex line at -1; speaking -1 was shown as listening."""
+  n = 60
+  frames = np.full((n, 48, 48, 3), 128, np.uint8)
+  frames[-1] = 255
+  speaking = np.full((n,), -1, np.int8)
+  speaking[-1] = 1
+  ann = {"fps": 30.0, "speaking": speaking,
+         "intervals": [dict(onset=20, apex=-1, offset=30, type="micro")]}
+  axes = _sheet_axes(tmp_path, monkeypatch, frames, ann)
+  titles = [ax.get_title() for ax in axes[:8]]
+  assert titles[:7] == ["17", "20", "22", "mid 25", "28", "30", "33"]
+  assert axes[0].get_ylabel() == "micro\nspk?"
+  assert titles[7] == "|mid-onset| x12"
+  assert axes[7].images[0].get_array().max() == 0  # mid frame vs onset, not the last frame
+  assert not [l for l in axes[-1].lines if l.get_linestyle() == "--"]
+  ann["intervals"][0]["apex"] = 24
+  ann["speaking"][:] = 0
+  axes = _sheet_axes(tmp_path, monkeypatch, frames, ann)
+  assert axes[3].get_title() == "apex 24" and axes[0].get_ylabel() == "micro\nlst"
+  texts = []
+  monkeypatch.setattr(preview.cv2, "putText", lambda img, text, *a, **k: texts.append(text))
+  ann["speaking"][:] = -1
+  ann["speaking"][:10] = 1
+  ann["speaking"][10:20] = 0
+  preview.write_video(str(tmp_path / "v.mp4"), frames, ann)
+  assert "SPEAKING" in texts[0] and "listening" in texts[10]
+  assert "listening" not in texts[30] and "speaking ?" in texts[30]
+
+
+def test_undecodable_frame_bytes_are_a_clear_error(monkeypatch):
+  """cv2.imdecode's None was indexed: TypeError 'NoneType' object is not subscriptable."""
+  with pytest.raises(ValueError, match="could not decode frame bytes"):
+    generator.decode_frame(b"not a jpeg")
+  good = generator.encode_frames(np.zeros((1, 8, 8, 3), np.uint8))[0]
+  record = {"intervals": {k: [] for k in ("onset", "apex", "offset", "type")},
+            "frames": [good, b"broken"], "video_id": b"s01_v0", "fps": 30.0,
+            "speaking": np.zeros((2,), np.int8)}
+
+  class Builder:
+    def as_data_source(self, split):
+      return [record]
+
+  monkeypatch.setattr(build, "make_builder", lambda spec, data_dir: Builder())
+  with pytest.raises(ValueError, match="video 's01_v0' frame 1: could not decode"):
+    list(preview._record_videos("synthetic_conversation/tiny", None, "train", 1))
+
+
 def test_error_report_counts_hits_misses_and_false_positive_causes():
   from meldae_jax.data.synthetic import error_report  # pylint: disable=g-import-not-at-top
   c = error_report.builder_config("tiny")

@@ -61,7 +61,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {"1.0.0": "First release.",
                    "1.1.0": "Reads CAS(ME)^2code_final(Updated).xlsx first where both "
-                            "releases of the spreadsheet are there."}
+                            "releases of the spreadsheet are there. " + cu.FACE_BOX_NOTE}
   BUILDER_CONFIGS = _configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Request CAS(ME)^2 from http://casme.psych.ac.cn/casme/e3 and pass the

@@ -39,8 +39,9 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """MMEW micro-expression clips, one example per clip, face crops."""
 
   name = "mmew"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": cu.FACE_BOX_NOTE}
   BUILDER_CONFIGS = cu.default_configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Request MMEW from http://www.dpailab.com/database.html and pass the folder

@@ -60,8 +60,9 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """SAMM long videos, one example per video, face crops."""
 
   name = "samm_lv"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": cu.FACE_BOX_NOTE}
   BUILDER_CONFIGS = _configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Request SAMM Long Videos from https://helward.mmu.ac.uk/STAFF/M.Yap/dataset.php

@@ -45,8 +45,9 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """WDMD conversational videos, one example per video, face crops."""
 
   name = "wdmd"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": cu.FACE_BOX_NOTE}
   BUILDER_CONFIGS = cu.default_configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   WDMD is distributed by the MELDAE authors on request. Arrange it as

@@ -189,6 +189,12 @@ def decode_frame(data: bytes) -> np.ndarray:
   return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+# Release note of the builders' 1.1.0 (face_crop.stable_face_box's consensus).
+FACE_BOX_NOTE = ("The face box is the median over the boxes of the face found most often "
+                 "in the sampled frames (IoU >= 0.3), not over every detection: crops of "
+                 "videos with a second face or false detections change.")
+
+
 def face_crops(open_frames: Callable[[], Iterable[np.ndarray]],
                config: CorpusConfig,
                detector: face_crop.Detector | None = None) -> list[bytes]:

@@ -2,7 +2,8 @@
 
 Micro-expressions are movements of a few pixels; a crop box that follows a
 per-frame detector jitters by about as much and swamps them. We therefore
-detect the face on a few sampled frames, take the median box, grow it by a
+detect the face on a few sampled frames, take the median box of the face found
+most often (boxes overlapping, IoU >= 0.3), grow it by a
 margin, make it square, clamp it inside the image and use that one box for
 every frame of the video.
 
@@ -133,8 +134,34 @@ def stable_face_box(frames: Sequence[np.ndarray] | Iterable[np.ndarray], *,
     log.warning("no face found in %d sampled frames (%dx%d); using the centre "
                 "square crop", len(picked), width, height)
     return centre_box(height, width)
-  median = np.median(np.asarray(boxes, dtype=np.float64), axis=0)
+  median = np.median(_consensus(boxes), axis=0)
   return square_box(median, margin, height, width)
+
+
+def _iou(boxes: np.ndarray) -> np.ndarray:
+  x0 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+  y0 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+  x1 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+  y1 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+  inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  return inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9)
+
+
+def _consensus(boxes) -> np.ndarray:
+  """The boxes of the face found most often (IoU >= 0.3 with the best-supported box).
+
+  A coordinate-wise median of boxes on two faces (a conversation partner, a false
+  detection in half the frames) is a box between them that holds neither face.
+  """
+  b = np.asarray(boxes, dtype=np.float64)
+  same = _iou(b) >= 0.3
+  members = same[int(np.argmax(same.sum(1)))]  # ties: the earliest frame's face
+  if not members.all():
+    log.warning("faces found in %d of %d sampled frames lie elsewhere than the one found "
+                "in the other %d; cropping that one", int((~members).sum()), len(b),
+                int(members.sum()))
+  return b[members]
 
 
 def crop_and_resize(frame: np.ndarray, box: Sequence[int],

@@ -15,7 +15,7 @@ import pathlib
 import cv2
 import numpy as np
 
-SPEAK_RGB, LISTEN_RGB = (70, 130, 220), (200, 200, 200)
+SPEAK_RGB, LISTEN_RGB, UNKNOWN_RGB = (70, 130, 220), (200, 200, 200), (90, 90, 90)
 MICRO_RGB, MACRO_RGB = (230, 40, 40), (250, 160, 20)
 TYPE_NAMES = ("micro", "macro")
 
@@ -47,8 +47,14 @@ def _record_videos(spec, data_dir, split, count):
     iv = r["intervals"]
     intervals = [dict(onset=int(a), apex=int(p), offset=int(b), type=TYPE_NAMES[int(t)])
                  for a, p, b, t in zip(iv["onset"], iv["apex"], iv["offset"], iv["type"])]
-    frames = np.stack([decode_frame(b) for b in r["frames"]])
     vid = r["video_id"].decode() if isinstance(r["video_id"], bytes) else str(r["video_id"])
+    decoded = []
+    for i, data in enumerate(r["frames"]):
+      try:
+        decoded.append(decode_frame(data))
+      except ValueError as e:
+        raise ValueError(f"{spec} {split} video {vid!r} frame {i}: {e}") from e
+    frames = np.stack(decoded)
     yield vid, frames, {"fps": float(r["fps"]), "speaking": np.asarray(r["speaking"]),
                         "intervals": intervals}
 
@@ -58,6 +64,23 @@ def _generated_videos(difficulty, image_size, seconds, count, seed):
   for i in range(count):
     frames, ann = generate_video(seed + i, difficulty, image_size, int(seconds * 30), 30.0)
     yield f"generated_{seed + i}", frames, ann
+
+
+def _speaking_text(value) -> str:
+  """Speaking state of a frame: 1 speaking, 0 listening, -1 (real corpora) not annotated."""
+  return {1: "SPEAKING", 0: "listening"}.get(int(value), "speaking ?")
+
+
+def _key_frame(iv) -> tuple[int, bool]:
+  """(frame to show as the peak, whether it is the annotated apex).
+
+  Real corpora store apex -1 where it is not coded; indexing frames or `speaking` with it
+  would show the video's last frame as the apex. The interval's middle frame stands in.
+  """
+  on, ap, off = int(iv["onset"]), int(iv["apex"]), int(iv["offset"])
+  if on <= ap <= off:
+    return ap, True
+  return (on + off) // 2, False
 
 
 def _frame_state(t, ann):
@@ -75,7 +98,9 @@ def write_video(path, frames, ann, scale=3):
   strip = np.zeros((12, size, 3), np.uint8)
   x_of = lambda t: int(t * size / n)
   for t in range(n):
-    strip[:6, x_of(t):x_of(t + 1)] = SPEAK_RGB if ann["speaking"][t] == 1 else LISTEN_RGB
+    state = ann["speaking"][t]
+    strip[:6, x_of(t):x_of(t + 1)] = (SPEAK_RGB if state == 1 else LISTEN_RGB if state == 0
+                                      else UNKNOWN_RGB)
   for iv in ann["intervals"]:
     colour = MICRO_RGB if iv["type"] == "micro" else MACRO_RGB
     strip[6:, x_of(iv["onset"]):max(x_of(iv["offset"] + 1), x_of(iv["onset"]) + 1)] = colour
@@ -90,7 +115,7 @@ def write_video(path, frames, ann, scale=3):
       bar = np.full((bar_h, size, 3), 30, np.uint8)
       bar[:12] = strip
       bar[:, x_of(t):x_of(t) + 2] = 255
-      text = "SPEAKING" if ann["speaking"][t] == 1 else "listening"
+      text = _speaking_text(ann["speaking"][t])
       if iv is not None:
         text += f"  {iv['type']} {iv.get('action', '')}" + (" APEX" if t == iv["apex"] else "")
       cv2.putText(bar, f"{t:4d} {text}", (4, 38), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
@@ -111,7 +136,9 @@ def write_sheet(path, video_id, frames, ann, max_events=6):
   fig = plt.figure(figsize=(cols * 1.5, rows * 1.7 + 3.2), dpi=110)
   grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.0] * rows + [1.9])
   for r, iv in enumerate(micros):
-    on, ap, off = iv["onset"], iv["apex"], iv["offset"]
+    on, off = iv["onset"], iv["offset"]
+    ap, known = _key_frame(iv)
+    peak = "apex" if known else "mid"  # apex not coded: the interval's middle frame
     picks = [on - 3, on, (on + ap) // 2, ap, (ap + off + 1) // 2, off, off + 3]
     for c, t in enumerate(picks):
       t = int(np.clip(t, 0, n - 1))
@@ -123,10 +150,10 @@ def write_sheet(path, video_id, frames, ann, max_events=6):
           s.set_linewidth(3)
       ax.set_xticks([])
       ax.set_yticks([])
-      ax.set_title(("apex " if t == ap else "") + str(t), fontsize=7,
+      ax.set_title((f"{peak} " if t == ap else "") + str(t), fontsize=7,
                    color="red" if t == ap else "black")
       if c == 0:
-        state = "spk" if ann["speaking"][ap] == 1 else "lst"
+        state = {1: "spk", 0: "lst"}.get(int(ann["speaking"][ap]), "spk?")
         ax.set_ylabel(f"{iv.get('action', 'micro')}\n{state}", fontsize=7)
     ref = frames[max(on - 1, 0)].astype(np.float32)
     diff = np.abs(frames[ap].astype(np.float32) - ref).mean(-1)
@@ -137,7 +164,7 @@ def write_sheet(path, video_id, frames, ann, max_events=6):
       ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=1))
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title("|apex-onset| x12", fontsize=7)
+    ax.set_title(f"|{peak}-onset| x12", fontsize=7)
   ax = fig.add_subplot(grid[rows, :])
   t = np.arange(n)
   top = 0.0
@@ -146,14 +173,20 @@ def write_sheet(path, video_id, frames, ann, max_events=6):
     top = max(top, float(energy.max()))
     ax.plot(t, energy, lw=0.8, label=f"motion {name}")
   top = top or 1.0
-  ax.fill_between(t, 0, top * (ann["speaking"] == 1), color="tab:blue", alpha=0.12,
+  speaking = np.asarray(ann["speaking"])
+  ax.fill_between(t, 0, top * (speaking == 1), color="tab:blue", alpha=0.12,
                   step="mid", label="speaking")
+  if (speaking < 0).any():
+    ax.fill_between(t, 0, top * (speaking < 0), color="grey", alpha=0.12, step="mid",
+                    label="speaking not annotated")
   for iv in ann["intervals"]:
     colour = "red" if iv["type"] == "micro" else "orange"
     ax.axvspan(iv["onset"] - 0.5, iv["offset"] + 0.5, color=colour, alpha=0.3)
-    ax.axvline(iv["apex"], color=colour, lw=0.6, ls="--")
+    if _key_frame(iv)[1]:  # no line for an apex that is not coded (-1)
+      ax.axvline(iv["apex"], color=colour, lw=0.6, ls="--")
   ax.set_xlim(0, n - 1)
-  ax.set_xlabel("frame (red: micro, orange: macro, blue: speaking; dashed: apex)")
+  ax.set_xlabel("frame (red: micro, orange: macro, blue: speaking, grey: speaking not "
+                "annotated; dashed: apex)")
   ax.set_ylabel("mean |dI|")
   ax.legend(fontsize=7, ncol=5, loc="upper right")
   fig.suptitle(f"{video_id}: {len(micros)} micro shown of "

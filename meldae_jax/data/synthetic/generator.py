@@ -98,6 +98,8 @@ def encode_frames(frames: np.ndarray, quality: int = 90) -> list:
 def decode_frame(data: bytes) -> np.ndarray:
   """JPEG/PNG bytes -> RGB uint8."""
   img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+  if img is None:  # cv2 returns None for bytes it cannot decode
+    raise ValueError(f"could not decode frame bytes ({len(data)} bytes, not a JPEG/PNG)")
   return img[..., ::-1]
 
 

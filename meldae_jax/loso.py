@@ -28,6 +28,10 @@ from meldae_jax import train
 from meldae_jax.data import sources
 
 
+class FoldError(ValueError):
+  """The corpus cannot be cut into the folds asked for (exit status 2, one line)."""
+
+
 class ConcatSource:
   """Random access over several record sources (e.g. the per-subject splits)."""
 
@@ -57,7 +61,9 @@ def folds(subjects: Sequence[str], num_val: int) -> list[tuple[str, list[str], l
   """(test subject, validation subjects, training subjects) per fold."""
   subjects = sorted(set(subjects))
   if len(subjects) < 2 + num_val:
-    raise ValueError(f"LOSO needs at least {2 + num_val} subjects, got {subjects}")
+    raise FoldError(f"LOSO needs at least {2 + num_val} subjects (a test subject, "
+                    f"dataset.loso_val_subjects={num_val} to validate on, one to train "
+                    f"on), got {len(subjects)}: {subjects}")
   out = []
   for i, test in enumerate(subjects):
     others = subjects[i + 1:] + subjects[:i]
@@ -74,7 +80,7 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
   plan = folds(subjects, int(cfg.dataset.get("loso_val_subjects", 1)))
   unknown = sorted(set(only or ()) - set(subjects))
   if unknown:
-    raise ValueError(f"--folds {unknown}: no such test subject(s); the corpus's subjects "
+    raise FoldError(f"--folds {unknown}: no such test subject(s); the corpus's subjects "
                      f"are {subjects}")
   os.makedirs(workdir, exist_ok=True)
   per_fold = {}
@@ -137,7 +143,7 @@ def _f(v) -> str:
 def main(argv):
   del argv
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  with cli.one_line_errors(cli.EXIT_CODES + ((ValueError, 2),)):  # e.g. --folds
+  with cli.one_line_errors(cli.EXIT_CODES + ((FoldError, 2),)):  # e.g. --folds
     run(config, workdir, only=flags.FLAGS.folds)
 
 

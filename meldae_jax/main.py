@@ -11,7 +11,8 @@ checkpoint on the test split; `--mode=evaluate` only does the latter. Configs wi
 (`meldae_jax.loso`, also runnable directly).
 
 Exit status: 0 done (or preempted with a checkpoint saved); 2 corpus not built, a record
-that breaks the schema, no checkpoint to evaluate, or `--mode=evaluate` with a LOSO config;
+that breaks the schema, no checkpoint to evaluate, `--mode=evaluate` with a LOSO config, or
+a corpus with too few subjects for its LOSO folds;
 3 non-finite loss; 4 the workdir's checkpoint was saved with other model/optimizer settings
 (the message lists them). Errors are one line on stderr.
 """
@@ -36,14 +37,14 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   logging.info("Config:\n%s", config)
-  with cli.one_line_errors():
+  from meldae_jax import loso  # pylint: disable=g-import-not-at-top
+  with cli.one_line_errors(cli.EXIT_CODES + ((loso.FoldError, 2),)):
     if config.dataset.get("protocol") == "loso":
       if _MODE.value != "train":
         raise FileNotFoundError(  # exit 2 (it trained before: the LOSO driver trains)
             "--mode=evaluate is not available for a leave-one-subject-out config: each "
             f"finished fold keeps its test metrics in {_WORKDIR.value}/fold_<subject>/"
             "metrics.json, and `python -m meldae_jax.loso` (same flags) pools them")
-      from meldae_jax import loso  # pylint: disable=g-import-not-at-top
       result = loso.run(config, _WORKDIR.value)
     elif _MODE.value == "train":
       result = train.train_and_evaluate(config, _WORKDIR.value)

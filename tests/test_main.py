@@ -74,6 +74,24 @@ def test_evaluate_mode_with_a_loso_config_is_refused_not_trained(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_too_few_subjects_for_the_loso_folds_is_a_one_line_error(tmp_path):
+  """casme2's dummy data has 3 subjects; its config holds 2 out to validate on."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from meldae_jax.data import corpus_utils as cu  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / "tfds"
+  cu.builder_class("casme2")(data_dir=str(data_dir), file_format="array_record")\
+      .download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=str(ROOT / "datasets" / "casme2" / "dummy_data")))
+  proc = subprocess.run(
+      [sys.executable, "-m", "meldae_jax.main", f"--config={ROOT / 'configs' / 'casme2.py'}:tiny",
+       f"--workdir={tmp_path / 'w'}", f"--config.dataset.data_dir={data_dir}"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert ("error: LOSO needs at least 4 subjects (a test subject, "
+          "dataset.loso_val_subjects=2 to validate on") in proc.stderr
+
+
 def test_an_unknown_corpus_config_arg_is_an_error():
   # `configs/wdmd.py:Tiny` (or any misspelling) used to give the full B/16 paper config.
   import pytest  # pylint: disable=g-import-not-at-top

@@ -43,6 +43,10 @@ def main(argv=None) -> int:
   parser.add_argument("--no_baseline", action="store_true",
                       help="skip scoring the untrained model")
   args = parser.parse_args(argv)
+  if args.steps is not None and args.steps < 1:
+    parser.error(f"--steps must be at least 1, got {args.steps}")
+  args.workdir = os.path.expanduser(args.workdir)  # `--workdir=~/x`: no shell expands it
+  args.data_dir = args.data_dir and os.path.expanduser(args.data_dir)
 
   t0 = time.time()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -57,7 +61,7 @@ def main(argv=None) -> int:
   cfg = synthetic.get_config(args.level)
   cfg.dataset.data_dir = (args.data_dir or os.environ.get("TFDS_DATA_DIR")
                           or os.path.join(args.workdir, "tensorflow_datasets"))
-  if args.steps:
+  if args.steps is not None:
     cfg.total_steps = args.steps
   run_dir = os.path.join(args.workdir, "run")
   shutil.rmtree(run_dir, ignore_errors=True)

@@ -451,6 +451,23 @@ def test_loso_folds_must_name_known_subjects_and_finished_folds_still_pool(tmp_p
   assert second["folds_to_run"] == ["s002"]
 
 
+def test_demo_refuses_zero_steps_and_expands_a_tilde_workdir(tmp_path, monkeypatch, capsys):
+  from meldae_jax import demo  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as e:
+    demo.main(["--steps", "0"])  # was ignored: the full default run
+  assert e.value.code == 2 and "--steps must be at least 1" in capsys.readouterr().err
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+  seen = {}
+  monkeypatch.setattr(train, "open_splits", lambda cfg: seen.update(
+      data_dir=cfg.dataset.data_dir) or train.Splits(train=None, val=None, test=None))
+  monkeypatch.setattr(train, "train_and_evaluate", lambda cfg, workdir, splits: seen.update(
+      workdir=workdir) or {"status": "preempted"})
+  demo.main(["--workdir=~/demo", "--no_baseline", "--steps", "1"])
+  assert seen == {"workdir": str(tmp_path / "demo" / "run"),
+                  "data_dir": str(tmp_path / "demo" / "tensorflow_datasets")}
+
+
 def test_a_preempted_demo_says_so_instead_of_failing_on_missing_metrics(tmp_path, monkeypatch,
                                                                          capsys):
   from meldae_jax import demo  # pylint: disable=g-import-not-at-top

@@ -159,6 +159,30 @@ def global_batch_size_ok(global_batch: int, mesh, logical_rules,
                      f"batch shards of mesh {dict(mesh.shape)}.")
 
 
+def check_batch_split_over_processes(mesh, logical_rules) -> None:
+  """A ValueError if the batch rule leaves the batch replicated over processes.
+
+  Every process feeds its own `batch_size / process_count` windows (`make_global_batch`);
+  where the batch axis is replicated over several processes, their different windows
+  would silently make up one "replicated" global batch of the per-process size.
+  """
+  if jax.process_count() == 1:
+    return
+  sh = batch_sharding(mesh, logical_rules)
+  n = _axes_size(mesh, sh.spec[0] if sh.spec else None)
+  owner: dict[tuple, int] = {}
+  for device, index in sh.devices_indices_map((n,)).items():
+    key = (index[0].start, index[0].stop) if index else (None, None)
+    other = owner.setdefault(key, device.process_index)
+    if other != device.process_index:
+      raise ValueError(
+          f"The 'batch' rule {sh.spec[0] if sh.spec else None!r} does not split the batch "
+          f"over the {jax.process_count()} processes of mesh {dict(mesh.shape)}: "
+          f"processes {other} and {device.process_index} would hold the same rows but "
+          "read different data. Map 'batch' to mesh axes that span the processes (e.g. "
+          "('data', 'fsdp')).")
+
+
 def make_global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding):
   """Assembles the global batch from this process's slice (leading axis = batch)."""
   def one(x):
@@ -166,6 +190,29 @@ def make_global_batch(local_batch: dict[str, np.ndarray], sharding: NamedShardin
     return jax.make_array_from_process_local_data(
         NamedSharding(sharding.mesh, P(*sharding.spec[:1])), x)
   return jax.tree.map(one, local_batch)
+
+
+def to_host(tree):
+  """Host numpy copies of a pytree of arrays, whole on every process.
+
+  `jax.device_get` refuses an array sharded over devices of other processes (e.g. FSDP
+  parameters of a multi-process run); those are all-gathered first (a collective: every
+  process must call this with the same tree).
+  """
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.device_get(x)
+  return jax.tree.map(one, tree)
+
+
+def all_processes_agree(flag: bool) -> bool:
+  """Whether `flag` holds on every process (a collective: all processes must call it)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.min(multihost_utils.process_allgather(np.int32(bool(flag)))))
 
 
 def local_batch_size(global_batch: int) -> int:

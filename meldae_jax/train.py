@@ -204,18 +204,46 @@ def build_command(d: ml_collections.ConfigDict) -> str:
 
 
 def ensure_built(d: ml_collections.ConfigDict):
-  """Returns the corpus's builder; builds a generated corpus if allowed, else explains."""
+  """Returns the corpus's builder; builds a generated corpus if allowed, else explains.
+
+  With several processes, process 0 builds while the others wait (all at once into one
+  shared data_dir, every process but the last to finish fails renaming its copy into
+  place); a process whose data_dir is not shared with process 0 then builds its own.
+  """
   builder = build_lib.make_builder(_spec(d), d.data_dir)
-  if builder.is_prepared():
+  prepared = builder.is_prepared()
+  # Every process takes part in the same collectives, whatever its own data_dir holds.
+  if sharding.all_processes_agree(prepared):
     return builder
   instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
   if d.get("build_if_missing") and not instructions:
-    say(f"Building {_spec(d)} into {d.data_dir} (once) ...")
     t0 = time.time()
-    builder = build_lib.build(_spec(d), d.data_dir)
-    say(f"Built {_spec(d)} in {time.time() - t0:.0f}s: "
-        f"{ {k: v.num_examples for k, v in builder.info.splits.items()} }")
+    error = None
+    if jax.process_index() == 0 and not prepared:
+      say(f"Building {_spec(d)} into {d.data_dir} (once) ...")
+      try:
+        builder = build_lib.build(_spec(d), d.data_dir)
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+    built = sharding.all_processes_agree(error is None)  # the others wait here
+    if error is not None:
+      raise error
+    if not built:
+      raise CorpusNotBuiltError(
+          f"Process 0 failed to build {_spec(d)} into {d.data_dir} (see its log); "
+          f"build it once with: {build_command(d)}")
+    if jax.process_index() != 0:
+      builder = build_lib.make_builder(_spec(d), d.data_dir)
+      if not builder.is_prepared():  # a data_dir of this host only
+        builder = build_lib.build(_spec(d), d.data_dir)
+    if not prepared:
+      say(f"Built {_spec(d)} in {time.time() - t0:.0f}s: "
+          f"{ {k: v.num_examples for k, v in builder.info.splits.items()} }")
     return builder
+  if prepared:  # others would stop at their error while this one waited for them
+    raise CorpusNotBuiltError(
+        f"Corpus '{d.name}' is built in {d.data_dir} for this process but not for every "
+        f"process of the run: build it where each process reads it ({build_command(d)})")
   manual = d.get("manual_dir") or "<folder with the downloaded files>"
   lines = [f"Corpus '{d.name}' is not built in {d.data_dir} (looked for {builder.data_path}).",
            "Build it once with:",
@@ -335,6 +363,7 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
       nn.meta.unbox(boxed_state), state_sh)
   batch_sh = sharding.batch_sharding(mesh, rules)
   sharding.global_batch_size_ok(cfg.batch_size, mesh, rules)
+  sharding.check_batch_split_over_processes(mesh, rules)
   sharding.global_batch_size_ok(int(cfg.eval.batch_size), mesh, rules, "eval.batch_size")
 
   # --- Sharded init. ---------------------------------------------------------------------
@@ -408,9 +437,11 @@ def load_pretrained(cfg, trainer: Trainer, state: TrainState) -> TrainState:
         "to train it from scratch (then give it the rest's learning rate in "
         "optimizer.groups, as launch/sweeps.py's ablation does)")
   from meldae_jax.models import pretrained  # pylint: disable=g-import-not-at-top
-  params = jax.device_get(state.params)
+  # Only the backbone comes to the host, whole on every process (gathered where it is
+  # sharded over several processes' devices: `jax.device_get` would refuse it).
+  params = dict(state.params)
   backbone, report = pretrained.load_vit_params(
-      params["backbone"], cfg.model_init,
+      sharding.to_host(params["backbone"]), cfg.model_init,
       variant=cfg.get("model_init_variant") or cfg.model.variant,
       dont_load=tuple(cfg.get("dont_load", ())))
   say(f"Loaded {len(report.get('loaded', []))} backbone params from {cfg.model_init} "

@@ -530,9 +530,9 @@ def _config_json(cfg) -> dict:
 
 
 def _save_config(cfg, workdir: str) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(_config_json(cfg), f, indent=2)
+  """config.json, written by process 0 through a rename: the others (and a resumed run)
+  read it, and a half-written one would hide the settings-mismatch hint."""
+  checkpointing.write_json(os.path.join(workdir, "config.json"), _config_json(cfg))
 
 
 def _saved_config(workdir: str) -> dict | None:

@@ -8,8 +8,10 @@
       --results [--plot=/tmp/abl/val_f1_dr.png]   # the runs' table beside the paper's
 
 Without `--xm` (or without XManager installed) it prints one `python -m meldae_jax.main`
-command per run of the sweep (see launch/sweeps.py); `--run` executes them and then prints
-the results table. `--results` prints it for runs made before (launch/results.py: each
+command per run of the sweep (see launch/sweeps.py); other `--config.KEY=VALUE` flags
+(e.g. `--config.dataset.data_dir=D`) are passed on to every run, except a key the sweep
+sets itself (the pretrained ViT of the paper configs: `MELDAE_VIT_INIT=PATH`); `--run`
+executes them and then prints the results table. `--results` prints it for runs made before (launch/results.py: each
 run's test figures, their difference to the sweep's full model, and the paper's figure
 for the run), `--plot` adds the runs' validation curves (the paper's Figure 4 for
 `loc_loss`). It does not import the project, and XManager only inside `launch_xm`.
@@ -122,7 +124,11 @@ def launch_xm(config: str, sweep: str, workdir: str, extra=()) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      epilog="Other --config.KEY=VALUE flags are passed on to every run (e.g. "
+             "--config.dataset.data_dir=D); the paper configs read the pretrained ViT "
+             "from MELDAE_VIT_INIT=PATH.")
   parser.add_argument("--config", required=True)
   parser.add_argument("--sweep", required=True, choices=_sweeps().SWEEPS)
   parser.add_argument("--workdir", required=True)

@@ -131,13 +131,22 @@ def decode(scores: Any, threshold: float, *, merge_gap: int = 0, min_len: int = 
   return out
 
 
-def _for_class(value: Any, name: str, index: int) -> Any:
+def for_class(value: Any, name: str, index: int) -> Any:
   """A per-class setting given as a scalar, a {class: value} mapping or a sequence."""
   if isinstance(value, Mapping):
     return value.get(name)
   if isinstance(value, (list, tuple)):
     return value[index]
   return value
+
+
+def smooth(track: Any, smooth_seconds: Any, fps: float) -> np.ndarray:
+  """One class's score track as `decode_video` thresholds it: Gaussian-smoothed with
+  standard deviation `smooth_seconds` (at `fps`), unchanged when that is 0 or None."""
+  track = np.asarray(track, dtype=np.float64)
+  if smooth_seconds:
+    track = ndimage.gaussian_filter1d(track, float(smooth_seconds) * fps, mode="nearest")
+  return track
 
 
 def decode_video(scores: Any, classes: Sequence[str], fps: float, threshold: Any, *,
@@ -164,19 +173,16 @@ def decode_video(scores: Any, classes: Sequence[str], fps: float, threshold: Any
     raise ValueError(f"scores shape {s.shape} does not match classes {tuple(classes)}")
   out = []
   for k, name in enumerate(classes):
-    limit = _for_class(max_len, name, k)
-    seconds = _for_class(max_seconds, name, k)
+    limit = for_class(max_len, name, k)
+    seconds = for_class(max_seconds, name, k)
     if seconds:  # 0 or None: no override (as for min_seconds)
       limit = seconds_to_frames(seconds, fps)
-    shortest = _for_class(min_len, name, k) or 1
-    if _for_class(min_seconds, name, k):
-      shortest = seconds_to_frames(_for_class(min_seconds, name, k), fps)
-    track = s[:, k]
-    sigma = _for_class(smooth_seconds, name, k)
-    if sigma:
-      track = ndimage.gaussian_filter1d(track, float(sigma) * fps, mode="nearest")
-    found = decode(track, _for_class(threshold, name, k),
-                   merge_gap=_for_class(merge_gap, name, k) or 0,
+    shortest = for_class(min_len, name, k) or 1
+    if for_class(min_seconds, name, k):
+      shortest = seconds_to_frames(for_class(min_seconds, name, k), fps)
+    track = smooth(s[:, k], for_class(smooth_seconds, name, k), fps)
+    found = decode(track, for_class(threshold, name, k),
+                   merge_gap=for_class(merge_gap, name, k) or 0,
                    min_len=shortest, max_len=limit)
     out += [dict(iv, type=name, _k=k) for iv in found]
   out.sort(key=lambda iv: (iv["onset"], iv["_k"]))

@@ -24,6 +24,7 @@ the outputs appear in OUT only when all videos are done:
                          num_frames, fps, face box and the threshold used
   OUT/scores.npz         per-frame scores, video_id -> (num_frames, K classes)
   OUT/<video_id>.png     the score track against time, the threshold, the intervals
+                         (the smoothed track decoding thresholds, with eval.smooth_seconds)
 
 The model config is the workdir's `config.json` (written by training); `--config` (with
 `--config.a.b=value` overrides) replaces it. Exit status: 0 done; 2 a video, the output
@@ -48,6 +49,7 @@ import numpy as np
 
 from meldae_jax import checkpointing
 from meldae_jax import cli
+from meldae_jax import intervals as intervals_lib
 from meldae_jax import predict
 from meldae_jax import train
 from meldae_jax.data import corpus_utils
@@ -249,9 +251,24 @@ def load_config(workdir: str, config: ml_collections.ConfigDict | None
     return config
   saved = train._saved_config(workdir)  # pylint: disable=protected-access
   if saved is None:
+    hint = _fold_hint(workdir)  # a LOSO driver's workdir holds no config.json of its own
+    if hint:
+      raise SpotError(f"{workdir}: no config.json or checkpoint to spot with{hint}")
     raise SpotError(f"{os.path.join(workdir, 'config.json')}: missing or unreadable; "
                     "pass the run's --config")
   return ml_collections.ConfigDict(saved)
+
+
+def _fold_hint(workdir: str) -> str:
+  """' (a leave-one-subject-out run: pass a fold's folder, e.g. ...)' where `workdir` is
+  the LOSO driver's (its `fold_<S>/` folders hold the runs), else ''."""
+  try:
+    folds = sorted(d for d in os.listdir(workdir) if d.startswith("fold_")
+                   and os.path.isdir(os.path.join(workdir, d)))
+  except OSError:
+    return ""
+  return (f" (a leave-one-subject-out run: pass a fold's folder, e.g. "
+          f"{os.path.join(workdir, folds[0])})" if folds else "")
 
 
 def restore(cfg, workdir: str, trainer: train.Trainer) -> tuple[Any, float, int]:
@@ -264,10 +281,7 @@ def restore(cfg, workdir: str, trainer: train.Trainer) -> tuple[Any, float, int]
       _, state = ckpt.restore_best(trainer.abstract_state)
       return state.params, float(best_metrics["threshold"]), int(best_step)
     if ckpt.latest_step() is None:
-      folds = sorted(d for d in os.listdir(workdir) if d.startswith("fold_"))
-      hint = (f" (a leave-one-subject-out run: pass a fold's folder, e.g. "
-              f"{os.path.join(workdir, folds[0])})" if folds else "")
-      raise SpotError(f"{workdir}: no checkpoint to spot with{hint}")
+      raise SpotError(f"{workdir}: no checkpoint to spot with{_fold_hint(workdir)}")
     state = ckpt.restore(trainer.abstract_state)
     train.say(f"[spot] no best checkpoint (the run had no validation data): the latest, "
               f"with eval.threshold {float(cfg.eval.threshold):.2f}")
@@ -277,8 +291,11 @@ def restore(cfg, workdir: str, trainer: train.Trainer) -> tuple[Any, float, int]
 
 
 def plot(path: str, scores: np.ndarray, fps: float, classes: Sequence[str],
-         threshold: float, intervals: Sequence[dict], title: str) -> None:
-  """The score track per class against time, the threshold and the spotted intervals."""
+         threshold: float, intervals: Sequence[dict], title: str,
+         smooth_seconds: Any = None) -> None:
+  """The score track per class against time, the threshold and the spotted intervals.
+  With `smooth_seconds` (the run's `eval.smooth_seconds`) the track that is thresholded is
+  the smoothed one: it is drawn solid, the raw per-frame scores (scores.npz) faint."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -286,7 +303,14 @@ def plot(path: str, scores: np.ndarray, fps: float, classes: Sequence[str],
   colours = {"micro": "tab:red", "macro": "tab:orange"}
   fig, ax = plt.subplots(figsize=(max(6.0, min(24.0, len(scores) / fps / 4)), 3.0))
   for k, name in enumerate(classes):
-    ax.plot(t, scores[:, k], lw=1, color=colours.get(name), label=f"{name} score")
+    sigma = intervals_lib.for_class(smooth_seconds, name, k)
+    if sigma:
+      ax.plot(t, scores[:, k], lw=0.6, alpha=0.35, color=colours.get(name),
+              label=f"{name} score")
+      ax.plot(t, intervals_lib.smooth(scores[:, k], sigma, fps), lw=1.2,
+              color=colours.get(name), label=f"smoothed ({float(sigma):g} s), thresholded")
+    else:
+      ax.plot(t, scores[:, k], lw=1, color=colours.get(name), label=f"{name} score")
   for iv in intervals:
     ax.axvspan(iv["onset"] / fps, (iv["offset"] + 1) / fps, alpha=0.25,
                color=colours.get(iv["type"]))
@@ -351,11 +375,12 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
     result["videos"][v.video_id] = {
         "intervals": intervals, "num_frames": v.num_frames, "fps": v.fps,
         "face_box": list(boxes[v.video_id]), "path": os.path.abspath(v.path)}
-  _write(out, result, scores, videos, classes, threshold)
+  _write(out, result, scores, videos, classes, threshold,
+         predict.decode_kwargs(cfg)["smooth_seconds"])
   return result
 
 
-def _write(out, result, scores, videos, classes, threshold) -> None:
+def _write(out, result, scores, videos, classes, threshold, smooth_seconds=None) -> None:
   """All outputs through `checkpointing.staged_folder` (all or nothing). The plots of
   videos an earlier run wrote there and this one does not have are removed, so OUT holds
   one run's outputs."""
@@ -365,7 +390,8 @@ def _write(out, result, scores, videos, classes, threshold) -> None:
       for v in videos:
         intervals = result["videos"][v.video_id]["intervals"]
         plot(os.path.join(tmp, f"{v.video_id}.png"), scores[v.video_id], v.fps, classes,
-             threshold, intervals, f"{v.video_id}: {len(intervals)} interval(s)")
+             threshold, intervals, f"{v.video_id}: {len(intervals)} interval(s)",
+             smooth_seconds=smooth_seconds)
         counts = ", ".join(f"{sum(iv['type'] == c for iv in intervals)} {c}"
                            for c in classes)
         train.say(f"[spot] {v.video_id}: {counts}")

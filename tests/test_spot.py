@@ -220,6 +220,9 @@ def _fold_run(d):
     (lambda d: (d / "config.json").write_text(json.dumps(th.tiny_config().to_dict())),
      "no checkpoint"),
     (_fold_run, "leave-one-subject-out run: pass a fold's folder"),
+    # what `meldae_jax.loso` leaves: folds and loso_metrics.json, no config.json of its own
+    (lambda d: ((d / "fold_s01").mkdir(), (d / "loso_metrics.json").write_text("{}")),
+     "leave-one-subject-out run: pass a fold's folder"),
 ])
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, make_workdir, words):
   wd = tmp_path / "wd"
@@ -239,3 +242,30 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, make_workdir, words
   assert len(errors) == 1 and words in errors[0], proc.stderr[-2000:]
   assert not (tmp_path / "out").exists()
   assert not {"checkpoints", "best"} & set(os.listdir(wd))  # nothing created in the workdir
+
+
+def test_the_plot_draws_the_track_the_decoder_thresholds(tmp_path, monkeypatch):
+  """With eval.smooth_seconds the intervals come from the smoothed scores: the plot's solid
+  line is that track (a raw track that crossed the threshold in single-frame spikes drew
+  a plot whose line crossed it where no interval was spotted)."""
+  from matplotlib import axes  # pylint: disable=g-import-not-at-top
+  drawn = []
+  real_plot = axes.Axes.plot
+  def recording_plot(self, *args, **kwargs):
+    drawn.append((kwargs.get("label"), kwargs.get("alpha"), np.asarray(args[1])))
+    return real_plot(self, *args, **kwargs)
+  monkeypatch.setattr(axes.Axes, "plot", recording_plot)
+  scores = np.full((60, 1), 0.3, np.float32)
+  scores[10::4, 0] = 0.7  # spikes over 0.5 that smoothing (0.1 s at 30 fps) flattens
+  scores[40:48, 0] = 0.9  # one expression
+  found = predict.make_predictions({"v": scores}, {"videos": {"v": {"fps": 30.0}}},
+                                   ("micro",), 0.5, {"smooth_seconds": 0.1})
+  intervals = found["videos"]["v"]["intervals"]
+  assert len(intervals) == 1 and 36 <= intervals[0]["onset"] <= 40  # not at the spikes
+  spot.plot(str(tmp_path / "v.png"), scores, 30.0, ("micro",), 0.5, intervals, "v",
+            smooth_seconds=0.1)
+  solid = [y for label, alpha, y in drawn if alpha is None]
+  assert len(solid) == 1
+  above = np.flatnonzero(solid[0] >= 0.5)  # one run, exactly the spotted interval
+  assert above.tolist() == list(range(intervals[0]["onset"], intervals[0]["offset"] + 1))
+  assert (tmp_path / "v.png").stat().st_size > 0

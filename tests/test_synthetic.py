@@ -169,6 +169,28 @@ def test_preview_of_videos_whose_ids_hold_a_slash(tmp_path, monkeypatch):
   assert (tmp_path / "s15__15_0101clip.mp4").stat().st_size > 0
 
 
+def test_a_preview_stopped_mid_video_leaves_no_truncated_file(tmp_path, monkeypatch):
+  frames, ann = generate_video(5, "easy", 48, 60)
+  monkeypatch.setattr(preview, "_record_videos", lambda *args: iter([("v", frames, ann)]))
+  calls = []
+
+  def put_text(*args, **kwargs):  # the label of frame 30: a crash halfway through
+    calls.append(1)
+    if len(calls) > 30:
+      raise KeyboardInterrupt
+    return cv2_put_text(*args, **kwargs)
+
+  import cv2  # pylint: disable=g-import-not-at-top
+  cv2_put_text = cv2.putText
+  monkeypatch.setattr(preview.cv2, "putText", put_text)
+  with pytest.raises(KeyboardInterrupt):
+    preview.main(["--builder", "x", "--videos", "1", "--out", str(tmp_path)])
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["v_sheet.png"]  # no v.mp4, no temp
+  monkeypatch.setattr(preview.cv2, "putText", cv2_put_text)
+  preview.main(["--builder", "x", "--videos", "1", "--out", str(tmp_path)])
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4", "v_sheet.png"]
+
+
 def test_preview_writes_a_contact_sheet(tmp_path):
   preview.main(["--generate", "--difficulty", "easy", "--image_size", "48", "--seconds", "3",
                 "--videos", "1", "--no_video", "--seed", "5", "--out", str(tmp_path)])

@@ -9,6 +9,7 @@ amplified apex-minus-onset difference, and a per-frame timeline of the labels an
 motion energy (mean absolute frame difference) in each facial region.
 """
 import argparse
+import contextlib
 import os
 import pathlib
 
@@ -196,6 +197,19 @@ def write_sheet(path, video_id, frames, ann, max_events=6):
   plt.close(fig)
 
 
+@contextlib.contextmanager
+def _written_whole(path: pathlib.Path):
+  """Yields a temporary name beside `path` (same extension, so the writer picks the same
+  format) that becomes `path` only when the block ends without an error: a preview
+  stopped mid-video leaves no truncated mp4 that looks finished."""
+  tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--builder", default="synthetic_conversation/easy",
@@ -223,9 +237,11 @@ def main(argv=None):
     videos = _record_videos(args.builder, args.data_dir, args.split, args.videos)
   for video_id, frames, ann in videos:
     stem = str(video_id).replace("/", "__")  # casme2's s15/..., mmew's disgust/...
-    write_sheet(out / f"{stem}_sheet.png", video_id, frames, ann)
+    with _written_whole(out / f"{stem}_sheet.png") as tmp:
+      write_sheet(tmp, video_id, frames, ann)
     if not args.no_video:
-      write_video(str(out / f"{stem}.mp4"), frames, ann)
+      with _written_whole(out / f"{stem}.mp4") as tmp:
+        write_video(str(tmp), frames, ann)
     print(f"{video_id}: {len(frames)} frames, {len(ann['intervals'])} intervals -> {out}")
 
 

@@ -26,6 +26,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from meldae_jax import sharding
+
 
 # ----------------------------------------------------------------------------------------
 # Data-iterator state.
@@ -232,11 +234,7 @@ class PreemptionFlag:
 
   def should_stop(self) -> bool:
     """True on any process if some process was signalled (multi-process agreement)."""
-    local = np.int32(self._event.is_set())
-    if jax.process_count() == 1:
-      return bool(local)
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return bool(np.max(multihost_utils.process_allgather(local)))
+    return sharding.any_process(self._event.is_set())
 
   def restore_handlers(self) -> None:
     for s, h in self._previous.items():

@@ -9,7 +9,6 @@ validation data only. Also reports the clip accuracies Acc_ME and Acc_State (SPE
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import zipfile
@@ -36,10 +35,7 @@ def subset(index, max_videos: int):
   """The first `max_videos` videos of a `sources.VideoIndex` (all when 0)."""
   if not max_videos or max_videos >= len(index):
     return index
-  out = copy.copy(index)
-  out.infos = list(index.infos[:max_videos])
-  out.indices = list(index.indices[:max_videos])
-  return out
+  return index.subset(max_videos=max_videos)
 
 
 def annotations_for(index, classes) -> dict:

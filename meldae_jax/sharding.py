@@ -207,12 +207,17 @@ def to_host(tree):
   return jax.tree.map(one, tree)
 
 
-def all_processes_agree(flag: bool) -> bool:
-  """Whether `flag` holds on every process (a collective: all processes must call it)."""
+def any_process(flag: bool) -> bool:
+  """Whether `flag` holds on some process (a collective: all processes must call it)."""
   if jax.process_count() == 1:
     return bool(flag)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.min(multihost_utils.process_allgather(np.int32(bool(flag)))))
+  return bool(np.max(multihost_utils.process_allgather(np.int32(bool(flag)))))
+
+
+def all_processes_agree(flag: bool) -> bool:
+  """Whether `flag` holds on every process (a collective: all processes must call it)."""
+  return not any_process(not flag)
 
 
 def local_batch_size(global_batch: int) -> int:

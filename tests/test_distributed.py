@@ -1,13 +1,8 @@
 """Two processes on localhost (jax.distributed over gloo) train the tiny config together."""
 import json
 import os
-import pathlib
-import subprocess
-import sys
 
-import portpicker
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import train_helpers as th
 
 SCRIPT = r"""
 import json, sys
@@ -32,26 +27,10 @@ print("RESULT " + json.dumps(dict(
 
 
 def test_two_processes_agree(tmp_path):
-  port = portpicker.pick_unused_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  procs = []
-  for pid in range(2):
-    script = SCRIPT.format(tests=str(ROOT / "tests"), port=port, pid=pid,
-                           workdir=str(tmp_path / "w"))
-    procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   results = []
-  try:
-    for p in procs:
-      out, err = p.communicate(timeout=600)
-      assert p.returncode == 0, err[-4000:]
-      line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
-      results.append(json.loads(line[len("RESULT "):]))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  for returncode, out, err in th.run_processes(SCRIPT, 600, workdir=str(tmp_path / "w")):
+    assert returncode == 0, err[-4000:]
+    results.append(th.result_line(out))
   a, b = results
   assert {a["process"], b["process"]} == {0, 1}
   assert a["processes"] == b["processes"] == 2 and a["devices"] == 2

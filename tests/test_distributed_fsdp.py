@@ -5,16 +5,9 @@ run (process 0 builds, the others wait), a pretrained backbone loaded into param
 sharded across processes, and a 'batch' rule that leaves the batch replicated over the
 processes refused (it would silently mix the processes' different data).
 """
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
-import portpicker
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import train_helpers as th
 
 SCRIPT = r"""
 import json, os, sys
@@ -85,30 +78,14 @@ print("RESULT " + json.dumps(out), flush=True)
 
 
 def test_two_processes_fsdp_build_and_pretrained(tmp_path):
-  port = portpicker.pick_unused_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  procs = []
-  for pid in range(2):
-    script = SCRIPT.format(tests=str(ROOT / "tests"), port=port, pid=pid, tmp=str(tmp_path))
-    procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=300))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  if not all("INIT_OK" in out for out, _ in outs):
+  runs = th.run_processes(SCRIPT, 300, tmp=str(tmp_path))
+  if not all("INIT_OK" in out for _, out, _ in runs):
     pytest.skip("multi-process JAX on CPU is unavailable here: "
-                + " | ".join(err[-300:] for _, err in outs))
+                + " | ".join(err[-300:] for _, _, err in runs))
   results = []
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-4000:]
-    line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
-    results.append(json.loads(line[len("RESULT "):]))
+  for returncode, out, err in runs:
+    assert returncode == 0, err[-4000:]
+    results.append(th.result_line(out))
   for r in results:
     assert "build_error" not in r, r["build_error"]
     assert r["train_videos"] > 0

@@ -80,3 +80,37 @@ def compilation_cache_fixture():
       jax.config.update(k, v)
 
   return compilation_cache
+
+
+def run_processes(script: str, timeout: float, n: int = 2, **fields) -> list:
+  """Runs `script`, a str.format template of {tests}, {port}, {pid} and `fields`, as the n
+  processes of one jax.distributed run on localhost (CPU, gloo): (returncode, stdout,
+  stderr) of each."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import portpicker  # pylint: disable=g-import-not-at-top
+  port = portpicker.pick_unused_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", script.format(tests=str(ROOT / "tests"), port=port, pid=pid,
+                                           **fields)],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for pid in range(n)]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=timeout))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
+def result_line(out: str) -> dict:
+  """The JSON of a process's last `RESULT {...}` line."""
+  import json  # pylint: disable=g-import-not-at-top
+  line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+

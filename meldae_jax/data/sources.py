@@ -7,6 +7,7 @@ one pass and drops the frame bytes.
 """
 import collections
 import collections.abc
+import copy
 import dataclasses
 import threading
 from typing import Any, Sequence
@@ -119,18 +120,19 @@ class VideoIndex(collections.abc.Sequence):
   def __init__(self, source: Sequence[dict], subjects: Sequence[str] | None = None,
                exclude_subjects: Sequence[str] | None = None):
     self.source = source
-    infos, indices = [], []
-    for i in range(len(source)):
-      info = video_info(source[i], i)
-      if subjects is not None and info.subject not in subjects:
-        continue
-      if exclude_subjects is not None and info.subject in exclude_subjects:
-        continue
-      infos.append(info)
-      indices.append(i)
-    self.infos: list[VideoInfo] = infos
-    self.indices: list[int] = indices
-    self._by_source = dict(zip(indices, infos))
+    self._keep(((i, video_info(source[i], i)) for i in range(len(source))),
+               subjects, exclude_subjects)
+
+  def _keep(self, videos, subjects=None, exclude_subjects=None, max_videos: int = 0):
+    """Keeps the (source index, info) pairs of `videos` that the subject filters pass
+    (the first `max_videos` of them; 0: all)."""
+    kept = [(i, v) for i, v in videos
+            if (subjects is None or v.subject in subjects)
+            and (exclude_subjects is None or v.subject not in exclude_subjects)]
+    kept = kept[:max_videos] if max_videos else kept
+    self.indices: list[int] = [i for i, _ in kept]
+    self.infos: list[VideoInfo] = [v for _, v in kept]
+    self._by_source = dict(kept)
 
   def __len__(self) -> int:
     return len(self.infos)
@@ -139,18 +141,14 @@ class VideoIndex(collections.abc.Sequence):
     return self.infos[i]
 
   def subset(self, subjects: Sequence[str] | None = None,
-             exclude_subjects: Sequence[str] | None = None) -> "VideoIndex":
-    """The index `VideoIndex(self.source, subjects, exclude_subjects)` would build, from
-    this one's metadata: no record is read again (a LOSO run splits a long-video corpus
-    three ways per fold, and every pass reads every video's frames)."""
-    keep = [(i, v) for i, v in zip(self.indices, self.infos)
-            if (subjects is None or v.subject in subjects)
-            and (exclude_subjects is None or v.subject not in exclude_subjects)]
-    out = object.__new__(VideoIndex)
-    out.source = self.source
-    out.indices = [i for i, _ in keep]
-    out.infos = [v for _, v in keep]
-    out._by_source = dict(keep)  # pylint: disable=protected-access
+             exclude_subjects: Sequence[str] | None = None,
+             max_videos: int = 0) -> "VideoIndex":
+    """The index `VideoIndex(self.source, subjects, exclude_subjects)` would build (its
+    first `max_videos` videos; 0: all), from this one's metadata: no record is read again
+    (a LOSO run splits a long-video corpus three ways per fold, and every pass reads
+    every video's frames)."""
+    out = copy.copy(self)
+    out._keep(zip(self.indices, self.infos), subjects, exclude_subjects, max_videos)
     return out
 
   def info(self, source_index: int) -> VideoInfo:

@@ -132,8 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
   e.batch_size = 16
   e.thresholds = THRESHOLDS      # candidates, chosen on validation only
   e.threshold = 0.5              # used when no validation split exists
-  e.merge_gap = 2                # frames below threshold bridged inside one interval
-  e.min_seconds = 0.0            # length filters, converted at each video's fps
+  e.merge_seconds = 0.067        # gaps bridged inside one interval (2 frames at 30 fps)
+  e.min_seconds = 0.0            # length filters; all durations converted at each video's fps
   e.smooth_seconds = 0.0         # Gaussian sigma applied to score tracks before decoding
   e.max_seconds = ml_collections.ConfigDict(dict(micro=0.5, macro=4.0))
   e.iou = 0.5

@@ -60,7 +60,7 @@ def get_config(arg: str | None = None):
   c.checkpoint.best_metric = "f1_dr"
   c.eval.stride = 8
   c.eval.batch_size = 16
-  c.eval.merge_gap = 4         # 'diff' fires on an ME's rise and fall: bridge the apex
+  c.eval.merge_seconds = 0.133  # 4 frames at 30 fps: 'diff' fires on an ME's rise and fall
   c.eval.min_seconds = 0.12    # 4 frames at 30 fps; MEs last 0.1-0.5 s
   c.eval.smooth_seconds = 0.1  # 3 frames: one ME, one interval (see intervals.decode_video)
 

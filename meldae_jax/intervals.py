@@ -151,14 +151,15 @@ def smooth(track: Any, smooth_seconds: Any, fps: float) -> np.ndarray:
 
 def decode_video(scores: Any, classes: Sequence[str], fps: float, threshold: Any, *,
                  merge_gap: Any = 0, min_len: Any = 1, max_len: Any = None,
-                 min_seconds: Any = None, max_seconds: Any = None,
-                 smooth_seconds: Any = None) -> list[dict]:
+                 merge_seconds: Any = None, min_seconds: Any = None,
+                 max_seconds: Any = None, smooth_seconds: Any = None) -> list[dict]:
   """All classes of one video's (T, K) scores to typed intervals for `metrics.evaluate`.
 
   Every setting may be a scalar, a {class: value} mapping or a per-class sequence. Lengths
-  are in frames; `min_seconds` and `max_seconds` (e.g. `DEFAULT_MAX_SECONDS`) are converted
-  at this video's `fps` and, when given (and not 0), override `min_len` and `max_len` for
-  that class, so one setting means the same duration in a 25 and a 200 fps video.
+  are in frames; `merge_seconds`, `min_seconds` and `max_seconds` (e.g.
+  `DEFAULT_MAX_SECONDS`) are converted at this video's `fps` and, when given (and not 0),
+  override `merge_gap`, `min_len` and `max_len` for that class, so one setting means the
+  same duration in a 25 and a 200 fps video.
   `smooth_seconds` (> 0) is the standard deviation of a Gaussian the score track is
   smoothed with before thresholding: a motion detector's score dips at an expression's
   apex, and smoothing keeps one expression one interval instead of two fragments.
@@ -180,9 +181,11 @@ def decode_video(scores: Any, classes: Sequence[str], fps: float, threshold: Any
     shortest = for_class(min_len, name, k) or 1
     if for_class(min_seconds, name, k):
       shortest = seconds_to_frames(for_class(min_seconds, name, k), fps)
+    gap = for_class(merge_gap, name, k) or 0
+    if for_class(merge_seconds, name, k):
+      gap = seconds_to_frames(for_class(merge_seconds, name, k), fps)
     track = smooth(s[:, k], for_class(smooth_seconds, name, k), fps)
-    found = decode(track, for_class(threshold, name, k),
-                   merge_gap=for_class(merge_gap, name, k) or 0,
+    found = decode(track, for_class(threshold, name, k), merge_gap=gap,
                    min_len=shortest, max_len=limit)
     out += [dict(iv, type=name, _k=k) for iv in found]
   out.sort(key=lambda iv: (iv["onset"], iv["_k"]))

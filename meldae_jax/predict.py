@@ -51,12 +51,18 @@ def decode_kwargs(cfg) -> dict:
 
   The lengths in seconds stay in seconds: `decode_video` converts them at each video's fps
   (a split may mix frame rates, and validation and test must decode alike).
+  A run saved before `eval.merge_seconds` existed has `eval.merge_gap` in frames; it is
+  decoded as it was evaluated then.
   """
   e = cfg.eval
   max_seconds = e.get("max_seconds")
   if max_seconds is not None and hasattr(max_seconds, "to_dict"):
     max_seconds = max_seconds.to_dict()
-  return {"merge_gap": int(e.get("merge_gap", 0)),
+  merge_gap, merge_seconds = int(e.get("merge_gap") or 0), e.get("merge_seconds")
+  if merge_gap and merge_seconds:
+    raise ValueError(f"eval.merge_gap={merge_gap} (frames) and eval.merge_seconds="
+                     f"{merge_seconds} both set; keep merge_seconds")
+  return {"merge_gap": merge_gap, "merge_seconds": float(merge_seconds or 0.0) or None,
           "min_seconds": float(e.get("min_seconds") or 0.0) or None,
           "max_seconds": max_seconds, "smooth_seconds": e.get("smooth_seconds")}
 

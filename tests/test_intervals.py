@@ -165,3 +165,32 @@ def test_decode_video_smoothing_joins_an_apex_dip():
   assert smooth[0]["onset"] <= 13 and smooth[0]["offset"] >= 17  # spans the dip
   # Sigma is in seconds: the same track at 300 fps is barely smoothed (3 frames -> 0.3).
   assert len(intervals.decode_video(s, ("micro",), 300.0, 0.5, smooth_seconds=0.001)) == 2
+
+
+@pytest.mark.parametrize("fps, merged", [(30.0, False), (60.0, True)])
+def test_decode_video_merge_seconds_at_the_videos_fps(fps, merged):
+  # Two runs 4 frames apart against merge_seconds = 0.1: 3 frames at 30 fps, 6 at 60...
+  s = np.zeros(40)
+  s[10:14] = 0.9
+  s[18:22] = 0.9
+  found = intervals.decode_video(s, ("micro",), fps, 0.5, merge_seconds=0.1)
+  assert len(found) == (1 if merged else 2)
+  # ...and merge_seconds overrides merge_gap (in frames); 0 or None leaves it.
+  assert len(intervals.decode_video(s, ("micro",), fps, 0.5, merge_gap=4,
+                                    merge_seconds=0.0)) == 1
+
+
+def test_decode_kwargs_merge_in_seconds_and_a_saved_runs_frames():
+  import ml_collections
+  from configs import common
+  from meldae_jax import predict
+  cfg = ml_collections.ConfigDict({"eval": {"merge_seconds": 0.133}})
+  assert predict.decode_kwargs(cfg)["merge_seconds"] == pytest.approx(0.133)
+  # The configs give merge lengths in seconds, like every other decoding length.
+  assert "merge_gap" not in common.base_config().eval
+  saved = ml_collections.ConfigDict({"eval": {"merge_gap": 3}})  # config.json before it
+  kw = predict.decode_kwargs(saved)
+  assert (kw["merge_gap"], kw["merge_seconds"]) == (3, None)
+  with pytest.raises(ValueError, match="merge_seconds"):
+    predict.decode_kwargs(ml_collections.ConfigDict(
+        {"eval": {"merge_gap": 3, "merge_seconds": 0.1}}))

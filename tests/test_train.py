@@ -92,7 +92,7 @@ def test_round_trip_with_predictions(tmp_path):
     s[5:8] = 0.8  # a false positive
     scores[vid] = s
   cfg = th.tiny_config()
-  cfg.eval.merge_gap, cfg.eval.min_seconds, cfg.eval.smooth_seconds = 0, 0.0, 0.0
+  cfg.eval.merge_seconds, cfg.eval.min_seconds, cfg.eval.smooth_seconds = 0, 0.0, 0.0
   preds = predict.make_predictions(scores, ann, classes, 0.5, predict.decode_kwargs(cfg))
   assert sum(len(v["intervals"]) for v in preds["videos"].values()) > 0
   (tmp_path / "a.json").write_text(json.dumps(ann))
@@ -189,7 +189,7 @@ _EMPTY = {}
 def test_min_seconds_is_converted_at_each_videos_fps():
   """One config, three frame rates: a 4-frame run is 0.16, 0.13 and 0.067 s long."""
   cfg = th.tiny_config()
-  cfg.eval.merge_gap, cfg.eval.min_seconds, cfg.eval.smooth_seconds = 0, 0.1, 0.0
+  cfg.eval.merge_seconds, cfg.eval.min_seconds, cfg.eval.smooth_seconds = 0, 0.1, 0.0
   ann = {"videos": {f"v{int(fps)}": {"num_frames": 30, "fps": fps, "intervals": []}
                     for fps in (25.0, 30.0, 60.0)}}
   run = np.zeros((30, 1))

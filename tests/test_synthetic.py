@@ -363,3 +363,22 @@ def test_error_report_takes_the_workdirs_level_and_refuses_another(tmp_path, cap
   assert out["recall"]["all"]["recall"] == 1.0
   assert error_report.main(["--workdir", str(tmp_path), "--level", "default"]) == 2
   assert "not the 'default' level's" in capsys.readouterr().err
+
+
+def test_head_and_light_drift_last_as_long_in_seconds_at_any_fps():
+  """The drift's smoothing widths were in frames: at 60 fps the head moved twice as fast
+  in seconds as at 30 fps (lag-0.5 s autocorrelation of head_tx 0.67 -> 0.24)."""
+  def lag_corr(fps, channel):
+    out = []
+    for seed in range(3):
+      n = int(120 * fps)
+      c = {name: np.zeros(n) for name in events.CHANNELS}
+      events._add_distractors(np.random.default_rng(seed), c, np.zeros(n, np.int8), fps,
+                              1.0)
+      x = c[channel] - c[channel].mean()
+      lag = int(0.5 * fps)
+      out.append((x[:-lag] * x[lag:]).mean() / x.var())
+    return np.mean(out)
+
+  for channel in ("head_tx", "head_roll", "head_scale", "light_gain"):
+    assert abs(lag_corr(60.0, channel) - lag_corr(30.0, channel)) < 0.08, channel

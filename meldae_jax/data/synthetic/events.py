@@ -179,9 +179,13 @@ def _add_speech(rng, c, speaking, fps):
 
 
 def _add_distractors(rng, c, speaking, fps, jitter):
-  """Unlabelled motion: blinks, saccades, nods, head drift, illumination drift."""
+  """Unlabelled motion: blinks, saccades, nods, head drift, illumination drift.
+
+  Widths were tuned in frames at 30 fps; `k` keeps them the same in seconds at any fps.
+  """
   n = len(speaking)
   seconds = n / fps
+  k = fps / 30.0
   for _ in range(rng.poisson(0.25 * seconds)):  # blinks: fast, full closure
     width = rng.uniform(4, 7) * fps / 30.0
     bump = _bump(n, rng.uniform(0, n), width)
@@ -192,23 +196,23 @@ def _add_distractors(rng, c, speaking, fps, jitter):
   for start in np.sort(rng.uniform(0, n, rng.poisson(0.3 * seconds))).astype(int):
     gaze_x[start:] = rng.uniform(-1.2, 1.2)
     gaze_y[start:] = rng.uniform(-0.4, 0.4)
-  c["gaze_x"] += ndimage.gaussian_filter1d(gaze_x, 0.7)
-  c["gaze_y"] += ndimage.gaussian_filter1d(gaze_y, 0.7)
+  c["gaze_x"] += ndimage.gaussian_filter1d(gaze_x, 0.7 * k)
+  c["gaze_y"] += ndimage.gaussian_filter1d(gaze_y, 0.7 * k)
   listening = speaking == 0
   for _ in range(rng.poisson(0.1 * seconds)):  # nods while listening
     center = rng.uniform(0, n)
     if listening[min(n - 1, int(center))]:
       c["head_pitch"] += rng.uniform(1.5, 3.0) * _bump(n, center, rng.uniform(0.6, 1.2) * fps)
   # Slow drift, livelier while speaking.
-  liveliness = 0.5 + ndimage.gaussian_filter1d(speaking.astype(np.float64), 10)
-  c["head_tx"] += liveliness * _smooth_noise(rng, n, 12, jitter)
-  c["head_ty"] += liveliness * _smooth_noise(rng, n, 12, 0.7 * jitter)
-  c["head_roll"] += liveliness * _smooth_noise(rng, n, 20, 1.2 * jitter)
-  c["head_scale"] += _smooth_noise(rng, n, 30, 0.01 * jitter)
-  c["head_yaw"] += liveliness * _smooth_noise(rng, n, 25, 1.2 * jitter)
-  c["light_gain"] += 1.0 + _smooth_noise(rng, n, 45, 0.04)
-  c["light_dir"] += rng.uniform(0, 2 * np.pi) + _smooth_noise(rng, n, 60, 0.3)
-  c["light_slope"] += rng.uniform(0.08, 0.22) + _smooth_noise(rng, n, 60, 0.02)
+  liveliness = 0.5 + ndimage.gaussian_filter1d(speaking.astype(np.float64), 10 * k)
+  c["head_tx"] += liveliness * _smooth_noise(rng, n, 12 * k, jitter)
+  c["head_ty"] += liveliness * _smooth_noise(rng, n, 12 * k, 0.7 * jitter)
+  c["head_roll"] += liveliness * _smooth_noise(rng, n, 20 * k, 1.2 * jitter)
+  c["head_scale"] += _smooth_noise(rng, n, 30 * k, 0.01 * jitter)
+  c["head_yaw"] += liveliness * _smooth_noise(rng, n, 25 * k, 1.2 * jitter)
+  c["light_gain"] += 1.0 + _smooth_noise(rng, n, 45 * k, 0.04)
+  c["light_dir"] += rng.uniform(0, 2 * np.pi) + _smooth_noise(rng, n, 60 * k, 0.3)
+  c["light_slope"] += rng.uniform(0.08, 0.22) + _smooth_noise(rng, n, 60 * k, 0.02)
 
 
 def _apply_expression(c, action, amp, side, profile):

@@ -382,3 +382,19 @@ def test_head_and_light_drift_last_as_long_in_seconds_at_any_fps():
 
   for channel in ("head_tx", "head_roll", "head_scale", "light_gain"):
     assert abs(lag_corr(60.0, channel) - lag_corr(30.0, channel)) < 0.08, channel
+
+
+def test_plan_seeds_are_unique_across_corpus_seeds_and_many_videos():
+  """Seeds were 1000 * corpus_seed + s and 100_000 * corpus_seed + 100 * s + v: subject
+  1000 of corpus 0 was subject 0 of corpus 1 (same face, same video), and video 100 of a
+  subject was video 0 of the next subject (same conversation, in another split maybe)."""
+  big = generator.corpus_plan(1001, seconds=(0.1, 0.1), corpus_seed=0)
+  other = generator.corpus_plan(3, seconds=(0.1, 0.1), corpus_seed=1)
+  assert not {s.subject_seed for s in big} & {s.subject_seed for s in other}
+  assert not {s.seed for s in big} & {s.seed for s in other}
+  many = generator.corpus_plan(3, videos_per_subject=(101, 101), seconds=(0.1, 0.1))
+  assert len({s.seed for s in many}) == len(many) == 303
+  # Corpora within the old ranges keep their seeds (and so their videos).
+  for s in generator.corpus_plan(28, corpus_seed=2):
+    subject, video = int(s.subject[1:]), int(s.video_id.split("_v")[1])
+    assert s.subject_seed == 2000 + subject and s.seed == 200_000 + 100 * subject + video

@@ -113,6 +113,16 @@ class VideoSpec:
   num_frames: int
 
 
+def _plan_seed(compact: int, fits: bool, *keys) -> int:
+  """`compact` when `fits` (the seeds corpora have always had), else a 127-bit seed hashed
+  from `keys`, above every compact seed: subject 1000 of corpus 0 and subject 0 of
+  corpus 1, or video 100 of a subject and video 0 of the next, would share a compact one."""
+  if fits:
+    return compact
+  hi, lo = np.random.SeedSequence([GENERATOR_VERSION, 5, *keys]).generate_state(2, np.uint64)
+  return 2**127 | (int(hi) % 2**63) << 64 | int(lo)
+
+
 def corpus_plan(num_subjects: int, splits=(0.7, 0.15, 0.15), videos_per_subject=(1, 2),
                 seconds=(20.0, 40.0), fps: float = 30.0, corpus_seed: int = 0) -> list:
   """Subject-disjoint train/validation/test plan: which videos exist and their seeds."""
@@ -129,11 +139,12 @@ def corpus_plan(num_subjects: int, splits=(0.7, 0.15, 0.15), videos_per_subject=
                         "validation" if rank < n_train + n_val else "test")
   plan = []
   for s in range(num_subjects):
-    subject_seed = 1000 * corpus_seed + s
+    subject_seed = _plan_seed(1000 * corpus_seed + s, s < 1000, 0, corpus_seed, s)
     for v in range(int(rng.integers(videos_per_subject[0], videos_per_subject[1] + 1))):
       num_frames = int(round(rng.uniform(*seconds) * fps))
       plan.append(VideoSpec(video_id=f"s{s:03d}_v{v}", subject=f"s{s:03d}", split=split_of[s],
-                            seed=100_000 * corpus_seed + 100 * s + v,
+                            seed=_plan_seed(100_000 * corpus_seed + 100 * s + v,
+                                            s < 1000 and v < 100, 1, corpus_seed, s, v),
                             subject_seed=subject_seed, num_frames=num_frames))
   return plan
 

@@ -450,3 +450,15 @@ def test_epoch_order_is_a_read_friendly_permutation():
   np.testing.assert_array_equal(again.permutation(1), order.permutation(1))
   uniform = windows_lib.EpochOrder(table, seed=0, windows_per_read=1)
   assert sorted(uniform.permutation(0).tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("key", ["subjects", "exclude_subjects"])
+def test_video_index_refuses_a_string_for_a_subject_list(key):
+  # `v.subject in "s10"` is a substring test: "s1" would pass as well as "s10".
+  source = [_record(8, [], video_id="a", subject="s1"),
+            _record(8, [], video_id="b", subject="s10")]
+  with pytest.raises(TypeError, match=key):
+    sources.VideoIndex(source, **{key: "s10"})
+  assert [v.subject for v in sources.VideoIndex(source, subjects=["s10"])] == ["s10"]
+  with pytest.raises(TypeError, match=key):
+    sources.VideoIndex(source).subset(**{key: "s10"})

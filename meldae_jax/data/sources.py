@@ -125,7 +125,12 @@ class VideoIndex(collections.abc.Sequence):
 
   def _keep(self, videos, subjects=None, exclude_subjects=None, max_videos: int = 0):
     """Keeps the (source index, info) pairs of `videos` that the subject filters pass
-    (the first `max_videos` of them; 0: all)."""
+    (the first `max_videos` of them; 0: all). A single string is refused: `in` on it matches
+    substrings, so subjects="s10" would keep s1 and s10 too."""
+    for name, value in (("subjects", subjects), ("exclude_subjects", exclude_subjects)):
+      if isinstance(value, str):
+        raise TypeError(f"VideoIndex: {name} must be a list of subject ids, got the "
+                        f"string {value!r}; pass [{value!r}]")
     kept = [(i, v) for i, v in videos
             if (subjects is None or v.subject in subjects)
             and (exclude_subjects is None or v.subject not in exclude_subjects)]

@@ -185,14 +185,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = 
   if not any(summary[n]["frames"] for n in GROUPS):
     raise AttentionError(f"no frame of the {split} split falls in any group (no labels?); "
                          "nothing written")
-  with checkpointing.staged_folder(out) as tmp:  # all three files or none
-    predict.write_scores(os.path.join(tmp, "attention.npz"), maps)
-    figure(os.path.join(tmp, "attention.png"), summary,
-           f"enhancer attention, {cfg.dataset.name} {split}, checkpoint step {step}")
-    checkpointing.write_json(os.path.join(tmp, "attention.json"),
-                             {"checkpoint_step": step, "split": split, "groups": summary,
-                              "margin_seconds": margin_seconds, "rows": row_names(
-                                  int(trainer.model.config.num_regions))})
+  if jax.process_index() == 0:  # every process has all the maps; one writes them
+    with checkpointing.staged_folder(out) as tmp:  # all three files or none
+      predict.write_scores(os.path.join(tmp, "attention.npz"), maps)
+      figure(os.path.join(tmp, "attention.png"), summary,
+             f"enhancer attention, {cfg.dataset.name} {split}, checkpoint step {step}")
+      checkpointing.write_json(os.path.join(tmp, "attention.json"),
+                               {"checkpoint_step": step, "split": split, "groups": summary,
+                                "margin_seconds": margin_seconds, "rows": row_names(
+                                    int(trainer.model.config.num_regions))})
   for name in GROUPS:
     s = summary[name]
     if s["frames"]:

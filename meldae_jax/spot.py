@@ -383,7 +383,10 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
 def _write(out, result, scores, videos, classes, threshold, smooth_seconds=None) -> None:
   """All outputs through `checkpointing.staged_folder` (all or nothing). The plots of
   videos an earlier run wrote there and this one does not have are removed, so OUT holds
-  one run's outputs."""
+  one run's outputs. Process 0 writes; every process of a multi-process run has all the
+  scores, and two writing one OUT would race over the stale plots."""
+  if jax.process_index() != 0:
+    return
   stale = _previous_plots(out) - {f"{v.video_id}.png" for v in videos}
   try:
     with checkpointing.staged_folder(out) as tmp:

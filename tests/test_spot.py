@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import cv2
+import jax
 import numpy as np
 import pytest
 
@@ -269,3 +270,17 @@ def test_the_plot_draws_the_track_the_decoder_thresholds(tmp_path, monkeypatch):
   above = np.flatnonzero(solid[0] >= 0.5)  # one run, exactly the spotted interval
   assert above.tolist() == list(range(intervals[0]["onset"], intervals[0]["offset"] + 1))
   assert (tmp_path / "v.png").stat().st_size > 0
+
+
+def test_only_process_0_writes_the_outputs(tmp_path, monkeypatch):
+  # Every process of a multi-process run has all the scores; the others writing the plots
+  # (and removing an earlier run's) into one OUT raced with process 0.
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "old.png").write_bytes(b"an earlier run's plot")
+  (out / "predictions.json").write_text(json.dumps({"videos": {"old": {}}}))
+  video = spot.Video(path="v", video_id="v", fps=30.0, frames=list, num_frames=4)
+  result = {"videos": {"v": {"intervals": []}}}
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  spot._write(str(out), result, {"v": np.zeros((4, 1))}, [video], ("micro",), 0.5)
+  assert sorted(os.listdir(out)) == ["old.png", "predictions.json"]

@@ -116,6 +116,23 @@ def _decay_mask(params, regex: str):
       lambda p, _: bool(rx.fullmatch(path_name(p))), params, is_leaf=_is_box)
 
 
+def _check_decay_mask(params, regex: str | None, trainable) -> None:
+  """A WARNING (once per regex and model) when weight decay is on and `regex` names no
+  trainable parameter: a regex of another naming (torch's '.*weight') or one that covers
+  only frozen groups would decay nothing."""
+  if not regex:
+    return
+  decayed = jax.tree.leaves(_decay_mask(params, regex))
+  names = [path_name(p) for p, _ in
+           jax.tree_util.tree_leaves_with_path(params, is_leaf=_is_box)]
+  if (names and not any(d and t for d, t in zip(decayed, jax.tree.leaves(trainable)))
+      and (regex, names[0]) not in _WARNED):
+    _WARNED.add((regex, names[0]))
+    logging.warning("optimizer.weight_decay_regex %r names no trainable parameter (the "
+                    "parameters are named like %r): weight decay does nothing.", regex,
+                    names[0])
+
+
 def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int
                    ) -> tuple[optax.GradientTransformation, dict[str, Callable]]:
   """Builds the optimiser and returns it with the per-group lr schedules.
@@ -155,10 +172,16 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int
 
   labels = lambda params: group_labels(params, groups)
   is_trainable = lambda params: jax.tree.map(lambda l: l != FROZEN, labels(params))
+
+  def is_frozen(params):
+    trainable = is_trainable(params)
+    if wd:
+      _check_decay_mask(params, wd_regex, trainable)
+    return jax.tree.map(lambda t: not t, trainable)
+
   chain = [
       # Frozen gradients are zeroed first so that they do not count in the clip norm.
-      optax.masked(optax.set_to_zero(),
-                   lambda p: jax.tree.map(lambda t: not t, is_trainable(p))),
+      optax.masked(optax.set_to_zero(), is_frozen),
   ]
   if clip_norm:
     chain.append(optax.clip_by_global_norm(clip_norm))

@@ -218,3 +218,22 @@ def test_a_warmup_as_long_as_the_run_is_a_warning(caplog):
   caplog.clear()
   optim.make_optimizer(_with(cfg, groups=((".*", 1.0),), grad_accum_steps=1), 2000)
   assert "warmup" not in caplog.text
+
+
+def test_a_weight_decay_regex_that_covers_no_trainable_parameter_is_a_warning(caplog):
+  # weight_decay > 0 with a regex naming nothing (a torch-style '.*weight', or only frozen
+  # parameters) decayed nothing, silently.
+  params = _params()
+  for regex, groups in ((".*weight", ((".*", 1e-2),)),
+                        ("backbone/.*kernel", (("backbone/.*", 0.0), (".*", 1e-2)))):
+    caplog.clear()
+    tx, _ = optim.make_optimizer(_cfg(groups=groups, weight_decay=0.1,
+                                      weight_decay_regex=regex), total_steps=10)
+    tx.init(params)
+    assert f"weight_decay_regex {regex!r}" in caplog.text, regex
+  caplog.clear()
+  tx, _ = optim.make_optimizer(_cfg(weight_decay=0.1), total_steps=10)  # '.*/kernel'
+  tx.init(params)
+  tx, _ = optim.make_optimizer(_cfg(weight_decay=0.0, weight_decay_regex=".*weight"), 10)
+  tx.init(params)
+  assert "weight_decay_regex" not in caplog.text

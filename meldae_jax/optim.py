@@ -149,6 +149,10 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int
   groups = [tuple(g) for g in opt_cfg.groups]
   accum = max(int(opt_cfg.get("grad_accum_steps", 1)), 1)
   update_steps = max(int(total_steps) // accum, 1)
+  if int(total_steps) % accum:
+    logging.warning("total_steps %d is not a multiple of grad_accum_steps %d: the last %d "
+                    "micro-batch(es) are computed and go into no update.", int(total_steps),
+                    accum, int(total_steps) % accum)
   warmup = int(opt_cfg.get("warmup_steps", 0))
   if opt_cfg.get("schedule", "warmup_cosine") == "warmup_cosine" and warmup >= update_steps:
     logging.warning("optimizer.warmup_steps %d (updates) >= the run's %d updates "

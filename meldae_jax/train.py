@@ -579,6 +579,23 @@ def _explain_mismatch(saved: dict | None, cfg, workdir: str):
     raise checkpointing.CheckpointMismatchError(str(e) + hint) from e
 
 
+def schedule_change(saved: dict | None, cfg, schedules: dict, step: int) -> str | None:
+  """A note when a resumed run's total_steps differs from the checkpoint's run's: the
+  schedules are stretched (or squeezed) to the new length, so the learning rate jumps at
+  the resume step (e.g. a cosine near its end climbs back towards its peak)."""
+  then = (saved or {}).get("total_steps")
+  if then is None or int(then) == int(cfg.total_steps):
+    return None
+  accum = int(cfg.optimizer.get("grad_accum_steps", 1))
+  _, old = optim.make_optimizer(cfg.optimizer, int(then))
+  before = optim.learning_rates(old, step + 1, accum)
+  after = optim.learning_rates(schedules, step + 1, accum)
+  jumps = ", ".join(f"{k[len('lr/'):]} {float(before[k]):.3g} -> {float(after[k]):.3g}"
+                    for k in sorted(after) if k in before)
+  return (f"total_steps {then} -> {cfg.total_steps}: the learning-rate schedule now spans "
+          f"{cfg.total_steps} steps, so at step {step + 1} the rate goes {jumps}.")
+
+
 def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
   # --- 4. State: resume, or init (+ pretrained backbone). ----------------------------
   ckpt = checkpointing.Checkpointer(
@@ -601,6 +618,9 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
           "--mode=evaluate evaluates again, a larger total_steps trains on.")
       return finished
     say(f"Resumed from step {int(state.step)} ({workdir}).")
+    note = schedule_change(_saved_config(workdir), cfg, trainer.schedules, int(state.step))
+    if note:
+      say(note)
   else:
     state = trainer.init_fn(jax.random.key(cfg.seed))
     state = load_pretrained(cfg, trainer, state)

@@ -237,3 +237,11 @@ def test_a_weight_decay_regex_that_covers_no_trainable_parameter_is_a_warning(ca
   tx, _ = optim.make_optimizer(_cfg(weight_decay=0.0, weight_decay_regex=".*weight"), 10)
   tx.init(params)
   assert "weight_decay_regex" not in caplog.text
+
+
+def test_micro_batches_past_the_last_update_are_a_warning(caplog):
+  optim.make_optimizer(_cfg(grad_accum_steps=4), total_steps=10)
+  assert "the last 2 micro-batch(es)" in caplog.text
+  caplog.clear()
+  optim.make_optimizer(_cfg(grad_accum_steps=4), total_steps=12)
+  assert "micro-batch" not in caplog.text

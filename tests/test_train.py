@@ -10,6 +10,7 @@ import pytest
 import train_helpers as th
 from meldae_jax import loso
 from meldae_jax import metrics
+from meldae_jax import optim
 from meldae_jax import predict
 from meldae_jax import train
 from meldae_jax.data import sources
@@ -532,3 +533,19 @@ def test_two_evaluated_videos_of_one_id_are_an_error_naming_it_before_training(t
   with pytest.raises(sources.RecordError, match="same video_id"):
     train.train_and_evaluate(th.tiny_config(), str(tmp_path / "w"), splits=splits)
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_a_resume_with_another_total_steps_says_the_learning_rate_jumps():
+  # The schedules span the new total_steps: a cosine near its end climbs back up.
+  cfg = th.tiny_config(total_steps=100)
+  cfg.optimizer.groups, cfg.optimizer.warmup_steps = ((".*", 1e-3),), 0
+  cfg.optimizer.end_lr_factor = 0.0
+  _, schedules = optim.make_optimizer(cfg.optimizer, 200)
+  cfg.total_steps = 200
+  note = train.schedule_change({"total_steps": 100}, cfg, schedules, 90)
+  assert "total_steps 100 -> 200" in note and "at step 91" in note
+  before, after = (float(x) for x in note.split("goes group_0 ")[1].rstrip(".").split(" -> "))
+  assert before == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 90 / 100)), rel=1e-2)
+  assert after == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 90 / 200)), rel=1e-2)
+  assert train.schedule_change({"total_steps": 200}, cfg, schedules, 90) is None
+  assert train.schedule_change(None, cfg, schedules, 90) is None

@@ -298,6 +298,13 @@ def _masked_flatten(tree):
   return list(leaves), treedef
 
 
+def trained_grads(grads, groups: Sequence[tuple[str, Any]]) -> list:
+  """The gradients of the parameters the optimiser moves (frozen groups left out): the
+  norm the clip sees, and a frozen backbone's gradients, unused, are not computed."""
+  labels = jax.tree.leaves(group_labels(grads, groups))
+  return [g for g, label in zip(jax.tree.leaves(grads), labels) if label != FROZEN]
+
+
 def global_norm(tree):
   """`optax.global_norm(tree)`, by one call over every leaf where `cpu_adamw` runs."""
   leaves = jax.tree.leaves(tree)

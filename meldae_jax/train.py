@@ -376,6 +376,7 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
 
   # --- Train step: forward + loss + backward + clip + AdamW (in `tx`). -----------------
   loss_cfg = cfg.loss
+  groups = [tuple(g) for g in cfg.optimizer.groups]
   dropout_key = jax.random.key(cfg.seed + 1)
 
   def train_step(state: TrainState, batch):
@@ -389,7 +390,8 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     params, opt_state = optim.apply_gradients(tx, grads, state.opt_state, state.params)
-    metrics = {"loss": loss, "grad_norm": optim.global_norm(grads),
+    metrics = {"loss": loss,
+               "grad_norm": optim.global_norm(optim.trained_grads(grads, groups)),
                **{f"loss/{k}": v for k, v in aux.items()}}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -549,3 +549,28 @@ def test_a_resume_with_another_total_steps_says_the_learning_rate_jumps():
   assert after == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 90 / 200)), rel=1e-2)
   assert train.schedule_change({"total_steps": 200}, cfg, schedules, 90) is None
   assert train.schedule_change(None, cfg, schedules, 90) is None
+
+
+def test_the_logged_grad_norm_leaves_frozen_groups_out():
+  # The norm the clip sees: a frozen backbone's gradients are not in it (nor computed).
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  norms = {}
+  for name, backbone_lr in (("trained", 1e-3), ("frozen", 0.0)):
+    cfg = th.tiny_config()
+    cfg.optimizer.groups = (("backbone/.*", backbone_lr), (".*", 1e-3))
+    trainer = train.make_trainer(cfg)
+    state = trainer.init_fn(jax.random.key(0))
+    b, t, s = cfg.batch_size, cfg.dataset.window, cfg.model.image_size
+    k = len(cfg.dataset.classes)
+    batch = dict(video=np.random.default_rng(1).integers(0, 256, (b, t, s, s, 3), np.uint8),
+                 frame_mask=np.ones((b, t), np.float32),
+                 labels=np.zeros((b, t, k), np.float32),
+                 boundary=np.zeros((b, t, k), np.float32),
+                 speaking=np.zeros((b, t), np.int32), me_label=np.zeros((b,), np.float32))
+    _, m = trainer.train_step(state, batch)
+    norms[name] = float(m["grad_norm"])
+  assert 0 < norms["frozen"] < norms["trained"]
+  grads = {"backbone": {"k": np.full(3, 4.0)}, "head": {"k": np.full(1, 3.0)}}
+  kept = optim.trained_grads(grads, (("backbone/.*", 0.0), (".*", 1.0)))
+  assert [float(g[0]) for g in kept] == [3.0]

@@ -680,6 +680,9 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
       every = cfg.checkpoint.every_steps  # 0: at the end and on a stop only
       if stop or (every and step % every == 0) or step == total:
         ckpt.save(step, state, train_iter)
+        # The run resumes from here without logging these steps again: TensorBoard's
+        # events (buffered, flushed every 2 min) must not die with a hard kill.
+        writer.flush()
       if stop:
         if n_sum:  # the steps since the last log line, not lost with the stop
           writer.write_scalars(step, {f"train/{k}": v / n_sum for k, v in sums.items()})

@@ -48,3 +48,51 @@ def test_a_last_line_without_its_newline_is_kept_apart(tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train/loss": 1.0}\n{"step": 2}')
   _write(tmp_path, [(3, {"train/loss": 3.0})])
   assert [r["step"] for r in _lines(tmp_path)] == [1, 3]
+
+
+# ---------------------------------------------------------------------------------------
+# The training loop's writer.
+# ---------------------------------------------------------------------------------------
+
+
+def _on_disk_events(logdir):
+  """{tag: [steps]} of the scalar events an event file holds on disk now (what a hard kill
+  would leave: tensorboardX buffers in the process and flushes every 120 s)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in sorted(pathlib.Path(logdir).glob("events.out.tfevents.*")):
+    data, pos = path.read_bytes(), 0
+    while pos + 12 <= len(data):
+      (n,) = struct.unpack("<Q", data[pos:pos + 8])
+      if pos + 12 + n + 4 > len(data):
+        break  # cut short
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append(event.step)
+  return out
+
+
+def test_tensorboard_events_up_to_a_checkpoint_are_on_disk_when_it_is_saved(
+    tmp_path, monkeypatch):
+  """A run killed hard after a checkpoint resumes from it and does not log its steps
+  again: TensorBoard must hold them by then, or its curves keep a gap."""
+  import train_helpers as th  # pylint: disable=g-import-not-at-top
+  from meldae_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from meldae_jax import train  # pylint: disable=g-import-not-at-top
+  seen = {}
+  save = checkpointing.Checkpointer.save
+
+  def save_and_look(self, step, *args, **kwargs):
+    if step == 4:  # the checkpoint at 2 is saved: what would a kill now leave?
+      seen.update(_on_disk_events(tmp_path / "tensorboard"))
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpointing.Checkpointer, "save", save_and_look)
+  cfg = th.tiny_config(total_steps=4, log_every=1, eval_every=0,
+                       **{"checkpoint.every_steps": 2})
+  train.train_and_evaluate(cfg, str(tmp_path), splits=th.splits(n_val=0, n_test=0,
+                                                                num_frames=24))
+  assert {1, 2} <= set(seen.get("train/loss", ())), seen

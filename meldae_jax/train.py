@@ -694,6 +694,10 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
       if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
         validate(trainer, state.params, splits.val, step, writer, ckpt, state)
   except BaseException:
+    if n_sum:  # the steps since the last log line: the lead-up to a NaN stop or a crash
+      with contextlib.suppress(Exception):  # the error that stopped the run is raised
+        writer.write_scalars(window + n_sum,
+                             {f"train/{k}": v / n_sum for k, v in sums.items()})
     writer.close()  # a NaN stop or a crash: no TensorBoard thread left for shutdown
     preempt.restore_handlers()
     raise

@@ -1,5 +1,6 @@
 """metrics.jsonl stays one record per step and evaluation across stops and reruns."""
 import json
+import math
 
 from meldae_jax import metric_writers
 
@@ -96,3 +97,19 @@ def test_tensorboard_events_up_to_a_checkpoint_are_on_disk_when_it_is_saved(
   train.train_and_evaluate(cfg, str(tmp_path), splits=th.splits(n_val=0, n_test=0,
                                                                 num_frames=24))
   assert {1, 2} <= set(seen.get("train/loss", ())), seen
+
+
+def test_a_non_finite_loss_stop_logs_the_steps_since_the_last_log_line(tmp_path):
+  """The steps just before a NaN are the ones that show the divergence: the stop writes
+  their averages (as a preemption does) instead of losing up to log_every - 1 steps."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  import train_helpers as th  # pylint: disable=g-import-not-at-top
+  from meldae_jax import train  # pylint: disable=g-import-not-at-top
+  cfg = th.tiny_config(total_steps=4, log_every=4, eval_every=0,
+                       **{"checkpoint.every_steps": 0, "debug.nan_at_step": 3})
+  with pytest.raises(train.NonFiniteLossError, match=r"at step 3\b"):
+    train.train_and_evaluate(cfg, str(tmp_path), splits=th.splits(n_val=0, n_test=0,
+                                                                   num_frames=24))
+  got = [r for r in _lines(tmp_path) if "train/loss" in r]
+  assert [r["step"] for r in got] == [2], got
+  assert math.isfinite(got[0]["train/loss"]) and math.isfinite(got[0]["train/grad_norm"])

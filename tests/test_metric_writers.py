@@ -1,8 +1,17 @@
 """metrics.jsonl stays one record per step and evaluation across stops and reruns."""
 import json
 import math
+import pathlib
+import struct
 
+import pytest
+
+import train_helpers as th
+from meldae_jax import checkpointing
 from meldae_jax import metric_writers
+from meldae_jax import train
+
+compilation_cache = th.compilation_cache_fixture()  # the two training runs share programs
 
 
 def _lines(tmp_path):
@@ -59,8 +68,6 @@ def test_a_last_line_without_its_newline_is_kept_apart(tmp_path):
 def _on_disk_events(logdir):
   """{tag: [steps]} of the scalar events an event file holds on disk now (what a hard kill
   would leave: tensorboardX buffers in the process and flushes every 120 s)."""
-  import pathlib  # pylint: disable=g-import-not-at-top
-  import struct  # pylint: disable=g-import-not-at-top
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
   out = {}
   for path in sorted(pathlib.Path(logdir).glob("events.out.tfevents.*")):
@@ -80,9 +87,6 @@ def test_tensorboard_events_up_to_a_checkpoint_are_on_disk_when_it_is_saved(
     tmp_path, monkeypatch):
   """A run killed hard after a checkpoint resumes from it and does not log its steps
   again: TensorBoard must hold them by then, or its curves keep a gap."""
-  import train_helpers as th  # pylint: disable=g-import-not-at-top
-  from meldae_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from meldae_jax import train  # pylint: disable=g-import-not-at-top
   seen = {}
   save = checkpointing.Checkpointer.save
 
@@ -102,9 +106,6 @@ def test_tensorboard_events_up_to_a_checkpoint_are_on_disk_when_it_is_saved(
 def test_a_non_finite_loss_stop_logs_the_steps_since_the_last_log_line(tmp_path):
   """The steps just before a NaN are the ones that show the divergence: the stop writes
   their averages (as a preemption does) instead of losing up to log_every - 1 steps."""
-  import pytest  # pylint: disable=g-import-not-at-top
-  import train_helpers as th  # pylint: disable=g-import-not-at-top
-  from meldae_jax import train  # pylint: disable=g-import-not-at-top
   cfg = th.tiny_config(total_steps=4, log_every=4, eval_every=0,
                        **{"checkpoint.every_steps": 0, "debug.nan_at_step": 3})
   with pytest.raises(train.NonFiniteLossError, match=r"at step 3\b"):

@@ -22,6 +22,8 @@ def get_config(arg: str | None = None):
   c.dataset.window = 16
   c.dataset.train_stride = 4
   c.dataset.me_oversample = 4
+  # A step count, not epochs: the paper gives none for Table 2; §5.6 trains its loss
+  # comparison for 20 epochs without saying of what (clips or windows).
   c.total_steps = 20_000
   c.eval_every = 1_000
   c.checkpoint.every_steps = 1_000

@@ -6,6 +6,9 @@ eval windows; per-frame scores averaged), decodes them with `intervals.decode_vi
 `metrics.evaluate` exactly as `python -m meldae_jax.evaluate` does on the written files.
 With `threshold=None` the threshold is chosen by `metrics.choose_threshold` — call that on
 validation data only. Also reports the clip accuracies Acc_ME and Acc_State (SPEC §5).
+A "clip" is the model's input, one T-frame eval window (SPEC §1.6's clip logit), so both
+accuracies count overlapping windows; the paper's global classifier speaks of "the
+entire clip" (§4.3) without saying whether that is a window or a whole corpus clip.
 """
 from __future__ import annotations
 

@@ -581,6 +581,15 @@ def _explain_mismatch(saved: dict | None, cfg, workdir: str):
     raise checkpointing.CheckpointMismatchError(str(e) + hint) from e
 
 
+def validations_left(step: int, total: int, every: int, has_val: bool) -> int:
+  """Validations the loop still runs after `step`: every `every` steps before `total`,
+  and the final one (with a validation split)."""
+  if not has_val:
+    return 0
+  periodic = (total - 1) // every - step // every if every else 0
+  return max(periodic, 0) + 1
+
+
 def schedule_change(saved: dict | None, cfg, schedules: dict, step: int) -> str | None:
   """A note when a resumed run's total_steps differs from the checkpoint's run's: the
   schedules are stretched (or squeezed) to the new length, so the learning rate jumps at
@@ -638,6 +647,7 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
   preempt = checkpointing.PreemptionFlag()
   accum = int(cfg.optimizer.get("grad_accum_steps", 1))
   window, t_log, sums, n_sum = start, time.time(), {}, 0
+  val_seconds = 0.0  # the last periodic validation's time, for the ETA
   t_start = time.time()
   status, loss, step = "done", None, start
   try:
@@ -645,6 +655,8 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
       # A stop on a validation step saves and leaves before validating (a preemption's
       # grace is short): the straight run's validation of this step happens here.
       validate(trainer, state.params, splits.val, start, writer, ckpt, state)
+      val_seconds = time.time() - t_log
+      t_log += val_seconds
     for step in range(start + 1, total + 1):
       batch = next(train_iter)
       if step == cfg.debug.nan_at_step:
@@ -671,7 +683,8 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
             trainer.schedules, step, accum).items()})
         scalars["train/steps_per_sec"] = sps
         writer.write_scalars(step, scalars)
-        eta = (total - step) / max(sps, 1e-9)
+        eta = (total - step) / max(sps, 1e-9) + val_seconds * validations_left(
+            step, total, cfg.eval_every, splits.val is not None)
         say(f"step {step}/{total} loss {scalars['train/loss']:.4f} "
             f"{sps:.2f} steps/s ETA {_fmt_time(eta)} (elapsed {_fmt_time(time.time() - t_start)})")
         window, t_log, sums, n_sum = step, time.time(), {}, 0
@@ -692,7 +705,10 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
         status = "preempted"
         break
       if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
+        t_val = time.time()
         validate(trainer, state.params, splits.val, step, writer, ckpt, state)
+        val_seconds = time.time() - t_val
+        t_log += val_seconds  # steps/s is the training rate; the ETA adds validations
   except BaseException:
     if n_sum:  # the steps since the last log line: the lead-up to a NaN stop or a crash
       with contextlib.suppress(Exception):  # the error that stopped the run is raised

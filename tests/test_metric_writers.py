@@ -2,7 +2,9 @@
 import json
 import math
 import pathlib
+import re
 import struct
+import time
 
 import pytest
 
@@ -114,3 +116,28 @@ def test_a_non_finite_loss_stop_logs_the_steps_since_the_last_log_line(tmp_path)
   got = [r for r in _lines(tmp_path) if "train/loss" in r]
   assert [r["step"] for r in got] == [2], got
   assert math.isfinite(got[0]["train/loss"]) and math.isfinite(got[0]["train/grad_norm"])
+
+
+def test_steps_per_sec_is_the_training_rate_and_the_eta_counts_validations(
+    tmp_path, monkeypatch, capsys):
+  """A validation inside a log window made its steps/s (and so its ETA) read as if
+  training had slowed down by the validation's whole time."""
+  validate = train.validate
+
+  def slow_validate(*args, **kwargs):
+    time.sleep(3.0)
+    return validate(*args, **kwargs)
+
+  monkeypatch.setattr(train, "validate", slow_validate)
+  cfg = th.tiny_config(total_steps=4, log_every=1, eval_every=2,
+                       **{"checkpoint.every_steps": 0})
+  train.train_and_evaluate(cfg, str(tmp_path), splits=th.splits(n_val=1, n_test=0,
+                                                                num_frames=24))
+  sps = {r["step"]: r["train/steps_per_sec"] for r in _lines(tmp_path)
+         if "train/steps_per_sec" in r}
+  assert sps[3] > 0.6, sps  # one tiny step, not the 3 s validation before it
+  m, s = re.search(r"step 3/4 .* ETA (\d+)m(\d+)s", capsys.readouterr().out).groups()
+  assert 60 * int(m) + int(s) >= 3  # the final validation's 3 s still to come
+  assert [train.validations_left(s, 10, 4, True) for s in (0, 4, 7, 8, 9)] == [3, 2, 2, 1, 1]
+  assert train.validations_left(3, 10, 0, True) == 1
+  assert train.validations_left(3, 10, 4, False) == 0

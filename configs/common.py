@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   # (regex, lr); lr 0 = frozen. The backbone's 1e-5 is for a pretrained ViT: the ResNet-50
   # ablation starts from scratch and takes the rest's lr (launch/sweeps.py).
   o.groups = (("backbone/.*", 1e-5), (".*", 5e-4))
-  o.schedule = "warmup_cosine"
+  o.schedule = "warmup_cosine"   # or "constant" (after the same warmup)
   o.warmup_steps = 500            # in optimiser updates (total_steps / grad_accum_steps)
   o.end_lr_factor = 0.01
   o.weight_decay = 1e-4

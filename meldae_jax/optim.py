@@ -97,11 +97,16 @@ _WARNED: set = set()  # group_labels runs at every trace: one warning per table
 
 def make_schedule(lr: float, opt_cfg: ml_collections.ConfigDict,
                   total_steps: int) -> Callable[[Any], Any]:
-  """Linear warmup from 0 to `lr`, then cosine to `lr * end_lr_factor` at `total_steps`."""
+  """Linear warmup from 0 to `lr` over `warmup_steps`, then cosine to `lr * end_lr_factor`
+  at `total_steps` ('warmup_cosine') or `lr` to the end ('constant'; the base config's
+  warmup applies to it too: 0 turns it off)."""
   schedule = opt_cfg.get("schedule", "warmup_cosine")
   warmup = int(opt_cfg.get("warmup_steps", 0))
   if schedule == "constant":
-    return optax.constant_schedule(lr)
+    if not warmup:
+      return optax.constant_schedule(lr)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
   if schedule != "warmup_cosine":
     raise ValueError(f"Unknown schedule {schedule!r} (expected 'warmup_cosine' or 'constant').")
   decay_steps = max(int(total_steps), warmup + 1)

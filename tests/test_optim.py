@@ -245,3 +245,11 @@ def test_micro_batches_past_the_last_update_are_a_warning(caplog):
   caplog.clear()
   optim.make_optimizer(_cfg(grad_accum_steps=4), total_steps=12)
   assert "micro-batch" not in caplog.text
+
+
+def test_the_constant_schedule_warms_up_too():
+  # warmup_steps used to be ignored by 'constant' (the base config's 500 included).
+  sched = optim.make_schedule(1.0, _cfg(schedule="constant", warmup_steps=4), 100)
+  assert [float(sched(i)) for i in (0, 2, 4, 50, 99)] == pytest.approx([0, 0.5, 1, 1, 1])
+  sched = optim.make_schedule(1.0, _cfg(schedule="constant", warmup_steps=0), 100)
+  assert float(sched(0)) == 1.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from meldae_jax.models import fusion, heads, region_pool
-from meldae_jax.models.enhancer import Enhancer
+from meldae_jax.models.enhancer import Attention, Enhancer
 from meldae_jax.models.resnet import ResNet, standardize
 from meldae_jax.models.temporal import Temporal
 
@@ -228,3 +228,18 @@ def test_small_resnet_and_weight_standardisation():
   assert p["block1_unit1"]["conv_proj"]["kernel"].shape == (1, 1, 8, 32)
   assert variables["params"]["root_conv"]["kernel"].names == (
       None, None, "conv_in", "conv_out")
+
+
+@pytest.mark.parametrize("heads_", [1, 12])
+def test_attention_output_projection_init_does_not_depend_on_heads(heads_):
+  """The cross-attention's (and `tokens` fusion's) `out_kernel` (heads, dh, D) is
+  xavier-initialised as the (heads * dh, D) matrix it is, like the q/k/v kernels and the
+  ViT's (flax's MHA): xavier over the 3-D shape counted `heads` as a receptive field, an
+  std sqrt((1 + heads) / 2) too small (2.5x at the default 12 heads)."""
+  d = 96
+  mod = Attention(heads_)
+  params = nn.meta.unbox(mod.init(KEY, jnp.ones((1, 4, d)), jnp.ones((1, 6, d)))["params"])
+  assert params["out_kernel"].shape == (heads_, d // heads_, d)
+  want = np.sqrt(2.0 / (d + d))  # xavier std of a (D, D) matrix
+  np.testing.assert_allclose(np.std(params["out_kernel"]), want, rtol=0.1)
+  np.testing.assert_allclose(np.std(params["query"]["kernel"]), want, rtol=0.1)

@@ -11,6 +11,7 @@ import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from meldae_jax.models import layers
 from meldae_jax.ops import blas_dot
@@ -21,6 +22,17 @@ Dtype = Any
 def kernel_init(*names, init=nn.initializers.xavier_uniform()):
   """Initializer that carries logical axis names (replicated where None)."""
   return nn.with_logical_partitioning(init, names)
+
+
+def as_matrix(init, n_in: int):
+  """`init` of a kernel whose `n_in` leading axes are its inputs, drawn as the
+  (inputs, outputs) matrix it is and reshaped: variance scaling of the N-D shape counts
+  the other axes as a receptive field (xavier on an (H, dh, D) kernel gave an std
+  sqrt((1 + H) / 2) too small). As flax's DenseGeneral initialises its kernels."""
+  def wrapped(key, shape, dtype=jnp.float32):
+    flat = (int(np.prod(shape[:n_in])), int(np.prod(shape[n_in:])))
+    return jnp.reshape(init(key, flat, dtype), shape)
+  return wrapped
 
 
 class Mlp(nn.Module):
@@ -69,7 +81,8 @@ class Attention(nn.Module):
       logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     ctx = jnp.einsum("bhnm,bmhc->bnhc", probs.astype(self.dtype), v)
-    w_o = self.param("out_kernel", kernel_init("heads", "kv", "embed"),
+    w_o = self.param("out_kernel", kernel_init(
+        "heads", "kv", "embed", init=as_matrix(nn.initializers.xavier_uniform(), 2)),
                      (self.num_heads, dh, d))
     b_o = self.param("out_bias", nn.initializers.zeros, (d,))
     out = jnp.einsum("bnhc,hcd->bnd", ctx, w_o.astype(self.dtype))

@@ -189,3 +189,18 @@ def test_adamw_steps_reduce_loss():
     history.append(float(loss))
   assert np.all(np.isfinite(history))
   assert history[-1] < 0.9 * history[0], history
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(enhancer_layers=0), "enhancer_layers must be >= 1"),
+    (dict(backbone="resnet50", resnet_width=32, resnet_stages=(1, 1), resnet_base_width=8,
+          remat_policy="full"), "apply to the ViT backbone only"),
+    (dict(backbone="resnet50", resnet_width=32, resnet_stages=(1, 1), resnet_base_width=8,
+          scan_blocks=True), "apply to the ViT backbone only"),
+])
+def test_settings_the_model_would_not_honour_are_errors(kw, match):
+  # enhancer_layers=0 was a TypeError deep in flax; the ResNet ignored the ViT's remat
+  # and scan settings silently (a run asking for remat to save memory got none).
+  model = build_model(_tiny(**kw))
+  with pytest.raises(ValueError, match=match):
+    _abstract(model, _video(1, 4, 32), _mask(1, 4))

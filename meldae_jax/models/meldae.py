@@ -21,6 +21,11 @@ def make_backbone(cfg, dtype, name="backbone"):
                dropout=cfg.dropout, stem=cfg.get("vit_stem", "patch"),
                stem_hidden=cfg.get("vit_stem_hidden", 32), dtype=dtype, name=name)
   if cfg.backbone == "resnet50":
+    # The ViT's memory and compile settings: silently ignored, a run would not get them.
+    if cfg.remat_policy != "none" or cfg.scan_blocks:
+      raise ValueError(
+          f"model.remat_policy={cfg.remat_policy!r} / model.scan_blocks={cfg.scan_blocks} "
+          "apply to the ViT backbone only; with backbone='resnet50' leave them 'none' / False")
     return ResNet(width=cfg.resnet_width, stages=tuple(cfg.resnet_stages),
                   base_width=cfg.resnet_base_width, dtype=dtype, name=name)
   raise ValueError(f"unknown backbone {cfg.backbone!r}")
@@ -59,6 +64,9 @@ class MELDAE(nn.Module):
     aux = None
     if cfg.enhancer:
       g = cfg.num_regions
+      if int(cfg.enhancer_layers) < 1:
+        raise ValueError(f"model.enhancer_layers must be >= 1, got {cfg.enhancer_layers} "
+                         "(model.enhancer=False is the ablation without the enhancer)")
       regional = RegionPool(g, cfg.num_frames, dtype=dtype, name="region_pool")(
           patches)
       f_enh, aux = Enhancer(cfg.num_queries, cfg.enhancer_layers,

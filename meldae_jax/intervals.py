@@ -92,6 +92,27 @@ def aggregate_windows(num_frames: int, starts: Sequence[int], window_scores: Any
   return out[:, 0] if squeeze else out
 
 
+def to_native_frames(scores: Any, num_frames: int, frame_step: int) -> np.ndarray:
+  """Scores of the sampled frames 0, k, 2k, ... (k = `frame_step`) at every native frame.
+
+  Linear between neighbouring sampled frames, held at the last sampled frame's value after
+  it (the video's last frames lie past the last sample). `scores` is (n, ...) with
+  n = ceil(num_frames / k); the result (num_frames, ...) has its dtype. Step 1 returns
+  `scores` itself.
+  """
+  if frame_step == 1:
+    return scores
+  s = np.asarray(scores)
+  if len(s) != -(-num_frames // frame_step):
+    raise ValueError(f"{len(s)} sampled scores for {num_frames} frames at step {frame_step}")
+  t = np.arange(num_frames)
+  j0 = t // frame_step
+  j1 = np.minimum(j0 + 1, len(s) - 1)
+  w = ((t - j0 * frame_step) / frame_step).reshape((-1,) + (1,) * (s.ndim - 1))
+  out = s[j0].astype(np.float64) * (1.0 - w) + s[j1].astype(np.float64) * w
+  return out.astype(s.dtype)
+
+
 def seconds_to_frames(seconds: float, fps: float) -> int:
   """A duration in seconds as whole frames at `fps` (rounded half up, at least 1)."""
   if fps is None or not fps > 0:

@@ -63,6 +63,8 @@ class WindowLoader:
 
   Reads the record through a small per-process LRU (`cache_videos`) and decodes only
   frames `[start, start + T)`; a row `(-1, -1)` gives an empty (all padding) window.
+  Frames and labels are those of `index`'s view: with `frame_step` k, frame j is native
+  frame j k (`sources.VideoIndex.with_frame_step`).
   """
 
   def __init__(self, index: sources.VideoIndex, window: int, classes: Sequence[str],
@@ -73,7 +75,7 @@ class WindowLoader:
     self.classes = tuple(classes)
     self.image_size = int(image_size)
     self.augment = augment
-    self._frames = sources.FrameCache(index.source, cache_videos)
+    self._frames = sources.FrameCache(index.source, cache_videos, index.frame_step)
     windows_lib.class_ids(self.classes)  # fail early on unknown class names
 
   def empty(self) -> dict:
@@ -111,7 +113,8 @@ class WindowLoader:
     frames = self._frames.frames(video_index)
     aug = lut = None
     for j in range(n):
-      img = decode_frame(frames[start + j], info.video_id, start + j)
+      img = decode_frame(frames[start + j], info.video_id,
+                         (start + j) * self.index.frame_step)  # named as the corpus does
       if j == 0 and self.augment is not None and rng is not None:
         aug = augment_lib.sample(rng, img.shape[0], img.shape[1], self.augment)
         lut = aug.lut()
@@ -308,7 +311,10 @@ class ScoreAverager:
   """Averages overlapping window scores per frame (SPEC §5, first step of decoding).
 
   `add(batch, scores)` with scores (B, T, ...) uses `video_index`, `start`, `frame_mask`
-  and `batch_valid`; `result()` maps source video index -> (num_frames, ...) mean score.
+  and `batch_valid`; `result()` maps source video index -> (num_frames, ...) mean score,
+  in native frames: with a `frame_step` view the sampled frames' means are interpolated
+  back to every frame of the video (`intervals.to_native_frames`), so decoding and the
+  evaluation see the corpus's own frames.
   """
 
   def __init__(self, source_or_index):
@@ -329,6 +335,8 @@ class ScoreAverager:
     out = {}
     for vi, wins in self._windows.items():
       starts, scores, masks = zip(*wins)
-      out[vi] = intervals.aggregate_windows(
+      mean = intervals.aggregate_windows(
           self.index.info(vi).num_frames, starts, np.stack(scores), np.stack(masks))
+      out[vi] = intervals.to_native_frames(mean, self.index.native_info(vi).num_frames,
+                                           self.index.frame_step)
     return out

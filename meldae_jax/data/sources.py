@@ -4,6 +4,11 @@ A source is any random-access sequence of records (a TFDS `as_data_source` split
 plain list of dicts, see docs/contracts.md). The pipeline needs per-video metadata
 (length, labels) to lay out windows before reading any frame; `VideoIndex` gathers it in
 one pass and drops the frame bytes.
+
+`VideoIndex.with_frame_step(k)` is the one place where a video is seen at every k-th frame
+(`dataset.frame_step`): its infos and `FrameCache` present frames 0, k, 2k, ... as a video
+of their own at fps / k, so windows and labels need no change; `native_infos` and
+`to_annotations` stay in the corpus's frames, which evaluation uses.
 """
 import collections
 import collections.abc
@@ -32,6 +37,30 @@ class VideoInfo:
   num_frames: int
   intervals: dict  # onset/apex/offset/type int32 arrays
   speaking: np.ndarray  # int8 (num_frames,)
+
+
+def subsample_info(info: VideoInfo, step: int) -> VideoInfo:
+  """`info` as every `step`-th frame (native frames 0, step, 2 step, ...) at fps / step.
+
+  An interval keeps the sampled frames inside it; one shorter than `step` that holds none
+  gets the sampled frame nearest to it (its midpoint, rounded half up), so no expression
+  is lost from training. A known apex moves to the nearest sampled frame in the interval.
+  """
+  if step == 1:
+    return info
+  n = -(-info.num_frames // step)
+  iv = {k: np.asarray(v, np.int64) for k, v in info.intervals.items()}
+  onset, offset = -(-iv["onset"] // step), iv["offset"] // step
+  empty = onset > offset
+  nearest = np.minimum((iv["onset"] + iv["offset"] + step) // (2 * step), n - 1)
+  onset, offset = np.where(empty, nearest, onset), np.where(empty, nearest, offset)
+  apex = np.where(iv["apex"] >= 0,
+                  np.clip((2 * iv["apex"] + step) // (2 * step), onset, offset), -1)
+  intervals = {"onset": onset, "apex": apex, "offset": offset, "type": iv["type"]}
+  return dataclasses.replace(
+      info, fps=info.fps / step, num_frames=n,
+      intervals={k: v.astype(np.int32) for k, v in intervals.items()},
+      speaking=np.ascontiguousarray(info.speaking[::step]))
 
 
 class RecordError(ValueError):
@@ -115,7 +144,10 @@ class VideoIndex(collections.abc.Sequence):
   Frames are not kept; `source` is kept so windows can be decoded later. `indices` maps
   position in the index to the record index in the source (filtering by subject keeps
   the source's numbering, which is what batches report as `video_index`).
+  `infos` are the videos as the model sees them (every `frame_step`-th frame, see
+  `with_frame_step`); `native_infos` as the corpus holds them (the same with step 1).
   """
+  frame_step = 1
 
   def __init__(self, source: Sequence[dict], subjects: Sequence[str] | None = None,
                exclude_subjects: Sequence[str] | None = None):
@@ -136,8 +168,11 @@ class VideoIndex(collections.abc.Sequence):
             and (exclude_subjects is None or v.subject not in exclude_subjects)]
     kept = kept[:max_videos] if max_videos else kept
     self.indices: list[int] = [i for i, _ in kept]
-    self.infos: list[VideoInfo] = [v for _, v in kept]
-    self._by_source = dict(kept)
+    self.native_infos: list[VideoInfo] = [v for _, v in kept]
+    self._native_by_source = dict(kept)
+    self.infos: list[VideoInfo] = [subsample_info(v, self.frame_step)
+                                   for v in self.native_infos]
+    self._by_source = dict(zip(self.indices, self.infos))
 
   def __len__(self) -> int:
     return len(self.infos)
@@ -153,12 +188,27 @@ class VideoIndex(collections.abc.Sequence):
     (a LOSO run splits a long-video corpus three ways per fold, and every pass reads
     every video's frames)."""
     out = copy.copy(self)
-    out._keep(zip(self.indices, self.infos), subjects, exclude_subjects, max_videos)
+    out._keep(zip(self.indices, self.native_infos), subjects, exclude_subjects, max_videos)
+    return out
+
+  def with_frame_step(self, step: int) -> "VideoIndex":
+    """These videos seen at every `step`-th frame (`subsample_info`; frames through
+    `FrameCache(..., frame_step)`), from the native metadata: no record is read again.
+    Step 1 is the native index itself, and any view gives any other."""
+    if step == self.frame_step:
+      return self
+    out = copy.copy(self)
+    out.frame_step = int(step)
+    out._keep(zip(self.indices, self.native_infos))
     return out
 
   def info(self, source_index: int) -> VideoInfo:
-    """Metadata by record index in the source."""
+    """Metadata by record index in the source (of the video as the model sees it)."""
     return self._by_source[source_index]
+
+  def native_info(self, source_index: int) -> VideoInfo:
+    """Metadata by record index in the source, in the corpus's own frames."""
+    return self._native_by_source[source_index]
 
   def check_unique_ids(self) -> None:
     """Evaluation keys scores, annotations and predictions by `video_id`: two videos of
@@ -171,11 +221,12 @@ class VideoIndex(collections.abc.Sequence):
       seen[v.video_id] = i
 
   def to_annotations(self) -> dict:
-    """The evaluator's `A.json` dict (SPEC §5) for these videos."""
+    """The evaluator's `A.json` dict (SPEC §5) for these videos, in their native frames
+    and fps whatever the `frame_step`: evaluation is at the corpus's resolution."""
     from meldae_jax.data import schema  # pylint: disable=g-import-not-at-top
     self.check_unique_ids()
     videos = {}
-    for v in self.infos:
+    for v in self.native_infos:
       videos[v.video_id] = {
           "num_frames": v.num_frames, "fps": v.fps,
           "intervals": [{"onset": int(a), "offset": int(b),
@@ -200,22 +251,29 @@ class FrameCache:
   Reading one record of a TFDS source deserialises the whole video, so consecutive
   windows of the same video should not read it again. Holds at most `size` videos per
   process (0 disables it; for in-memory lists it costs nothing either way).
+  With `frame_step` k it gives every k-th frame's encoded bytes (`VideoIndex.frame_step`):
+  the others are never decoded.
   """
 
-  def __init__(self, source: Sequence[dict], size: int = 4):
+  def __init__(self, source: Sequence[dict], size: int = 4, frame_step: int = 1):
     self._source = source
     self._size = size
+    self._step = int(frame_step)
     self._items: collections.OrderedDict = collections.OrderedDict()
     self._lock = threading.Lock()
 
+  def _read(self, index: int):
+    frames = self._source[index]["frames"]
+    return frames if self._step == 1 else frames[::self._step]
+
   def frames(self, index: int):
     if self._size <= 0:
-      return self._source[index]["frames"]
+      return self._read(index)
     with self._lock:
       if index in self._items:
         self._items.move_to_end(index)
         return self._items[index]
-    frames = self._source[index]["frames"]
+    frames = self._read(index)
     with self._lock:
       self._items[index] = frames
       while len(self._items) > self._size:
@@ -223,10 +281,10 @@ class FrameCache:
     return frames
 
   def __getstate__(self):  # worker processes start with an empty cache
-    return {"_source": self._source, "_size": self._size}
+    return {"_source": self._source, "_size": self._size, "_step": self._step}
 
   def __setstate__(self, state):
-    self.__init__(state["_source"], state["_size"])
+    self.__init__(state["_source"], state["_size"], state.get("_step", 1))
 
 
 def open_source(name_or_builder: Any, split: str = "train",

@@ -56,11 +56,18 @@ def base_config() -> ml_collections.ConfigDict:
   d.classes = ("micro",)         # ('micro',) -> K=1, ('micro', 'macro') -> K=2
   d.protocol = "fixed"           # 'fixed' train/val/test | 'loso' (see meldae_jax/loso.py)
   d.loso_val_subjects = 1        # LOSO: training subjects held out to choose thresholds
-  # T, in frames at each corpus' own frame rate (no resampling in time). The paper states
-  # neither T nor a frame-rate normalisation: 16 frames are 0.27 s of WDMD (60 fps),
-  # 0.53 s of CAS(ME)^2 (30 fps) and 80 ms of SAMM (200 fps). Only the decoding lengths
-  # (eval.*_seconds) are converted at each video's fps.
+  # T, in frames of the model's view: each corpus' own frame rate, divided by frame_step.
+  # The paper states neither T nor a frame-rate normalisation: 16 frames are 0.27 s of
+  # WDMD (60 fps), 0.53 s of CAS(ME)^2 (30 fps) and 80 ms of SAMM (200 fps; samm_lv.py
+  # takes every 7th frame, 0.56 s). The decoding lengths (eval.*_seconds) are converted
+  # at each video's native fps.
   d.window = 16
+  # k >= 1: the model sees every k-th frame (0, k, 2k, ...; at fps / k) in training and
+  # evaluation; skipped frames are not decoded. Labels are the sampled frames' (an
+  # expression shorter than k keeps its nearest sampled frame). Scores are interpolated
+  # back to every frame and decoded and evaluated in native frames against the native
+  # annotations. window, train_stride and eval.stride count sampled frames.
+  d.frame_step = 1
   d.train_stride = 4             # start grid of the training windows
   d.me_oversample = 1            # ME windows listed this many times per epoch
   d.augment = True

@@ -74,8 +74,10 @@ def attention_step(trainer: train.Trainer):
 def frame_maps(trainer: train.Trainer, params, index, cfg, step=None
                ) -> dict[str, np.ndarray]:
   """{video_id: (num_frames, G, G)}: each frame's map, averaged over the windows.
-  `step`: an `attention_step(trainer)` already built."""
+  `step`: an `attention_step(trainer)` already built. With `dataset.frame_step` k the
+  sampled frames' maps are interpolated to every native frame, as scores are."""
   step = step or attention_step(trainer)
+  index = predict.dataset_view(index, cfg)
   averager = pipeline.ScoreAverager(index)
   for batch in predict.eval_batches(trainer, index, cfg):
     out = jax.device_get(step(params, batch))
@@ -112,7 +114,7 @@ def summarise(maps: dict[str, np.ndarray], index, margin_seconds: float,
   """Per group: frames, mean map, mass per row, peak over the uniform level. The margin
   is converted at each video's own fps."""
   sums, counts = {}, {k: 0 for k in GROUPS}
-  for info in index.infos:
+  for info in index.native_infos:  # the maps are in native frames
     if info.video_id not in maps:
       continue
     margin = int(round(margin_seconds * info.fps))

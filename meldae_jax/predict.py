@@ -34,6 +34,22 @@ SUMMARY_KEYS = ("threshold", "threshold_key", "f1", "f1_dr", "uf1", "precision",
                 "f1_speaking", "f1_listening", "acc_me", "acc_state", "tp", "fp", "fn")
 
 
+def frame_step(cfg) -> int:
+  """`dataset.frame_step`, checked: the model sees every k-th frame (1: every frame; a run
+  saved before the key existed has none)."""
+  k = cfg.dataset.get("frame_step", 1)
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"dataset.frame_step must be an int >= 1 (the model sees every k-th "
+                     f"frame), got {k!r}")
+  return int(k)
+
+
+def dataset_view(index, cfg):
+  """`index` (a `sources.VideoIndex`) as the model sees it: every `dataset.frame_step`-th
+  frame. Scores come back in native frames (`pipeline.ScoreAverager`)."""
+  return index.with_frame_step(frame_step(cfg))
+
+
 def subset(index, max_videos: int):
   """The first `max_videos` videos of a `sources.VideoIndex` (all when 0)."""
   if not max_videos or max_videos >= len(index):
@@ -85,12 +101,14 @@ def eval_batches(trainer, index, cfg):
 
 
 def score_videos(trainer, params, index, cfg) -> tuple[dict, dict]:
-  """Runs the model over every eval window of `index`.
+  """Runs the model over every eval window of `index` (seen every `dataset.frame_step`-th
+  frame).
 
   Returns:
-    ({video_id: (num_frames, K) averaged frame scores},
+    ({video_id: (num_frames, K) averaged frame scores, in native frames},
      {'me': probs, 'me_label', 'state': probs, 'state_label', 'state_valid'} per window).
   """
+  index = dataset_view(index, cfg)
   averager = pipeline.ScoreAverager(index)
   clips = {k: [] for k in ("me", "me_label", "state", "state_label", "state_valid")}
   for global_batch in eval_batches(trainer, index, cfg):

@@ -273,6 +273,10 @@ def _fold_hint(workdir: str) -> str:
 
 def restore(cfg, workdir: str, trainer: train.Trainer) -> tuple[Any, float, int]:
   """(params, threshold, step) of the best checkpoint, else of the latest. Read-only."""
+  saved = train._saved_config(workdir)  # pylint: disable=protected-access
+  note = train.frame_step_change(saved, cfg)
+  if note:  # a --config that is not the run's
+    train.say(f"[spot] {note}")
   ckpt = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                     best_metric=cfg.checkpoint.best_metric, read_only=True)
   try:

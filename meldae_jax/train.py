@@ -282,7 +282,7 @@ def augment_config(d: ml_collections.ConfigDict) -> augment_lib.AugmentConfig | 
 def train_iterator(cfg, index, image_size: int):
   d = cfg.dataset
   return pipeline.make_train_iterator(
-      index, window=d.window, stride=d.train_stride,
+      predict.dataset_view(index, cfg), window=d.window, stride=d.train_stride,
       batch_size=sharding.local_batch_size(cfg.batch_size), classes=tuple(d.classes),
       image_size=image_size, seed=cfg.seed, augment=augment_config(d),
       me_oversample=d.me_oversample, num_threads=d.num_threads,
@@ -332,6 +332,7 @@ def input_view(cfg: ml_collections.ConfigDict):
 def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
   """Model, optimiser, shardings and jitted steps (on `devices`, default all)."""
   check_eval_windows(cfg)
+  predict.frame_step(cfg)  # checked before any data is read
   mcfg = model_config(cfg)
   model = build_model(mcfg)
   tx, schedules = optim.make_optimizer(cfg.optimizer, cfg.total_steps)
@@ -499,11 +500,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   (naming the step) on a NaN/Inf loss and CorpusNotBuiltError for a missing corpus.
   """
   cfg = config
+  frame_step = predict.frame_step(cfg)  # a bad value is refused before config.json is written
   sharding.maybe_initialize_distributed(cfg)
   os.makedirs(workdir, exist_ok=True)
   previous = _saved_config(workdir)  # a resumed run's: replaced once its checkpoint fits
   if previous is None:
     _save_config(cfg, workdir)
+  note = frame_step_change(previous, cfg)
+  if note:
+    say(note)
 
   # --- 1. Data. --------------------------------------------------------------------------
   splits = splits or open_splits(cfg)
@@ -514,6 +519,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       evaluated.check_unique_ids()
   say(f"Data: {cfg.dataset.name} train={len(splits.train)} videos, "
       f"val={len(splits.val) if splits.val else 0}, test={len(splits.test) if splits.test else 0}")
+  if frame_step > 1:
+    say(f"Data: 1 frame in {frame_step} (dataset.frame_step): a {cfg.dataset.window}-frame "
+        f"window spans {cfg.dataset.window * frame_step} of the corpus's frames, which "
+        "evaluation scores.")
 
   # --- 2-5. Model, shardings, steps. ---------------------------------------------------
   trainer = make_trainer(cfg)
@@ -588,6 +597,18 @@ def validations_left(step: int, total: int, every: int, has_val: bool) -> int:
     return 0
   periodic = (total - 1) // every - step // every if every else 0
   return max(periodic, 0) + 1
+
+
+def frame_step_change(saved: dict | None, cfg) -> str | None:
+  """A note when the workdir's run was trained at another `dataset.frame_step`: nothing
+  in the checkpoint's shapes says so, but the model would see another frame rate."""
+  then = ((saved or {}).get("dataset") or {}).get("frame_step", 1)
+  now = predict.frame_step(cfg)
+  if saved is None or then == now:
+    return None
+  return (f"WARNING: dataset.frame_step is {now}, but the run in this workdir was trained "
+          f"with {then} (its config.json): the model sees 1 frame in {now} where it "
+          f"learnt on 1 in {then}; pass --config.dataset.frame_step={then} to match.")
 
 
 def schedule_change(saved: dict | None, cfg, schedules: dict, step: int) -> str | None:
@@ -805,6 +826,9 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, *,
   sharding.maybe_initialize_distributed(cfg)
   splits = splits or open_splits(cfg)
   trainer = make_trainer(cfg)
+  note = frame_step_change(_saved_config(workdir), cfg)
+  if note:
+    say(note)
   with jax.set_mesh(trainer.mesh), _explain_mismatch(_saved_config(workdir), cfg, workdir):
     ckpt = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                       best_metric=cfg.checkpoint.best_metric)

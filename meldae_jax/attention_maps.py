@@ -112,9 +112,9 @@ def row_names(g: int) -> list[str]:
 def summarise(maps: dict[str, np.ndarray], index, margin_seconds: float,
               window: int) -> dict:
   """Per group: frames, mean map, mass per row, peak over the uniform level. The margin
-  is converted at each video's own fps."""
+  is converted at each video's own fps. `index` and `maps` are in native frames."""
   sums, counts = {}, {k: 0 for k in GROUPS}
-  for info in index.native_infos:  # the maps are in native frames
+  for info in index.infos:
     if info.video_id not in maps:
       continue
     margin = int(round(margin_seconds * info.fps))
@@ -176,6 +176,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = 
       raise AttentionError(f"{cfg.dataset.name} has no {split!r} split")
   if max_videos:
     index = predict.subset(index, max_videos)
+  index = index.with_frame_step(1)  # the maps and groups are in the corpus's frames
   trainer = train.make_trainer(cfg)
   attend = attention_step(trainer)  # no enhancer: fails before the checkpoint is read
   with jax.set_mesh(trainer.mesh):

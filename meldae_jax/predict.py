@@ -5,7 +5,10 @@ eval windows; per-frame scores averaged), decodes them with `intervals.decode_vi
 (threshold -> runs -> merge gap -> length filters in seconds), and scores the result with
 `metrics.evaluate` exactly as `python -m meldae_jax.evaluate` does on the written files.
 With `threshold=None` the threshold is chosen by `metrics.choose_threshold` — call that on
-validation data only. Also reports the clip accuracies Acc_ME and Acc_State (SPEC §5).
+validation data only. With `dataset.frame_step` k the model sees every k-th frame
+(`dataset_view`) and its scores come back in native frames (`pipeline.ScoreAverager`), so
+decoding (at the native fps), the annotations and the written files are in the corpus's
+frames. Also reports the clip accuracies Acc_ME and Acc_State (SPEC §5).
 A "clip" is the model's input, one T-frame eval window (SPEC §1.6's clip logit), so both
 accuracies count overlapping windows; the paper's global classifier speaks of "the
 entire clip" (§4.3) without saying whether that is a window or a whole corpus clip.

@@ -13,8 +13,10 @@ one stable face box as the corpus builders cut theirs (`data/face_crop.py`: Haar
 is found, with a warning), stored as the run's corpus stored its crops (its builder
 config's size and encoding, e.g. 112 px JPEG q90, which the input pipeline resizes to the
 model's input as in training), scored with the workdir's best checkpoint over the
-overlapping windows evaluation uses, and decoded with the threshold chosen on validation
-for that checkpoint (the config's `eval.threshold` when the run had no validation data).
+overlapping windows evaluation uses (every `dataset.frame_step`-th frame, as the run was
+trained; the scores come back at every frame of the video), and decoded at the video's
+fps with the threshold chosen on validation for that checkpoint (the config's
+`eval.threshold` when the run had no validation data).
 Videos are cut and scored one at a time (memory: one video's crops). Every input and the
 output folder are checked before the model runs, nothing is written to the workdir, and
 the outputs appear in OUT only when all videos are done:

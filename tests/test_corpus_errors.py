@@ -455,3 +455,13 @@ def test_build_command_errors_are_one_line(tmp_path, args, words):
   lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
   assert not (tmp_path / "data" / "wdmd").exists()
+
+
+def test_two_subjects_of_one_loso_split_name_are_an_error():
+  # 's-1' and 's_1' share the split name 'subject_s_1': one's videos replaced the other's.
+  videos = [{"subject": "s-1", "id": 0}, {"subject": "s_1", "id": 1},
+            {"subject": "s2", "id": 2}]
+  with pytest.raises(ValueError, match="'s-1' and 's_1'"):
+    cu.loso_splits(videos, lambda vs: [v["id"] for v in vs])
+  ok = cu.loso_splits(videos[1:], lambda vs: [v["id"] for v in vs])
+  assert sorted(ok.values()) == [[1], [2]]

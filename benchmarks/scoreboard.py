@@ -45,8 +45,10 @@ HEADER = header(TITLE)
 @dataclasses.dataclass(frozen=True)
 class Against:
   """A ratio target against the port: the pooled rounds of `files` (compare.py), which
-  must have measured `measures`: config, mode, JAX dtype and the port's side, in
-  alternating processes or, with `lockstep`, in turns (`compare.py --lockstep`)."""
+  must have measured `measures`: config, mode, JAX dtype and the port's side (its
+  backend; its dtype follows from JAX's: fp32 against fp32, a bf16 kind against
+  autocast), in alternating processes or, with `lockstep`, in turns (`compare.py
+  --lockstep`)."""
   label: str
   target: float
   measures: tuple[str, str, str, str]
@@ -360,6 +362,10 @@ def against_cells(row: Against, results: pathlib.Path,
   got = tuple(setting[k] for k in ("config", "mode", "jax_dtype", "torch_backend"))
   if got != row.measures:
     raise ValueError(f"{row.files} measured {got}, the row {row.measures}")
+  port_dtype = "fp32" if row.measures[2] == "fp32" else "bf16"  # bf16 kinds: autocast
+  if setting["dtype"] != port_dtype:
+    raise ValueError(f"{row.files}: the port ran {setting['dtype']}, the row wants it in "
+                     f"{port_dtype} against JAX's {row.measures[2]}")
   _check_cpu(row.files, setting, cpu)
   if setting["lockstep"] != row.lockstep:
     how = lambda lockstep: "in turns" if lockstep else "in alternating processes"  # noqa: E731

@@ -237,3 +237,19 @@ def test_a_table_refuses_rounds_of_another_cpu_model(tmp_path):
     else:
       with pytest.raises(ValueError, match="ran on CPU model 1, the table is for model 17"):
         scoreboard.table(tmp_path, board=board)
+
+
+def test_a_file_whose_port_ran_another_dtype_is_refused(tmp_path):
+  """A row names the JAX dtype; the port's follows from it (fp32 against fp32, the bf16
+  kinds against autocast): JAX's bf16_matmul against the port in fp32 is no row's."""
+  _compare_file(tmp_path / "s6_a.jsonl", [(0.2, 0.3)])
+  lines = [json.loads(l) for l in (tmp_path / "s6_a.jsonl").read_text().splitlines()]
+  lines[-1].update(jax_dtype="bf16_matmul")  # the port's `dtype` stays fp32
+  (tmp_path / "s6_a.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+  row = scoreboard.Against("bf16 row", 1.0, ("Ti112", "train", scoreboard.BF16, "eager"),
+                           ("s6_a.jsonl",))
+  with pytest.raises(ValueError, match=r"bf16 row.*the port ran fp32"):
+    scoreboard.table(tmp_path, (row,))
+  lines[-1].update(dtype="bf16")  # against autocast: the row's
+  (tmp_path / "s6_a.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+  assert "| 1.50 [1.50, 1.50]" in scoreboard.table(tmp_path, (row,))

@@ -23,7 +23,7 @@ Runs under its own interpreter with torch (no JAX). The modules mirror
   * the total loss (losses.py) with the loss config step.py uses (exported in the .npz).
 A train step is forward + loss + backward + clip_grad_norm_ + AdamW (+ zero_grad), with
 the parameter groups of the project's optimiser config (backbone vs the rest, weight
-decay on Flax `kernel`s only). The learning-rate schedule is left out (a scalar per step).
+decay on every weight matrix: Flax `kernel`s and the enhancer's `out_kernel`). The learning-rate schedule is left out (a scalar per step).
 
 `--check NPZ` loads the parameters exported by `step.py --export`, runs the exported batch
 and compares outputs, loss terms and gradients with JAX's; exit status 1 when any is off
@@ -60,7 +60,7 @@ LOSS_CONFIG = dict(me_weight=0.5, state_weight=0.2, loc_weight=1.0, loc_loss="ba
                    focal_gamma=2.0, tversky_alpha=0.7, tversky_beta=0.3,
                    tversky_gamma=0.75)
 OPT_CONFIG = dict(groups=[["backbone/.*", 1e-5], [".*", 5e-4]], weight_decay=1e-4,
-                  weight_decay_regex=".*/kernel", b1=0.9, b2=0.999, eps=1e-8,
+                  weight_decay_regex=".*kernel", b1=0.9, b2=0.999, eps=1e-8,
                   clip_norm=1.0)
 
 

@@ -347,6 +347,24 @@ def test_vit_variants_copy_matches():
   assert common.VIT_VARIANTS == vit.VARIANTS
 
 
+def test_the_ports_loss_and_optimiser_configs_are_the_projects():
+  """torch_port.py's copies (it cannot import the project) of what step.py's step uses:
+  the loss config and the optimiser's groups, weight decay and its regex, betas, eps and
+  clip norm (the learning-rate schedule is left out, a scalar per step)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  tree = ast.parse((ROOT / "benchmarks" / "torch_port.py").read_text())
+  copies = {t.id: eval(compile(ast.Expression(node.value), "torch_port.py", "eval"),  # pylint: disable=eval-used
+                       {"__builtins__": {"dict": dict}})
+            for node in tree.body
+            if isinstance(node, ast.Assign) for t in node.targets
+            if isinstance(t, ast.Name) and t.id in ("LOSS_CONFIG", "OPT_CONFIG")}
+  loss_cfg, opt_cfg, _ = step.train_configs()
+  assert copies["LOSS_CONFIG"] == loss_cfg.to_dict()
+  port = dict(copies["OPT_CONFIG"], groups=[tuple(g) for g in copies["OPT_CONFIG"]["groups"]])
+  ours = {k: opt_cfg[k] for k in port}
+  assert port == dict(ours, groups=[tuple(g) for g in ours["groups"]])
+
+
 def test_benchmark_shapes():
   assert common.CONFIGS["Ti112"] == common.Shape("Ti/16", 112, 16, 2, 7, 16, 3)
   assert common.CONFIGS["S112"] == common.Shape("S/16", 112, 16, 2, 7, 16, 6)

@@ -590,3 +590,21 @@ def test_the_cpu_model_number_is_read_from_cpuinfo(tmp_path):
   info.write_text("processor\t: 0\n")
   assert common.cpu_model(str(info))["cpu_model"] is None
   assert common.cpu_model(str(tmp_path / "missing"))["cpu_model"] is None
+
+
+def test_bf16_loss_reports_the_learning_rates_it_reached():
+  """The project's 500-step warmup keeps a short run near lr 0, where bf16 and fp32 cannot
+  part: the report says which rates the run reached, and --warmup-steps 0 runs at peak."""
+  from benchmarks import bf16_loss  # pylint: disable=g-import-not-at-top
+  warm = bf16_loss.lr_max(30)
+  peak = bf16_loss.lr_max(30, warmup_steps=0)
+  assert max(warm.values()) < 0.06 * max(peak.values())
+  assert sorted(peak.values()) == pytest.approx([1e-5, 5e-4], rel=1e-3)
+  report = bf16_loss.compare("tiny", steps=2, rtol=0.02, compiler_options=FAST,
+                             dtype="bf16_matmul", warmup_steps=0)
+  assert report["warmup_steps"] == 0
+  assert report["lr_max"] == bf16_loss.lr_max(2, warmup_steps=0)
+  # The option reaches the optimiser: the first update (lr 0 under the warmup) moves.
+  at_warmup = bf16_loss.losses("tiny", "fp32", 2, compiler_options=FAST)
+  assert report["fp32_loss"][0] == pytest.approx(at_warmup[0])
+  assert report["fp32_loss"][1] != pytest.approx(at_warmup[1], rel=1e-6)

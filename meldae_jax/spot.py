@@ -184,8 +184,13 @@ def open_videos(paths: Sequence[str], fps: float | None = None) -> list[Video]:
 
 
 def face_record(video: Video, size: int, encoding: str = "jpeg",
-                detector: face_crop.Detector | None = None) -> tuple[dict, tuple]:
-  """The video as a corpus record (shared schema, no labels) and its face box."""
+                detector: face_crop.Detector | None = None,
+                frame_step: int = 1) -> tuple[dict, tuple]:
+  """The video as a corpus record (shared schema, no labels) and its face box.
+
+  With `frame_step` k (the run's `dataset.frame_step`) only frames 0, k, 2k, ... are cut
+  and encoded, the only ones the model reads; the others hold b"" (never decoded).
+  """
   count, shape = [0], [None]
 
   def checked(frames):  # one size for all frames, and the frame named where it differs
@@ -210,7 +215,7 @@ def face_record(video: Video, size: int, encoding: str = "jpeg",
       raise SpotError(f"{video.path}: {e}") from e
     expected = video.num_frames if video.files else count[0]
     frames = [corpus_utils.encode_frame(face_crop.crop_and_resize(f, box, size), encoding)
-              for f in checked(video.frames())]
+              if i % frame_step == 0 else b"" for i, f in enumerate(checked(video.frames()))]
   except corpus_utils.CorpusError as e:  # an unreadable frame image
     raise SpotError(str(e)) from e
   if len(frames) != expected:
@@ -361,7 +366,8 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
     for i, video in enumerate(videos):
       train.say(f"[spot] {i + 1}/{len(videos)} {video.path} ({video.fps:g} fps): finding "
                 "the face, cutting crops...")
-      record, boxes[video.video_id] = face_record(video, size, encoding, detector)
+      record, boxes[video.video_id] = face_record(video, size, encoding, detector,
+                                                  predict.frame_step(cfg))
       train.say(f"[spot] {video.video_id}: {video.num_frames} frames, face box "
                 f"{boxes[video.video_id]}; scoring...")
       scores.update(predict.score_videos(trainer, params, sources.VideoIndex([record]),

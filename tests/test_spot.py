@@ -284,3 +284,19 @@ def test_only_process_0_writes_the_outputs(tmp_path, monkeypatch):
   monkeypatch.setattr(jax, "process_index", lambda: 1)
   spot._write(str(out), result, {"v": np.zeros((4, 1))}, [video], ("micro",), 0.5)
   assert sorted(os.listdir(out)) == ["old.png", "predictions.json"]
+
+
+def test_only_the_frames_the_model_reads_are_cut(tmp_path, monkeypatch):
+  # With dataset.frame_step 3 the model reads frames 0, 3, 6, ...: the others were cut and
+  # encoded for nothing (7x the work at SAMM's step).
+  folder = _write_frames(th.records(1, seed=704, num_frames=10)[0], str(tmp_path / "v"))
+  (video,) = spot.open_videos([folder], fps=30.0)
+  cut = []
+  crop = spot.face_crop.crop_and_resize
+  monkeypatch.setattr(spot.face_crop, "crop_and_resize",
+                      lambda *a, **k: cut.append(1) or crop(*a, **k))
+  record, _ = spot.face_record(video, 32, "png", detector=lambda frame: [], frame_step=3)
+  assert len(record["frames"]) == 10 and len(cut) == 4
+  assert [bool(f) for f in record["frames"]] == [i % 3 == 0 for i in range(10)]
+  full, _ = spot.face_record(video, 32, "png", detector=lambda frame: [])
+  assert record["frames"][::3] == full["frames"][::3]

@@ -159,10 +159,13 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int
                     "micro-batch(es) are computed and go into no update.", int(total_steps),
                     accum, int(total_steps) % accum)
   warmup = int(opt_cfg.get("warmup_steps", 0))
-  if opt_cfg.get("schedule", "warmup_cosine") == "warmup_cosine" and warmup >= update_steps:
+  if warmup >= update_steps:  # 'constant' warms up too: its rate never reaches `lr` either
+    cosine = opt_cfg.get("schedule", "warmup_cosine") == "warmup_cosine"
     logging.warning("optimizer.warmup_steps %d (updates) >= the run's %d updates "
                     "(total_steps %d / grad_accum_steps %d): the whole run is warmup, "
-                    "no cosine decay.", warmup, update_steps, int(total_steps), accum)
+                    "%s.", warmup, update_steps, int(total_steps), accum,
+                    "no cosine decay" if cosine else "the learning rate never reaches its "
+                    "value")
   wd = float(opt_cfg.get("weight_decay", 0.0))
   wd_regex = opt_cfg.get("weight_decay_regex", ".*kernel")
   b1, b2, eps = (float(opt_cfg.get(k, v)) for k, v in (("b1", 0.9), ("b2", 0.999),

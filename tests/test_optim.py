@@ -253,3 +253,16 @@ def test_the_constant_schedule_warms_up_too():
   assert [float(sched(i)) for i in (0, 2, 4, 50, 99)] == pytest.approx([0, 0.5, 1, 1, 1])
   sched = optim.make_schedule(1.0, _cfg(schedule="constant", warmup_steps=0), 100)
   assert float(sched(0)) == 1.0
+
+
+def test_a_constant_schedule_warming_up_over_the_whole_run_is_a_warning(caplog):
+  # Since 'constant' warms up, the base config's 500 warmup steps in a shorter run keep
+  # its rate below `lr` throughout, as they keep warmup_cosine's (which warned).
+  cfg = _cfg(schedule="constant", warmup_steps=500, groups=((".*", 1.0),))
+  optim.make_optimizer(cfg, 200)
+  assert "the whole run is warmup" in caplog.text
+  assert "never reaches" in caplog.text
+  caplog.clear()
+  optim.make_optimizer(_with(cfg, warmup_steps=0), 200)
+  optim.make_optimizer(cfg, 1000)
+  assert "warmup" not in caplog.text

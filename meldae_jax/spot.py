@@ -23,7 +23,8 @@ the outputs appear in OUT only when all videos are done:
 
   OUT/predictions.json   SPEC §5's P.json (0-based inclusive frames, type, score; per
                          interval also onset_s/offset_s in seconds), with per video its
-                         num_frames, fps, face box and the threshold used
+                         num_frames, fps, face_box and path, and for all of them the
+                         threshold used, checkpoint_step, classes and workdir
   OUT/scores.npz         per-frame scores, video_id -> (num_frames, K classes)
   OUT/<video_id>.png     the score track against time, the threshold, the intervals
                          (the smoothed track decoding thresholds, with eval.smooth_seconds)

@@ -277,6 +277,9 @@ ZEN4_ROWS = (
     Bf16Loss("bf16 training loss within a stated tolerance of fp32", "s26_bf16_loss.jsonl"),
     Bf16Loss(f"the same, {S28}", "s29_bf16_loss.jsonl"),
     Bf16Loss(f"the same, {S30_STEP}", "s32_bf16_loss.jsonl"),
+    Bf16Loss("the same at the peak learning rates from the first step (`--warmup-steps 0`; "
+             "the rows above stay below 6 % of them), session 33's step",
+             "s33_bf16_loss_peak_lr.jsonl"),
     Remat("Remat: S112 train at T = 64, peak memory /2 at <= 30 % more time",
           "s27_memory.jsonl"),
     Remat(f"the same, {S28}", "s29_memory.jsonl"),

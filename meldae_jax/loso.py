@@ -152,6 +152,7 @@ if __name__ == "__main__":
   # meldae_jax.main, which defines --config too.
   config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Fold workdirs and loso_metrics.json go here.")
-  flags.DEFINE_list("folds", None, "Only these test subjects (default: all).")
+  flags.DEFINE_list("folds", None, "Only run these test subjects (default: all); the pooled "
+                    "figures cover every fold finished in WORKDIR, these and earlier ones.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

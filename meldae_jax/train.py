@@ -671,12 +671,20 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
   val_seconds = 0.0  # the last periodic validation's time, for the ETA
   t_start = time.time()
   status, loss, step = "done", None, start
+
+  def averages() -> dict:  # the train/* means of the steps since the last log line
+    return {f"train/{k}": v / n_sum for k, v in sums.items()}
+
+  def timed_validation(at: int) -> float:  # its seconds: steps/s leaves them out
+    t0 = time.time()
+    validate(trainer, state.params, splits.val, at, writer, ckpt, state)
+    return time.time() - t0
+
   try:
     if 0 < start < total and cfg.eval_every and start % cfg.eval_every == 0:
       # A stop on a validation step saves and leaves before validating (a preemption's
       # grace is short): the straight run's validation of this step happens here.
-      validate(trainer, state.params, splits.val, start, writer, ckpt, state)
-      val_seconds = time.time() - t_log
+      val_seconds = timed_validation(start)
       t_log += val_seconds
     for step in range(start + 1, total + 1):
       batch = next(train_iter)
@@ -699,7 +707,7 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
       if (cfg.log_every and step % cfg.log_every == 0) or step == total:
         dt = time.time() - t_log
         sps = (step - window) / max(dt, 1e-9)
-        scalars = {f"train/{k}": v / n_sum for k, v in sums.items()}
+        scalars = averages()
         scalars.update({k: float(v) for k, v in optim.learning_rates(
             trainer.schedules, step, accum).items()})
         scalars["train/steps_per_sec"] = sps
@@ -719,22 +727,19 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
         writer.flush()
       if stop:
         if n_sum:  # the steps since the last log line, not lost with the stop
-          writer.write_scalars(step, {f"train/{k}": v / n_sum for k, v in sums.items()})
+          writer.write_scalars(step, averages())
         ckpt.wait()
         say(f"Stopping at step {step} (preempted); checkpoint saved, resume with the same "
             f"command.")
         status = "preempted"
         break
       if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
-        t_val = time.time()
-        validate(trainer, state.params, splits.val, step, writer, ckpt, state)
-        val_seconds = time.time() - t_val
+        val_seconds = timed_validation(step)
         t_log += val_seconds  # steps/s is the training rate; the ETA adds validations
   except BaseException:
     if n_sum:  # the steps since the last log line: the lead-up to a NaN stop or a crash
       with contextlib.suppress(Exception):  # the error that stopped the run is raised
-        writer.write_scalars(window + n_sum,
-                             {f"train/{k}": v / n_sum for k, v in sums.items()})
+        writer.write_scalars(window + n_sum, averages())
     writer.close()  # a NaN stop or a crash: no TensorBoard thread left for shutdown
     preempt.restore_handlers()
     raise

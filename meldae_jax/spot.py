@@ -376,8 +376,8 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
       del record
   classes = tuple(cfg.dataset.classes)
   meta = {"videos": {v.video_id: {"fps": v.fps} for v in videos}}
-  found = predict.make_predictions(scores, meta, classes, threshold,
-                                   predict.decode_kwargs(cfg))
+  decoding = predict.decode_kwargs(cfg)
+  found = predict.make_predictions(scores, meta, classes, threshold, decoding)
   result = {"videos": {}, "checkpoint_step": step, "threshold": threshold,
             "classes": list(classes), "workdir": os.path.abspath(workdir)}
   for v in videos:
@@ -388,8 +388,7 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
     result["videos"][v.video_id] = {
         "intervals": intervals, "num_frames": v.num_frames, "fps": v.fps,
         "face_box": list(boxes[v.video_id]), "path": os.path.abspath(v.path)}
-  _write(out, result, scores, videos, classes, threshold,
-         predict.decode_kwargs(cfg)["smooth_seconds"])
+  _write(out, result, scores, videos, classes, threshold, decoding["smooth_seconds"])
   return result
 
 

@@ -569,4 +569,4 @@ def loso_splits(videos: Iterable[dict], generate: Callable[[list], Any]) -> dict
     if other != s:
       raise ValueError(f"subjects {other!r} and {s!r} both map to the split name "
                        f"{loso_split_name(s)!r}; rename one in the corpus's metadata")
-  return {loso_split_name(s): generate(vs) for s, vs in sorted(by_subject.items())}
+  return {name: generate(by_subject[s]) for name, s in names.items()}

@@ -18,8 +18,8 @@ def get_config(arg: str | None = None):
   c = common.loso_corpus("samm_lv", arg)
   # 200 fps -> every 7th frame, 28.6 fps (near CAS(ME)^2's 30): the T=16 window then spans
   # 0.56 s, where at 200 fps it spans 80 ms, shorter than any micro-expression (0.1-0.5 s),
-  # so the model could never see one whole. Spotting work on SAMM-LV commonly subsamples
-  # it so; the paper does not say how it handled SAMM's frame rate: this is the project's
-  # reading. Evaluation stays at 200 fps, in the corpus's frames.
+  # so the model could never see one whole; 7 puts SAMM on CAS(ME)^2's time scale. The
+  # paper does not say how it handled SAMM's frame rate: this is the project's reading
+  # (untested on the corpus here). Evaluation stays at 200 fps, in the corpus's frames.
   c.dataset.frame_step = 7
   return c

@@ -831,10 +831,11 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, *,
   sharding.maybe_initialize_distributed(cfg)
   splits = splits or open_splits(cfg)
   trainer = make_trainer(cfg)
-  note = frame_step_change(_saved_config(workdir), cfg)
+  saved = _saved_config(workdir)
+  note = frame_step_change(saved, cfg)
   if note:
     say(note)
-  with jax.set_mesh(trainer.mesh), _explain_mismatch(_saved_config(workdir), cfg, workdir):
+  with jax.set_mesh(trainer.mesh), _explain_mismatch(saved, cfg, workdir):
     ckpt = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                       best_metric=cfg.checkpoint.best_metric)
     if ckpt.best_info()[0] is None and ckpt.latest_step() is None:

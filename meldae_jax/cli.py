@@ -7,12 +7,14 @@ from absl import flags
 from absl import logging
 
 from meldae_jax import checkpointing
+from meldae_jax import config_check
 from meldae_jax import train
 from meldae_jax.data import sources
 
 # Expected failures -> exit status; first match wins (CheckpointMismatchError is a
 # ValueError: a table that adds ValueError lists it after this one).
 EXIT_CODES = (
+    (config_check.ConfigError, 2),  # bad settings (each named as its --config. flag)
     (train.CorpusNotBuiltError, 2),
     (sources.RecordError, 2),  # a record that breaks the schema (the video named)
     (train.NonFiniteLossError, 3),

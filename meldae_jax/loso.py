@@ -22,6 +22,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from meldae_jax import checkpointing
+from meldae_jax import config_check
 from meldae_jax import cli
 from meldae_jax import metrics as metrics_lib
 from meldae_jax import train
@@ -74,6 +75,7 @@ def folds(subjects: Sequence[str], num_val: int) -> list[tuple[str, list[str], l
 
 def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) -> dict:
   """Runs (or resumes) every fold and writes `workdir/loso_metrics.json`."""
+  config_check.check(cfg)  # before the corpus is read or a fold trains
   source = source if source is not None else open_all(cfg)
   everything = sources.VideoIndex(source)
   subjects = sorted({v.subject for v in everything.infos})

@@ -10,7 +10,8 @@ checkpoint on the test split; `--mode=evaluate` only does the latter. Configs wi
 `dataset.protocol='loso'` (casme2, samm_lv) run the leave-one-subject-out driver
 (`meldae_jax.loso`, also runnable directly).
 
-Exit status: 0 done (or preempted with a checkpoint saved); 2 corpus not built, a record
+Exit status: 0 done (or preempted with a checkpoint saved); 2 bad config settings (all
+of them named, checked before anything is written), corpus not built, a record
 that breaks the schema, no checkpoint to evaluate, `--mode=evaluate` with a LOSO config, or
 a corpus with too few subjects for its LOSO folds;
 3 non-finite loss; 4 the workdir's checkpoint was saved with other model/optimizer settings

@@ -32,6 +32,7 @@ import optax
 from scipy import optimize
 
 from meldae_jax import checkpointing
+from meldae_jax import config_check
 from meldae_jax import losses
 from meldae_jax import metric_writers
 from meldae_jax import optim
@@ -152,8 +153,7 @@ def input_transform(video, frame_mask, kind: str = "rgb", gain: float = 4.0,
     d = (xs - _masked_mean(xs, m, 1)) * m
   else:
     raise ValueError(
-        f"Unknown input transform {kind!r} "
-        "(rgb, diff, diff124, diff1248, energy124, dev, rgb+dev).")
+        f"Unknown input transform {kind!r} ({', '.join(config_check.INPUT_TRANSFORMS)}).")
   if normalize:
     h, w = x.shape[2], x.shape[3]
     centre = x[:, :, h // 4:h - h // 4, w // 4:w - w // 4]
@@ -500,7 +500,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   (naming the step) on a NaN/Inf loss and CorpusNotBuiltError for a missing corpus.
   """
   cfg = config
-  frame_step = predict.frame_step(cfg)  # a bad value is refused before config.json is written
+  config_check.check(cfg)  # every bad setting, before config.json or a step
+  frame_step = predict.frame_step(cfg)
   sharding.maybe_initialize_distributed(cfg)
   os.makedirs(workdir, exist_ok=True)
   previous = _saved_config(workdir)  # a resumed run's: replaced once its checkpoint fits
@@ -826,6 +827,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, *,
                   splits: Splits | None = None) -> dict:
   """`--mode=evaluate`: the workdir's best (else latest) checkpoint on the test split."""
   cfg = config
+  config_check.check(cfg)
   if not os.path.isdir(workdir):  # before the checkpoint managers create folders in it
     raise FileNotFoundError(f"No workdir {workdir} to evaluate.")
   sharding.maybe_initialize_distributed(cfg)

@@ -1,0 +1,216 @@
+"""The run's settings checked before it writes or trains anything.
+
+A bad `--config.x=` value used to surface late (an unknown `checkpoint.best_metric` or an
+empty `eval.thresholds` at the first validation, after training; `eval.batch_size=0` as
+a ZeroDivisionError) or never (`total_steps=-1` "finished" at step -1, a negative
+warmup, `model.dropout=1.5`, `eval.iou=0`). `check` lists every bad value in one
+`ConfigError` (exit status 2, one line), each named as its `--config.` flag.
+Settings a config does not have are not checked (a library user's partial config).
+"""
+import math
+import numbers
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from meldae_jax import losses
+from meldae_jax.data import schema
+
+# Metrics the best checkpoint and the validation threshold can be chosen by: an F1 of
+# `metrics.evaluate`, higher is better (precision or recall alone would pick the
+# highest or lowest candidate threshold whatever the model).
+SELECTION_METRICS = ("f1", "f1_dr", "uf1", "f1_speaking", "f1_listening")
+# The on-device input views of `train.input_transform`.
+INPUT_TRANSFORMS = ("rgb", "diff", "diff124", "diff1248", "energy124", "dev", "rgb+dev")
+MISSING = object()
+
+
+class ConfigError(ValueError):
+  """Settings no run can use; the message names each as its `--config.` flag."""
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+  return (isinstance(v, numbers.Real) and not isinstance(v, bool)
+          and math.isfinite(float(v)))
+
+
+def integer(lo: int) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: _is_int(v) and v >= lo), f"an int >= {lo}"
+
+
+def number(lo: float, hi: float = math.inf, *, lo_open=False, hi_open=False):
+  def ok(v):
+    return (_is_num(v) and (v > lo if lo_open else v >= lo)
+            and (v < hi if hi_open else v <= hi))
+  if hi == math.inf:
+    return ok, f"a number {'>' if lo_open else '>='} {lo:g}"
+  return ok, (f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}"
+              f"{')' if hi_open else ']'}")
+
+
+def choice(*options) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: v in options), "one of " + ", ".join(repr(o) for o in options)
+
+
+def per_class(lo_open: bool = False):
+  """A decoding length in seconds: a number, or {class: number} for some classes."""
+  num, _ = number(0.0, lo_open=lo_open)
+  def ok(v):
+    if v is None:
+      return True
+    if isinstance(v, Mapping) or hasattr(v, "to_dict"):
+      v = v.to_dict() if hasattr(v, "to_dict") else v
+      return all(k in schema.EXPRESSION_TYPES and (x is None or num(x))
+                 for k, x in v.items())
+    return num(v)
+  return ok, (f"seconds {'> 0' if lo_open else '>= 0'}, or {{class: seconds}} with classes "
+              f"of {schema.EXPRESSION_TYPES}")
+
+
+def classes() -> tuple[Callable[[Any], bool], str]:
+  def ok(v):
+    v = tuple(v) if isinstance(v, (tuple, list)) else None
+    return bool(v) and len(set(v)) == len(v) and all(c in schema.EXPRESSION_TYPES
+                                                     for c in v)
+  return ok, f"distinct names of {schema.EXPRESSION_TYPES}, at least one"
+
+
+def thresholds() -> tuple[Callable[[Any], bool], str]:
+  num, _ = number(0.0, 1.0, lo_open=True, hi_open=True)
+  return (lambda v: isinstance(v, (tuple, list)) and bool(v) and all(map(num, v)),
+          "at least one threshold, each in (0, 1)")
+
+
+def _regex(s) -> bool:
+  try:
+    re.compile(s)
+  except (re.error, TypeError):
+    return False
+  return True
+
+
+def param_groups() -> tuple[Callable[[Any], bool], str]:
+  lr, _ = number(0.0)
+  def ok(v):
+    return isinstance(v, (tuple, list)) and bool(v) and all(
+        isinstance(g, (tuple, list)) and len(g) == 2 and isinstance(g[0], str)
+        and _regex(g[0]) and lr(g[1]) for g in v)
+  return ok, "(regex, learning rate >= 0) pairs, at least one"
+
+
+def regex() -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: v is None or (isinstance(v, str) and _regex(v))), "a regex"
+
+
+# (setting, (predicate, what it must be)); a setting absent from the config is skipped.
+RULES = (
+    ("seed", (_is_int, "an int")),
+    ("batch_size", integer(1)),
+    ("total_steps", integer(1)),
+    ("log_every", integer(0)),
+    ("eval_every", integer(0)),
+    ("dataset.protocol", choice("fixed", "loso")),
+    ("dataset.loso_val_subjects", integer(0)),
+    ("dataset.classes", classes()),
+    ("dataset.window", integer(1)),
+    ("dataset.frame_step", integer(1)),
+    ("dataset.train_stride", integer(1)),
+    ("dataset.me_oversample", integer(1)),
+    ("dataset.num_threads", integer(0)),
+    ("dataset.worker_count", integer(0)),
+    ("dataset.cache_videos", (lambda v: v is None or (_is_int(v) and v >= 1),
+                              "an int >= 1, or None (the default)")),
+    ("input.transform", choice(*INPUT_TRANSFORMS)),
+    ("input.gain", number(0.0, lo_open=True)),
+    ("input.blur", number(0.0)),
+    ("model.image_size", integer(1)),
+    ("model.num_regions", integer(1)),
+    ("model.num_queries", integer(1)),
+    ("model.enhancer_layers", integer(1)),
+    ("model.enhancer_heads", integer(1)),
+    ("model.temporal_hidden", integer(0)),
+    ("model.dropout", number(0.0, 1.0, hi_open=True)),
+    ("model.dtype", choice("float32", "bfloat16")),
+    ("model.matmul_dtype", choice("", None, "bfloat16")),
+    ("model.backbone", choice("vit", "resnet50")),
+    ("model.temporal", choice("bilstm", "none")),
+    ("model.fusion", choice("per_frame", "tokens")),
+    ("model.vit_stem", choice("patch", "hmlp")),
+    ("loss.loc_loss", choice(*losses.LOC_LOSSES)),
+    ("loss.me_weight", number(0.0)),
+    ("loss.state_weight", number(0.0)),
+    ("loss.loc_weight", number(0.0)),
+    ("loss.boundary_lambda", number(0.0)),
+    ("loss.boundary_weight", number(0.0)),
+    ("loss.focal_alpha", number(0.0, 1.0)),
+    ("loss.focal_gamma", number(0.0)),
+    ("loss.tversky_alpha", number(0.0)),
+    ("loss.tversky_beta", number(0.0)),
+    ("loss.tversky_gamma", number(0.0, lo_open=True)),
+    ("optimizer.groups", param_groups()),
+    ("optimizer.schedule", choice("warmup_cosine", "constant")),
+    ("optimizer.warmup_steps", integer(0)),
+    ("optimizer.end_lr_factor", number(0.0)),
+    ("optimizer.weight_decay", number(0.0)),
+    ("optimizer.weight_decay_regex", regex()),
+    ("optimizer.b1", number(0.0, 1.0, hi_open=True)),
+    ("optimizer.b2", number(0.0, 1.0, hi_open=True)),
+    ("optimizer.eps", number(0.0, lo_open=True)),
+    ("optimizer.clip_norm", (lambda v: v is None or number(0.0)[0](v),
+                             "a number >= 0 (0 or None: no clipping)")),
+    ("optimizer.grad_accum_steps", integer(1)),
+    ("checkpoint.every_steps", integer(0)),
+    ("checkpoint.keep", integer(1)),
+    ("checkpoint.best_metric", choice(*SELECTION_METRICS)),
+    ("eval.stride", integer(1)),
+    ("eval.batch_size", integer(1)),
+    ("eval.thresholds", thresholds()),
+    ("eval.threshold", number(0.0, 1.0, lo_open=True, hi_open=True)),
+    ("eval.iou", number(0.0, 1.0, lo_open=True)),
+    ("eval.merge_seconds", per_class()),
+    ("eval.min_seconds", per_class()),
+    ("eval.smooth_seconds", per_class()),
+    ("eval.max_seconds", per_class()),
+    ("eval.max_val_videos", integer(0)),
+)
+
+
+def _get(cfg, path: str):
+  node = cfg
+  for key in path.split("."):
+    if not (isinstance(node, Mapping) or hasattr(node, "get")):
+      return MISSING
+    node = node.get(key, MISSING)
+    if node is MISSING:
+      return MISSING
+  return node
+
+
+def _shown(v) -> str:
+  v = v.to_dict() if hasattr(v, "to_dict") else v
+  return repr(v) if isinstance(v, str) else str(v)
+
+
+def problems(cfg) -> list[str]:
+  """`--config.<setting>=<value>: must be ...` for every setting `RULES` refuses."""
+  out = []
+  for path, (ok, what) in RULES:
+    v = _get(cfg, path)
+    if v is not MISSING and not ok(v):
+      out.append(f"--config.{path}={_shown(v)}: must be {what}")
+  window, stride = _get(cfg, "dataset.window"), _get(cfg, "eval.stride")
+  if _is_int(window) and _is_int(stride) and 1 <= window < stride:
+    out.append(f"--config.eval.stride={stride}: must be <= dataset.window ({window}); the "
+               "frames between windows would get no score")
+  return out
+
+
+def check(cfg) -> None:
+  """Raises ConfigError listing every bad setting of `cfg` (nothing is written first)."""
+  found = problems(cfg)
+  if found:
+    raise ConfigError(f"{len(found)} bad config setting(s): " + "; ".join(found))

@@ -1,0 +1,130 @@
+"""Bad settings are refused before a run writes or trains anything, all named at once."""
+import importlib
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from meldae_jax import config_check
+from meldae_jax import loso
+from meldae_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from launch import sweeps  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+CONFIGS = [("synthetic", a) for a in ("default", "easy", "tiny")] + [
+    (n, a) for n in ("wdmd", "casme2", "samm_lv", "mmew") for a in (None, "tiny")]
+
+
+def _config(name="synthetic", arg="tiny"):
+  c = importlib.import_module(f"configs.{name}").get_config(arg)
+  c.unlock()
+  return c
+
+
+def _set(c, path, value):
+  *parents, last = path.split(".")
+  for p in parents:
+    c = c[p]
+  c[last] = value
+
+
+@pytest.mark.parametrize("name,arg", CONFIGS)
+def test_every_shipped_config_passes(name, arg):
+  assert config_check.problems(_config(name, arg)) == []
+
+
+@pytest.mark.parametrize("sweep", sorted(sweeps.SWEEPS))
+def test_every_sweep_run_passes(sweep):
+  for overrides in sweeps.get_sweep(sweep):
+    c = _config("wdmd", None)
+    for k, v in overrides.items():
+      _set(c, k, v)
+    assert config_check.problems(c) == [], overrides
+
+
+@pytest.mark.parametrize("path,bad,good", [
+    ("total_steps", -1, 1),
+    ("total_steps", True, 3),                 # a bool is not a step count
+    ("log_every", -1, 0),
+    ("dataset.frame_step", 0, 2),
+    ("dataset.protocol", "LOSO", "loso"),
+    ("dataset.classes", ("micro", "mcro"), ("micro", "macro")),
+    ("dataset.classes", ("micro", "micro"), ("micro",)),
+    ("dataset.classes", (), ("macro",)),
+    ("dataset.cache_videos", 0, None),
+    ("input.transform", "diff12", "diff124"),
+    ("model.dropout", 1.0, 0.5),
+    ("model.dtype", "bf16", "bfloat16"),
+    ("loss.loc_loss", "BAL", "bal"),
+    ("loss.state_weight", -0.2, 0.0),
+    ("optimizer.groups", (), ((".*", 0.0),)),
+    ("optimizer.groups", (("(", 1e-3),), ((".*", 1e-3),)),
+    ("optimizer.groups", ((".*", -1e-3),), ((".*", 1e-3),)),
+    ("optimizer.warmup_steps", -3, 0),
+    ("optimizer.schedule", "cosine", "constant"),
+    ("optimizer.b2", 1.0, 0.98),
+    ("optimizer.eps", 0.0, 1e-6),
+    ("optimizer.clip_norm", -1.0, None),
+    ("optimizer.grad_accum_steps", 0, 2),
+    ("checkpoint.keep", 0, 1),
+    ("checkpoint.best_metric", "f1dr", "uf1"),
+    ("checkpoint.best_metric", "precision", "f1"),
+    ("eval.batch_size", 0, 1),
+    ("eval.thresholds", (), (0.5,)),
+    ("eval.thresholds", (0.0, 0.5), (0.05, 0.5)),
+    ("eval.iou", 0.0, 1.0),
+    ("eval.threshold", float("nan"), 0.5),
+    ("eval.max_seconds", {"micro": -1.0}, {"micro": 0.5}),
+    ("eval.max_seconds", {"mirco": 0.5}, {"micro": 0.5}),  # a misspelt class: not skipped
+    ("eval.merge_seconds", -0.1, 0.0),
+])
+def test_one_bad_setting_is_named(path, bad, good):
+  c = _config()
+  _set(c, path, good)
+  assert config_check.problems(c) == []
+  _set(c, path, bad)
+  found = config_check.problems(c)
+  assert len(found) == 1 and found[0].startswith(f"--config.{path}="), found
+
+
+def test_eval_stride_longer_than_the_window():
+  c = _config()
+  c.eval.stride = c.dataset.window + 1
+  assert any("eval.stride" in p and "dataset.window" in p for p in config_check.problems(c))
+
+
+def test_settings_a_config_lacks_are_not_checked():
+  c = _config()
+  del c["eval"]
+  del c.dataset["frame_step"]
+  assert config_check.problems(c) == []
+
+
+def test_library_entry_points_check_first(tmp_path):
+  c = _config()
+  c.total_steps = 0
+  for run in (train.train_and_evaluate, train.evaluate_only, loso.run):
+    with pytest.raises(config_check.ConfigError, match="total_steps=0"):
+      run(c, str(tmp_path / "w"))  # before the corpus is opened or the workdir made
+  assert not (tmp_path / "w").exists()
+
+
+def test_command_line_names_every_bad_setting_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "w"
+  proc = subprocess.run(
+      [sys.executable, "-m", "meldae_jax.main",
+       f"--config={ROOT / 'configs' / 'synthetic.py'}:tiny", f"--workdir={workdir}",
+       "--config.total_steps=-1", "--config.checkpoint.best_metric=f1dr",
+       "--config.eval.batch_size=0", f"--config.dataset.data_dir={tmp_path / 'tfds'}"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: 3 bad config setting(s):")
+  for flag in ("--config.total_steps=-1", "--config.checkpoint.best_metric='f1dr'",
+               "--config.eval.batch_size=0"):
+    assert flag in last
+  assert "Traceback" not in proc.stderr
+  assert not workdir.exists() and not (tmp_path / "tfds").exists()

@@ -765,8 +765,10 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
           "is saved, rerun the same command to evaluate it.")
       return {"status": "preempted", "step": total, "train_loss": loss}
     return final_evaluation(trainer, cfg, workdir, splits, ckpt, writer, state,
+                            # train_seconds: this run's, steps train_start_step+1..total
+                            # (a resumed run's earlier segments are not in it)
                             extra={"train_loss": loss, "train_seconds": time.time() - t_start,
-                                   "total_steps": total})
+                                   "train_start_step": start, "total_steps": total})
   finally:
     preempt.restore_handlers()
     writer.close()

@@ -71,6 +71,10 @@ def test_stop_and_resume_is_exact(tmp_path, data, uninterrupted):
   jax.tree.map(np.testing.assert_array_equal, a, b)
   lines = (part / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(l)["step"] for l in lines] == [1, 2, 3, 4]
+  # metrics.json's train_seconds timed the resumed segment only, and says so
+  assert json.loads((part / "metrics.json").read_text())["train_start_step"] == 1
+  assert json.loads((pathlib.Path(uninterrupted) / "metrics.json").read_text())[
+      "train_start_step"] == 0
 
 
 def test_resume_without_iterator_state_differs(tmp_path, data, uninterrupted):

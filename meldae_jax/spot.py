@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from typing import Any, Callable, Iterable, Sequence
@@ -345,11 +346,26 @@ def _check_out(out: str) -> None:
     raise SpotError(f"{out}: cannot write there")
 
 
+def _check_options(fps, threshold, crop_size) -> None:
+  """The command's own numbers, before anything is read or written (a --fps of -5 read as
+  'the video reports no frame rate', 0 was ignored; --threshold 1.5 spotted nothing)."""
+  bad = []
+  if fps is not None and not (math.isfinite(fps) and fps > 0):
+    bad.append(f"--fps={fps:g}: must be > 0")
+  if threshold is not None and not 0 < threshold < 1:
+    bad.append(f"--threshold={threshold:g}: must be in (0, 1)")
+  if crop_size is not None and crop_size < 1:
+    bad.append(f"--crop_size={crop_size}: must be >= 1")
+  if bad:
+    raise SpotError("; ".join(bad))
+
+
 def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str], out: str,
          *, fps: float | None = None, threshold: float | None = None,
          crop_size: int | None = None, encoding: str | None = None,
          detector: face_crop.Detector | None = None) -> dict:
   """Spots every video; writes and returns OUT/predictions.json's dict."""
+  _check_options(fps, threshold, crop_size)
   _check_out(out)
   if not os.path.isdir(workdir):
     raise SpotError(f"{workdir}: no such workdir")

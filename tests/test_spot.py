@@ -211,6 +211,20 @@ def test_out_and_workdir_are_checked_first(tmp_path):
   assert not (tmp_path / "nowhere").exists() and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("options, words", [
+    (dict(fps=-5.0), "--fps=-5: must be > 0"),
+    (dict(fps=0.0), "--fps=0: must be > 0"),
+    (dict(threshold=1.5), "--threshold=1.5: must be in (0, 1)"),
+    (dict(threshold=0.0, crop_size=0), "--threshold=0: must be in (0, 1); --crop_size=0"),
+])
+def test_bad_options_are_named_before_anything_is_read(tmp_path, options, words):
+  with pytest.raises(spot.SpotError) as e:
+    spot.spot(th.tiny_config(), str(tmp_path / "nowhere"), [str(tmp_path / "v.avi")],
+              str(tmp_path / "o"), **options)
+  assert words in str(e.value)
+  assert not (tmp_path / "o").exists()
+
+
 def _fold_run(d):
   (d / "config.json").write_text(json.dumps(th.tiny_config().to_dict()))
   (d / "fold_s01").mkdir()

@@ -109,7 +109,7 @@ def test_frame_step_is_checked_and_only_samm_changes_it(tmp_path):
       predict.frame_step(cfg)
   assert predict.frame_step(ml_collections.ConfigDict({"dataset": {}})) == 1  # old runs
   cfg = th.tiny_config(**{"dataset.frame_step": 0})
-  with pytest.raises(ValueError, match="dataset.frame_step must be an int >= 1"):
+  with pytest.raises(ValueError, match="--config.dataset.frame_step=0: must be an int >= 1"):
     train.train_and_evaluate(cfg, str(tmp_path / "w"), splits=th.splits())
   assert not (tmp_path / "w" / "config.json").exists()
   import importlib  # pylint: disable=g-import-not-at-top

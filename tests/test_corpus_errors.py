@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import openpyxl
 import pytest
@@ -292,6 +293,22 @@ def test_numbered_frames_and_read(tmp_path):
                        lambda n: f"img{n}.jpg")
   with pytest.raises(CorpusError, match=r"img1\.jpg: frame image is unreadable"):
     cu.read_rgb(str(tmp_path / "img1.jpg"))
+
+
+def test_frame_of_another_size_names_its_file(tmp_path):
+  """One box crops every frame: an odd-sized frame is an error naming it, whether the
+  face box sampled it (was a ValueError naming no file) or not (was cut silently)."""
+  manual = copy("casme2", tmp_path)
+  video = manual / "rawpic/s16/16_0101disgustingteeth"
+  cv2.imwrite(str(video / "img004.jpg"), np.zeros((96, 128, 3), np.uint8))
+  pattern = r"img004\.jpg: frame is 128x96 pixels, but img001\.jpg of the same video is 64x48"
+  with pytest.raises(CorpusError, match=pattern):
+    build("casme2", manual, tmp_path / "data")
+  assert no_finished_dataset(tmp_path / "data")
+  frames = sorted(str(p) for p in video.glob("img*.jpg"))
+  config = cu.CorpusConfig(name="sparse", face_sample=2)  # samples img001 and img008 only
+  with pytest.raises(CorpusError, match=pattern):
+    cu.face_crops(lambda: cu.ImageSequence(frames), config)
 
 
 def test_numbered_frames_padding_duplicates_and_frame_zero(tmp_path):

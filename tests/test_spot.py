@@ -178,8 +178,8 @@ def test_a_frame_of_another_size_is_named(tmp_path):
   folder = _write_frames(record, str(tmp_path / "mixed"))
   cv2.imwrite(os.path.join(folder, "img13.png"), np.zeros((40, 48, 3), np.uint8))
   (video,) = spot.open_videos([folder], fps=30.0)
-  with pytest.raises(spot.SpotError, match=r"img13\.png: 48x40 pixels, the frames before "
-                     r"it 32x32"):
+  with pytest.raises(spot.SpotError, match=r"img13\.png: frame is 48x40 pixels, but "
+                     r"img1\.png of the same video is 32x32"):
     spot.face_record(video, 32, "png", detector=lambda frame: [])
 
 

@@ -110,16 +110,29 @@ def read_rgb(path: str) -> np.ndarray:
 
 
 class ImageSequence(collections.abc.Sequence):
-  """Frames of an image-folder video, read lazily one file at a time."""
+  """Frames of an image-folder video, read lazily one file at a time.
+
+  Every frame must have the size of the first one read: one crop box serves the whole
+  video, so a frame of another size would be cut elsewhere without a word (or stop the
+  build with an error that names no file).
+  """
 
   def __init__(self, paths: Sequence[str]):
     self.paths = list(paths)
+    self._first = None  # (path, shape) of the first frame read
 
   def __len__(self) -> int:
     return len(self.paths)
 
   def __getitem__(self, i):
-    return read_rgb(self.paths[i])
+    rgb = read_rgb(self.paths[i])
+    if self._first is None:
+      self._first = (self.paths[i], rgb.shape)
+    elif rgb.shape != self._first[1]:
+      (h, w), (fh, fw) = rgb.shape[:2], self._first[1][:2]
+      raise CorpusError(f"{self.paths[i]}: frame is {w}x{h} pixels, but "
+                        f"{os.path.basename(self._first[0])} of the same video is {fw}x{fh}")
+    return rgb
 
 
 def numbered_frames(directory: str, pattern: str,

@@ -265,3 +265,14 @@ def test_no_tensorflow(built):
   import sys  # pylint: disable=g-import-not-at-top
   built("mmew")
   assert "tensorflow" not in sys.modules
+
+
+def test_preview_of_a_corpus_without_a_train_split(tmp_path):
+  """casme2 holds one split per subject: preview's default `train` was an unknown split."""
+  from meldae_jax.data import preview  # pylint: disable=g-import-not-at-top
+  build("casme2", tmp_path / "data")
+  preview.main(["--builder", "casme2", "--data_dir", str(tmp_path / "data"), "--videos", "4",
+                "--no_video", "--out", str(tmp_path / "out")])
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+      "s15__15_0101disgustingteeth_sheet.png", "s15__15_0502funnyerrors_sheet.png",
+      "s16__16_0101disgustingteeth_sheet.png", "s19__23_0502funnyerrors_sheet.png"]

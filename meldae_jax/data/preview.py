@@ -42,7 +42,8 @@ def _record_videos(spec, data_dir, split, count):
   """Decoded videos of a built corpus: (video_id, frames, annotations) triples."""
   from meldae_jax.data import build  # pylint: disable=import-outside-toplevel
   from meldae_jax.data.synthetic import decode_frame  # pylint: disable=import-outside-toplevel
-  source = build.make_builder(spec, data_dir).as_data_source(split)
+  builder = build.make_builder(spec, data_dir)
+  source = builder.as_data_source(split or _default_split(builder))
   for index in range(min(count, len(source))):
     r = source[index]
     iv = r["intervals"]
@@ -58,6 +59,12 @@ def _record_videos(spec, data_dir, split, count):
     frames = np.stack(decoded)
     yield vid, frames, {"fps": float(r["fps"]), "speaking": np.asarray(r["speaking"]),
                         "intervals": intervals}
+
+
+def _default_split(builder) -> str:
+  """`train`, or TFDS's `all` for a corpus without one: casme2 and samm_lv hold one split
+  per subject (leave-one-subject-out), so `train` would be an unknown split there."""
+  return "train" if "train" in builder.info.splits else "all"
 
 
 def _generated_videos(difficulty, image_size, seconds, count, seed):
@@ -215,7 +222,9 @@ def main(argv=None):
   parser.add_argument("--builder", default="synthetic_conversation/easy",
                       help="<name>[/<config>] of a built corpus")
   parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--split", default="train")
+  parser.add_argument("--split", default=None,
+                      help="default: train, or all where there is none (casme2, samm_lv: "
+                           "one split per subject, e.g. subject_15)")
   parser.add_argument("--generate", action="store_true",
                       help="render straight from the synthetic generator, no TFDS build")
   parser.add_argument("--difficulty", default="default", help="with --generate")

@@ -482,3 +482,15 @@ def test_two_subjects_of_one_loso_split_name_are_an_error():
     cu.loso_splits(videos, lambda vs: [v["id"] for v in vs])
   ok = cu.loso_splits(videos[1:], lambda vs: [v["id"] for v in vs])
   assert sorted(ok.values()) == [[1], [2]]
+
+
+def test_build_command_shows_the_rows_it_repaired(tmp_path):
+  """The casme2 README promises an INFO line counting offset-0 rows read as their apex;
+  the command showed WARNING lines only."""
+  proc = subprocess.run([sys.executable, "-m", "meldae_jax.data.build", "casme2",
+                         "--data_dir", str(tmp_path / "data"), "--manual_dir",
+                         os.path.join(cu.DATASETS_DIR, "casme2", "dummy_data")],
+                        capture_output=True, text=True, timeout=300,
+                        cwd=os.path.dirname(cu.DATASETS_DIR))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "casme2: 1 annotations with offset 0 use their apex as offset" in proc.stderr

@@ -8,6 +8,7 @@ path; TFDS names a class called `Builder` after its `<name>_dataset_builder` mod
 """
 import argparse
 import importlib.util
+import logging
 import os
 import pathlib
 import sys
@@ -82,6 +83,9 @@ def main(argv=None):
                       help="TFDS data_dir (default ~/tensorflow_datasets)")
   parser.add_argument("--manual_dir", default=None, help="where licensed corpora were put by hand")
   args = parser.parse_args(argv)
+  # The builders count the rows they repaired (e.g. casme2's offset := apex) in INFO lines;
+  # the root logger shows WARNING and above only.
+  logging.getLogger("meldae_jax").setLevel(logging.INFO)
   start = time.perf_counter()
   from meldae_jax.data import corpus_utils  # pylint: disable=g-import-not-at-top
   try:

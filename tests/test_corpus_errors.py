@@ -494,3 +494,19 @@ def test_build_command_shows_the_rows_it_repaired(tmp_path):
                         cwd=os.path.dirname(cu.DATASETS_DIR))
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "casme2: 1 annotations with offset 0 use their apex as offset" in proc.stderr
+
+
+def test_a_build_that_reuses_a_finished_one_says_its_manual_dir_was_not_read(tmp_path,
+                                                                            caplog):
+  """TFDS reuses a finished build: a second --manual_dir (the real corpus after the dummy
+  one, into one data_dir) was ignored without a word."""
+  from meldae_jax.data import build as build_lib  # pylint: disable=g-import-not-at-top
+  dummy = os.path.join(cu.DATASETS_DIR, "casme2", "dummy_data")
+  build_lib.build("casme2", tmp_path / "data", dummy)
+  assert "was not read" not in caplog.text
+  real = copy("casme2", tmp_path)
+  with caplog.at_level("WARNING", logger="meldae_jax.data.build"):
+    builder = build_lib.build("casme2", tmp_path / "data", str(real))
+  assert re.search(r"casme2 is already built in .*casme2/default/[\d.]+: --manual_dir "
+                   + re.escape(str(real)) + " was not read", caplog.text)
+  assert builder.info.splits["all"].num_examples == 4

@@ -16,6 +16,7 @@ import time
 
 import tensorflow_datasets as tfds
 
+log = logging.getLogger("meldae_jax.data.build")
 DATASETS_DIR = pathlib.Path(__file__).resolve().parents[2] / "datasets"
 
 
@@ -70,6 +71,9 @@ def build(spec: str, data_dir=None, manual_dir=None, datasets_dir=None):
     raise BuildError(f"{name} is built from your own copy of the corpus: pass "
                      f"--manual_dir=FOLDER (its layout: datasets/{name}/README.md)"
                      + (f"; {manual_dir} is not a folder" if manual_dir else ""))
+  if manual_dir and builder.is_prepared():  # TFDS reuses it; the folder given is not read
+    log.warning("%s is already built in %s: --manual_dir %s was not read (delete that "
+                "folder to build it from there)", spec, builder.data_dir, manual_dir)
   download_config = tfds.download.DownloadConfig(
       manual_dir=os.path.expanduser(str(manual_dir)) if manual_dir else None)
   builder.download_and_prepare(download_config=download_config)

@@ -282,6 +282,12 @@ def test_subject_splits(tmp_path):
       {"train": ["S01", "S08"], "test": ["S08", "S02", "S03"]}))
   with pytest.raises(CorpusError, match="S08 is in both"):
     cu.subject_splits(subjects, str(tmp_path), "t")
+  # One subject written bare, not in a list: was "S08 of the corpus is in no split".
+  (tmp_path / "splits.json").write_text(json.dumps(
+      {"train": ["S01", "S02"], "validation": ["S03"], "test": "S08"}))
+  with pytest.raises(CorpusError, match=r"splits\.json: 'test' is 'S08', not a list of "
+                     "subject ids"):
+    cu.subject_splits(subjects, str(tmp_path), "t")
 
 
 def test_numbered_frames_and_read(tmp_path):

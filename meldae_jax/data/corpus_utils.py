@@ -473,6 +473,9 @@ def subject_splits(subjects: Iterable[str], manual_dir: str,
       raise CorpusError(f"{path}: cannot read splits ({e})") from e
     if not isinstance(given, dict) or set(given) - set(SPLITS):
       raise CorpusError(f"{path}: expected keys among {SPLITS}")
+    for split, members in given.items():  # a bare "S01" would be read as 'S', '0', '1'
+      if not isinstance(members, list):
+        raise CorpusError(f"{path}: {split!r} is {members!r}, not a list of subject ids")
     owner = {}
     for split, members in given.items():
       for s in members:

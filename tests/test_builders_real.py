@@ -276,3 +276,13 @@ def test_preview_of_a_corpus_without_a_train_split(tmp_path):
   assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
       "s15__15_0101disgustingteeth_sheet.png", "s15__15_0502funnyerrors_sheet.png",
       "s16__16_0101disgustingteeth_sheet.png", "s19__23_0502funnyerrors_sheet.png"]
+
+
+def test_face_box_warnings_name_the_video(tmp_path, caplog):
+  """The dummy frames hold no face: each centre-square warning names its video."""
+  with caplog.at_level(logging.WARNING, logger="meldae_jax.data.face_crop"):
+    build("casme2", tmp_path / "data")
+    build("wdmd", tmp_path / "data")
+  for video in ("rawpic/s15/15_0101disgustingteeth", "rawpic/s19/23_0502funnyerrors",
+                "videos/P04/P04_film_01.mp4"):
+    assert re.search(re.escape(video) + ": no face found", caplog.text), video

@@ -136,3 +136,14 @@ def test_haar_finds_a_real_face():
   x0, y0, x1, y1 = face_crop.stable_face_box([canvas, canvas], margin=0.2)
   assert x1 - x0 == y1 - y0 == round(w * 1.4)
   assert x0 <= x and y0 <= y and x + w <= x1 and y + h <= y1
+
+
+def test_warnings_name_the_video(caplog):
+  """A corpus build crops hundreds of videos: a warning naming none could not be traced."""
+  two = iter([(10, 10, 40, 40), (100, 60, 40, 40)] * 4)
+  with caplog.at_level(logging.WARNING, logger=face_crop.__name__):
+    face_crop.stable_face_box(frames(), sample=4, name="rawpic/s15/15_0101x")
+    face_crop.stable_face_box(frames(4), sample=4, detector=lambda f: [next(two)],
+                              name="videos/P01/a.mp4")
+  assert "rawpic/s15/15_0101x: no face found in 4 sampled frames" in caplog.text
+  assert "videos/P01/a.mp4: faces found in 2 of 4 sampled frames lie elsewhere" in caplog.text

@@ -86,7 +86,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     fps = video_fps(path)
     box = face_crop.stable_face_box(
         frames_once(), sample=self.builder_config.face_sample,
-        margin=self.builder_config.face_margin)
+        margin=self.builder_config.face_margin, name=path)
     num_frames = count[0]
     intervals, speaking = labels_to_frames(
         video["annotations"], fps, num_frames, video["eaf"])

@@ -210,15 +210,17 @@ FACE_BOX_NOTE = ("The face box is the median over the boxes of the face found mo
 
 def face_crops(open_frames: Callable[[], Iterable[np.ndarray]],
                config: CorpusConfig,
-               detector: face_crop.Detector | None = None) -> list[bytes]:
+               detector: face_crop.Detector | None = None,
+               name: str | None = None) -> list[bytes]:
   """Encoded square face crops of one video, one stable box for all frames.
 
   `open_frames()` returns a fresh iterable (or lazy sequence) of RGB frames;
   it is called twice (box, then crops), so no whole video is held decoded.
+  `name` (the video's folder) starts the face box's warnings.
   """
   box = face_crop.stable_face_box(
       open_frames(), sample=config.face_sample, margin=config.face_margin,
-      detector=detector)
+      detector=detector, name=name)
   return [encode_frame(face_crop.crop_and_resize(f, box, config.size),
                        config.encoding) for f in open_frames()]
 
@@ -565,7 +567,8 @@ def image_sequence_examples(videos: Iterable[dict], config, fps: float):
   """
   for video in videos:
     seq = ImageSequence(video["frames"])
-    frames = face_crops(lambda seq=seq: seq, config)
+    frames = face_crops(lambda seq=seq: seq, config,
+                        name=os.path.dirname(video["frames"][0]) if video["frames"] else None)
     yield video["video_id"], make_example(
         video_id=video["video_id"], subject=video["subject"], fps=fps,
         frames=frames, intervals=video["intervals"])

@@ -114,8 +114,13 @@ def centre_box(height: int, width: int) -> Box:
 
 def stable_face_box(frames: Sequence[np.ndarray] | Iterable[np.ndarray], *,
                     sample: int = 16, margin: float = 0.2,
-                    detector: Detector | None = None) -> Box:
-  """One square face box (x0, y0, x1, y1) for a whole video; see module doc."""
+                    detector: Detector | None = None, name: str | None = None) -> Box:
+  """One square face box (x0, y0, x1, y1) for a whole video; see module doc.
+
+  `name` (the video's file or folder) starts the warnings: in a corpus build, a warning
+  that names no video cannot be traced to the one cropped off its face.
+  """
+  prefix = f"{name}: " if name else ""
   if sample < 1:
     raise ValueError(f"sample must be >= 1, got {sample}")
   picked = _sample(frames, sample)
@@ -131,10 +136,10 @@ def stable_face_box(frames: Sequence[np.ndarray] | Iterable[np.ndarray], *,
     for x, y, w, h in list(detector(frame))[:1]:
       boxes.append((x, y, x + w, y + h))
   if not boxes:
-    log.warning("no face found in %d sampled frames (%dx%d); using the centre "
-                "square crop", len(picked), width, height)
+    log.warning("%sno face found in %d sampled frames (%dx%d); using the centre "
+                "square crop", prefix, len(picked), width, height)
     return centre_box(height, width)
-  median = np.median(_consensus(boxes), axis=0)
+  median = np.median(_consensus(boxes, prefix), axis=0)
   return square_box(median, margin, height, width)
 
 
@@ -148,7 +153,7 @@ def _iou(boxes: np.ndarray) -> np.ndarray:
   return inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9)
 
 
-def _consensus(boxes) -> np.ndarray:
+def _consensus(boxes, prefix: str = "") -> np.ndarray:
   """The boxes of the face found most often (IoU >= 0.3 with the best-supported box).
 
   A coordinate-wise median of boxes on two faces (a conversation partner, a false
@@ -158,9 +163,9 @@ def _consensus(boxes) -> np.ndarray:
   same = _iou(b) >= 0.3
   members = same[int(np.argmax(same.sum(1)))]  # ties: the earliest frame's face
   if not members.all():
-    log.warning("faces found in %d of %d sampled frames lie elsewhere than the one found "
-                "in the other %d; cropping that one", int((~members).sum()), len(b),
-                int(members.sum()))
+    log.warning("%sfaces found in %d of %d sampled frames lie elsewhere than the one "
+                "found in the other %d; cropping that one", prefix, int((~members).sum()),
+                len(b), int(members.sum()))
   return b[members]
 
 

@@ -54,9 +54,10 @@ def report(config: str, sweep: str, workdir: str, plot: str | None = None) -> st
   if plot:
     key = results.KEY_METRIC.get(results.corpus_of(config), "f1_dr")
     try:
-      results.plot(runs, plot, key=key, title=f"{os.path.basename(config)}: sweep {sweep}")
-      text += f"\n\nValidation curves: {plot}"
-    except ValueError as e:  # no curves (e.g. LOSO runs): the table still stands
+      out = results.plot(runs, plot, key=key,
+                         title=f"{os.path.basename(config)}: sweep {sweep}")
+      text += f"\n\nValidation curves: {out}"
+    except (ValueError, OSError) as e:  # no curves (e.g. LOSO runs): the table still stands
       text += f"\n\nValidation curves: none written to {plot}: {e}"
   return text
 
@@ -140,6 +141,8 @@ def main(argv=None) -> int:
   args, extra = parser.parse_known_args(argv)
   try:
     check_extra(args.sweep, extra)
+    if args.plot:  # before the runs: a bad path would otherwise fail after them
+      _load("results").plot_file(args.plot)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

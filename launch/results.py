@@ -161,12 +161,36 @@ def curves(runs: list[tuple[str, str]], key: str = "f1_dr") -> dict[str, list[tu
   return out
 
 
+def plot_file(out: str) -> str:
+  """The file `plot` writes for `--plot=out`, or a ValueError naming why it cannot: the
+  launcher checks it before a sweep runs, not after. matplotlib would add '.png' to a
+  name without a suffix, and write a hidden '.png' into a folder given as the name."""
+  import matplotlib.figure  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(out)
+  if out.endswith(("/", os.sep)) or os.path.isdir(path):
+    raise ValueError(f"--plot={out} is a folder: name the file, e.g. "
+                     f"{os.path.join(out, 'curves.png')}")
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ValueError(f"--plot={out}: {parent} is a file, not a folder")
+  suffix = os.path.splitext(path)[1].lstrip(".").lower()
+  types = matplotlib.figure.Figure().canvas.get_supported_filetypes()
+  if suffix and suffix not in types:
+    raise ValueError(f"--plot={out}: matplotlib writes no .{suffix} "
+                     f"(it writes {', '.join(sorted(types))})")
+  return path if suffix else path + ".png"
+
+
 def plot(runs: list[tuple[str, str]], out: str, key: str = "f1_dr",
          title: str = "") -> str:
-  """Validation curves of the runs in one figure (the paper's Figure 4 for loc_loss)."""
+  """Validation curves of the runs in one figure (the paper's Figure 4 for loc_loss);
+  returns the file written."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  out = plot_file(out)
   data = curves(runs, key)
   if not data:
     raise ValueError(f"no run has validation records of {key} (val/{key} in metrics.jsonl)")

@@ -155,3 +155,28 @@ def test_results_with_plot_but_no_curves_still_print_the_table(tmp_path):
   assert "uf1 over 3 seeds: mean 25.00" in proc.stdout
   assert "Validation curves: none written" in proc.stdout
   assert not (tmp_path / "c.png").exists()
+
+
+def test_a_plot_path_that_cannot_be_written_is_refused_before_any_run(tmp_path, capsys,
+                                                                       monkeypatch):
+  """A folder, a path under a file or a format matplotlib lacks: refused up front (exit 2,
+  the path named), not with a traceback after the sweep's runs, losing their table."""
+  calls = []
+  monkeypatch.setattr(launch.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+  (tmp_path / "afile").write_text("")
+  for bad, why in ((tmp_path / "afile" / "c.png", "is a file, not a folder"),
+                   (tmp_path, "is a folder"), (tmp_path / "c.txt", "writes no .txt")):
+    assert launch.main(["--config=configs/synthetic.py", "--sweep=seeds",
+                        f"--workdir={tmp_path}", "--run", f"--plot={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--plot={bad}" in err and why in err, err
+  assert not calls
+
+
+def test_the_plot_named_is_the_file_written(tmp_path):
+  """matplotlib adds '.png' to a name without a suffix: the report names that file."""
+  _write(tmp_path / "seed=0" / "metrics.json", {"status": "done", "f1_dr": 0.3})
+  (tmp_path / "seed=0" / "metrics.jsonl").write_text('{"step": 2, "val/f1_dr": 0.1}\n')
+  text = launch.report("configs/synthetic.py", "seeds", str(tmp_path), str(tmp_path / "c"))
+  assert text.endswith(f"Validation curves: {tmp_path / 'c.png'}")
+  assert (tmp_path / "c.png").exists()

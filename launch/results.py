@@ -129,13 +129,27 @@ def table(config: str, sweep: str, runs: list[tuple[str, str]]) -> str:
     cells += [_pct(r.get(c)) for c in COLUMNS if c != key]
     cells.append("" if where is None else str(where))
     lines.append("| " + " | ".join(cells) + " |")
-  values = [results[n].get(key) for n, _ in runs if results[n].get(key) is not None]
-  if sweep == "seeds" and len(values) >= 2:
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    lines += ["", f"{key} over {len(values)} seeds: mean {100 * mean:.2f}, "
-                  f"sd {100 * sd:.2f} (the paper reports one figure)."]
+  if sweep == "seeds":
+    lines += _seed_summary(results, key)
   return "\n".join(lines)
+
+
+def _seed_summary(results: dict[str, dict], key: str) -> list[str]:
+  """Mean and sd of `key` over the finished seeds only: a partial LOSO run's figure pools
+  other folds than the rest's, so it is named as left out, not averaged in."""
+  values = [r[key] for r in results.values()
+            if r.get("status") == "done" and r.get(key) is not None]
+  left = [f"{n} ({r.get('status')})" for n, r in results.items()
+          if r.get(key) is not None and r.get("status") != "done"]
+  if len(values) < 2:
+    return []
+  mean = sum(values) / len(values)
+  sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+  out = [f"{key} over {len(values)} seeds: mean {100 * mean:.2f}, "
+         f"sd {100 * sd:.2f} (the paper reports one figure)."]
+  if left:
+    out[0] += f" Left out, not finished: {', '.join(left)}."
+  return ["", *out]
 
 
 def curves(runs: list[tuple[str, str]], key: str = "f1_dr") -> dict[str, list[tuple]]:

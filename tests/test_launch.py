@@ -180,3 +180,16 @@ def test_the_plot_named_is_the_file_written(tmp_path):
   text = launch.report("configs/synthetic.py", "seeds", str(tmp_path), str(tmp_path / "c"))
   assert text.endswith(f"Validation curves: {tmp_path / 'c.png'}")
   assert (tmp_path / "c.png").exists()
+
+
+def test_the_seeds_mean_leaves_out_a_partial_run(tmp_path):
+  """A LOSO run stopped after some folds pools other subjects than the finished seeds:
+  it is named, not averaged in."""
+  for seed, uf1 in ((0, 0.30), (1, 0.20)):
+    _write(tmp_path / f"seed={seed}" / "loso_metrics.json",
+           {"status": "done", "num_folds": 3, "pooled": {"uf1": uf1}})
+  _write(tmp_path / "seed=2" / "loso_metrics.json",
+         {"status": "partial", "num_folds": 1, "pooled": {"uf1": 0.90}})
+  text = launch.report("configs/casme2.py", "seeds", str(tmp_path))
+  assert ("uf1 over 2 seeds: mean 25.00, sd 7.07 (the paper reports one figure). "
+          "Left out, not finished: seed=2 (partial).") in text

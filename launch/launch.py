@@ -74,10 +74,12 @@ def _absolute(config: str, workdir: str) -> tuple[str, str]:
 def check_extra(sweep: str, extra=()) -> None:
   """Refuses an extra `--config.K=V` that sets (or nests in, or holds) a key the sweep
   sets itself: the last flag wins, so every run would get V while its folder's name
-  (and the results table) said the sweep's value."""
+  (and the results table) said the sweep's value. absl's `--noconfig.K` (K=False) too."""
   swept = {k for overrides in _sweeps().get_sweep(sweep) for k in overrides}
   for e in extra:
     key = e.lstrip("-").partition("=")[0]
+    if key.startswith("noconfig."):
+      key = key[len("no"):]
     if not key.startswith("config."):
       continue
     key = key[len("config."):]

@@ -65,6 +65,9 @@ def test_an_extra_flag_that_a_sweep_sets_itself_is_refused(capsys):
   assert "MELDAE_VIT_INIT" in capsys.readouterr().err
   assert launch.main(["--config=configs/wdmd.py", "--sweep=ablations", "--workdir=/w",
                       "--config.model=x"]) == 2  # holds model.enhancer, model.temporal
+  assert launch.main(["--config=configs/wdmd.py", "--sweep=ablations", "--workdir=/w",
+                      "--noconfig.model.enhancer"]) == 2  # absl's form of =False
+  assert "sets model.enhancer itself" in capsys.readouterr().err
   launch.check_extra("lambda", ["--config.total_steps=10", "--config.loss.loc_loss=bce"])
   assert launch.main(["--config=configs/wdmd.py", "--sweep=lambda", "--workdir=/w",
                       "--config.total_steps=10"]) == 0

@@ -13,8 +13,9 @@ command per run of the sweep (see launch/sweeps.py); other `--config.KEY=VALUE` 
 sets itself (the pretrained ViT of the paper configs: `MELDAE_VIT_INIT=PATH`); `--run`
 executes them and then prints the results table. `--results` prints it for runs made before (launch/results.py: each
 run's test figures, their difference to the sweep's full model, and the paper's figure
-for the run), `--plot` adds the runs' validation curves (the paper's Figure 4 for
-`loc_loss`). It does not import the project, and XManager only inside `launch_xm`.
+for the run), `--plot` draws the runs' validation curves (the paper's Figure 4 for
+`loc_loss`) and their test figures beside the paper's (a LOSO sweep: these alone). It
+does not import the project, and XManager only inside `launch_xm`.
 """
 import argparse
 import importlib.util
@@ -52,13 +53,17 @@ def report(config: str, sweep: str, workdir: str, plot: str | None = None) -> st
   runs = run_dirs(config, sweep, workdir)
   text = results.table(config, sweep, runs)
   if plot:
-    key = results.KEY_METRIC.get(results.corpus_of(config), "f1_dr")
+    corpus = results.corpus_of(config)
+    key = results.KEY_METRIC.get(corpus, "f1_dr")
+    bars = [(name, results.read_run(path).get(key),
+             results.paper_value(corpus, name, sweep)[0]) for name, path in runs]
     try:
-      out = results.plot(runs, plot, key=key,
+      out = results.plot(runs, plot, key=key, bars=bars,
                          title=f"{os.path.basename(config)}: sweep {sweep}")
-      text += f"\n\nValidation curves: {out}"
-    except (ValueError, OSError) as e:  # no curves (e.g. LOSO runs): the table still stands
-      text += f"\n\nValidation curves: none written to {plot}: {e}"
+      text += (f"\n\nPlot: {out} (validation curves per step, where the runs keep them; "
+               "test figures beside the paper's)")
+    except (ValueError, OSError) as e:  # nothing to draw: the table still stands
+      text += f"\n\nPlot: none written to {plot}: {e}"
   return text
 
 
@@ -139,7 +144,8 @@ def main(argv=None) -> int:
   parser.add_argument("--xm", action="store_true", help="launch with XManager")
   parser.add_argument("--results", action="store_true",
                       help="print the runs' results beside the paper's; run nothing")
-  parser.add_argument("--plot", help="with --results or --run: validation curves to this PNG")
+  parser.add_argument("--plot", help="with --results or --run: validation curves and test "
+                      "figures beside the paper's, to this file (.png unless it says)")
   args, extra = parser.parse_known_args(argv)
   try:
     check_extra(args.sweep, extra)

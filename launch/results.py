@@ -1,4 +1,4 @@
-"""A sweep's results as one table beside the paper's numbers, and its validation curves.
+"""A sweep's results as one table beside the paper's numbers, and as a plot.
 
   python launch/launch.py --config=configs/wdmd.py --sweep=ablations --workdir=/tmp/abl \
       --results [--plot=/tmp/abl/curves.png]
@@ -197,28 +197,56 @@ def plot_file(out: str) -> str:
   return path if suffix else path + ".png"
 
 
-def plot(runs: list[tuple[str, str]], out: str, key: str = "f1_dr",
-         title: str = "") -> str:
-  """Validation curves of the runs in one figure (the paper's Figure 4 for loc_loss);
-  returns the file written."""
+def plot(runs: list[tuple[str, str]], out: str, key: str = "f1_dr", title: str = "",
+         bars=()) -> str:
+  """The runs' validation curves (the paper's Figure 4 for loc_loss) and, beside them,
+  each run's test figure with the paper's (Tables 2-4), the panel a LOSO sweep has alone
+  (its curves stay in its folds). `bars`: (run, ours in [0, 1] or None, paper in % or
+  None) per run. Returns the file written."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   out = plot_file(out)
   data = curves(runs, key)
-  if not data:
-    raise ValueError(f"no run has validation records of {key} (val/{key} in metrics.jsonl)")
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for name, points in data.items():
-    steps, values = zip(*points)
-    ax.plot(steps, [100 * v for v in values], marker="o", ms=3, label=name)
-  ax.set_xlabel("step")
-  ax.set_ylabel(f"validation {key} (%)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  bars = [b for b in bars if b[1] is not None or b[2] is not None]
+  if not data and not bars:
+    raise ValueError(f"no run has validation records of {key} (val/{key} in "
+                     "metrics.jsonl) nor a test figure, and the paper none for them")
+  fig, axes = plt.subplots(1, bool(data) + bool(bars), squeeze=False,
+                           figsize=(7 * (bool(data) + bool(bars)), 4.5))
+  axes = list(axes[0])
+  if data:
+    ax = axes.pop(0)
+    for name, points in data.items():
+      steps, values = zip(*points)
+      ax.plot(steps, [100 * v for v in values], marker="o", ms=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"validation {key} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  if bars:
+    _bar_panel(axes.pop(0), bars, key)
+  fig.suptitle(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
   fig.savefig(out, dpi=120)
   plt.close(fig)
   return out
+
+
+def _bar_panel(ax, bars, key: str) -> None:
+  """Ours (test) beside the paper's figure per run; a missing one leaves a gap."""
+  nan = float("nan")
+  x = range(len(bars))
+  ours = [nan if o is None else 100 * o for _, o, _ in bars]
+  paper = [nan if p is None else p for _, _, p in bars]
+  has_paper = any(p is not None for _, _, p in bars)
+  width = 0.4 if has_paper else 0.8
+  ax.bar([i - width / 2 * has_paper for i in x], ours, width, label="ours (test)")
+  if has_paper:
+    ax.bar([i + width / 2 for i in x], paper, width, label="paper")
+  names = [name if o is not None else f"{name} (no result)" for name, o, _ in bars]
+  ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=8)
+  ax.set_ylabel(f"test {key} (%)")
+  ax.grid(alpha=0.3, axis="y")
+  ax.legend(fontsize=8)

@@ -143,9 +143,10 @@ def test_curves_take_the_last_record_of_a_step(tmp_path):
   assert results.curves([("r", str(tmp_path))]) == {"r": [(2, 0.2), (4, 0.3)]}
 
 
-def test_results_with_plot_but_no_curves_still_print_the_table(tmp_path):
-  """LOSO runs keep no top-level metrics.jsonl: --plot has nothing to draw, and neither
-  --results nor the end of --run may lose the table (or fail) over it."""
+def test_results_with_plot_but_no_curves_still_print_the_table_and_plot(tmp_path):
+  """LOSO runs keep no top-level metrics.jsonl: --plot draws their test figures beside
+  the paper's alone, and neither --results nor the end of --run may lose the table (or
+  fail) over it."""
   for seed, uf1 in ((0, 0.30), (1, 0.20), (2, 0.25)):
     _write(tmp_path / f"seed={seed}" / "loso_metrics.json",
            {"status": "done", "num_folds": 3, "pooled": {"uf1": uf1}})
@@ -156,7 +157,13 @@ def test_results_with_plot_but_no_curves_still_print_the_table(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert "| seed=1 | done | 20.00 |" in proc.stdout
   assert "uf1 over 3 seeds: mean 25.00" in proc.stdout
-  assert "Validation curves: none written" in proc.stdout
+  assert f"Plot: {tmp_path / 'c.png'}" in proc.stdout
+  assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_plot_with_neither_curves_nor_figures_says_so(tmp_path):
+  text = launch.report("configs/synthetic.py", "seeds", str(tmp_path), str(tmp_path / "c.png"))
+  assert "Plot: none written to" in text and "nor a test figure" in text
   assert not (tmp_path / "c.png").exists()
 
 
@@ -181,7 +188,7 @@ def test_the_plot_named_is_the_file_written(tmp_path):
   _write(tmp_path / "seed=0" / "metrics.json", {"status": "done", "f1_dr": 0.3})
   (tmp_path / "seed=0" / "metrics.jsonl").write_text('{"step": 2, "val/f1_dr": 0.1}\n')
   text = launch.report("configs/synthetic.py", "seeds", str(tmp_path), str(tmp_path / "c"))
-  assert text.endswith(f"Validation curves: {tmp_path / 'c.png'}")
+  assert f"Plot: {tmp_path / 'c.png'} (" in text
   assert (tmp_path / "c.png").exists()
 
 

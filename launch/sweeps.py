@@ -4,6 +4,8 @@
                           baselines MAE, MSE, IoU, Smooth L1, BCE, plus Table 3's
                           Focal Tversky alone, row 8).
   get_sweep('ablations')  Table 3: one component removed per run.
+  get_sweep('table2')     Table 2's MELDAE and MELDAE* (w/o the enhancer), the two rows
+                          it gives per corpus (CAS(ME)^2, SAMM, MMEW: Table 3 is WDMD's).
   get_sweep('lambda')     Table 4: the boundary term's weight lambda.
   get_sweep('tokens')     Table 4: the enhancer's number of query tokens N.
   get_sweep('seeds')      three seeds of the full model.
@@ -33,6 +35,8 @@ def get_sweep(name: str) -> list[dict]:
         {"loss.loc_loss": "iou"},               # 7: IoU instead of BAL
         {"loss.loc_loss": "focal_tversky"},     # 8: BAL w/o the boundary term
     ]
+  if name == "table2":
+    return [{}, {"model.enhancer": False}]
   if name == "lambda":
     return [{"loss.boundary_lambda": v} for v in (0.5, 1.0, 1.5, 2.0)]
   if name == "tokens":
@@ -42,7 +46,7 @@ def get_sweep(name: str) -> list[dict]:
   raise ValueError(f"Unknown sweep {name!r} ({', '.join(SWEEPS)}).")
 
 
-SWEEPS = ("loc_loss", "ablations", "lambda", "tokens", "seeds")
+SWEEPS = ("loc_loss", "ablations", "table2", "lambda", "tokens", "seeds")
 
 
 def run_name(overrides: dict) -> str:

@@ -203,3 +203,13 @@ def test_the_seeds_mean_leaves_out_a_partial_run(tmp_path):
   text = launch.report("configs/casme2.py", "seeds", str(tmp_path))
   assert ("uf1 over 2 seeds: mean 25.00, sd 7.07 (the paper reports one figure). "
           "Left out, not finished: seed=2 (partial).") in text
+
+
+def test_table2_sweep_is_its_two_rows_per_corpus(tmp_path):
+  """Table 2 gives the full model and MELDAE* on CAS(ME)^2, SAMM and MMEW: two runs, not
+  the eight of WDMD's ablations (LOSO runs each)."""
+  names = [name for name, _ in launch.commands("configs/casme2.py", "table2", "/w")]
+  assert names == ["full", "enhancer=False"]
+  text = launch.report("configs/samm_lv.py", "table2", str(tmp_path))
+  assert "| full | not started |  |  | 88.13 (Table 2) |  |" in text
+  assert "| enhancer=False | not started |  |  | 76.05 (Table 2) | -12.08 |" in text

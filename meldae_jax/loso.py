@@ -95,6 +95,7 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
     if finished is not None:
       per_fold[test] = finished
       train.say(f"[loso] fold {test}: done already")
+      _say_frame_step_change(test, fold_dir, cfg)
       continue
     if only and test not in only:
       continue
@@ -128,6 +129,15 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
             f"(tp {pooled['tp']} fp {pooled['fp']} fn {pooled['fn']}) "
             f"megc2020_f1={_f(pooled['megc2020']['f1'])}")
   return out
+
+
+def _say_frame_step_change(test: str, fold_dir: str, cfg) -> None:
+  """Warns when a finished fold was trained at another `dataset.frame_step`: it is pooled
+  as it is, and no training call (which would warn) is made for it."""
+  saved = train._saved_config(fold_dir)  # pylint: disable=protected-access
+  note = train.frame_step_change(saved, cfg)
+  if note:
+    train.say(f"[loso] fold {test}: {note}")
 
 
 def _fold_summary(r: dict) -> dict:

@@ -517,6 +517,36 @@ def test_loso_rerun_with_more_steps_trains_the_folds_on(tmp_path, monkeypatch):
   assert out["status"] == "done" and out["num_folds"] == 3
 
 
+def test_loso_warns_when_a_finished_fold_was_trained_at_another_frame_step(
+    tmp_path, monkeypatch, capsys):
+  """A finished fold is pooled without a training call, whose frame_step warning was the
+  only one: a rerun at another dataset.frame_step pooled the old folds silently."""
+  source = [{"video_id": f"{s}/a", "subject": s, "fps": 30.0, "frames": [b""] * 20,
+             "intervals": {}, "speaking": [-1] * 20} for s in ("s1", "s2", "s3")]
+
+  def fake_fold(cfg, workdir, splits):
+    result = metrics.evaluate(splits.test.to_annotations(), {"videos": {}}, 0.5)
+    result.update(status="done", total_steps=int(cfg.total_steps))
+    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(workdir) / "metrics.json").write_text(json.dumps(result))
+    (pathlib.Path(workdir) / "config.json").write_text(json.dumps(cfg.to_dict()))
+    return result
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_fold)
+  cfg = th.tiny_config(total_steps=2, **{"dataset.frame_step": 3})
+  cfg.dataset.loso_val_subjects = 1
+  loso.run(cfg, str(tmp_path), source=source)
+  loso.run(cfg, str(tmp_path), source=source)  # the same step: nothing to say
+  assert "WARNING" not in capsys.readouterr().out
+  cfg.dataset.frame_step = 1
+  out = loso.run(cfg, str(tmp_path), source=source)
+  assert out["num_folds"] == 3
+  said = capsys.readouterr().out
+  for s in ("s1", "s2", "s3"):
+    assert (f"[loso] fold {s}: WARNING: dataset.frame_step is 1, but the run in this "
+            "workdir was trained with 3") in said
+
+
 def test_two_evaluated_videos_of_one_id_are_an_error_naming_it_before_training(tmp_path):
   """Scores, annotations and predictions are keyed by video_id: a second video of one id
   silently dropped the first's ground truth from the metrics."""

@@ -96,8 +96,9 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int = 2, best_metric: str = "f1_dr",
                async_save: bool = False, read_only: bool = False):
-    """`read_only`: for readers of a run (spotting): creates and changes nothing."""
-    self.workdir = os.fspath(workdir)
+    """`read_only`: for readers of a run (spotting): creates and changes nothing.
+    `workdir` may be relative (`--workdir=run`): orbax refuses a relative path."""
+    self.workdir = os.path.abspath(os.fspath(workdir))
     self.best_metric = best_metric
     self._latest = ocp.CheckpointManager(
         os.path.join(self.workdir, "checkpoints"),

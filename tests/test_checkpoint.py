@@ -300,6 +300,23 @@ def test_a_better_value_for_a_step_already_kept_as_best_replaces_it(tmp_path):
   ckpt.close()
 
 
+def test_a_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
+  # Orbax wants absolute paths: `--workdir=run` stopped training at its first checkpoint
+  # and spot/attention_maps on a relative workdir at the restore ("should be absolute").
+  monkeypatch.chdir(tmp_path)
+  ckpt = checkpointing.Checkpointer("run")
+  state = {"w": np.full(3, 2.0, np.float32)}
+  ckpt.save(3, state)
+  assert ckpt.maybe_save_best(3, state, {"f1": 0.5}, 0.5)
+  ckpt.close()
+  reader = checkpointing.Checkpointer("run", read_only=True)
+  abstract = {"w": np.zeros(3, np.float32)}
+  np.testing.assert_array_equal(reader.restore(abstract)["w"], state["w"])
+  np.testing.assert_array_equal(reader.restore_best(abstract)[1]["w"], state["w"])
+  reader.close()
+  assert (tmp_path / "run" / "checkpoints" / "3").is_dir()
+
+
 def test_zero_intervals_checkpoint_and_log_at_the_end_only(tmp_path, data):
   # eval_every=0 is "at the end only"; every_steps=0 and log_every=0 were a
   # ZeroDivisionError at the first step.

@@ -1,5 +1,6 @@
 """Bad settings are refused before a run writes or trains anything, all named at once."""
 import importlib
+import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -11,8 +12,18 @@ from meldae_jax import loso
 from meldae_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from launch import sweeps  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _sweeps():
+  """launch/sweeps.py by its path, as launch.py loads it (an `import launch` here would
+  leave the folder in sys.modules where test_launch.py imports launch/launch.py)."""
+  spec = importlib.util.spec_from_file_location("meldae_sweeps", ROOT / "launch" / "sweeps.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+sweeps = _sweeps()
 
 CONFIGS = [("synthetic", a) for a in ("default", "easy", "tiny")] + [
     (n, a) for n in ("wdmd", "casme2", "samm_lv", "mmew") for a in (None, "tiny")]

@@ -18,7 +18,9 @@ maps on one colour scale, rows named by the face band they cover) and
 OUT/attention.json (per group: frames, the mean map, its mass per row and its peak over
 the uniform level). Row bands follow the crop top to bottom; with G = 10 they carry the
 paper's names (rows 1-2 forehead, 3-4 eyes & brows, 5-6 nose & cheeks, 7-8 mouth, 9-10
-chin & jaw). The workdir is only read. Exit status 2: no checkpoint, no enhancer
+chin & jaw). On a leave-one-subject-out fold's workdir (`WORKDIR/fold_<S>/`) the splits
+are the fold's: test is S's videos, validation and train the subjects it held out and
+trained on. The workdir is only read. Exit status 2: no checkpoint, no enhancer
 (`model.enhancer=False`), or the split is missing.
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 
 from meldae_jax import checkpointing
 from meldae_jax import cli
+from meldae_jax import loso
 from meldae_jax import predict
 from meldae_jax import sharding
 from meldae_jax import spot
@@ -163,6 +166,22 @@ def figure(path: str, summary: dict, title: str) -> None:
   plt.close(fig)
 
 
+def split_index(cfg: ml_collections.ConfigDict, workdir: str, split: str):
+  """The videos of `split`: a LOSO fold's subjects (`loso.fold_subjects`; the config's
+  split names are the corpus's, empty for CAS(ME)^2 and SAMM-LV), else the config's."""
+  subjects = loso.fold_subjects(cfg, workdir, split)
+  if subjects is not None:
+    if not subjects:
+      raise AttentionError(f"{workdir}: this fold has no {split} subjects")
+    train.say(f"[attention] {split} split of the fold: subject(s) {subjects}")
+    return loso.open_subjects(cfg, subjects)
+  splits = train.open_splits(cfg)
+  index = {"test": splits.test, "validation": splits.val, "train": splits.train}.get(split)
+  if index is None:
+    raise AttentionError(f"{cfg.dataset.name} has no {split!r} split")
+  return index
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = "test",
         index=None, max_videos: int = 0, margin_seconds: float = 0.5) -> dict:
   """Maps for a split (or `index`); writes OUT/attention.{npz,png,json}; returns the
@@ -170,10 +189,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = 
   if not os.path.isdir(workdir):
     raise AttentionError(f"{workdir}: no such workdir")
   if index is None:
-    splits = train.open_splits(cfg)
-    index = {"test": splits.test, "validation": splits.val, "train": splits.train}.get(split)
-    if index is None:
-      raise AttentionError(f"{cfg.dataset.name} has no {split!r} split")
+    index = split_index(cfg, workdir, split)
   if max_videos:
     index = predict.subset(index, max_videos)
   index = index.with_frame_step(1)  # the maps and groups are in the corpus's frames
@@ -225,7 +241,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.quiet_logs()
   f = flags.FLAGS
-  with cli.one_line_errors(((AttentionError, 2), (spot.SpotError, 2),
+  with cli.one_line_errors(((AttentionError, 2), (spot.SpotError, 2), (loso.FoldError, 2),
                             (train.CorpusNotBuiltError, 2),
                             (checkpointing.CheckpointMismatchError, 4))):
     run(spot.load_config(f.workdir, f.config), f.workdir, f.out, split=f.split,

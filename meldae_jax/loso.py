@@ -9,7 +9,9 @@ train. Each fold runs `train.train_and_evaluate` in `workdir/fold_<S>/` (a fold
 finished at the same total_steps is skipped, so the driver resumes; with a larger
 total_steps the folds train on). TP/FP/FN are pooled over folds with
 `metrics.pool_results`, and Acc_ME / Acc_State over their clips (not averaged over folds):
-`workdir/loso_metrics.json` holds per-fold and pooled metrics.
+`workdir/loso_metrics.json` holds per-fold and pooled metrics. Each fold's config.json
+names its subjects (`dataset.loso_fold`), so that `attention_maps --split=test` on
+`fold_<S>/` reads S's videos.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
+import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
@@ -26,7 +29,11 @@ from meldae_jax import config_check
 from meldae_jax import cli
 from meldae_jax import metrics as metrics_lib
 from meldae_jax import train
+from meldae_jax.data import corpus_utils
 from meldae_jax.data import sources
+
+# attention_maps' --split names -> the config's split keys.
+SPLIT_KEYS = {"test": "test_split", "validation": "val_split", "train": "train_split"}
 
 
 class FoldError(ValueError):
@@ -104,7 +111,8 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
         train=everything.subset(subjects=trn),  # no record read again
         val=everything.subset(subjects=val) if val else None,
         test=everything.subset(subjects=[test]))
-    result = train.train_and_evaluate(cfg, fold_dir, splits=splits)
+    result = train.train_and_evaluate(fold_config(cfg, test, val, trn), fold_dir,
+                                      splits=splits)
     if result.get("status") != "done":
       train.say(f"[loso] stopped in fold {test}; rerun to resume.")
       return {"status": result.get("status"), "fold": test}
@@ -129,6 +137,49 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
             f"(tp {pooled['tp']} fp {pooled['fp']} fn {pooled['fn']}) "
             f"megc2020_f1={_f(pooled['megc2020']['f1'])}")
   return out
+
+
+def fold_config(cfg, test: str, val: Sequence[str], trn: Sequence[str]):
+  """The config a fold trains with and saves: the driver's plus the fold's subjects
+  (`dataset.loso_fold`). The dataset's split names are the corpus's, not the fold's, so
+  a tool given only the fold's workdir (attention_maps) reads its splits from these."""
+  c = cfg.copy_and_resolve_references()
+  with c.unlocked():
+    c.dataset.loso_fold = ml_collections.ConfigDict(
+        {"test": [test], "validation": list(val), "train": list(trn)})
+  return c
+
+
+def fold_subjects(cfg, workdir: str, split: str) -> list[str] | None:
+  """The subjects of `split` ('test', 'validation', 'train') of the fold whose run is in
+  `workdir`: its config's `dataset.loso_fold`; for a fold saved before that was kept, the
+  test subject from the folder's name (`fold_<S>`) where the config names no such split.
+  None: not a fold's run (its config's splits are the corpus's)."""
+  fold = cfg.dataset.get("loso_fold")
+  if fold is not None:
+    return list(fold[split])
+  name = os.path.basename(os.path.abspath(workdir))
+  if (cfg.dataset.get("protocol") != "loso" or cfg.dataset.get(SPLIT_KEYS[split])
+      or not name.startswith("fold_")):
+    return None
+  if split != "test":
+    raise FoldError(
+        f"{workdir}: its config.json does not name the fold's {split} subjects (saved "
+        "before loso kept them); only --split=test is known, from the folder's name. "
+        f"Pass --config=... --config.dataset.{SPLIT_KEYS[split]}=<their splits>")
+  return [name[len("fold_"):]]
+
+
+def open_subjects(cfg, subjects: Sequence[str]) -> sources.VideoIndex:
+  """These subjects' videos: from their own splits where the corpus has one per subject
+  (`corpus_utils.loso_split_name`), else from a pass over the whole corpus."""
+  builder = train.ensure_built(cfg.dataset)
+  names = [corpus_utils.loso_split_name(s) for s in subjects]
+  if not cfg.dataset.get("train_split") and set(names) <= set(builder.info.splits.keys()):
+    source = ConcatSource([builder.as_data_source(n) for n in names])
+  else:
+    source = open_all(cfg)
+  return sources.VideoIndex(source, subjects=list(subjects))
 
 
 def _say_frame_step_change(test: str, fold_dir: str, cfg) -> None:

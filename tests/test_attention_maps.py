@@ -1,14 +1,19 @@
 """`python -m meldae_jax.attention_maps`: the enhancer's attention per frame and group."""
 import json
+import os
 
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 import train_helpers as th
+from configs import casme2
 from meldae_jax import attention_maps
+from meldae_jax import loso
 from meldae_jax import spot
 from meldae_jax import train
+from meldae_jax.data import corpus_utils
 from meldae_jax.data import sources
 
 compilation_cache = th.compilation_cache_fixture()
@@ -107,3 +112,35 @@ def test_a_model_without_enhancer_is_refused():
   cfg.model.enhancer = False
   with pytest.raises(attention_maps.AttentionError, match="no enhancer"):
     attention_maps.attention_step(train.make_trainer(cfg))
+
+
+def test_a_loso_folds_splits_are_its_subjects(tmp_path):
+  """On `fold_<S>/` of a LOSO run (CAS(ME)^2's layout: one split per subject, none named
+  in the config), --split=test is S's videos and validation the held-out subject's; a
+  fold saved before its subjects were kept still finds its test subject by its name."""
+  cfg = casme2.get_config("tiny")
+  cfg.dataset.data_dir = str(tmp_path / "tfds")
+  cfg.dataset.loso_val_subjects, cfg.total_steps, cfg.checkpoint.every_steps = 1, 2, 2
+  corpus_utils.builder_class("casme2")(
+      data_dir=cfg.dataset.data_dir, file_format="array_record").download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=os.path.join(
+              corpus_utils.DATASETS_DIR, "casme2", "dummy_data")))
+  loso.run(cfg, str(tmp_path / "work"), only=["15"])  # fold 15: validate on 16
+  fold = tmp_path / "work/fold_15"
+
+  def videos(split, out):
+    attention_maps.run(spot.load_config(str(fold), None), str(fold), str(tmp_path / out),
+                       split=split)
+    with np.load(tmp_path / out / "attention.npz") as z:
+      return sorted(z.files)
+
+  test = videos("test", "test")
+  assert test and all(v.startswith("s15/") for v in test)
+  val = videos("validation", "val")
+  assert val and all(v.startswith("s16/") for v in val)
+  old = json.loads((fold / "config.json").read_text())
+  del old["dataset"]["loso_fold"]
+  (fold / "config.json").write_text(json.dumps(old))
+  assert videos("test", "old") == test
+  with pytest.raises(loso.FoldError, match="only --split=test is known"):
+    videos("validation", "o")

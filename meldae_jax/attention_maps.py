@@ -196,7 +196,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = 
   trainer = train.make_trainer(cfg)
   attend = attention_step(trainer)  # no enhancer: fails before the checkpoint is read
   with jax.set_mesh(trainer.mesh):
-    params, _, step = spot.restore(cfg, workdir, trainer)
+    params, _, step = spot.restore(cfg, workdir, trainer, tag="attention")
     train.say(f"[attention] checkpoint step {step}: {len(index)} video(s) of the "
               f"{split} split...")
     maps = frame_maps(trainer, params, index, cfg, attend)

@@ -280,12 +280,14 @@ def _fold_hint(workdir: str) -> str:
           f"{os.path.join(workdir, folds[0])})" if folds else "")
 
 
-def restore(cfg, workdir: str, trainer: train.Trainer) -> tuple[Any, float, int]:
-  """(params, threshold, step) of the best checkpoint, else of the latest. Read-only."""
+def restore(cfg, workdir: str, trainer: train.Trainer, tag: str = "spot"
+            ) -> tuple[Any, float, int]:
+  """(params, threshold, step) of the best checkpoint, else of the latest. Read-only.
+  `tag` prefixes its notes: the command's (attention_maps restores through here too)."""
   saved = train._saved_config(workdir)  # pylint: disable=protected-access
   note = train.frame_step_change(saved, cfg)
   if note:  # a --config that is not the run's
-    train.say(f"[spot] {note}")
+    train.say(f"[{tag}] {note}")
   ckpt = checkpointing.Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                     best_metric=cfg.checkpoint.best_metric, read_only=True)
   try:
@@ -296,7 +298,7 @@ def restore(cfg, workdir: str, trainer: train.Trainer) -> tuple[Any, float, int]
     if ckpt.latest_step() is None:
       raise SpotError(f"{workdir}: no checkpoint to spot with{_fold_hint(workdir)}")
     state = ckpt.restore(trainer.abstract_state)
-    train.say(f"[spot] no best checkpoint (the run had no validation data): the latest, "
+    train.say(f"[{tag}] no best checkpoint (the run had no validation data): the latest, "
               f"with eval.threshold {float(cfg.eval.threshold):.2f}")
     return state.params, float(cfg.eval.threshold), int(jax.device_get(state.step))
   finally:

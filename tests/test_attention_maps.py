@@ -144,3 +144,13 @@ def test_a_loso_folds_splits_are_its_subjects(tmp_path):
   assert videos("test", "old") == test
   with pytest.raises(loso.FoldError, match="only --split=test is known"):
     videos("validation", "o")
+
+
+def test_a_frame_step_change_is_noted_as_attention_maps_own(workdir, tmp_path, capsys):
+  """The note comes through `spot.restore`: it was prefixed '[spot]'."""
+  cfg = spot.load_config(workdir, None)
+  cfg.dataset.frame_step = 2
+  index = th.splits(n_train=1, n_val=0, n_test=1, num_frames=60).test
+  attention_maps.run(cfg, workdir, str(tmp_path / "o"), index=index)
+  said = capsys.readouterr().out
+  assert "[attention] WARNING: dataset.frame_step is 2" in said and "[spot]" not in said

@@ -330,7 +330,8 @@ def plot(path: str, scores: np.ndarray, fps: float, classes: Sequence[str],
     ax.axvspan(iv["onset"] / fps, (iv["offset"] + 1) / fps, alpha=0.25,
                color=colours.get(iv["type"]))
   ax.axhline(threshold, ls="--", lw=0.8, color="k", label=f"threshold {threshold:.2f}")
-  ax.set(xlabel="time (s)", ylabel="score", ylim=(0, 1), xlim=(0, max(t[-1], 1 / fps)),
+  # To the last frame's end, not its start: an interval there spans to len / fps.
+  ax.set(xlabel="time (s)", ylabel="score", ylim=(0, 1), xlim=(0, len(scores) / fps),
          title=title)
   ax.legend(loc="upper right", fontsize="small")
   fig.tight_layout()

@@ -286,6 +286,18 @@ def test_the_plot_draws_the_track_the_decoder_thresholds(tmp_path, monkeypatch):
   assert (tmp_path / "v.png").stat().st_size > 0
 
 
+def test_the_plot_spans_the_last_frame(tmp_path, monkeypatch):
+  """The time axis ends at the last frame's end (len / fps): it ended at its start, and
+  an interval on the last frames lost its last frame's span."""
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  figures, real_close = [], plt.close
+  monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig) or real_close(fig))
+  scores = np.full((30, 1), 0.9, np.float32)
+  spot.plot(str(tmp_path / "v.png"), scores, 10.0, ("micro",), 0.5,
+            [{"onset": 20, "offset": 29, "type": "micro"}], "v")
+  assert figures[0].axes[0].get_xlim() == pytest.approx((0.0, 3.0))
+
+
 def test_only_process_0_writes_the_outputs(tmp_path, monkeypatch):
   # Every process of a multi-process run has all the scores; the others writing the plots
   # (and removing an earlier run's) into one OUT raced with process 0.

@@ -28,6 +28,7 @@ from meldae_jax import checkpointing
 from meldae_jax import config_check
 from meldae_jax import cli
 from meldae_jax import metrics as metrics_lib
+from meldae_jax import predict
 from meldae_jax import train
 from meldae_jax.data import corpus_utils
 from meldae_jax.data import sources
@@ -184,11 +185,16 @@ def open_subjects(cfg, subjects: Sequence[str]) -> sources.VideoIndex:
 
 def _say_frame_step_change(test: str, fold_dir: str, cfg) -> None:
   """Warns when a finished fold was trained at another `dataset.frame_step`: it is pooled
-  as it is, and no training call (which would warn) is made for it."""
+  as it is, and no training call (which would warn) is made for it. Its own words: the
+  training note ('the model sees ...') is about a model about to run, this fold's is not."""
   saved = train._saved_config(fold_dir)  # pylint: disable=protected-access
-  note = train.frame_step_change(saved, cfg)
-  if note:
-    train.say(f"[loso] fold {test}: {note}")
+  then = train.trained_frame_step(saved, cfg)
+  if then is not None:
+    now = predict.frame_step(cfg)
+    train.say(f"[loso] fold {test}: WARNING: its metrics (trained and evaluated at "
+              f"dataset.frame_step={then}, its config.json) are pooled with this run's "
+              f"at dataset.frame_step={now}; pass --config.dataset.frame_step={then} to "
+              "pool folds of one step, or use another --workdir.")
 
 
 def _fold_summary(r: dict) -> dict:

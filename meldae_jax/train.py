@@ -600,12 +600,18 @@ def validations_left(step: int, total: int, every: int, has_val: bool) -> int:
   return max(periodic, 0) + 1
 
 
+def trained_frame_step(saved: dict | None, cfg) -> int | None:
+  """The `dataset.frame_step` of the workdir's run (its saved config.json) where it is
+  not `cfg`'s, else None."""
+  then = ((saved or {}).get("dataset") or {}).get("frame_step", 1)
+  return None if saved is None or then == predict.frame_step(cfg) else then
+
+
 def frame_step_change(saved: dict | None, cfg) -> str | None:
   """A note when the workdir's run was trained at another `dataset.frame_step`: nothing
   in the checkpoint's shapes says so, but the model would see another frame rate."""
-  then = ((saved or {}).get("dataset") or {}).get("frame_step", 1)
-  now = predict.frame_step(cfg)
-  if saved is None or then == now:
+  then, now = trained_frame_step(saved, cfg), predict.frame_step(cfg)
+  if then is None:
     return None
   return (f"WARNING: dataset.frame_step is {now}, but the run in this workdir was trained "
           f"with {then} (its config.json): the model sees 1 frame in {now} where it "

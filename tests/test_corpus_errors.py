@@ -484,10 +484,25 @@ def test_two_subjects_of_one_loso_split_name_are_an_error():
   # 's-1' and 's_1' share the split name 'subject_s_1': one's videos replaced the other's.
   videos = [{"subject": "s-1", "id": 0}, {"subject": "s_1", "id": 1},
             {"subject": "s2", "id": 2}]
-  with pytest.raises(ValueError, match="'s-1' and 's_1'"):
+  with pytest.raises(CorpusError, match="'s-1' and 's_1'"):
     cu.loso_splits(videos, lambda vs: [v["id"] for v in vs])
   ok = cu.loso_splits(videos[1:], lambda vs: [v["id"] for v in vs])
   assert sorted(ok.values()) == [[1], [2]]
+
+
+def test_build_command_names_two_subjects_of_one_split_name_in_one_line(monkeypatch,
+                                                                         capsys):
+  """It was a ValueError: the build command printed a traceback, not its error line."""
+  from meldae_jax.data import build as build_lib  # pylint: disable=g-import-not-at-top
+  videos = [{"subject": "s-1"}, {"subject": "s_1"}]
+  monkeypatch.setattr(build_lib, "build",
+                      lambda *a: cu.loso_splits(videos, lambda vs: vs))
+  with pytest.raises(SystemExit) as exit_info:
+    build_lib.main(["casme2"])
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and re.match(r"error: subjects 's-1' and 's_1' both map to the "
+                                      r"split name 'subject_s_1'", lines[0]), lines
 
 
 def test_build_command_shows_the_rows_it_repaired(tmp_path):

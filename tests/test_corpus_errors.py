@@ -531,3 +531,31 @@ def test_a_build_that_reuses_a_finished_one_says_its_manual_dir_was_not_read(tmp
   assert re.search(r"casme2 is already built in .*casme2/default/[\d.]+: --manual_dir "
                    + re.escape(str(real)) + " was not read", caplog.text)
   assert builder.info.splits["all"].num_examples == 4
+
+
+def test_build_command_without_data_dir_builds_where_training_reads(tmp_path,
+                                                                    monkeypatch):
+  """Training reads $TFDS_DATA_DIR with `~` expanded; the build command left the data_dir
+  to TFDS, which kept a `~` of it as a folder named `~` under the current one."""
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  env = dict(os.environ, HOME=str(tmp_path), TFDS_DATA_DIR="~/tfds",
+             PYTHONPATH=os.path.dirname(cu.DATASETS_DIR))
+  help_text = subprocess.run([sys.executable, "-m", "meldae_jax.data.build", "--help"],
+                             capture_output=True, text=True, timeout=300, env=env).stdout
+  assert "$TFDS_DATA_DIR" in help_text
+  proc = subprocess.run([sys.executable, "-m", "meldae_jax.data.build", "casme2",
+                         "--manual_dir", os.path.join(cu.DATASETS_DIR, "casme2",
+                                                      "dummy_data")],
+                        capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (tmp_path / "tfds/casme2/default").is_dir()
+  assert not (cwd / "~").exists()
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from meldae_jax.data import build as build_lib  # pylint: disable=g-import-not-at-top
+  for value in (None, "~/tfds", str(tmp_path / "tfds")):
+    if value is None:
+      monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    else:
+      monkeypatch.setenv("TFDS_DATA_DIR", value)
+    assert build_lib.default_data_dir() == common.default_data_dir()

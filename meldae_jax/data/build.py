@@ -39,15 +39,24 @@ def load_builder_class(name: str, datasets_dir=None):
   return module.Builder
 
 
+def default_data_dir() -> str:
+  """$TFDS_DATA_DIR, else ~/tensorflow_datasets: where training reads a corpus (the same
+  rule as configs/common.default_data_dir), so a build without --data_dir lands there."""
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
 def make_builder(spec: str, data_dir=None, datasets_dir=None):
-  """`name[/config]` -> a builder instance writing array_record files under data_dir."""
+  """`name[/config]` -> a builder instance writing array_record files under data_dir.
+
+  No data_dir: `default_data_dir()`, with `~` expanded as training expands it (TFDS's own
+  default keeps a `~` of $TFDS_DATA_DIR as a folder named `~` under the current one).
+  """
   name, _, config = spec.partition("/")
   cls = load_builder_class(name, datasets_dir)
-  kwargs = {"file_format": "array_record"}
+  kwargs = {"file_format": "array_record",
+            "data_dir": os.path.expanduser(str(data_dir or default_data_dir()))}
   if config:
     kwargs["config"] = config
-  if data_dir:
-    kwargs["data_dir"] = os.path.expanduser(str(data_dir))
   return cls(**kwargs)
 
 
@@ -84,7 +93,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("spec", help="<name>[/<config>], e.g. synthetic_conversation/easy")
   parser.add_argument("--data_dir", default=None,
-                      help="TFDS data_dir (default ~/tensorflow_datasets)")
+                      help="TFDS data_dir (default $TFDS_DATA_DIR, else "
+                           "~/tensorflow_datasets: where training reads it)")
   parser.add_argument("--manual_dir", default=None, help="where licensed corpora were put by hand")
   args = parser.parse_args(argv)
   # The builders count the rows they repaired (e.g. casme2's offset := apex) in INFO lines;

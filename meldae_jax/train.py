@@ -200,7 +200,7 @@ def _spec(d: ml_collections.ConfigDict) -> str:
 
 
 def build_command(d: ml_collections.ConfigDict) -> str:
-  return f"python -m meldae_jax.data.build {_spec(d)} --data_dir={d.data_dir}"
+  return build_lib.build_command(_spec(d), d.data_dir)
 
 
 def ensure_built(d: ml_collections.ConfigDict):
@@ -244,11 +244,7 @@ def ensure_built(d: ml_collections.ConfigDict):
     raise CorpusNotBuiltError(
         f"Corpus '{d.name}' is built in {d.data_dir} for this process but not for every "
         f"process of the run: build it where each process reads it ({build_command(d)})")
-  manual = d.get("manual_dir") or "<folder with the downloaded files>"
-  lines = [f"Corpus '{d.name}' is not built in {d.data_dir} (looked for {builder.data_path}).",
-           "Build it once with:",
-           f"  {build_command(d)} --manual_dir={manual}" if instructions else
-           f"  {build_command(d)}"]
+  lines = build_lib.not_built_lines(builder, _spec(d), d.data_dir, d.get("manual_dir"))
   if instructions:
     lines += ["Manual download (manual_dir layout):",
               "\n".join("  " + l.strip() for l in str(instructions).strip().splitlines())]

@@ -278,6 +278,22 @@ def test_preview_of_a_corpus_without_a_train_split(tmp_path):
       "s16__16_0101disgustingteeth_sheet.png", "s19__23_0502funnyerrors_sheet.png"]
 
 
+def test_preview_of_a_corpus_not_built_names_the_build_command(tmp_path, capsys):
+  """It was TFDS's KeyError traceback (`splits` is empty)."""
+  from meldae_jax.data import preview  # pylint: disable=g-import-not-at-top
+  data = tmp_path / "data"
+  with pytest.raises(SystemExit) as exit_info:
+    preview.main(["--builder", "casme2", "--data_dir", str(data), "--out",
+                  str(tmp_path / "out")])
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1, lines
+  assert lines[0].startswith(f"error: Corpus 'casme2' is not built in {data} ")
+  assert lines[0].endswith(f"Build it once with: python -m meldae_jax.data.build casme2 "
+                           f"--data_dir={data} --manual_dir=<folder with the downloaded "
+                           f"files>")
+
+
 def test_face_box_warnings_name_the_video(tmp_path, caplog):
   """The dummy frames hold no face: each centre-square warning names its video."""
   with caplog.at_level(logging.WARNING, logger="meldae_jax.data.face_crop"):

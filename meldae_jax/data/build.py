@@ -60,6 +60,20 @@ def make_builder(spec: str, data_dir=None, datasets_dir=None):
   return cls(**kwargs)
 
 
+def build_command(spec: str, data_dir) -> str:
+  return f"python -m meldae_jax.data.build {spec} --data_dir={data_dir}"
+
+
+def not_built_lines(builder, spec: str, data_dir, manual_dir=None) -> list[str]:
+  """What train and preview say of a corpus not built in data_dir: where it was looked
+  for, and the command that builds it (with --manual_dir for a licensed corpus)."""
+  command = build_command(spec, data_dir)
+  if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+    command += f" --manual_dir={manual_dir or '<folder with the downloaded files>'}"
+  return [f"Corpus '{spec.partition('/')[0]}' is not built in {data_dir} "
+          f"(looked for {builder.data_path}).", "Build it once with:", f"  {command}"]
+
+
 class BuildError(ValueError):
   """A corpus that cannot be built as asked; the one-line message says why."""
 

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import os
 import pathlib
+import sys
 
 import cv2
 import numpy as np
@@ -38,11 +39,26 @@ def motion_energy(frames: np.ndarray, box) -> np.ndarray:
   return energy
 
 
+class NotBuiltError(RuntimeError):
+  """The corpus is not built in data_dir; the one-line message gives the build command."""
+
+
 def _record_videos(spec, data_dir, split, count):
-  """Decoded videos of a built corpus: (video_id, frames, annotations) triples."""
+  """Decoded videos of a built corpus: (video_id, frames, annotations) triples.
+
+  Checks at the call, not at the first video, that the corpus is built: TFDS's KeyError
+  on a corpus that is not ("`splits` is empty") named no command to build it.
+  """
   from meldae_jax.data import build  # pylint: disable=import-outside-toplevel
-  from meldae_jax.data.synthetic import decode_frame  # pylint: disable=import-outside-toplevel
   builder = build.make_builder(spec, data_dir)
+  if not builder.is_prepared():
+    raise NotBuiltError(" ".join(line.strip() for line in build.not_built_lines(
+        builder, spec, data_dir or build.default_data_dir())))
+  return _decoded_videos(builder, spec, split, count)
+
+
+def _decoded_videos(builder, spec, split, count):
+  from meldae_jax.data.synthetic import decode_frame  # pylint: disable=import-outside-toplevel
   source = builder.as_data_source(split or _default_split(builder))
   for index in range(min(count, len(source))):
     r = source[index]
@@ -221,7 +237,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--builder", default="synthetic_conversation/easy",
                       help="<name>[/<config>] of a built corpus")
-  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--data_dir", default=None,
+                      help="default $TFDS_DATA_DIR, else ~/tensorflow_datasets")
   parser.add_argument("--split", default=None,
                       help="default: train, or all where there is none (casme2, samm_lv: "
                            "one split per subject, e.g. subject_15)")
@@ -243,7 +260,11 @@ def main(argv=None):
       difficulty = float(difficulty)
     videos = _generated_videos(difficulty, args.image_size, args.seconds, args.videos, args.seed)
   else:
-    videos = _record_videos(args.builder, args.data_dir, args.split, args.videos)
+    try:
+      videos = _record_videos(args.builder, args.data_dir, args.split, args.videos)
+    except NotBuiltError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
   for video_id, frames, ann in videos:
     stem = str(video_id).replace("/", "__")  # casme2's s15/..., mmew's disgust/...
     with _written_whole(out / f"{stem}_sheet.png") as tmp:

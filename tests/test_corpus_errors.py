@@ -78,7 +78,6 @@ def test_casme2_unreadable_frame_leaves_no_dataset(tmp_path):
 
 
 @pytest.mark.parametrize("cell,value,pattern", [
-    ("E2", 40, r"row 2: interval 5\.\.39 .*outside the video of 8 frames"),
     ("C2", 9, r"row 2: onset 8 is after offset 6"),
     ("H2", "meso-expression", r"row 2 column H: unknown expression type"),
     ("A3", 9, r"row 3: participant 9 is not in sheet 'naming rule1'"),
@@ -90,6 +89,32 @@ def test_casme2_bad_rows(tmp_path, cell, value, pattern):
   edit_cell(manual / CASME_SHEET, "CASFEcode_final", cell, value)
   with pytest.raises(CorpusError, match=r"code_final\.xlsx sheet "
                      r"'CASFEcode_final' " + pattern):
+    build("casme2", manual, tmp_path / "data")
+  assert no_finished_dataset(tmp_path / "data")
+
+
+def test_casme2_offset_past_the_last_frame_is_clamped(tmp_path, caplog):
+  """Some CAS(ME)^2 releases code an offset past the last image; samm_lv and mmew clamp
+  such an offset, and casme2 stopped the build on it."""
+  manual = copy("casme2", tmp_path)
+  edit_cell(manual / CASME_SHEET, "CASFEcode_final", "E2", 10)  # 8 frames: 6/7/10
+  with caplog.at_level("WARNING", logger="meldae_jax.data.casme2"):
+    builder = build("casme2", manual, tmp_path / "data")
+  (record,) = [r for r in builder.as_data_source("subject_15")
+               if r["video_id"] == b"s15/15_0101disgustingteeth"]
+  iv = record["intervals"]
+  assert [(int(a), int(b), int(c)) for a, b, c in zip(iv["onset"], iv["apex"],
+                                                      iv["offset"])] == [(1, 2, 4), (5, 6, 7)]
+  assert re.search(r"casme2: offset past the last frame file, clamped to it: 1 row\(s\) "
+                   r"of .*code_final\.xlsx: 2 \(disgust1_2 6/7/10\)", caplog.text)
+
+
+def test_casme2_onset_past_the_last_frame_is_an_error(tmp_path):
+  manual = copy("casme2", tmp_path)
+  edit_cell(manual / CASME_SHEET, "CASFEcode_final", "C2", 9)
+  edit_cell(manual / CASME_SHEET, "CASFEcode_final", "E2", 40)
+  with pytest.raises(CorpusError, match=r"sheet 'CASFEcode_final' row 2: interval 8\.\.39 "
+                     r".*outside the video of 8 frames"):
     build("casme2", manual, tmp_path / "data")
   assert no_finished_dataset(tmp_path / "data")
 

@@ -4,7 +4,9 @@ Layout read (see README.md): `rawpic/sNN/NN_CCCCname/imgN.jpg` plus
 `CAS(ME)^2code_final.xlsx` with the sheets `CASFEcode_final` (annotations, no
 header row), `naming rule1` (subject number, `sNN`, participant index) and
 `naming rule2` (video code, video name). Frame numbers are 1-based (`img001.jpg`
-is frame 0 here); an offset of 0 means "not annotated". 30 fps.
+is frame 0 here); an offset of 0 means "not annotated"; an offset past the last image
+(some releases have rows a frame or two past it) is clamped to it, as the SAMM and MMEW
+builders do (`corpus_utils.RowRepairs`), and logged with its rows. 30 fps.
 One split per subject (`subject_15`, ...) for leave-one-subject-out.
 """
 
@@ -152,6 +154,7 @@ def _read_annotations(path, videos, missing_offset):
   names = [n for n in SHEET_NAMES if n in wb.sheetnames]
   sheet_name = names[0] if names else wb.sheetnames[0]
   skipped = derived = 0
+  repairs = cu.RowRepairs("casme2", path)
   for row, cells in cu.sheet_rows(wb[sheet_name]):
     where = f"{path} sheet {sheet_name!r} row {row}"
     cells = tuple(cells) + (None,) * (C_TYPE + 1 - len(cells))
@@ -177,8 +180,12 @@ def _read_annotations(path, videos, missing_offset):
         continue
       offset, derived = apex, derived + 1
     video = videos[key]
+    if onset <= len(video["frames"]) < offset:  # an onset past it is still an error
+      repairs.note("offset_clamped", f"{row} ({cells[C_NAME]} {onset}/{apex}/{offset})")
+      offset = len(video["frames"])
     video["intervals"].append(
         cu.one_based(onset, apex, offset, len(video["frames"]), where) + (kind,))
+  repairs.log(log)
   if derived:
     log.info("casme2: %d annotations with offset 0 use their apex as offset",
              derived)

@@ -342,6 +342,24 @@ def test_frame_of_another_size_names_its_file(tmp_path):
     cu.face_crops(lambda: cu.ImageSequence(frames), config)
 
 
+def test_long_videos_log_progress_within_the_video(tmp_path, caplog, monkeypatch):
+  """The build's progress bar counts whole videos: a SAMM one (thousands of frames) showed
+  nothing for minutes."""
+  monkeypatch.setattr(cu, "PROGRESS_EVERY", 3)
+  video = os.path.join(cu.DATASETS_DIR, "casme2/dummy_data/rawpic/s15/15_0101disgustingteeth")
+  frames = sorted(os.path.join(video, f) for f in os.listdir(video))
+  config = cu.CorpusConfig(name="p", face_sample=2)
+  with caplog.at_level("INFO", logger="meldae_jax.data.corpus"):
+    crops = cu.face_crops(lambda: cu.ImageSequence(frames), config, name="s15/v")
+    assert len(crops) == 8
+    assert re.findall(r"s15/v: \d+ of 8 frames cropped", caplog.text) == [
+        "s15/v: 3 of 8 frames cropped", "s15/v: 6 of 8 frames cropped"]
+    caplog.clear()
+    cu.face_crops(lambda: (cu.read_rgb(f) for f in frames[:6]), config, name="w")
+    assert re.findall(r"w: .*cropped", caplog.text) == ["w: 3 frames cropped",
+                                                        "w: 6 frames cropped"]
+
+
 def test_numbered_frames_padding_duplicates_and_frame_zero(tmp_path):
   name = lambda n: f"img{n}.jpg"  # pylint: disable=unnecessary-lambda-assignment
   for n in (1, 2, 4):  # CAS(ME)^2 rawpic names: img001.jpg ...

@@ -92,7 +92,8 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         video["annotations"], fps, num_frames, video["eaf"])
     frames = [cu.encode_frame(
         face_crop.crop_and_resize(f, box, self.builder_config.size),
-        self.builder_config.encoding) for f in read_video(path)]
+        self.builder_config.encoding) for f in cu.crop_progress(read_video(path),
+                                                                 num_frames, path)]
     if len(frames) != num_frames:
       raise cu.CorpusError(f"{path}: read {len(frames)} frames, then "
                            f"{num_frames}; the video is not stable to decode")

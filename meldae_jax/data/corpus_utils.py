@@ -208,6 +208,23 @@ FACE_BOX_NOTE = ("The face box is the median over the boxes of the face found mo
                  "videos with a second face or false detections change.")
 
 
+PROGRESS_EVERY = 1000  # frames between progress lines of one video (5 s of SAMM)
+
+
+def crop_progress(frames: Iterable[np.ndarray], total: int | None,
+                  name: str | None) -> Iterable[np.ndarray]:
+  """Yields `frames`, with an INFO line every PROGRESS_EVERY frames of a longer video.
+
+  The build's progress bar counts whole videos: a SAMM long video (thousands of 200 fps
+  frames) showed nothing for minutes.
+  """
+  for i, frame in enumerate(frames, 1):
+    yield frame
+    if i % PROGRESS_EVERY == 0 and (total is None or i < total):
+      log.info("%s: %d%s frames cropped", name or "video", i,
+               "" if total is None else f" of {total}")
+
+
 def face_crops(open_frames: Callable[[], Iterable[np.ndarray]],
                config: CorpusConfig,
                detector: face_crop.Detector | None = None,
@@ -216,13 +233,15 @@ def face_crops(open_frames: Callable[[], Iterable[np.ndarray]],
 
   `open_frames()` returns a fresh iterable (or lazy sequence) of RGB frames;
   it is called twice (box, then crops), so no whole video is held decoded.
-  `name` (the video's folder) starts the face box's warnings.
+  `name` (the video's folder) starts the face box's warnings and progress lines.
   """
   box = face_crop.stable_face_box(
       open_frames(), sample=config.face_sample, margin=config.face_margin,
       detector=detector, name=name)
+  frames = open_frames()
+  total = len(frames) if hasattr(frames, "__len__") else None
   return [encode_frame(face_crop.crop_and_resize(f, box, config.size),
-                       config.encoding) for f in open_frames()]
+                       config.encoding) for f in crop_progress(frames, total, name)]
 
 
 # --------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Without `--xm` (or without XManager installed) it prints one `python -m meldae_j
 command per run of the sweep (see launch/sweeps.py); other `--config.KEY=VALUE` flags
 (e.g. `--config.dataset.data_dir=D`) are passed on to every run, except a key the sweep
 sets itself (the pretrained ViT of the paper configs: `MELDAE_VIT_INIT=PATH`); `--run`
-executes them and then prints the results table. `--results` prints it for runs made before (launch/results.py: each
+executes them (each run's exit status to `<run>/launch_exit.json`) and then prints the
+results table. `--results` prints it for runs made before (launch/results.py: each
 run's test figures, their difference to the sweep's full model, and the paper's figure
 for the run), `--plot` draws the runs' validation curves (the paper's Figure 4 for
 `loc_loss`) and their test figures beside the paper's (a LOSO sweep: these alone). It
@@ -111,6 +112,16 @@ def commands(config: str, sweep: str, workdir: str, extra=()) -> list[tuple[str,
   return out
 
 
+def run_one(cmd: list, run_dir: str) -> int:
+  """Runs one command and records its exit status in its run folder: the results table
+  then says 'failed (exit N)' for a crashed run, not 'running or stopped'."""
+  results = _load("results")
+  results.write_exit(run_dir, None)  # an earlier try's record: this one is running
+  code = subprocess.call(cmd, cwd=ROOT)
+  results.write_exit(run_dir, code)
+  return code
+
+
 def launch_xm(config: str, sweep: str, workdir: str, extra=()) -> None:
   """One XManager experiment, one work unit per sweep point (local executor)."""
   from xmanager import xm  # pylint: disable=g-import-not-at-top
@@ -169,10 +180,11 @@ def main(argv=None) -> int:
       print("XManager is not installed (pip install xmanager); local commands instead:",
             file=sys.stderr)
   failed = 0
+  dirs = dict(run_dirs(args.config, args.sweep, args.workdir))
   for name, cmd in commands(args.config, args.sweep, args.workdir, extra):
     print(f"# {name}\n{shlex.join(cmd)}", flush=True)
     if args.run:
-      failed += subprocess.call(cmd, cwd=ROOT) != 0
+      failed += run_one(cmd, dirs[name]) != 0
   if args.run:
     print(report(args.config, args.sweep, args.workdir, args.plot))
   return 1 if failed else 0

@@ -4,7 +4,9 @@
       --results [--plot=/tmp/abl/curves.png]
 
 Reads each run's `metrics.json` (a LOSO run's `loso_metrics.json`, pooled over its folds)
-under `workdir/<run name>`; runs not finished show their status. Figures are in percent,
+under `workdir/<run name>`; runs not finished show their status: "stale" when the run's
+`config.json` asks for more steps than its metrics were made at (a run being extended),
+"failed (exit N)" when `launch.py --run` saw it end with an error. Figures are in percent,
 as the paper gives them. The paper's column is its Table 2 (full model and the model
 without the enhancer, per corpus), Table 3 (WDMD ablations), Table 4 (WDMD, lambda and N)
 and, read off Figure 4's text, the converged F1_DR of the localisation losses ("~"). Each
@@ -13,6 +15,7 @@ Standalone (no project imports), like sweeps.py.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -89,13 +92,85 @@ def read_run(run_dir: str) -> dict:
     m = data.get("pooled", {}) if loso else data
     out = {k: m.get(k) for k in COLUMNS if k != "megc2020_f1"}
     out["megc2020_f1"] = (m.get("megc2020") or {}).get("f1")
+    stale, failed = _stale(run_dir, data, loso), _failed(run_dir)
     out["status"] = data.get("status", "?")
+    if stale:
+      out["status"] = f"stale ({stale}): running or stopped"
+    if failed:
+      out["status"] = failed + (f" ({stale})" if stale else "")
     out["best_step"] = None if loso else data.get("best_step")
     out["folds"] = data.get("num_folds") if loso else None
     return out
   if not os.path.isdir(run_dir):
     return {"status": "not started"}
-  return {"status": "running or stopped (no metrics.json yet)"}
+  return {"status": _failed(run_dir) or "running or stopped (no metrics.json yet)"}
+
+
+def _total_steps(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f).get("total_steps")
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
+def _run_dirs(run_dir: str, loso: bool) -> list[str]:
+  """The folders training writes config.json and metrics.json to: the run's, or its
+  LOSO folds'."""
+  return sorted(glob.glob(os.path.join(run_dir, "fold_*"))) if loso else [run_dir]
+
+
+def _stale(run_dir: str, data: dict, loso: bool) -> str | None:
+  """Why the figures are not the run's at its config.json's total_steps, or None: a run
+  extended to more steps writes its config.json at the start and keeps the old
+  metrics.json (status 'done') until it finishes again."""
+  dirs = _run_dirs(run_dir, loso)
+  want = [s for s in (_total_steps(os.path.join(d, "config.json")) for d in dirs)
+          if s is not None]
+  if not want:
+    return None
+  have = ([_total_steps(os.path.join(d, "metrics.json")) for d in dirs] if loso
+          else [data.get("total_steps")])
+  old = sorted({s for s in have if s is not None and s != max(want)})
+  if not old:
+    return None
+  return f"figures at {'/'.join(map(str, old))} steps, config.json {max(want)}"
+
+
+# Written by `launch.py --run` into a run's folder when its command ends.
+EXIT_FILE = "launch_exit.json"
+
+
+def write_exit(run_dir: str, code: int | None) -> None:
+  """Records a run's exit status (None: removes the record, as a run starts)."""
+  path = os.path.join(run_dir, EXIT_FILE)
+  if code is None:
+    if os.path.exists(path):
+      os.remove(path)
+    return
+  os.makedirs(run_dir, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"exit": code}, f)
+
+
+def _failed(run_dir: str) -> str | None:
+  """'failed (exit N)' when launch recorded an error exit that nothing since overrides:
+  a later start (config.json) or finish (metrics.json) of the run is newer."""
+  path = os.path.join(run_dir, EXIT_FILE)
+  try:
+    with open(path) as f:
+      code = json.load(f)["exit"]
+    when = os.path.getmtime(path)
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  if not code:
+    return None
+  files = [os.path.join(d, n) for d in [run_dir, *_run_dirs(run_dir, True)]
+           for n in ("config.json", "metrics.json")]
+  files.append(os.path.join(run_dir, "loso_metrics.json"))
+  if any(os.path.exists(p) and os.path.getmtime(p) > when for p in files):
+    return None
+  return f"failed (signal {-code})" if code < 0 else f"failed (exit {code})"
 
 
 def _pct(v) -> str:

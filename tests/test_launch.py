@@ -1,5 +1,6 @@
 """launch/: the sweeps' command lines parse into the configs they mean."""
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -213,3 +214,45 @@ def test_table2_sweep_is_its_two_rows_per_corpus(tmp_path):
   text = launch.report("configs/samm_lv.py", "table2", str(tmp_path))
   assert "| full | not started |  |  | 88.13 (Table 2) |  |" in text
   assert "| enhancer=False | not started |  |  | 76.05 (Table 2) | -12.08 |" in text
+
+
+def test_a_run_extended_to_more_steps_is_not_done(tmp_path):
+  """A run restarted with a larger total_steps rewrites its config.json at the start and
+  keeps the old metrics.json (status 'done') until it finishes: the table says stale."""
+  results = launch._load("results")  # pylint: disable=protected-access
+  run = tmp_path / "seed=0"
+  _write(run / "metrics.json", {"status": "done", "f1_dr": 0.3, "total_steps": 100})
+  _write(run / "config.json", {"total_steps": 100})
+  assert results.read_run(str(run))["status"] == "done"
+  _write(run / "config.json", {"total_steps": 200})
+  status = results.read_run(str(run))["status"]
+  assert status == "stale (figures at 100 steps, config.json 200): running or stopped"
+  # A LOSO run: a fold trained on at 200 while the others' metrics are at 100.
+  loso = tmp_path / "seed=1"
+  _write(loso / "loso_metrics.json", {"status": "done", "num_folds": 2, "pooled": {}})
+  for fold, steps in (("a", 200), ("b", 100)):
+    _write(loso / f"fold_{fold}" / "config.json", {"total_steps": steps})
+    _write(loso / f"fold_{fold}" / "metrics.json", {"status": "done", "total_steps": steps})
+  assert results.read_run(str(loso))["status"].startswith("stale (figures at 100 steps")
+  text = launch.report("configs/synthetic.py", "seeds", str(tmp_path))
+  assert "f1_dr over" not in text  # a stale run is not averaged in
+
+
+def test_a_run_that_crashed_under_run_says_failed(tmp_path, monkeypatch, capsys):
+  def crash(cmd, **kw):  # the run writes its config.json, then dies
+    del kw
+    workdir = pathlib.Path(next(a for a in cmd if a.startswith("--workdir="))[10:])
+    _write(workdir / "config.json", {"total_steps": 4})
+    return 3 if workdir.name == "seed=1" else 0
+  monkeypatch.setattr(launch.subprocess, "call", crash)
+  assert launch.main(["--config=configs/synthetic.py", "--sweep=seeds",
+                      f"--workdir={tmp_path}", "--run"]) == 1
+  out = capsys.readouterr().out
+  assert "| seed=1 | failed (exit 3) |" in out
+  assert "| seed=0 | running or stopped (no metrics.json yet) |" in out
+  results = launch._load("results")  # pylint: disable=protected-access
+  # Started again by hand (its config.json written since): no longer the failed try's.
+  exit_file = tmp_path / "seed=1" / results.EXIT_FILE
+  mtime = exit_file.stat().st_mtime
+  os.utime(tmp_path / "seed=1" / "config.json", (mtime + 5, mtime + 5))
+  assert results.read_run(str(tmp_path / "seed=1"))["status"].startswith("running or")

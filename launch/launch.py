@@ -56,8 +56,9 @@ def report(config: str, sweep: str, workdir: str, plot: str | None = None) -> st
   if plot:
     corpus = results.corpus_of(config)
     key = results.KEY_METRIC.get(corpus, "f1_dr")
-    bars = [(name, results.read_run(path).get(key),
-             results.paper_value(corpus, name, sweep)[0]) for name, path in runs]
+    runs_read = [(name, results.read_run(path)) for name, path in runs]
+    bars = [(name, r.get(key), None if results.other_corpus(corpus, r)
+             else results.paper_value(corpus, name, sweep)[0]) for name, r in runs_read]
     try:
       out = results.plot(runs, plot, key=key, bars=bars,
                          title=f"{os.path.basename(config)}: sweep {sweep}")

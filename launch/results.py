@@ -6,7 +6,10 @@
 Reads each run's `metrics.json` (a LOSO run's `loso_metrics.json`, pooled over its folds)
 under `workdir/<run name>`; runs not finished show their status: "stale" when the run's
 `config.json` asks for more steps than its metrics were made at (a run being extended),
-"failed (exit N)" when `launch.py --run` saw it end with an error. Figures are in percent,
+"failed (exit N)" when `launch.py --run` saw it end with an error. A run whose
+`config.json` names another dataset than `--config`'s corpus gets no paper figure (a
+warning names it): `--config` picks the paper's column, the runs' own config says what
+they trained on. Figures are in percent,
 as the paper gives them. The paper's column is its Table 2 (full model and the model
 without the enhancer, per corpus), Table 3 (WDMD ablations), Table 4 (WDMD, lambda and N)
 and, read off Figure 4's text, the converged F1_DR of the localisation losses ("~"). Each
@@ -100,10 +103,34 @@ def read_run(run_dir: str) -> dict:
       out["status"] = failed + (f" ({stale})" if stale else "")
     out["best_step"] = None if loso else data.get("best_step")
     out["folds"] = data.get("num_folds") if loso else None
+    out["dataset"] = _dataset(run_dir)
     return out
   if not os.path.isdir(run_dir):
     return {"status": "not started"}
-  return {"status": _failed(run_dir) or "running or stopped (no metrics.json yet)"}
+  return {"status": _failed(run_dir) or "running or stopped (no metrics.json yet)",
+          "dataset": _dataset(run_dir)}
+
+
+def _dataset(run_dir: str) -> str | None:
+  """The dataset the run trained on, from its (or its first LOSO fold's) config.json."""
+  for path in [os.path.join(run_dir, "config.json"),
+               *sorted(glob.glob(os.path.join(run_dir, "fold_*", "config.json")))]:
+    try:
+      with open(path) as f:
+        return json.load(f)["dataset"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+  return None
+
+
+def other_corpus(corpus: str | None, run: dict) -> str | None:
+  """The dataset a run trained on when its config.json names another than `--config`'s
+  corpus (or a paper corpus that `--config` is not): its figures are not comparable with
+  the paper's for `--config`, so none is shown beside them."""
+  name = run.get("dataset")
+  if name is None or name == corpus or (corpus is None and name not in KEY_METRIC):
+    return None
+  return name
 
 
 def _total_steps(path: str):
@@ -190,16 +217,25 @@ def table(config: str, sweep: str, runs: list[tuple[str, str]]) -> str:
   lines = [f"{config}, sweep {sweep!r}: figures in %, on the test split "
            f"({'the paper compares ' + key.upper() if corpus else 'no paper figures: not one of its corpora'}).",
            "", head, "|" + " --- |" * (head.count("|") - 1)]
+  other = {n: other_corpus(corpus, r) for n, r in results.items() if other_corpus(corpus, r)}
+  if other:
+    named = ", ".join(f"{n} ({d})" for n, d in other.items())
+    lines.insert(1, f"WARNING: by their config.json, {named} trained on another dataset "
+                 f"than {corpus or config} (--config): no paper figure beside them; give "
+                 "--config the runs' corpus.")
   for name, _ in runs:
     r = results[name]
     ours = r.get(key)
     paper, source = paper_value(corpus, name, sweep)
+    if name in other:
+      paper, source = None, ""
     delta = "" if ours is None or base is None or name == baseline else (
         f"{100 * (ours - base):+.2f}")
     paper_delta = "" if paper is None or paper_base is None or name == baseline else (
         f"{paper - paper_base:+.2f}")
     where = r.get("best_step") if r.get("folds") is None else f"{r['folds']} folds"
-    cells = [name, str(r.get("status")), _pct(ours), delta,
+    status = str(r.get("status")) + (f" (dataset {other[name]}!)" if name in other else "")
+    cells = [name, status, _pct(ours), delta,
              f"{paper:.2f} ({source})" if paper is not None else "", paper_delta]
     cells += [_pct(r.get(c)) for c in COLUMNS if c != key]
     cells.append("" if where is None else str(where))

@@ -105,6 +105,8 @@ def test_results_table_beside_the_papers_numbers(tmp_path):
   full = tmp_path / "abl" / "full"
   train.train_and_evaluate(cfg, str(full), splits=th.splits(n_train=2, n_val=1, n_test=1))
   m = json.loads((full / "metrics.json").read_text())
+  saved = json.loads((full / "config.json").read_text())  # a stand-in for a WDMD run
+  _write(full / "config.json", dict(saved, dataset=dict(saved["dataset"], name="wdmd")))
   pooled = dict(m, f1_dr=m["f1_dr"] - 0.1 if m["f1_dr"] is not None else None)
   _write(tmp_path / "abl" / "temporal=none" / "loso_metrics.json",
          {"pooled": pooled, "status": "partial", "num_folds": 3})
@@ -256,3 +258,21 @@ def test_a_run_that_crashed_under_run_says_failed(tmp_path, monkeypatch, capsys)
   mtime = exit_file.stat().st_mtime
   os.utime(tmp_path / "seed=1" / "config.json", (mtime + 5, mtime + 5))
   assert results.read_run(str(tmp_path / "seed=1"))["status"].startswith("running or")
+
+
+def test_runs_of_another_corpus_than_the_config_say_so(tmp_path):
+  """--config names the corpus the paper's figures are taken for; runs whose own
+  config.json names another dataset get none beside them, and a warning says so."""
+  for name, dataset in (("full", "casme2"), ("enhancer=False", "wdmd")):
+    _write(tmp_path / name / "metrics.json", {"status": "done", "f1_dr": 0.3, "uf1": 0.2})
+    _write(tmp_path / name / "config.json", {"dataset": {"name": dataset}})
+  text = launch.report("configs/wdmd.py", "table2", str(tmp_path))
+  assert "WARNING: by their config.json, full (casme2) trained on another dataset" in text
+  assert "| full | done (dataset casme2!) | 30.00 |  |  |  |" in text
+  assert "| enhancer=False | done | 30.00 | +0.00 | 18.87 (Table 2) | -12.87 |" in text
+  # A LOSO run: its folds keep the config.json.
+  _write(tmp_path / "full" / "loso_metrics.json", {"status": "done", "pooled": {"uf1": 0.2}})
+  (tmp_path / "full" / "config.json").unlink()
+  _write(tmp_path / "full" / "fold_s1" / "config.json", {"dataset": {"name": "casme2"}})
+  assert "| full | done | 20.00 |  | 37.93 (Table 2) |" in launch.report(
+      "configs/casme2.py", "table2", str(tmp_path))

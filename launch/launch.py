@@ -16,7 +16,9 @@ results table. `--results` prints it for runs made before (launch/results.py: ea
 run's test figures, their difference to the sweep's full model, and the paper's figure
 for the run), `--plot` draws the runs' validation curves (the paper's Figure 4 for
 `loc_loss`) and their test figures beside the paper's (a LOSO sweep: these alone). It
-does not import the project, and XManager only inside `launch_xm`.
+imports the project only to read the config of the `ablations` sweep (its ResNet-50 run
+takes the config's learning rate for the rest of the model), and XManager only inside
+`launch_xm`.
 """
 import argparse
 import importlib.util
@@ -100,11 +102,38 @@ def check_extra(sweep: str, extra=()) -> None:
                        f"another sweep{hint}")
 
 
+def optimizer_groups(config: str):
+  """The config's optimizer.groups, read as meldae_jax.main reads `configs/x.py[:arg]`
+  (a relative path not found here is the runs', from the repository root)."""
+  path, _, arg = config.partition(":")
+  full = path if os.path.isabs(path) else os.path.join(ROOT, path)
+  if str(ROOT) not in sys.path:  # `from configs import common`, as in the runs (cwd ROOT)
+    sys.path.insert(0, str(ROOT))
+  try:
+    spec = importlib.util.spec_from_file_location("meldae_launch_config", full)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config(arg) if arg else module.get_config()
+    return tuple(tuple(g) for g in cfg.optimizer.groups)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"--config={config}: cannot read its optimizer.groups here (the "
+                     f"ResNet-50 run takes the rest's learning rate from it): {e}") from e
+
+
+def sweep_runs(config: str, sweep: str) -> list[dict]:
+  """The sweep's overrides for this config: the ResNet-50 ablation takes the learning rate
+  of the rest of the model from the config's optimizer.groups."""
+  sweeps = _sweeps()
+  if sweep in sweeps.USES_GROUPS:
+    return sweeps.get_sweep(sweep, optimizer_groups(config))
+  return sweeps.get_sweep(sweep)
+
+
 def commands(config: str, sweep: str, workdir: str, extra=()) -> list[tuple[str, list]]:
   sweeps = _sweeps()
   config, workdir = _absolute(config, workdir)
   out = []
-  for overrides in sweeps.get_sweep(sweep):
+  for overrides in sweep_runs(config, sweep):
     name = sweeps.run_name(overrides)
     args = [sys.executable, "-m", "meldae_jax.main", f"--config={config}",
             f"--workdir={os.path.join(workdir, name)}"]
@@ -133,7 +162,7 @@ def launch_xm(config: str, sweep: str, workdir: str, extra=()) -> None:
     [executable] = experiment.package([xm.python_container(
         executor_spec=xm_local.Local.Spec(), path=str(ROOT),
         entrypoint=xm.ModuleName("meldae_jax.main"))])
-    for overrides in sweeps.get_sweep(sweep):
+    for overrides in sweep_runs(config, sweep):
       args = {"config": config,
               "workdir": os.path.join(workdir, sweeps.run_name(overrides)),
               **{f"config.{k}": v for k, v in overrides.items()}}
@@ -161,6 +190,7 @@ def main(argv=None) -> int:
   args, extra = parser.parse_known_args(argv)
   try:
     check_extra(args.sweep, extra)
+    runs = [] if args.results else commands(args.config, args.sweep, args.workdir, extra)
     if args.plot:  # before the runs: a bad path would otherwise fail after them
       _load("results").plot_file(args.plot)
   except ValueError as e:
@@ -182,7 +212,7 @@ def main(argv=None) -> int:
             file=sys.stderr)
   failed = 0
   dirs = dict(run_dirs(args.config, args.sweep, args.workdir))
-  for name, cmd in commands(args.config, args.sweep, args.workdir, extra):
+  for name, cmd in runs:
     print(f"# {name}\n{shlex.join(cmd)}", flush=True)
     if args.run:
       failed += run_one(cmd, dirs[name]) != 0

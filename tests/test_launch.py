@@ -37,16 +37,21 @@ def test_run_names_are_unique_plain_folder_names(sweep):
     assert re.fullmatch(r"[\w.=,+-]+", name), name
 
 
-def test_resnet50_ablation_trains_from_scratch_at_the_rest_lr(monkeypatch):
+@pytest.mark.parametrize("config,rest", [("configs/wdmd.py", 5e-4),
+                                         ("configs/synthetic.py:easy", 1e-3)])
+def test_resnet50_ablation_trains_from_scratch_at_the_rest_lr(monkeypatch, config, rest):
+  """Only the backbone changes: it takes the lr of the rest of the model, which keeps the
+  config's (the paper configs' 5e-4, synthetic's 1e-3; a fixed 5e-4 moved synthetic's)."""
   monkeypatch.setenv("MELDAE_VIT_INIT", "/ckpt/ViT-B_16.npz")  # the paper's ViT init
-  (name, cmd), = [c for c in launch.commands("configs/wdmd.py", "ablations", "/w")
+  (name, cmd), = [c for c in launch.commands(config, "ablations", "/w")
                   if "resnet50" in c[0]]
   assert name == "backbone=resnet50"
   args = [a for a in cmd[cmd.index("meldae_jax.main") + 1:] if not a.startswith("--workdir")]
   proc = subprocess.run([sys.executable, "-c", _PARSE, *args], cwd=ROOT, capture_output=True,
                         text=True, timeout=120, check=True)
   parsed = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert parsed == {"groups": [[".*", 5e-4]], "model_init": "", "backbone": "resnet50"}
+  assert parsed == {"groups": [["backbone/.*", rest], [".*", rest]], "model_init": "",
+                    "backbone": "resnet50"}
 
 
 def test_a_vit_checkpoint_into_the_resnet_backbone_is_an_error():
@@ -276,3 +281,11 @@ def test_runs_of_another_corpus_than_the_config_say_so(tmp_path):
   _write(tmp_path / "full" / "fold_s1" / "config.json", {"dataset": {"name": "casme2"}})
   assert "| full | done | 20.00 |  | 37.93 (Table 2) |" in launch.report(
       "configs/casme2.py", "table2", str(tmp_path))
+
+
+def test_ablations_on_a_config_that_cannot_be_read_here_is_refused(capsys):
+  """The ResNet-50 run's learning rates come from the config: one the launcher cannot
+  read is an error (exit 2) naming it, not a run at a guessed rate."""
+  assert launch.main(["--config=/nowhere/my.py", "--sweep=ablations", "--workdir=/w"]) == 2
+  assert "--config=/nowhere/my.py: cannot read its optimizer.groups" in capsys.readouterr().err
+  assert launch.main(["--config=/nowhere/my.py", "--sweep=seeds", "--workdir=/w"]) == 0

@@ -289,3 +289,25 @@ def test_ablations_on_a_config_that_cannot_be_read_here_is_refused(capsys):
   assert launch.main(["--config=/nowhere/my.py", "--sweep=ablations", "--workdir=/w"]) == 2
   assert "--config=/nowhere/my.py: cannot read its optimizer.groups" in capsys.readouterr().err
   assert launch.main(["--config=/nowhere/my.py", "--sweep=seeds", "--workdir=/w"]) == 0
+
+
+@pytest.mark.parametrize("corpus,uf1", [("casme2", 37.93), ("samm_lv", 88.13),
+                                        ("mmew", 73.04)])
+@pytest.mark.parametrize("sweep,key,full", [("loc_loss", "loss.loc_loss", "bal"),
+                                            ("lambda", "loss.boundary_lambda", 1.0),
+                                            ("tokens", "model.num_queries", 16)])
+def test_a_sweeps_full_model_run_shows_table2_on_every_corpus(tmp_path, corpus, uf1, sweep,
+                                                               key, full):
+  """Off WDMD the baseline run of loc_loss / lambda / tokens is the corpus config's full
+  model, Table 2's MELDAE row: its figure stands beside it (the other runs have none)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{corpus}").get_config()
+  section, name = key.split(".")
+  assert config[section][name] == full  # the run's override changes nothing: full model
+  baseline = f"{name}={full}"
+  text = launch.report(f"configs/{corpus}.py", sweep, str(tmp_path))
+  row = next(l for l in text.splitlines() if l.startswith(f"| {baseline} |"))
+  assert row.split(" | ")[4] == f"{uf1:.2f} (Table 2)", row
+  others = [l for l in text.splitlines() if l.startswith("| ") and baseline not in l
+            and "---" not in l and not l.startswith("| run |")]
+  assert others and all(" (Table" not in l for l in others)

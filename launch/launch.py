@@ -3,7 +3,8 @@
   python launch/launch.py --config=configs/wdmd.py --sweep=ablations --workdir=/tmp/abl
   python launch/launch.py --config=configs/synthetic.py:easy --sweep=loc_loss \
       --workdir=/tmp/loss --run            # run the local commands one after another
-  python launch/launch.py ... --xm         # XManager (xm_local), when it is installed
+  python launch/launch.py ... --xm         # XManager (xm_local), when it is installed:
+                                           # see launch_xm for what its containers get
   python launch/launch.py --config=configs/wdmd.py --sweep=ablations --workdir=/tmp/abl \
       --results [--plot=/tmp/abl/val_f1_dr.png]   # the runs' table beside the paper's
 
@@ -152,24 +153,62 @@ def run_one(cmd: list, run_dir: str) -> int:
   return code
 
 
+# The environment the configs read (configs/common.py): passed on to each XManager job.
+XM_ENV = ("MELDAE_VIT_INIT", "TFDS_DATA_DIR")
+
+
+def xm_job_spec(config: str, sweep: str, workdir: str, extra=(), environ=None):
+  """(args per run name, env_vars, volumes) of the XManager jobs: the args are the local
+  commands' flags as they are (an extra `--config.K V` in two words or `--noconfig.K`
+  arrives as given), the config relative to the repository when it is in it (the image
+  runs in its copy of it), the XM_ENV variables set here, and every absolute host path
+  among the workdir, those variables and the flags' values mounted at the same path
+  (the workdir so the runs' results stay on this machine for --results)."""
+  environ = os.environ if environ is None else environ
+  config, workdir = _absolute(config, workdir)
+  runs = commands(config, sweep, workdir, extra)
+  path, colon, arg = config.partition(":")
+  if os.path.abspath(path).startswith(str(ROOT) + os.sep):
+    config = os.path.relpath(path, ROOT) + colon + arg
+  args = {name: [f"--config={config}", *cmd[cmd.index("meldae_jax.main") + 2:]]
+          for name, cmd in runs}
+  env = {k: environ[k] for k in XM_ENV if environ.get(k)}
+  values = [workdir, *env.values(), *(e.partition("=")[2] for e in extra),
+            *(e for e in extra if not e.startswith("-"))]
+  volumes = {}
+  for v in values:
+    if os.path.isabs(v) and (os.path.exists(v) or v == workdir):
+      d = v if os.path.isdir(v) or v == workdir else os.path.dirname(v)
+      volumes[d] = d
+  return args, env, volumes
+
+
 def launch_xm(config: str, sweep: str, workdir: str, extra=()) -> None:
-  """One XManager experiment, one work unit per sweep point (local executor)."""
+  """One XManager experiment, one work unit per sweep point, on this machine (xm_local).
+
+  XManager's python_container builds a Docker image of the repository (its default
+  steps `pip install -r requirements.txt`, which this repository does not have: give
+  the image its own `docker_instructions` or base image) and runs each job in a
+  container. Into it go: the runs' flags, MELDAE_VIT_INIT and TFDS_DATA_DIR when set, and
+  mounts (same path) of the workdir and of the absolute paths those and the flags name.
+  Not carried: other environment variables (the MELDAE_CPU_* / MELDAE_CBLAS_LIB
+  switches, XLA_FLAGS), relative paths in flags (they are the image's), paths not named
+  (e.g. the default ~/tensorflow_datasets when TFDS_DATA_DIR is unset), and GPUs (no
+  `local_gpu` is requested: the runs train on the CPU). Files the runs write belong to
+  the container's user (root in the default image). No exit status is recorded (--run's).
+  """
   from xmanager import xm  # pylint: disable=g-import-not-at-top
   from xmanager import xm_local  # pylint: disable=g-import-not-at-top
-  sweeps = _sweeps()
-  config, workdir = _absolute(config, workdir)
+  args, env, volumes = xm_job_spec(config, sweep, workdir, extra)
+  os.makedirs(_absolute(config, workdir)[1], exist_ok=True)  # else docker makes it, root's
   with xm_local.create_experiment(experiment_title=f"meldae-{sweep}") as experiment:
     [executable] = experiment.package([xm.python_container(
         executor_spec=xm_local.Local.Spec(), path=str(ROOT),
         entrypoint=xm.ModuleName("meldae_jax.main"))])
-    for overrides in sweep_runs(config, sweep):
-      args = {"config": config,
-              "workdir": os.path.join(workdir, sweeps.run_name(overrides)),
-              **{f"config.{k}": v for k, v in overrides.items()}}
-      for e in extra:
-        k, _, v = e.lstrip("-").partition("=")
-        args[k] = v
-      experiment.add(xm.Job(executable=executable, executor=xm_local.Local(), args=args))
+    executor = xm_local.Local(docker_options=xm_local.DockerOptions(volumes=volumes))
+    for job_args in args.values():
+      experiment.add(xm.Job(executable=executable, executor=executor, args=job_args,
+                            env_vars=env))
 
 
 def main(argv=None) -> int:

@@ -311,3 +311,50 @@ def test_a_sweeps_full_model_run_shows_table2_on_every_corpus(tmp_path, corpus, 
   others = [l for l in text.splitlines() if l.startswith("| ") and baseline not in l
             and "---" not in l and not l.startswith("| run |")]
   assert others and all(" (Table" not in l for l in others)
+
+
+def _fake_xmanager(jobs):
+  """xmanager's xm and xm_local as far as launch_xm uses them, recording the jobs."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  record = lambda **kw: types.SimpleNamespace(**kw)
+  experiment = types.SimpleNamespace(package=lambda specs: ["executable"],
+                                     add=jobs.append)
+  local = lambda **kw: record(**kw)
+  local.Spec = lambda: "local-spec"
+  xm = types.SimpleNamespace(python_container=record, ModuleName=lambda m: m, Job=record)
+  xm_local = types.SimpleNamespace(
+      create_experiment=lambda **kw: contextlib.nullcontext(experiment), Local=local,
+      DockerOptions=record)
+  return types.SimpleNamespace(xm=xm, xm_local=xm_local)
+
+
+def test_xm_jobs_carry_the_flags_as_given_the_vit_init_and_the_workdir(tmp_path,
+                                                                       monkeypatch):
+  """An extra flag in two words (`--config.K V`) reached XManager as two empty flags, and
+  MELDAE_VIT_INIT (read by the config inside the container) not at all."""
+  jobs = []
+  fake = _fake_xmanager(jobs)
+  monkeypatch.setitem(sys.modules, "xmanager", fake)
+  monkeypatch.setitem(sys.modules, "xmanager.xm", fake.xm)
+  monkeypatch.setitem(sys.modules, "xmanager.xm_local", fake.xm_local)
+  (tmp_path / "ckpt").mkdir()
+  (tmp_path / "ckpt" / "vit.npz").write_text("")
+  monkeypatch.setenv("MELDAE_VIT_INIT", str(tmp_path / "ckpt" / "vit.npz"))
+  monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+  (tmp_path / "tfds").mkdir()
+  work = tmp_path / "abl"
+  assert launch.main(["--config=configs/wdmd.py", "--sweep=ablations", f"--workdir={work}",
+                      "--xm", "--config.dataset.data_dir", str(tmp_path / "tfds"),
+                      "--config.total_steps=10"]) == 0
+  assert len(jobs) == 8
+  full = jobs[0]
+  assert full.args == ["--config=configs/wdmd.py", f"--workdir={work / 'full'}",
+                       "--config.dataset.data_dir", str(tmp_path / "tfds"),
+                       "--config.total_steps=10"]
+  assert full.env_vars == {"MELDAE_VIT_INIT": str(tmp_path / "ckpt" / "vit.npz")}
+  volumes = full.executor.docker_options.volumes
+  assert volumes == {str(work): str(work), str(tmp_path / "ckpt"): str(tmp_path / "ckpt"),
+                     str(tmp_path / "tfds"): str(tmp_path / "tfds")}
+  assert work.is_dir()
+  assert "--config.model.enhancer=False" in jobs[1].args

@@ -602,3 +602,24 @@ def test_build_command_without_data_dir_builds_where_training_reads(tmp_path,
     else:
       monkeypatch.setenv("TFDS_DATA_DIR", value)
     assert build_lib.default_data_dir() == common.default_data_dir()
+
+
+def test_a_corpus_error_while_training_builds_is_a_one_line_error(tmp_path, monkeypatch,
+                                                                   capsys):
+  """`train.ensure_built` builds a generated corpus on the fly: a CorpusError there was
+  missing from `cli.EXIT_CODES`, a traceback."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from meldae_jax import cli  # pylint: disable=g-import-not-at-top
+  from meldae_jax import train  # pylint: disable=g-import-not-at-top
+
+  def fail(*_):
+    raise CorpusError("splits.json: subject S08 of the corpus is in no split")
+  monkeypatch.setattr(train.build_lib, "build", fail)
+  d = ml_collections.ConfigDict({"name": "synthetic_conversation", "builder_config": "tiny",
+                                 "data_dir": str(tmp_path / "data"),
+                                 "build_if_missing": True})
+  with pytest.raises(SystemExit) as exit_info, cli.one_line_errors():
+    train.ensure_built(d)
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert lines[-1] == "error: splits.json: subject S08 of the corpus is in no split"

@@ -21,7 +21,8 @@ paper's names (rows 1-2 forehead, 3-4 eyes & brows, 5-6 nose & cheeks, 7-8 mouth
 chin & jaw). On a leave-one-subject-out fold's workdir (`WORKDIR/fold_<S>/`) the splits
 are the fold's: test is S's videos, validation and train the subjects it held out and
 trained on. The workdir is only read. Exit status 2: no checkpoint, no enhancer
-(`model.enhancer=False`), or the split is missing.
+(`model.enhancer=False`), the split is missing or the corpus not built, or a record that
+breaks the schema; 4: the checkpoint was saved with other model settings.
 """
 from __future__ import annotations
 
@@ -241,9 +242,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.quiet_logs()
   f = flags.FLAGS
-  with cli.one_line_errors(((AttentionError, 2), (spot.SpotError, 2), (loso.FoldError, 2),
-                            (train.CorpusNotBuiltError, 2),
-                            (checkpointing.CheckpointMismatchError, 4))):
+  # The training commands' table too: a record breaking the schema was a traceback here.
+  with cli.one_line_errors(cli.EXIT_CODES + ((AttentionError, 2), (spot.SpotError, 2),
+                                             (loso.FoldError, 2))):
     run(spot.load_config(f.workdir, f.config), f.workdir, f.out, split=f.split,
         max_videos=f.max_videos, margin_seconds=f.margin_seconds)
 

@@ -154,3 +154,21 @@ def test_a_frame_step_change_is_noted_as_attention_maps_own(workdir, tmp_path, c
   attention_maps.run(cfg, workdir, str(tmp_path / "o"), index=index)
   said = capsys.readouterr().out
   assert "[attention] WARNING: dataset.frame_step is 2" in said and "[spot]" not in said
+
+
+def test_a_record_breaking_the_schema_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+  """`cli.EXIT_CODES` has sources.RecordError; attention_maps' own table lacked it."""
+  import types  # pylint: disable=g-import-not-at-top
+  bad = dict(th.records(1, seed=902, num_frames=20)[0], fps=0.0)
+  monkeypatch.setattr(train, "open_splits", lambda cfg: train.Splits(
+      train=None, test=sources.VideoIndex([bad])))
+  monkeypatch.setattr(attention_maps, "flags", types.SimpleNamespace(
+      FLAGS=types.SimpleNamespace(workdir=str(tmp_path), config=th.tiny_config(),
+                                  out=str(tmp_path / "o"), split="test", max_videos=0,
+                                  margin_seconds=0.5)))
+  with pytest.raises(SystemExit) as exit_info:
+    attention_maps.main(["attention_maps"])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.splitlines()[-1].startswith(
+      "error: video 'v902': fps must be a positive number")
+  assert not (tmp_path / "o").exists()

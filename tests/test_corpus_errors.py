@@ -623,3 +623,19 @@ def test_a_corpus_error_while_training_builds_is_a_one_line_error(tmp_path, monk
   assert exit_info.value.code == 2
   lines = capsys.readouterr().err.splitlines()
   assert lines[-1] == "error: splits.json: subject S08 of the corpus is in no split"
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("nosuch", "no builder for 'nosuch'"),
+    ("synthetic_conversation/bogus", "synthetic_conversation has no config 'bogus' (have "),
+])
+def test_preview_of_an_unknown_builder_or_config_is_one_line(tmp_path, capsys, spec,
+                                                             words):
+  """Both were tracebacks (a FileNotFoundError, TFDS's ValueError)."""
+  from meldae_jax.data import preview  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as exit_info:
+    preview.main(["--builder", spec, "--data_dir", str(tmp_path / "data"), "--out",
+                  str(tmp_path / "out")])
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines

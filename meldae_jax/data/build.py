@@ -39,6 +39,21 @@ def load_builder_class(name: str, datasets_dir=None):
   return module.Builder
 
 
+class BuildError(ValueError):
+  """A corpus that cannot be built as asked; the one-line message says why."""
+
+
+def builder_class(spec: str, datasets_dir=None):
+  """The Builder of `name[/config]`; BuildError for a config it lacks (TFDS's ValueError
+  for it, raised by preview and training too, was a traceback)."""
+  name, _, config = spec.partition("/")
+  cls = load_builder_class(name, datasets_dir)
+  known = [c.name for c in getattr(cls, "BUILDER_CONFIGS", ())]
+  if config and known and config not in known:
+    raise BuildError(f"{name} has no config {config!r} (have {known})")
+  return cls
+
+
 def default_data_dir() -> str:
   """$TFDS_DATA_DIR, else ~/tensorflow_datasets: where training reads a corpus (the same
   rule as configs/common.default_data_dir), so a build without --data_dir lands there."""
@@ -51,8 +66,8 @@ def make_builder(spec: str, data_dir=None, datasets_dir=None):
   No data_dir: `default_data_dir()`, with `~` expanded as training expands it (TFDS's own
   default keeps a `~` of $TFDS_DATA_DIR as a folder named `~` under the current one).
   """
-  name, _, config = spec.partition("/")
-  cls = load_builder_class(name, datasets_dir)
+  config = spec.partition("/")[2]
+  cls = builder_class(spec, datasets_dir)
   kwargs = {"file_format": "array_record",
             "data_dir": os.path.expanduser(str(data_dir or default_data_dir()))}
   if config:
@@ -74,17 +89,10 @@ def not_built_lines(builder, spec: str, data_dir, manual_dir=None) -> list[str]:
           f"(looked for {builder.data_path}).", "Build it once with:", f"  {command}"]
 
 
-class BuildError(ValueError):
-  """A corpus that cannot be built as asked; the one-line message says why."""
-
-
 def build(spec: str, data_dir=None, manual_dir=None, datasets_dir=None):
   """Generates and writes the corpus (a no-op when it is already there)."""
-  name, _, config = spec.partition("/")
-  cls = load_builder_class(name, datasets_dir)
-  known = [c.name for c in getattr(cls, "BUILDER_CONFIGS", ())]
-  if config and known and config not in known:
-    raise BuildError(f"{name} has no config {config!r} (have {known})")
+  name = spec.partition("/")[0]
+  builder_class(spec, datasets_dir)  # an unknown name or config first
   if data_dir and os.path.exists(os.path.expanduser(str(data_dir))) and not os.path.isdir(
       os.path.expanduser(str(data_dir))):
     raise BuildError(f"--data_dir {data_dir} is a file, not a folder")

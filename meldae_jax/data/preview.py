@@ -39,7 +39,11 @@ def motion_energy(frames: np.ndarray, box) -> np.ndarray:
   return energy
 
 
-class NotBuiltError(RuntimeError):
+class PreviewError(RuntimeError):
+  """A corpus that cannot be previewed as asked; the one-line message says why."""
+
+
+class NotBuiltError(PreviewError):
   """The corpus is not built in data_dir; the one-line message gives the build command."""
 
 
@@ -50,7 +54,10 @@ def _record_videos(spec, data_dir, split, count):
   on a corpus that is not ("`splits` is empty") named no command to build it.
   """
   from meldae_jax.data import build  # pylint: disable=import-outside-toplevel
-  builder = build.make_builder(spec, data_dir)
+  try:
+    builder = build.make_builder(spec, data_dir)
+  except (build.BuildError, FileNotFoundError) as e:  # an unknown builder or config
+    raise PreviewError(str(e)) from None
   if not builder.is_prepared():
     raise NotBuiltError(" ".join(line.strip() for line in build.not_built_lines(
         builder, spec, data_dir or build.default_data_dir())))
@@ -262,7 +269,7 @@ def main(argv=None):
   else:
     try:
       videos = _record_videos(args.builder, args.data_dir, args.split, args.videos)
-    except NotBuiltError as e:
+    except PreviewError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   for video_id, frames, ann in videos:

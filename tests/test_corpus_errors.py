@@ -109,6 +109,29 @@ def test_casme2_offset_past_the_last_frame_is_clamped(tmp_path, caplog):
                    r"of .*code_final\.xlsx: 2 \(disgust1_2 6/7/10\)", caplog.text)
 
 
+@pytest.mark.parametrize("apex, offset, expected", [
+    (9, 7, (5, -1, 6)),  # apex past the last of 8 frames
+    (12, 10, (5, -1, 7)),  # and the offset, clamped
+])
+def test_casme2_apex_past_the_last_frame_is_unknown(tmp_path, caplog, apex, offset,
+                                                    expected):
+  """samm_lv and mmew store an apex outside onset..offset as -1 (`RowRepairs`); casme2
+  stopped the build on it."""
+  manual = copy("casme2", tmp_path)
+  edit_cell(manual / CASME_SHEET, "CASFEcode_final", "D2", apex)  # disgust1_2: 6/7/7
+  edit_cell(manual / CASME_SHEET, "CASFEcode_final", "E2", offset)
+  with caplog.at_level("WARNING", logger="meldae_jax.data.casme2"):
+    builder = build("casme2", manual, tmp_path / "data")
+  (record,) = [r for r in builder.as_data_source("subject_15")
+               if r["video_id"] == b"s15/15_0101disgustingteeth"]
+  iv = record["intervals"]
+  assert [(int(a), int(b), int(c)) for a, b, c in zip(iv["onset"], iv["apex"],
+                                                      iv["offset"])][1] == expected
+  assert re.search(r"casme2: apex not coded or outside onset\.\.offset, set to unknown "
+                   rf"\(-1\): 1 row\(s\) of .*code_final\.xlsx: 2 \(disgust1_2 6/{apex}/"
+                   rf"{offset}\)", caplog.text)
+
+
 def test_casme2_onset_past_the_last_frame_is_an_error(tmp_path):
   manual = copy("casme2", tmp_path)
   edit_cell(manual / CASME_SHEET, "CASFEcode_final", "C2", 9)

@@ -6,7 +6,9 @@ header row), `naming rule1` (subject number, `sNN`, participant index) and
 `naming rule2` (video code, video name). Frame numbers are 1-based (`img001.jpg`
 is frame 0 here); an offset of 0 means "not annotated"; an offset past the last image
 (some releases have rows a frame or two past it) is clamped to it, as the SAMM and MMEW
-builders do (`corpus_utils.RowRepairs`), and logged with its rows. 30 fps.
+builders do (`corpus_utils.RowRepairs`), and logged with its rows; so is an apex outside
+onset..offset (e.g. past the last image), stored as unknown (-1) as those builders store it.
+30 fps.
 One split per subject (`subject_15`, ...) for leave-one-subject-out.
 """
 
@@ -180,9 +182,13 @@ def _read_annotations(path, videos, missing_offset):
         continue
       offset, derived = apex, derived + 1
     video = videos[key]
+    label = f"{row} ({cells[C_NAME]} {onset}/{apex}/{offset})"
     if onset <= len(video["frames"]) < offset:  # an onset past it is still an error
-      repairs.note("offset_clamped", f"{row} ({cells[C_NAME]} {onset}/{apex}/{offset})")
+      repairs.note("offset_clamped", label)
       offset = len(video["frames"])
+    if apex >= 1 and not onset <= apex <= offset:  # e.g. past the last frame: unknown, as
+      repairs.note("apex_dropped", label)  # RowRepairs has it (the metrics read no apex)
+      apex = -1
     video["intervals"].append(
         cu.one_based(onset, apex, offset, len(video["frames"]), where) + (kind,))
   repairs.log(log)

@@ -9,6 +9,7 @@ from absl import logging
 from meldae_jax import checkpointing
 from meldae_jax import config_check
 from meldae_jax import train
+from meldae_jax.data import build as build_lib
 from meldae_jax.data import corpus_utils
 from meldae_jax.data import sources
 
@@ -19,6 +20,7 @@ EXIT_CODES = (
     (train.CorpusNotBuiltError, 2),
     (sources.RecordError, 2),  # a record that breaks the schema (the video named)
     (corpus_utils.CorpusError, 2),  # a corpus built on the fly from bad input
+    (build_lib.BuildError, 2),  # an unknown builder config, a data_dir that is a file
     (train.NonFiniteLossError, 3),
     (checkpointing.CheckpointMismatchError, 4),
     (FileNotFoundError, 2),  # --mode=evaluate on a workdir without checkpoints

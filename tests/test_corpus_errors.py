@@ -662,3 +662,25 @@ def test_preview_of_an_unknown_builder_or_config_is_one_line(tmp_path, capsys, s
   assert exit_info.value.code == 2
   lines = capsys.readouterr().err.splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("synthetic_conversation/bogus", "synthetic_conversation has no config 'bogus'"),
+    ("synthetic_conversation/tiny", "is a file, not a folder"),
+])
+def test_a_corpus_training_cannot_build_as_asked_is_a_one_line_error(tmp_path, capsys,
+                                                                     spec, words):
+  """An unknown builder config or a data_dir that is a file (build.BuildError) was a
+  traceback from the training commands."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from meldae_jax import cli  # pylint: disable=g-import-not-at-top
+  from meldae_jax import train  # pylint: disable=g-import-not-at-top
+  (tmp_path / "file").write_text("x")
+  name, _, config = spec.partition("/")
+  d = ml_collections.ConfigDict({"name": name, "builder_config": config,
+                                 "data_dir": str(tmp_path / "file"), "build_if_missing": True})
+  with pytest.raises(SystemExit) as exit_info, cli.one_line_errors():
+    train.ensure_built(d)
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert lines[-1].startswith("error: ") and words in lines[-1], lines

@@ -24,6 +24,7 @@ EXIT_CODES = (
     (train.NonFiniteLossError, 3),
     (checkpointing.CheckpointMismatchError, 4),
     (FileNotFoundError, 2),  # --mode=evaluate on a workdir without checkpoints
+    (NotADirectoryError, 2),  # a --workdir that is a file
 )
 
 

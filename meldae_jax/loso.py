@@ -92,7 +92,7 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
   if unknown:
     raise FoldError(f"--folds {unknown}: no such test subject(s); the corpus's subjects "
                      f"are {subjects}")
-  os.makedirs(workdir, exist_ok=True)
+  train.make_workdir(workdir)
   per_fold = {}
   for test, val, trn in plan:
     fold_dir = os.path.join(workdir, f"fold_{test}")

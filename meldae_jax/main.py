@@ -12,7 +12,7 @@ checkpoint on the test split; `--mode=evaluate` only does the latter. Configs wi
 
 Exit status: 0 done (or preempted with a checkpoint saved); 2 bad config settings (all
 of them named, checked before anything is written), corpus not built (or a generated
-one failing to build), a record that breaks the schema, no checkpoint to evaluate, `--mode=evaluate` with a LOSO config, or
+one failing to build), a record that breaks the schema, a --workdir that is a file, no checkpoint to evaluate, `--mode=evaluate` with a LOSO config, or
 a corpus with too few subjects for its LOSO folds;
 3 non-finite loss; 4 the workdir's checkpoint was saved with other model/optimizer settings
 (the message lists them). Errors are one line on stderr.

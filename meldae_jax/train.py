@@ -484,6 +484,14 @@ def validate(trainer: Trainer, params, index, step: int, writer, ckpt, state) ->
   return result
 
 
+def make_workdir(workdir: str) -> None:
+  """os.makedirs, but a --workdir that is a file is a one-line error (exit 2), not
+  FileExistsError's traceback."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"{workdir}: --workdir is a file, not a folder")
+  os.makedirs(workdir, exist_ok=True)
+
+
 def _f(v) -> str:
   return "n/a" if v is None else f"{v:.4f}"
 
@@ -499,7 +507,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config_check.check(cfg)  # every bad setting, before config.json or a step
   frame_step = predict.frame_step(cfg)
   sharding.maybe_initialize_distributed(cfg)
-  os.makedirs(workdir, exist_ok=True)
+  make_workdir(workdir)
   previous = _saved_config(workdir)  # a resumed run's: replaced once its checkpoint fits
   if previous is None:
     _save_config(cfg, workdir)

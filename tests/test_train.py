@@ -111,6 +111,20 @@ def test_missing_training_split_is_an_error(tmp_path):
     train.train_and_evaluate(cfg, str(tmp_path), splits=train.Splits(train=None))
 
 
+def test_a_workdir_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+  """It was FileExistsError's traceback from os.makedirs (main and loso alike)."""
+  from meldae_jax import cli  # pylint: disable=g-import-not-at-top
+  (tmp_path / "w").write_text("x")
+  for run in (train.train_and_evaluate, loso.run):
+    with pytest.raises(SystemExit) as e, cli.one_line_errors():
+      run(th.tiny_config(), str(tmp_path / "w"), **(
+          {"splits": th.splits()} if run is train.train_and_evaluate else
+          {"source": th.records(3, subjects=3)}))
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {tmp_path / 'w'}: --workdir is a file, not a folder")
+
+
 def test_loso_folds_never_use_the_test_subject():
   plan = loso.folds(["c", "a", "b", "d"], num_val=1)
   assert [t for t, _, _ in plan] == ["a", "b", "c", "d"]

@@ -518,7 +518,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- 1. Data. --------------------------------------------------------------------------
   splits = splits or open_splits(cfg)
   if splits.train is None:
-    raise ValueError(f"No training split {cfg.dataset.train_split!r} in {cfg.dataset.name}.")
+    raise config_check.ConfigError(  # exit 2, one line: a --config. flag value
+        f"No training split {cfg.dataset.train_split!r} in {cfg.dataset.name} "
+        "(--config.dataset.train_split)")
   for evaluated in (splits.val, splits.test):  # found before training, not after it
     if evaluated is not None:
       evaluated.check_unique_ids()

@@ -105,10 +105,16 @@ def test_round_trip_with_predictions(tmp_path):
     assert cli[key] == ours[key], key
 
 
-def test_missing_training_split_is_an_error(tmp_path):
+def test_missing_training_split_is_an_error(tmp_path, capsys):
+  """A --config.dataset.train_split the corpus lacks was a ValueError's traceback."""
+  from meldae_jax import cli  # pylint: disable=g-import-not-at-top
   cfg = th.tiny_config()
-  with pytest.raises(ValueError, match="No training split"):
+  with pytest.raises(SystemExit) as e, cli.one_line_errors():
     train.train_and_evaluate(cfg, str(tmp_path), splits=train.Splits(train=None))
+  assert e.value.code == 2
+  assert capsys.readouterr().err.splitlines()[-1] == (
+      "error: No training split 'train' in synthetic_conversation "
+      "(--config.dataset.train_split)")
 
 
 def test_a_workdir_that_is_a_file_is_a_one_line_error(tmp_path, capsys):

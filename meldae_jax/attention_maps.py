@@ -26,6 +26,7 @@ breaks the schema; 4: the checkpoint was saved with other model settings.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Sequence
 
@@ -187,6 +188,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = 
         index=None, max_videos: int = 0, margin_seconds: float = 0.5) -> dict:
   """Maps for a split (or `index`); writes OUT/attention.{npz,png,json}; returns the
   summary."""
+  # Before any work: an --out file failed after all the maps (FileExistsError's traceback),
+  # a negative --max_videos read no video, a negative margin grouped frames inside MEs.
+  bad = [f"--max_videos={max_videos}: must be >= 0"] if max_videos < 0 else []
+  if not (math.isfinite(margin_seconds) and margin_seconds >= 0):
+    bad.append(f"--margin_seconds={margin_seconds:g}: must be >= 0")
+  if os.path.exists(out) and not os.path.isdir(out):
+    bad.append(f"{out}: --out is a file, not a folder")
+  if bad:
+    raise AttentionError("; ".join(bad))
   if not os.path.isdir(workdir):
     raise AttentionError(f"{workdir}: no such workdir")
   if index is None:

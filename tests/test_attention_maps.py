@@ -1,6 +1,7 @@
 """`python -m meldae_jax.attention_maps`: the enhancer's attention per frame and group."""
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -171,4 +172,20 @@ def test_a_record_breaking_the_schema_is_a_one_line_error(tmp_path, monkeypatch,
   assert exit_info.value.code == 2
   assert capsys.readouterr().err.splitlines()[-1].startswith(
       "error: video 'v902': fps must be a positive number")
+  assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"max_videos": -1}, "--max_videos=-1: must be >= 0"),
+    ({"margin_seconds": -0.5}, "--margin_seconds=-0.5: must be >= 0"),
+    ({"out": "file"}, "--out is a file, not a folder"),
+])
+def test_bad_options_are_refused_before_any_work(tmp_path, monkeypatch, kwargs, words):
+  """An --out file was FileExistsError's traceback after all the maps; a negative
+  --max_videos ran on no video, a negative margin on frames inside MEs."""
+  (tmp_path / "file").write_text("x")
+  kwargs = dict(kwargs, out=str(tmp_path / kwargs.get("out", "o")))
+  monkeypatch.setattr(train, "make_trainer", lambda cfg: pytest.fail("work started"))
+  with pytest.raises(attention_maps.AttentionError, match=re.escape(words)):
+    attention_maps.run(th.tiny_config(), str(tmp_path), index=th.splits().test, **kwargs)
   assert not (tmp_path / "o").exists()

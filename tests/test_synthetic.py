@@ -1,5 +1,6 @@
 """Synthetic conversation corpus: determinism, label sanity, labels match rendered motion."""
 import json
+import types
 
 import numpy as np
 import pytest
@@ -191,6 +192,34 @@ def test_a_preview_stopped_mid_video_leaves_no_truncated_file(tmp_path, monkeypa
   assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4", "v_sheet.png"]
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--builder", "x", "--split", "nosplit"], "error: x has no split 'nosplit'"),
+    (["--generate", "--difficulty", "bogus"], "--difficulty bogus: easy, default, hard"),
+    (["--generate", "--difficulty", "2"], "--difficulty 2: easy, default, hard"),
+    (["--generate", "--seconds", "0"], "need at least 1 pixel and 1 frame"),
+    (["--generate", "--image_size", "0"], "need at least 1 pixel and 1 frame"),
+    (["--generate", "--videos", "-1"], "--videos must be at least 1, got -1"),
+    (["--generate", "--out", "file"], "is a file, not a folder"),
+])
+def test_preview_refuses_bad_inputs_in_one_line_and_writes_nothing(tmp_path, monkeypatch,
+                                                                  capsys, args, words):
+  """They were tracebacks (an unknown split mid-loop, --difficulty bogus, --seconds 0,
+  --image_size 0, an --out file) or no video at all (--videos -1), each after an empty
+  --out folder was made."""
+  monkeypatch.setattr(build, "make_builder", lambda spec, data_dir: types.SimpleNamespace(
+      is_prepared=lambda: True, info=types.SimpleNamespace(splits={"train": None})))
+  (tmp_path / "file").write_text("x")
+  if "--out" not in args:
+    args = args + ["--out", "out"]
+  args[args.index("--out") + 1] = str(tmp_path / args[args.index("--out") + 1])
+  with pytest.raises(SystemExit) as exit_info:
+    preview.main(args)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert words in err.splitlines()[-1] and "Traceback" not in err, err
+  assert not (tmp_path / "out").exists()
+
+
 def test_preview_writes_a_contact_sheet(tmp_path):
   preview.main(["--generate", "--difficulty", "easy", "--image_size", "48", "--seconds", "3",
                 "--videos", "1", "--no_video", "--seed", "5", "--out", str(tmp_path)])
@@ -250,10 +279,17 @@ def test_undecodable_frame_bytes_are_a_clear_error(monkeypatch):
             "speaking": np.zeros((2,), np.int8)}
 
   class Builder:
+    info = types.SimpleNamespace(splits={"train": None})
+
+    def is_prepared(self):
+      return True
+
     def as_data_source(self, split):
       return [record]
 
   monkeypatch.setattr(build, "make_builder", lambda spec, data_dir: Builder())
+  with pytest.raises(preview.PreviewError, match=r"has no split 'test' \(has \['train'\]\)"):
+    preview._record_videos("synthetic_conversation/tiny", None, "test", 1)
   with pytest.raises(ValueError, match="video 's01_v0' frame 1: could not decode"):
     list(preview._record_videos("synthetic_conversation/tiny", None, "train", 1))
 

@@ -10,6 +10,7 @@ motion energy (mean absolute frame difference) in each facial region.
 """
 import argparse
 import contextlib
+import math
 import os
 import pathlib
 import sys
@@ -61,6 +62,10 @@ def _record_videos(spec, data_dir, split, count):
   if not builder.is_prepared():
     raise NotBuiltError(" ".join(line.strip() for line in build.not_built_lines(
         builder, spec, data_dir or build.default_data_dir())))
+  split = split or _default_split(builder)
+  if split.split("[")[0] not in {*builder.info.splits, "all"}:  # TFDS's error came mid-loop
+    raise PreviewError(f"{spec} has no split {split!r} (has "
+                       f"{sorted(builder.info.splits)})")
   return _decoded_videos(builder, spec, split, count)
 
 
@@ -260,11 +265,24 @@ def main(argv=None):
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
   out = pathlib.Path(os.path.expanduser(args.out))
-  out.mkdir(parents=True, exist_ok=True)
+  # Flag values before anything is read or written (they were tracebacks, or no video).
+  if out.exists() and not out.is_dir():
+    parser.error(f"--out {args.out} is a file, not a folder")
+  if args.videos < 1:
+    parser.error(f"--videos must be at least 1, got {args.videos}")
+  difficulty = args.difficulty
   if args.generate:
-    difficulty = args.difficulty
+    if not args.image_size >= 1 or not args.seconds * 30 >= 1:
+      parser.error(f"--image_size {args.image_size} and --seconds {args.seconds}: need at "
+                   "least 1 pixel and 1 frame (1/30 s)")
     if difficulty not in ("easy", "default", "hard"):
-      difficulty = float(difficulty)
+      try:
+        difficulty = float(difficulty)
+      except ValueError:
+        difficulty = math.nan
+      if not 0 <= difficulty <= 1:
+        parser.error(f"--difficulty {args.difficulty}: easy, default, hard or a number "
+                     "in [0, 1]")
     videos = _generated_videos(difficulty, args.image_size, args.seconds, args.videos, args.seed)
   else:
     try:
@@ -272,6 +290,7 @@ def main(argv=None):
     except PreviewError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
+  out.mkdir(parents=True, exist_ok=True)  # not before: a failed call left an empty folder
   for video_id, frames, ann in videos:
     stem = str(video_id).replace("/", "__")  # casme2's s15/..., mmew's disgust/...
     with _written_whole(out / f"{stem}_sheet.png") as tmp:

@@ -334,6 +334,28 @@ def test_error_report_counts_hits_misses_and_false_positive_causes():
     error_report.builder_config("medium")
 
 
+@pytest.mark.parametrize("name, text, words", [
+    ("test_predictions.json", "not json", "test_predictions.json: invalid JSON"),
+    ("test_predictions.json", "[]", 'test_predictions.json: expected {"videos"'),
+    ("test_predictions.json", '{"videos": {"x": {"intervals": [{"offset": 3}]}}}',
+     'test_predictions.json: expected {"videos"'),
+    ("test_predictions.json", None, "test_predictions.json: cannot read"),  # a folder
+    ("test_annotations.json", "not json", "test_annotations.json: invalid JSON"),
+])
+def test_error_report_of_bad_files_is_one_line(tmp_path, capsys, name, text, words):
+  """Each was a traceback (JSONDecodeError, AttributeError, KeyError, IsADirectoryError)."""
+  from meldae_jax.data.synthetic import error_report  # pylint: disable=g-import-not-at-top
+  (tmp_path / "test_predictions.json").write_text('{"videos": {}}')
+  if text is None:
+    (tmp_path / name).unlink()
+    (tmp_path / name).mkdir()
+  else:
+    (tmp_path / name).write_text(text)
+  assert error_report.main(["--workdir", str(tmp_path), "--level", "tiny"]) == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+
+
 def test_a_turn_just_long_enough_for_no_onset_does_not_crash():
   """A turn of exactly length + 4 frames left rng.integers an empty range (seed 3 at 19
   frames raised ValueError: low >= high)."""

@@ -118,6 +118,27 @@ def report(predictions: dict, level: str, split: str = "test",
                               "on_an_me": fp_on_me}}
 
 
+def _load(path: str):
+  """A SPEC §5 JSON file (`{"videos": {...}}`); ValueError naming it if unreadable or not
+  one (they were tracebacks)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except OSError as e:
+    raise ValueError(f"{path}: cannot read: {e.strerror or e}") from e
+  except (ValueError, RecursionError) as e:
+    raise ValueError(f"{path}: invalid JSON: {e}".replace("\n", " ")) from e
+  is_int = lambda x: isinstance(x, int) and not isinstance(x, bool)
+  videos = data.get("videos") if isinstance(data, dict) else None
+  if not isinstance(videos, dict) or not all(
+      isinstance(v, dict) and isinstance(v.get("intervals", []), list) and all(
+          isinstance(p, dict) and is_int(p.get("onset")) and is_int(p.get("offset"))
+          for p in v.get("intervals", [])) for v in videos.values()):
+    raise ValueError(f"{path}: expected {{\"videos\": {{id: {{\"intervals\": [{{\"onset\": "
+                     "int, \"offset\": int, ...}]}}} (SPEC §5)")
+  return data
+
+
 def _workdir_level(workdir: str) -> str | None:
   """The synthetic level a workdir trained on (config.json's dataset), or None."""
   try:
@@ -150,13 +171,11 @@ def main(argv=None):
     print(f"error: {a.workdir}/config.json names no synthetic_conversation level; give "
           "--level", file=sys.stderr)
     return 2
-  with open(path) as f:
-    predictions = json.load(f)
-  annotations = None
-  if os.path.exists(os.path.join(a.workdir, "test_annotations.json")):
-    with open(os.path.join(a.workdir, "test_annotations.json")) as f:
-      annotations = json.load(f)
   try:
+    predictions = _load(path)
+    annotations = None
+    if os.path.exists(os.path.join(a.workdir, "test_annotations.json")):
+      annotations = _load(os.path.join(a.workdir, "test_annotations.json"))
     out = report(predictions, level, annotations=annotations)
   except (ValueError, SystemExit) as e:
     print(e if str(e).startswith("error:") else f"error: {e}", file=sys.stderr)

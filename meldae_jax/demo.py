@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     parser.error(f"--steps must be at least 1, got {args.steps}")
   args.workdir = os.path.expanduser(args.workdir)  # `--workdir=~/x`: no shell expands it
   args.data_dir = args.data_dir and os.path.expanduser(args.data_dir)
+  if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+    parser.error(f"--workdir {args.workdir} is a file, not a folder")
 
   t0 = time.time()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -55,6 +57,7 @@ def main(argv=None) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, str(ROOT))
   from configs import synthetic  # pylint: disable=g-import-not-at-top
+  from meldae_jax import cli  # pylint: disable=g-import-not-at-top
   from meldae_jax import predict  # pylint: disable=g-import-not-at-top
   from meldae_jax import train  # pylint: disable=g-import-not-at-top
 
@@ -70,19 +73,20 @@ def main(argv=None) -> int:
         f"T={cfg.dataset.window}) on {jax.device_count()} {jax.devices()[0].platform} "
         f"device(s); workdir {run_dir}", flush=True)
 
-  splits = train.open_splits(cfg)   # builds the corpus on first use
-  baseline = None
-  if not args.no_baseline and splits.val is not None and splits.test is not None:
-    print("Scoring the untrained model (threshold chosen on validation) ...", flush=True)
-    trainer = train.make_trainer(cfg)
-    with jax.set_mesh(trainer.mesh):
-      state = trainer.init_fn(jax.random.key(cfg.seed))
-      val = predict.evaluate_split(trainer, state.params, splits.val, cfg, threshold=None)
-      baseline = predict.evaluate_split(trainer, state.params, splits.test, cfg,
-                                        threshold=val["threshold"],
-                                        threshold_key=val["threshold_key"])
-    del trainer, state
-  result = train.train_and_evaluate(cfg, run_dir, splits=splits)
+  with cli.one_line_errors():  # e.g. a --data_dir that is a file: main's one-line errors
+    splits = train.open_splits(cfg)   # builds the corpus on first use
+    baseline = None
+    if not args.no_baseline and splits.val is not None and splits.test is not None:
+      print("Scoring the untrained model (threshold chosen on validation) ...", flush=True)
+      trainer = train.make_trainer(cfg)
+      with jax.set_mesh(trainer.mesh):
+        state = trainer.init_fn(jax.random.key(cfg.seed))
+        val = predict.evaluate_split(trainer, state.params, splits.val, cfg, threshold=None)
+        baseline = predict.evaluate_split(trainer, state.params, splits.test, cfg,
+                                          threshold=val["threshold"],
+                                          threshold_key=val["threshold_key"])
+      del trainer, state
+    result = train.train_and_evaluate(cfg, run_dir, splits=splits)
   if result.get("status") != "done":  # SIGTERM: the demo starts afresh when rerun
     print(f"Demo stopped at step {result.get('step')} ({result.get('status')}); rerunning "
           f"it starts again from scratch.", file=sys.stderr)

@@ -489,6 +489,20 @@ def test_demo_refuses_zero_steps_and_expands_a_tilde_workdir(tmp_path, monkeypat
                   "data_dir": str(tmp_path / "demo" / "tensorflow_datasets")}
 
 
+def test_demo_errors_are_one_line(tmp_path, capsys):
+  """A --workdir or --data_dir that is a file were tracebacks (NotADirectoryError,
+  build.BuildError)."""
+  from meldae_jax import demo  # pylint: disable=g-import-not-at-top
+  (tmp_path / "file").write_text("x")
+  for args in (["--workdir", str(tmp_path / "file")],
+               ["--workdir", str(tmp_path / "w"), "--data_dir", str(tmp_path / "file")]):
+    with pytest.raises(SystemExit) as e:
+      demo.main(args + ["--no_baseline", "--steps", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err.splitlines()[-1] and "Traceback" not in err
+
+
 def test_a_preempted_demo_says_so_instead_of_failing_on_missing_metrics(tmp_path, monkeypatch,
                                                                          capsys):
   from meldae_jax import demo  # pylint: disable=g-import-not-at-top

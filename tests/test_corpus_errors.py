@@ -546,6 +546,19 @@ def test_build_command_errors_are_one_line(tmp_path, args, words):
   assert not (tmp_path / "data" / "wdmd").exists()
 
 
+def test_build_command_with_an_empty_manual_dir_is_one_line(tmp_path, capsys):
+  """TFDS asserts the manual_dir is not empty: its AssertionError was a traceback."""
+  from meldae_jax.data import build as build_lib  # pylint: disable=g-import-not-at-top
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(SystemExit) as exit_info:
+    build_lib.main(["casme2", "--data_dir", str(tmp_path / "data"), "--manual_dir",
+                    str(tmp_path / "empty")])
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and lines[0].endswith(f"; {tmp_path / 'empty'} is empty"), lines
+  assert no_finished_dataset(tmp_path / "data")
+
+
 def test_two_subjects_of_one_loso_split_name_are_an_error():
   # 's-1' and 's_1' share the split name 'subject_s_1': one's videos replaced the other's.
   videos = [{"subject": "s-1", "id": 0}, {"subject": "s_1", "id": 1},

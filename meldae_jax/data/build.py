@@ -97,11 +97,14 @@ def build(spec: str, data_dir=None, manual_dir=None, datasets_dir=None):
       os.path.expanduser(str(data_dir))):
     raise BuildError(f"--data_dir {data_dir} is a file, not a folder")
   builder = make_builder(spec, data_dir, datasets_dir)
+  manual = manual_dir and os.path.expanduser(str(manual_dir))
+  # An empty folder too: TFDS's AssertionError for it was a traceback.
   if (getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) and not builder.is_prepared()
-      and not (manual_dir and os.path.isdir(os.path.expanduser(str(manual_dir))))):
+      and not (manual and os.path.isdir(manual) and os.listdir(manual))):
     raise BuildError(f"{name} is built from your own copy of the corpus: pass "
                      f"--manual_dir=FOLDER (its layout: datasets/{name}/README.md)"
-                     + (f"; {manual_dir} is not a folder" if manual_dir else ""))
+                     + (f"; {manual_dir} is " + ("empty" if os.path.isdir(manual) else
+                                                 "not a folder") if manual_dir else ""))
   if manual_dir and builder.is_prepared():  # TFDS reuses it; the folder given is not read
     log.warning("%s is already built in %s: --manual_dir %s was not read (delete that "
                 "folder to build it from there)", spec, builder.data_dir, manual_dir)

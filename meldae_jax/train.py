@@ -837,9 +837,32 @@ def final_evaluation(trainer: Trainer, cfg, workdir: str, splits: Splits, ckpt, 
   return result
 
 
+# What metrics.json says of the training run (not of the evaluation): kept by
+# `--mode=evaluate`, which writes metrics.json again.
+TRAINING_KEYS = ("train_loss", "train_seconds", "train_start_step", "total_steps")
+
+
+def _training_record(workdir: str, latest: int | None) -> dict:
+  """The training keys of the workdir's metrics.json when it is of the run whose last
+  checkpoint is `latest` (a run extended since, or preempted before, keeps none): an
+  evaluation that dropped `total_steps` made a LOSO fold read finished at any steps."""
+  try:
+    with open(os.path.join(workdir, "metrics.json")) as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  if not isinstance(old, dict) or latest is None or old.get("total_steps") != latest:
+    return {}
+  return {k: old[k] for k in TRAINING_KEYS if k in old}
+
+
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str, *,
                   splits: Splits | None = None) -> dict:
-  """`--mode=evaluate`: the workdir's best (else latest) checkpoint on the test split."""
+  """`--mode=evaluate`: the workdir's best (else latest) checkpoint on the test split.
+
+  metrics.json (and test_*.json) are written again, with the config's decoding settings
+  (`eval.*`) and the threshold the best checkpoint's validation chose (not chosen again);
+  the training keys (`TRAINING_KEYS`) of the run that made the checkpoint are kept."""
   cfg = config
   config_check.check(cfg)
   if not os.path.isdir(workdir):  # before the checkpoint managers create folders in it
@@ -865,7 +888,8 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, *,
         if splits.val is not None:
           validate(trainer, state.params, splits.val, int(jax.device_get(state.step)),
                    writer, ckpt, state)
-      result = final_evaluation(trainer, cfg, workdir, splits, ckpt, writer, state)
+      result = final_evaluation(trainer, cfg, workdir, splits, ckpt, writer, state,
+                                extra=_training_record(workdir, ckpt.latest_step()))
     finally:
       writer.close()
       ckpt.close()

@@ -1,6 +1,8 @@
 """Leave-one-subject-out protocol (CAS(ME)^2, SAMM-LV): train/evaluate per fold, pool counts.
 
   python -m meldae_jax.loso --config=configs/casme2.py --workdir=/tmp/casme2 [--folds=15,16]
+  python -m meldae_jax.loso --config=configs/casme2.py --workdir=/tmp/casme2 \
+      --mode=evaluate --config.eval.merge_seconds=0.5
 
 For each subject S: the test fold is S's videos; `dataset.loso_val_subjects` other subjects
 (the ones following S in sorted order) are held out of training to choose the decoding
@@ -12,9 +14,20 @@ total_steps the folds train on). TP/FP/FN are pooled over folds with
 `workdir/loso_metrics.json` holds per-fold and pooled metrics. Each fold's config.json
 names its subjects (`dataset.loso_fold`), so that `attention_maps --split=test` on
 `fold_<S>/` reads S's videos.
+
+`--mode=evaluate` (`evaluate`; also `meldae_jax.main --mode=evaluate`) evaluates every
+fold finished at the config's total_steps again as a fixed split's `--mode=evaluate`
+does (its best checkpoint and the threshold its validation chose, with the config's
+`eval.*` decoding settings; the fold's metrics.json and test_*.json are replaced) and
+pools them into loso_metrics.json (replaced). Folds not finished are skipped, each with a
+line; the pooled file then says which ran (`folds`, `status: partial`, `folds_to_run`).
+It evaluates every finished fold or stops with an error (`--folds` is refused), so that
+the pooled figures are of one setting; a run stopped part way leaves loso_metrics.json
+as it was and some folds' metrics.json replaced: run it again.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Sequence
 
@@ -118,6 +131,67 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
       train.say(f"[loso] stopped in fold {test}; rerun to resume.")
       return {"status": result.get("status"), "fold": test}
     per_fold[test] = result
+  return _pool(cfg, workdir, plan, per_fold, "not run yet")
+
+
+def evaluate(cfg, workdir: str, *, source=None) -> dict:
+  """`--mode=evaluate` of a LOSO run: each finished fold's best checkpoint on its test
+  subject, as `train.evaluate_only` (a fixed split's `--mode=evaluate`) does it — the
+  config's decoding settings (`eval.*`), the threshold the fold's validation chose when it
+  trained (not chosen again), the fold's metrics.json and test_*.json written again —
+  then pooled as `run` pools, into `workdir/loso_metrics.json` (replaced). A fold not
+  finished at this config's total_steps is skipped, with a line saying so; the pooled
+  file then has status 'partial' and names them (`folds_to_run`)."""
+  config_check.check(cfg)
+  if not os.path.isdir(workdir):  # before the corpus is read
+    raise FileNotFoundError(f"No workdir {workdir} to evaluate.")
+  source = source if source is not None else open_all(cfg)
+  everything = sources.VideoIndex(source)
+  subjects = sorted({v.subject for v in everything.infos})
+  plan = folds(subjects, int(cfg.dataset.get("loso_val_subjects", 1)))
+  total = int(cfg.total_steps)
+  todo = []
+  for test, val, trn in plan:
+    fold_dir = os.path.join(workdir, f"fold_{test}")
+    if train.finished_metrics(fold_dir, total) is None:
+      train.say(f"[loso] fold {test}: {_not_finished(fold_dir, total)}: not evaluated")
+      continue
+    # The fold's subjects as it trained (its config.json), else this config's plan.
+    saved = ((train._saved_config(fold_dir) or {}).get("dataset")  # pylint: disable=protected-access
+             or {}).get("loso_fold") or {}
+    todo.append((test, list(saved.get("validation", val)), list(saved.get("train", trn)),
+                 fold_dir))
+  if not todo:
+    raise FileNotFoundError(
+        f"No fold in {workdir} finished at total_steps {total} to evaluate (train them "
+        "with --mode=train, or pass the --config.total_steps they were trained with).")
+  per_fold = {}
+  for test, val, trn, fold_dir in todo:
+    train.say(f"[loso] fold {test}: evaluating its best checkpoint on subject {test}")
+    splits = train.Splits(
+        train=None,  # not read: only a workdir without a best checkpoint validates
+        val=everything.subset(subjects=val) if val else None,
+        test=everything.subset(subjects=[test]))
+    per_fold[test] = train.evaluate_only(fold_config(cfg, test, val, trn), fold_dir,
+                                         splits=splits)
+  return _pool(cfg, workdir, plan, per_fold, "not finished")
+
+
+def _not_finished(fold_dir: str, total: int) -> str:
+  """Why a fold's metrics.json is not of a run finished at `total` steps."""
+  try:
+    with open(os.path.join(fold_dir, "metrics.json")) as f:
+      m = json.load(f)
+  except (OSError, ValueError):
+    return "not finished (no metrics.json)"
+  if m.get("status") != "done":
+    return f"not finished (metrics.json status {m.get('status')!r})"
+  return (f"finished at total_steps {m.get('total_steps')}, not this config's {total} "
+          f"(pass --config.total_steps={m.get('total_steps')} to evaluate it)")
+
+
+def _pool(cfg, workdir: str, plan, per_fold: dict, missing_words: str) -> dict:
+  """Pools the folds' test counts (and clip accuracies) -> `workdir/loso_metrics.json`."""
   pooled = metrics_lib.pool_results(list(per_fold.values()))
   pooled.update(metrics_lib.pool_clip_accuracies(list(per_fold.values())))
   for key in metrics_lib.CLIP_ACCURACIES:
@@ -128,10 +202,10 @@ def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) ->
   missing = [t for t, _, _ in plan if t not in per_fold]
   out = {"pooled": pooled, "folds": {k: _fold_summary(v) for k, v in per_fold.items()},
          "num_folds": len(per_fold), "status": "done" if not missing else "partial",
-         "folds_to_run": missing}
+         "folds_to_run": missing, "eval": cfg.eval.to_dict()}
   if missing:
-    train.say(f"[loso] {len(missing)} fold(s) not run yet ({missing}): the pooled figures "
-              "are of the finished folds only")
+    train.say(f"[loso] {len(missing)} fold(s) {missing_words} ({missing}): the pooled "
+              "figures are of the finished folds only")
   checkpointing.write_json(os.path.join(workdir, "loso_metrics.json"), out)
   train.say(f"[loso] pooled over {len(per_fold)} folds: f1={_f(pooled['f1'])} "
             f"uf1={_f(pooled['uf1'])} f1_dr={_f(pooled['f1_dr'])} "
@@ -213,7 +287,13 @@ def main(argv):
   del argv
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   with cli.one_line_errors(cli.EXIT_CODES + ((FoldError, 2),)):  # e.g. --folds
-    run(config, workdir, only=flags.FLAGS.folds)
+    if flags.FLAGS.mode == "evaluate":
+      if flags.FLAGS.folds:
+        raise FoldError("--folds is for --mode=train: --mode=evaluate evaluates every "
+                        "finished fold, so that loso_metrics.json pools one setting")
+      evaluate(config, workdir)
+    else:
+      run(config, workdir, only=flags.FLAGS.folds)
 
 
 if __name__ == "__main__":
@@ -221,6 +301,9 @@ if __name__ == "__main__":
   # meldae_jax.main, which defines --config too.
   config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Fold workdirs and loso_metrics.json go here.")
+  flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train: train (or resume) the "
+                    "folds, then pool; evaluate: evaluate every finished fold again (e.g. "
+                    "with other --config.eval.* settings), then pool.")
   flags.DEFINE_list("folds", None, "Only run these test subjects (default: all); the pooled "
                     "figures cover every fold finished in WORKDIR, these and earlier ones.")
   flags.mark_flags_as_required(["config", "workdir"])

@@ -6,13 +6,20 @@
   python -m meldae_jax.main --config=configs/synthetic.py --workdir=/tmp/syn --mode=evaluate
 
 `--mode=train` trains (resuming from the workdir's latest checkpoint) and evaluates the best
-checkpoint on the test split; `--mode=evaluate` only does the latter. Configs with
+checkpoint on the test split; `--mode=evaluate` only does the latter, again, with the
+config's decoding settings (`--config.eval.*`) and the threshold the best checkpoint's
+validation chose when it trained: metrics.json and test_*.json are written again. Configs with
 `dataset.protocol='loso'` (casme2, samm_lv) run the leave-one-subject-out driver
-(`meldae_jax.loso`, also runnable directly).
+(`meldae_jax.loso`, also runnable directly, `--mode` too): `--mode=evaluate` does the same
+for each fold finished at the config's total_steps (`WORKDIR/fold_<S>/`, on subject S's
+videos; a fold not finished is skipped with a line saying so) and pools them into
+`WORKDIR/loso_metrics.json` as training does (replaced; status 'partial' and
+`folds_to_run` when it covers only some folds).
 
 Exit status: 0 done (or preempted with a checkpoint saved); 2 bad config settings (all
 of them named, checked before anything is written), corpus not built (or a generated
-one failing to build), a record that breaks the schema, a --workdir that is a file, no checkpoint to evaluate, `--mode=evaluate` with a LOSO config, or
+one failing to build), a record that breaks the schema, a --workdir that is a file, no
+checkpoint (LOSO: no finished fold) to evaluate, or
 a corpus with too few subjects for its LOSO folds;
 3 non-finite loss; 4 the workdir's checkpoint was saved with other model/optimizer settings
 (the message lists them). Errors are one line on stderr.
@@ -29,7 +36,10 @@ from meldae_jax import train
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and predictions go here.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "evaluate"], "train: train (or resume), then evaluate the "
+    "best checkpoint on the test split; evaluate: only evaluate it, again (e.g. with other "
+    "--config.eval.* settings; a LOSO config: every finished fold, pooled again).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,12 +51,10 @@ def main(argv):
   from meldae_jax import loso  # pylint: disable=g-import-not-at-top
   with cli.one_line_errors(cli.EXIT_CODES + ((loso.FoldError, 2),)):
     if config.dataset.get("protocol") == "loso":
-      if _MODE.value != "train":
-        raise FileNotFoundError(  # exit 2 (it trained before: the LOSO driver trains)
-            "--mode=evaluate is not available for a leave-one-subject-out config: each "
-            f"finished fold keeps its test metrics in {_WORKDIR.value}/fold_<subject>/"
-            "metrics.json, and `python -m meldae_jax.loso` (same flags) pools them")
-      result = loso.run(config, _WORKDIR.value)
+      if _MODE.value == "train":
+        result = loso.run(config, _WORKDIR.value)
+      else:
+        result = loso.evaluate(config, _WORKDIR.value)
     elif _MODE.value == "train":
       result = train.train_and_evaluate(config, _WORKDIR.value)
     else:

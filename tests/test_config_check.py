@@ -117,7 +117,7 @@ def test_settings_a_config_lacks_are_not_checked():
 def test_library_entry_points_check_first(tmp_path):
   c = _config()
   c.total_steps = 0
-  for run in (train.train_and_evaluate, train.evaluate_only, loso.run):
+  for run in (train.train_and_evaluate, train.evaluate_only, loso.run, loso.evaluate):
     with pytest.raises(config_check.ConfigError, match="total_steps=0"):
       run(c, str(tmp_path / "w"))  # before the corpus is opened or the workdir made
   assert not (tmp_path / "w").exists()

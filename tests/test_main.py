@@ -64,24 +64,62 @@ def test_licensed_corpus_not_built_exits_with_instructions(tmp_path):
   assert saved["dataset"]["data_dir"] == str(tmp_path / "tfds")
 
 
-def test_evaluate_mode_with_a_loso_config_is_refused_not_trained(tmp_path):
+def test_evaluate_mode_with_a_loso_config_evaluates_the_folds_not_trains(tmp_path):
+  """It was refused; now `loso.evaluate`, from main and from loso's own command line
+  (whose --folds is for training only). A missing workdir: one line, nothing made."""
+  casme2 = f"--config={ROOT / 'configs' / 'casme2.py'}:tiny"
+  for module, extra, words in (
+      ("meldae_jax.main", [], f"error: No workdir {tmp_path / 'w'} to evaluate."),
+      ("meldae_jax.loso", [], f"error: No workdir {tmp_path / 'w'} to evaluate."),
+      ("meldae_jax.loso", ["--folds=15"], "error: --folds is for --mode=train")):
+    proc = subprocess.run(
+        [sys.executable, "-m", module, casme2, f"--workdir={tmp_path / 'w'}",
+         "--mode=evaluate"] + extra, cwd=tmp_path, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 2, (module, proc.stderr[-2000:])
+    assert words in proc.stderr and "Traceback" not in proc.stderr, module
+    assert not (tmp_path / "w").exists()
+
+
+def _build_casme2_dummy(data_dir):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from meldae_jax.data import corpus_utils as cu  # pylint: disable=g-import-not-at-top
+  cu.builder_class("casme2")(data_dir=str(data_dir), file_format="array_record")\
+      .download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=str(ROOT / "datasets" / "casme2" / "dummy_data")))
+
+
+def test_evaluating_a_loso_workdir_without_a_finished_fold_says_why_and_writes_nothing(
+    tmp_path):
+  data_dir = tmp_path / "tfds"
+  _build_casme2_dummy(data_dir)
+  workdir = tmp_path / "w"
+  (workdir / "fold_15").mkdir(parents=True)
+  (workdir / "fold_16").mkdir()
+  (workdir / "fold_16" / "metrics.json").write_text(json.dumps({"status": "done",
+                                                                 "total_steps": 7}))
   proc = subprocess.run(
       [sys.executable, "-m", "meldae_jax.main", f"--config={ROOT / 'configs' / 'casme2.py'}:tiny",
-       f"--workdir={tmp_path / 'w'}", "--mode=evaluate"],
+       f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}", "--mode=evaluate",
+       "--config.dataset.loso_val_subjects=1", "--config.total_steps=2"],
       cwd=tmp_path, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 2
-  assert "--mode=evaluate is not available for a leave-one-subject-out config" in proc.stderr
-  assert not (tmp_path / "w").exists()
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "[loso] fold 15: not finished (no metrics.json): not evaluated" in proc.stdout
+  assert ("[loso] fold 16: finished at total_steps 7, not this config's 2 (pass "
+          "--config.total_steps=7 to evaluate it): not evaluated") in proc.stdout
+  assert "[loso] fold 19: not finished (no metrics.json): not evaluated" in proc.stdout
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert errors == [f"error: No fold in {workdir} finished at total_steps 2 to evaluate "
+                    "(train them with --mode=train, or pass the --config.total_steps they "
+                    "were trained with)."]
+  assert sorted(p.name for p in workdir.iterdir()) == ["fold_15", "fold_16"]
+  assert not list((workdir / "fold_15").iterdir())
 
 
 def test_too_few_subjects_for_the_loso_folds_is_a_one_line_error(tmp_path):
   """casme2's dummy data has 3 subjects; its config holds 2 out to validate on."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from meldae_jax.data import corpus_utils as cu  # pylint: disable=g-import-not-at-top
   data_dir = tmp_path / "tfds"
-  cu.builder_class("casme2")(data_dir=str(data_dir), file_format="array_record")\
-      .download_and_prepare(download_config=tfds.download.DownloadConfig(
-          manual_dir=str(ROOT / "datasets" / "casme2" / "dummy_data")))
+  _build_casme2_dummy(data_dir)
   proc = subprocess.run(
       [sys.executable, "-m", "meldae_jax.main", f"--config={ROOT / 'configs' / 'casme2.py'}:tiny",
        f"--workdir={tmp_path / 'w'}", f"--config.dataset.data_dir={data_dir}"],

@@ -221,6 +221,94 @@ def test_min_seconds_is_converted_at_each_videos_fps():
       "v25": 1, "v30": 1, "v60": 0}
 
 
+def _loso_eval_config():
+  """A tiny LOSO run whose folds predict (one whole-video interval each, IoU 0.42, 0.29
+  and 0.5 with their expressions), so that eval.iou changes their counts."""
+  cfg = th.tiny_config(total_steps=2, log_every=1, eval_every=0)
+  cfg.dataset.protocol, cfg.dataset.loso_val_subjects = "loso", 1
+  cfg.eval.thresholds = (0.01,)
+  cfg.eval.max_seconds = {"micro": 10.0, "macro": 10.0}
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def loso_run(tmp_path_factory):
+  """A finished 3-fold LOSO workdir (copied by each test) and its training result."""
+  records = th.records(3, seed=300, num_frames=24, subjects=3)
+  workdir = tmp_path_factory.mktemp("loso_eval") / "work"
+  trained = loso.run(_loso_eval_config(), str(workdir), source=records)
+  assert trained["status"] == "done" and trained["pooled"]["fp"] > 0
+  return records, workdir, trained
+
+
+def _copy(src, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  return pathlib.Path(shutil.copytree(src, tmp_path / "work"))
+
+
+def test_loso_evaluate_reproduces_the_run_then_pools_other_decoding_settings(
+    loso_run, tmp_path):
+  records, src, trained = loso_run
+  workdir = _copy(src, tmp_path)
+  cfg = _loso_eval_config()
+  same = loso.evaluate(cfg, str(workdir), source=records)
+  assert same["pooled"] == trained["pooled"] and same["folds"] == trained["folds"]
+  assert same["status"] == "done" and same["folds_to_run"] == []
+  # A looser IoU: whole-video predictions that missed become hits.
+  cfg.eval.iou = 0.3
+  looser = loso.evaluate(cfg, str(workdir), source=records)
+  before, after = trained["pooled"], looser["pooled"]
+  assert after["tp"] > before["tp"] and after["fp"] < before["fp"]
+  assert after["tp"] + after["fn"] == before["tp"] + before["fn"]  # the same expressions
+  saved = json.loads((workdir / "loso_metrics.json").read_text())
+  assert saved["pooled"] == after and saved["eval"]["iou"] == 0.3  # replaced
+  # The pooled figures are the folds' metrics.json (replaced, the threshold as trained)
+  # pooled, and those are what a fixed split's --mode=evaluate gives on each fold.
+  own = []
+  for test, val, trn in loso.folds(["s000", "s001", "s002"], 1):
+    fold = workdir / f"fold_{test}"
+    m = json.loads((fold / "metrics.json").read_text())
+    assert m["iou"] == 0.3 and m["threshold"] == trained["folds"][test]["threshold"]
+    assert m["total_steps"] == 2  # the training record is kept: the fold is still done
+    index = sources.VideoIndex(records)
+    own.append(train.evaluate_only(
+        loso.fold_config(cfg, test, val, trn), str(fold), splits=train.Splits(
+            train=None, val=index.subset(subjects=val), test=index.subset(subjects=[test]))))
+    assert {k: own[-1][k] for k in ("tp", "fp", "fn")} == {
+        k: looser["folds"][test][k] for k in ("tp", "fp", "fn")}
+  pooled = metrics.pool_results(own)
+  pooled.update(metrics.pool_clip_accuracies(own))
+  assert pooled == after
+
+
+def test_loso_evaluate_skips_unfinished_folds_and_says_which_it_pooled(
+    loso_run, tmp_path, capsys):
+  records, src, trained = loso_run
+  workdir = _copy(src, tmp_path)
+  (workdir / "fold_s001" / "metrics.json").unlink()
+  m = json.loads((workdir / "fold_s002" / "metrics.json").read_text())
+  (workdir / "fold_s002" / "metrics.json").write_text(json.dumps({**m, "total_steps": 1}))
+  out = loso.evaluate(_loso_eval_config(), str(workdir), source=records)
+  said = capsys.readouterr().out
+  assert "[loso] fold s001: not finished (no metrics.json): not evaluated" in said
+  assert ("[loso] fold s002: finished at total_steps 1, not this config's 2 (pass "
+          "--config.total_steps=1 to evaluate it): not evaluated") in said
+  assert out["status"] == "partial" and out["folds_to_run"] == ["s001", "s002"]
+  assert sorted(out["folds"]) == ["s000"] and out["num_folds"] == 1
+  assert out["pooled"]["tp"] == trained["folds"]["s000"]["tp"]
+  assert json.loads((workdir / "loso_metrics.json").read_text())["folds_to_run"] == [
+      "s001", "s002"]
+  # The evaluated fold stays finished at its steps (a longer run trains it on).
+  assert train.finished_metrics(str(workdir / "fold_s000"), 2) is not None
+  assert train.finished_metrics(str(workdir / "fold_s000"), 4) is None
+  # No finished fold: an error, nothing written.
+  (workdir / "fold_s000" / "metrics.json").unlink()
+  (workdir / "loso_metrics.json").unlink()
+  with pytest.raises(FileNotFoundError, match="No fold in .* finished at total_steps 2"):
+    loso.evaluate(_loso_eval_config(), str(workdir), source=records)
+  assert not (workdir / "loso_metrics.json").exists()
+
+
 def test_loso_pools_clip_accuracy_over_clips_not_folds(tmp_path, monkeypatch):
   """A 1-clip fold all right and three 9-clip folds all wrong: 1 of 28, not 1/4."""
   def record(vid, subject, n=20):

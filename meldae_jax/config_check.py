@@ -106,6 +106,20 @@ def regex() -> tuple[Callable[[Any], bool], str]:
   return (lambda v: v is None or (isinstance(v, str) and _regex(v))), "a regex"
 
 
+def mesh_axis() -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: _is_int(v) and (v >= 1 or v == -1),
+          "an int >= 1, or -1 (the devices left)")
+
+
+def _vit_variant(v) -> bool:
+  from meldae_jax.models import vit  # pylint: disable=g-import-not-at-top
+  try:
+    vit.vit_dims(v)
+  except ValueError:
+    return False
+  return True
+
+
 # (setting, (predicate, what it must be)); a setting absent from the config is skipped.
 RULES = (
     ("seed", (_is_int, "an int")),
@@ -140,6 +154,7 @@ RULES = (
     ("model.temporal", choice("bilstm", "none")),
     ("model.fusion", choice("per_frame", "tokens")),
     ("model.vit_stem", choice("patch", "hmlp")),
+    ("model.remat_policy", choice("none", "full", "dots", "dots_no_batch")),
     ("loss.loc_loss", choice(*losses.LOC_LOSSES)),
     ("loss.me_weight", number(0.0)),
     ("loss.state_weight", number(0.0)),
@@ -163,6 +178,8 @@ RULES = (
     ("optimizer.clip_norm", (lambda v: v is None or number(0.0)[0](v),
                              "a number >= 0 (0 or None: no clipping)")),
     ("optimizer.grad_accum_steps", integer(1)),
+    ("mesh.data", mesh_axis()),
+    ("mesh.fsdp", mesh_axis()),
     ("checkpoint.every_steps", integer(0)),
     ("checkpoint.keep", integer(1)),
     ("checkpoint.best_metric", choice(*SELECTION_METRICS)),
@@ -202,6 +219,14 @@ def problems(cfg) -> list[str]:
     v = _get(cfg, path)
     if v is not MISSING and not ok(v):
       out.append(f"--config.{path}={_shown(v)}: must be {what}")
+  variant = _get(cfg, "model.variant")
+  if (_get(cfg, "model.backbone") in ("vit", MISSING) and variant is not MISSING
+      and not _vit_variant(variant)):
+    from meldae_jax.models import vit  # pylint: disable=g-import-not-at-top
+    out.append(f"--config.model.variant={_shown(variant)}: must be a ViT variant "
+               f"<{'|'.join(vit.VARIANTS)}>/<patch>, e.g. 'B/16'")
+  if _get(cfg, "mesh.data") == _get(cfg, "mesh.fsdp") == -1:
+    out.append("--config.mesh.data=-1 and --config.mesh.fsdp=-1: at most one may be -1")
   window, stride = _get(cfg, "dataset.window"), _get(cfg, "eval.stride")
   if _is_int(window) and _is_int(stride) and 1 <= window < stride:
     out.append(f"--config.eval.stride={stride}: must be <= dataset.window ({window}); the "

@@ -484,11 +484,15 @@ def validate(trainer: Trainer, params, index, step: int, writer, ckpt, state) ->
   return result
 
 
-def make_workdir(workdir: str) -> None:
-  """os.makedirs, but a --workdir that is a file is a one-line error (exit 2), not
-  FileExistsError's traceback."""
+def check_workdir(workdir: str) -> None:
+  """A --workdir that is a file is a one-line error (exit 2), not FileExistsError's
+  traceback at os.makedirs."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f"{workdir}: --workdir is a file, not a folder")
+
+
+def make_workdir(workdir: str) -> None:
+  check_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
 
 
@@ -507,10 +511,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config_check.check(cfg)  # every bad setting, before config.json or a step
   frame_step = predict.frame_step(cfg)
   sharding.maybe_initialize_distributed(cfg)
-  make_workdir(workdir)
+  check_workdir(workdir)
   previous = _saved_config(workdir)  # a resumed run's: replaced once its checkpoint fits
-  if previous is None:
-    _save_config(cfg, workdir)
   note = frame_step_change(previous, cfg)
   if note:
     say(note)
@@ -534,6 +536,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- 2-5. Model, shardings, steps. ---------------------------------------------------
   trainer = make_trainer(cfg)
   mcfg = model_config(cfg)
+  # Only now: a corpus or model that cannot be opened or built leaves no workdir behind.
+  make_workdir(workdir)
+  if previous is None:
+    _save_config(cfg, workdir)
   with jax.set_mesh(trainer.mesh), _explain_mismatch(previous, cfg, workdir):
     return _run(trainer, cfg, mcfg, workdir, splits)
 

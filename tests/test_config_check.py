@@ -101,6 +101,26 @@ def test_one_bad_setting_is_named(path, bad, good):
   assert len(found) == 1 and found[0].startswith(f"--config.{path}="), found
 
 
+def test_model_variant_remat_policy_and_mesh():
+  from meldae_jax.models import vit  # pylint: disable=g-import-not-at-top
+  c = _config()
+  for policy in vit.REMAT_POLICIES:  # every policy the ViT has passes
+    c.model.remat_policy = policy
+    assert config_check.problems(c) == []
+  for path, bad in (("model.remat_policy", "dot"), ("model.variant", "B16"),
+                    ("model.variant", "XL/16"), ("mesh.data", 0), ("mesh.fsdp", -2)):
+    c = _config()
+    _set(c, path, bad)
+    found = config_check.problems(c)
+    assert len(found) == 1 and found[0].startswith(f"--config.{path}="), found
+  c = _config()
+  c.model.backbone, c.model.variant = "resnet50", "unused"  # the ResNet has no variant
+  assert config_check.problems(c) == []
+  c = _config()
+  c.mesh.data, c.mesh.fsdp = -1, -1
+  assert any("at most one may be -1" in p for p in config_check.problems(c))
+
+
 def test_eval_stride_longer_than_the_window():
   c = _config()
   c.eval.stride = c.dataset.window + 1

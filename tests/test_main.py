@@ -58,7 +58,19 @@ def test_licensed_corpus_not_built_exits_with_instructions(tmp_path):
   assert "not built" in err
   assert f"python -m meldae_jax.data.build wdmd --data_dir={tmp_path / 'tfds'}" in err
   assert "--manual_dir=" in err and "annotations" in err  # the manual_dir layout
-  # The overrides reached the config the run recorded.
+  assert not workdir.exists()  # no workdir holding only a config.json
+
+
+def test_overrides_reach_the_config_the_run_records(tmp_path):
+  """A run stopped by a NaN at step 1 (exit 3) has recorded its config.json."""
+  workdir = tmp_path / "w"
+  proc = subprocess.run(
+      [sys.executable, "-m", "meldae_jax.main",
+       f"--config={ROOT / 'configs' / 'synthetic.py'}:tiny", f"--workdir={workdir}",
+       f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.debug.nan_at_step=1",
+       "--config.seed=17", "--config.optimizer.clip_norm=0.25"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 3, proc.stderr[-2000:]
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["seed"] == 17 and saved["optimizer"]["clip_norm"] == 0.25
   assert saved["dataset"]["data_dir"] == str(tmp_path / "tfds")

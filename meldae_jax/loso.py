@@ -17,9 +17,9 @@ names its subjects (`dataset.loso_fold`), so that `attention_maps --split=test` 
 
 `--mode=evaluate` (`evaluate`; also `meldae_jax.main --mode=evaluate`) evaluates every
 fold finished at the config's total_steps again as a fixed split's `--mode=evaluate`
-does (its best checkpoint and the threshold its validation chose, with the config's
-`eval.*` decoding settings; the fold's metrics.json and test_*.json are replaced) and
-pools them into loso_metrics.json (replaced). Folds not finished are skipped, each with a
+does (its best checkpoint and the threshold its validation chose, chosen again on its
+validation subjects where the config's `eval.*` settings that decide it changed; the
+fold's metrics.json and test_*.json are replaced) and pools them into loso_metrics.json (replaced). Folds not finished are skipped, each with a
 line; the pooled file then says which ran (`folds`, `status: partial`, `folds_to_run`).
 It evaluates every finished fold or stops with an error (`--folds` is refused), so that
 the pooled figures are of one setting; a run stopped part way leaves loso_metrics.json
@@ -138,7 +138,8 @@ def evaluate(cfg, workdir: str, *, source=None) -> dict:
   """`--mode=evaluate` of a LOSO run: each finished fold's best checkpoint on its test
   subject, as `train.evaluate_only` (a fixed split's `--mode=evaluate`) does it — the
   config's decoding settings (`eval.*`), the threshold the fold's validation chose when it
-  trained (not chosen again), the fold's metrics.json and test_*.json written again —
+  trained (chosen again on the fold's validation subjects where those settings changed),
+  the fold's metrics.json and test_*.json written again —
   then pooled as `run` pools, into `workdir/loso_metrics.json` (replaced). A fold not
   finished at this config's total_steps is skipped, with a line saying so; the pooled
   file then has status 'partial' and names them (`folds_to_run`)."""

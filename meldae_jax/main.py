@@ -8,7 +8,8 @@
 `--mode=train` trains (resuming from the workdir's latest checkpoint) and evaluates the best
 checkpoint on the test split; `--mode=evaluate` only does the latter, again, with the
 config's decoding settings (`--config.eval.*`) and the threshold the best checkpoint's
-validation chose when it trained: metrics.json and test_*.json are written again. Configs with
+validation chose when it trained (chosen again on validation where the settings that decide
+it changed since): metrics.json and test_*.json are written again. Configs with
 `dataset.protocol='loso'` (casme2, samm_lv) run the leave-one-subject-out driver
 (`meldae_jax.loso`, also runnable directly, `--mode` too): `--mode=evaluate` does the same
 for each fold finished at the config's total_steps (`WORKDIR/fold_<S>/`, on subject S's

@@ -810,17 +810,29 @@ def finished_metrics(workdir: str, total: int) -> dict | None:
 
 
 def final_evaluation(trainer: Trainer, cfg, workdir: str, splits: Splits, ckpt, writer,
-                     state=None, extra: dict | None = None) -> dict:
+                     state=None, extra: dict | None = None,
+                     rechoose: list[str] | None = None) -> dict:
   """Evaluates the best checkpoint (else `state`) on the test split -> metrics.json.
 
   The threshold is the one chosen on validation for that checkpoint; without validation
-  data it is `cfg.eval.threshold`. Predictions/annotations go to `workdir/test_*.json`.
+  data it is `cfg.eval.threshold`. With `rechoose` (the settings, changed since training,
+  that decide that choice: `threshold_settings_change`) and validation data, it is chosen
+  again on validation for the best checkpoint. Predictions/annotations go to
+  `workdir/test_*.json`.
   """
   best_step, best_metrics = ckpt.best_info()
   if best_step is not None:
     _, best = ckpt.restore_best(trainer.abstract_state)
     params, threshold = best.params, float(best_metrics["threshold"])
     key = best_metrics.get("threshold_key")
+    if rechoose and splits.val is not None:
+      val = predict.evaluate_split(trainer, params, splits.val, cfg, threshold=None)
+      say(f"[val] {'; '.join(rechoose)} since training: the threshold chosen again on "
+          f"validation for the best checkpoint (step {best_step}): {val['threshold']:.2f} "
+          f"by {val['threshold_key']} (it was {threshold:.2f})")
+      extra = dict(extra or {}, trained_threshold=threshold)
+      best_metrics = predict.summary(val)
+      threshold, key = float(val["threshold"]), val["threshold_key"]
   else:
     params, threshold, key = state.params, float(cfg.eval.threshold), None
     best_step = int(jax.device_get(state.step))
@@ -841,6 +853,37 @@ def final_evaluation(trainer: Trainer, cfg, workdir: str, splits: Splits, ckpt, 
         f"megc2020_f1={_f(test['megc2020']['f1'])}")
   checkpointing.write_json(os.path.join(workdir, "metrics.json"), result)
   return result
+
+
+def threshold_settings_change(saved: dict | None, cfg) -> list[str]:
+  """The settings that decide the validation's threshold choice (decoding, IoU, candidate
+  thresholds, the metric), as 'eval.iou 0.5 -> 0.3', where `cfg`'s differ from the run's
+  config.json: a threshold chosen under other decoding is not this decoding's choice."""
+  if not saved:
+    return []
+  old = ml_collections.ConfigDict(saved)
+  out = []
+  try:
+    before, now = predict.decode_kwargs(old), predict.decode_kwargs(cfg)
+  except ValueError:  # a saved config this code cannot decode with: say nothing of it
+    return []
+  names = {"merge_gap": "eval.merge_gap", "merge_seconds": "eval.merge_seconds",
+           "min_seconds": "eval.min_seconds", "max_seconds": "eval.max_seconds",
+           "smooth_seconds": "eval.smooth_seconds"}
+  for k, name in names.items():
+    if before.get(k) != now.get(k):
+      out.append(f"{name} {before.get(k)} -> {now.get(k)}")
+  pairs = (("eval.iou", lambda c: float(c.eval.iou)),
+           ("eval.thresholds", lambda c: tuple(float(t) for t in c.eval.thresholds)),
+           ("checkpoint.best_metric", lambda c: c.checkpoint.best_metric))
+  for name, get in pairs:
+    try:
+      a, b = get(old), get(cfg)
+    except (AttributeError, KeyError, TypeError):
+      continue
+    if a != b:
+      out.append(f"{name} {a} -> {b}")
+  return out
 
 
 # What metrics.json says of the training run (not of the evaluation): kept by
@@ -867,8 +910,10 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, *,
   """`--mode=evaluate`: the workdir's best (else latest) checkpoint on the test split.
 
   metrics.json (and test_*.json) are written again, with the config's decoding settings
-  (`eval.*`) and the threshold the best checkpoint's validation chose (not chosen again);
-  the training keys (`TRAINING_KEYS`) of the run that made the checkpoint are kept."""
+  (`eval.*`) and the threshold the best checkpoint's validation chose; where the settings
+  that decide that choice differ from the run's (`threshold_settings_change`), it is
+  chosen again on validation (metrics.json keeps the old one as `trained_threshold`).
+  The training keys (`TRAINING_KEYS`) of the run that made the checkpoint are kept."""
   cfg = config
   config_check.check(cfg)
   if not os.path.isdir(workdir):  # before the checkpoint managers create folders in it
@@ -895,7 +940,8 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, *,
           validate(trainer, state.params, splits.val, int(jax.device_get(state.step)),
                    writer, ckpt, state)
       result = final_evaluation(trainer, cfg, workdir, splits, ckpt, writer, state,
-                                extra=_training_record(workdir, ckpt.latest_step()))
+                                extra=_training_record(workdir, ckpt.latest_step()),
+                                rechoose=threshold_settings_change(saved, cfg))
     finally:
       writer.close()
       ckpt.close()

@@ -80,6 +80,31 @@ def test_predictions_round_trip_through_evaluate_cli(run):
     assert cli[key] == m[key], key
 
 
+def test_evaluate_mode_chooses_the_threshold_again_when_its_settings_changed(
+    run, tmp_path, capsys):
+  """The threshold is chosen on validation under the decoding in use: --mode=evaluate
+  with other candidates (or decoding, IoU) chooses it again, not the trained one."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  cfg, src, _ = run
+  workdir = pathlib.Path(shutil.copytree(src, tmp_path / "work"))
+  trained = json.loads((src / "metrics.json").read_text())
+  same = train.evaluate_only(cfg, str(workdir))
+  assert same["threshold"] == trained["threshold"] and "trained_threshold" not in same
+  assert "chosen again" not in capsys.readouterr().out
+  other = cfg.copy_and_resolve_references()
+  other.eval.thresholds = (0.95,)  # the only candidate: the choice cannot be the trained one
+  again = train.evaluate_only(other, str(workdir))
+  saved = json.loads((workdir / "metrics.json").read_text())
+  assert again["threshold"] == saved["threshold"] == saved["validation"]["threshold"] == 0.95
+  assert saved["trained_threshold"] == trained["threshold"] != 0.95
+  assert saved["total_steps"] == trained["total_steps"]  # still the training's record
+  out = capsys.readouterr().out
+  assert "eval.thresholds (0.1, 0.3, 0.5, 0.7, 0.9) -> (0.95,)" in out and "chosen again" in out
+  assert train.threshold_settings_change(None, cfg) == []
+  assert train.threshold_settings_change(json.loads((src / "config.json").read_text()),
+                                         cfg) == []
+
+
 def test_round_trip_with_predictions(tmp_path):
   """Same check with scores that do produce intervals (a trained model's are arbitrary)."""
   index = th.splits(n_train=2, n_val=0, n_test=0, num_frames=60).train

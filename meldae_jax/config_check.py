@@ -102,10 +102,6 @@ def param_groups() -> tuple[Callable[[Any], bool], str]:
   return ok, "(regex, learning rate >= 0) pairs, at least one"
 
 
-def regex() -> tuple[Callable[[Any], bool], str]:
-  return (lambda v: v is None or (isinstance(v, str) and _regex(v))), "a regex"
-
-
 def mesh_axis() -> tuple[Callable[[Any], bool], str]:
   return (lambda v: _is_int(v) and (v >= 1 or v == -1),
           "an int >= 1, or -1 (the devices left)")
@@ -171,7 +167,10 @@ RULES = (
     ("optimizer.warmup_steps", integer(0)),
     ("optimizer.end_lr_factor", number(0.0)),
     ("optimizer.weight_decay", number(0.0)),
-    ("optimizer.weight_decay_regex", regex()),
+    # '' decayed every parameter here and none in the PyTorch port: say which
+    ("optimizer.weight_decay_regex", (lambda v: isinstance(v, str) and bool(v) and _regex(v),
+                                      "a non-empty regex ('.*' decays every parameter; "
+                                      "optimizer.weight_decay=0 none)")),
     ("optimizer.b1", number(0.0, 1.0, hi_open=True)),
     ("optimizer.b2", number(0.0, 1.0, hi_open=True)),
     ("optimizer.eps", number(0.0, lo_open=True)),

@@ -75,6 +75,8 @@ def test_every_sweep_run_passes(sweep):
     ("optimizer.groups", (("(", 1e-3),), ((".*", 1e-3),)),
     ("optimizer.groups", ((".*", -1e-3),), ((".*", 1e-3),)),
     ("optimizer.warmup_steps", -3, 0),
+    ("optimizer.weight_decay_regex", "", ".*"),
+    ("optimizer.weight_decay_regex", "[", ".*/kernel"),
     ("optimizer.schedule", "cosine", "constant"),
     ("optimizer.b2", 1.0, 0.98),
     ("optimizer.eps", 0.0, 1e-6),

@@ -380,6 +380,11 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
   with jax.set_mesh(trainer.mesh), train._explain_mismatch(  # pylint: disable=protected-access
       train._saved_config(workdir), cfg, workdir):  # pylint: disable=protected-access
     params, chosen, step = restore(cfg, workdir, trainer)  # before the long part
+    changed = train.threshold_settings_change(train._saved_config(workdir), cfg)  # pylint: disable=protected-access
+    if changed and threshold is None:  # no validation data here to choose it again
+      train.say(f"[spot] WARNING: {'; '.join(changed)} (--config): the threshold "
+                f"{chosen:.2f} was chosen on validation under the run's settings; give "
+                "--threshold for these")
     threshold = chosen if threshold is None else float(threshold)
     train.say(f"[spot] checkpoint step {step}, threshold {threshold:.2f}; crops "
               f"{size}x{size} {encoding}, as the run's corpus stored them")

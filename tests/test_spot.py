@@ -71,6 +71,23 @@ def test_spot_scores_a_frame_folder_as_evaluation_scores_the_record(workdir, tmp
   assert (out / "v700.png").stat().st_size > 0
 
 
+def test_other_decoding_settings_warn_that_the_threshold_was_not_chosen_for_them(
+    workdir, tmp_path, capsys):
+  record = th.records(1, seed=701, num_frames=12)[0]
+  folder = _write_frames(record, str(tmp_path / "v701"))
+  cfg = spot.load_config(workdir, None)
+  kw = dict(fps=float(record["fps"]), crop_size=32, encoding="png",
+            detector=lambda frame: [])
+  spot.spot(cfg, workdir, [folder], str(tmp_path / "o1"), **kw)
+  assert "WARNING" not in capsys.readouterr().out  # the run's own settings
+  cfg.eval.iou = 0.3
+  spot.spot(cfg, workdir, [folder], str(tmp_path / "o2"), **kw)
+  out = capsys.readouterr().out
+  assert "eval.iou 0.5 -> 0.3 (--config): the threshold" in out and "give --threshold" in out
+  spot.spot(cfg, workdir, [folder], str(tmp_path / "o3"), threshold=0.4, **kw)
+  assert "WARNING" not in capsys.readouterr().out  # a threshold given for them
+
+
 def test_spot_reads_a_video_file(workdir, tmp_path):
   path = str(tmp_path / "talk.avi")
   writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (48, 40))

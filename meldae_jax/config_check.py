@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from meldae_jax import losses
+from meldae_jax.data import augment as augment_lib
 from meldae_jax.data import schema
 
 # Metrics the best checkpoint and the validation threshold can be chosen by: an F1 of
@@ -226,6 +227,12 @@ def problems(cfg) -> list[str]:
                f"<{'|'.join(vit.VARIANTS)}>/<patch>, e.g. 'B/16'")
   if _get(cfg, "mesh.data") == _get(cfg, "mesh.fsdp") == -1:
     out.append("--config.mesh.data=-1 and --config.mesh.fsdp=-1: at most one may be -1")
+  ranges = _get(cfg, "dataset.augment_ranges")
+  if ranges is not MISSING and ranges is not None:
+    try:  # AugmentConfig's own checks, as the input pipeline makes it
+      augment_lib.as_config(dict(ranges), name="--config.dataset.augment_ranges")
+    except (TypeError, ValueError) as e:
+      out.append(str(e).replace("augment ", "--config.dataset.augment_ranges.", 1))
   window, stride = _get(cfg, "dataset.window"), _get(cfg, "eval.stride")
   if _is_int(window) and _is_int(stride) and 1 <= window < stride:
     out.append(f"--config.eval.stride={stride}: must be <= dataset.window ({window}); the "

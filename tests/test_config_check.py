@@ -123,6 +123,17 @@ def test_model_variant_remat_policy_and_mesh():
   assert any("at most one may be -1" in p for p in config_check.problems(c))
 
 
+def test_augment_ranges_are_checked_as_the_pipeline_checks_them():
+  c = _config()
+  c.dataset.augment_ranges.min_crop = 0.0
+  assert config_check.problems(c) == [
+      "--config.dataset.augment_ranges.min_crop must be in (0, 1], got 0.0"]
+  c = _config()
+  c.dataset.augment_ranges = {"flip": 0.5}  # a field AugmentConfig lacks
+  (found,) = config_check.problems(c)
+  assert "--config.dataset.augment_ranges has unknown field(s) flip" in found
+
+
 def test_eval_stride_longer_than_the_window():
   c = _config()
   c.eval.stride = c.dataset.window + 1

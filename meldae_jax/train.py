@@ -793,15 +793,29 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
     ckpt.close()
 
 
+def _checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of the workdir's checkpoints (orbax's numbered folders), none opened."""
+  try:
+    names = os.listdir(os.path.join(workdir, "checkpoints"))
+  except OSError:
+    return []
+  return sorted(int(n) for n in names if n.isdigit())
+
+
 def finished_metrics(workdir: str, total: int) -> dict | None:
-  """metrics.json of a run that finished at `total` steps, else None."""
+  """metrics.json of a run that finished at `total` steps, else None. A metrics.json
+  without `total_steps` (written by an older `--mode=evaluate`) is of a run finished at
+  its last checkpoint's step: read as finished at any step, a LOSO fold was pooled as
+  done by a rerun with a larger total_steps instead of training on."""
   try:
     with open(os.path.join(workdir, "metrics.json")) as f:
       result = json.load(f)
   except (OSError, ValueError):
     return None
-  done = result.get("status") == "done" and result.get("total_steps", total) == total
-  return result if done else None
+  if result.get("status") != "done":
+    return None
+  steps = [result["total_steps"]] if "total_steps" in result else _checkpoint_steps(workdir)
+  return result if steps and steps[-1] == total else None
 
 
 # ========================================================================================

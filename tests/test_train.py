@@ -246,6 +246,19 @@ def test_min_seconds_is_converted_at_each_videos_fps():
       "v25": 1, "v30": 1, "v60": 0}
 
 
+def test_a_finished_run_without_total_steps_is_finished_at_its_last_checkpoint(tmp_path):
+  wd = tmp_path / "fold_s1"
+  (wd / "checkpoints" / "2").mkdir(parents=True)
+  (wd / "checkpoints" / "4").mkdir()
+  (wd / "checkpoints" / "6.orbax-checkpoint-tmp-1").mkdir()  # an unfinished save
+  (wd / "metrics.json").write_text(json.dumps({"status": "done", "f1": 0.5}))
+  assert train.finished_metrics(str(wd), 4) == {"status": "done", "f1": 0.5}
+  assert train.finished_metrics(str(wd), 8) is None  # a rerun with more steps trains on
+  (wd / "metrics.json").write_text(json.dumps({"status": "done", "total_steps": 8}))
+  assert train.finished_metrics(str(wd), 8) is not None
+  assert train.finished_metrics(str(wd), 4) is None
+
+
 def _loso_eval_config():
   """A tiny LOSO run whose folds predict (one whole-video interval each, IoU 0.42, 0.29
   and 0.5 with their expressions), so that eval.iou changes their counts."""

@@ -158,8 +158,13 @@ class Checkpointer:
     _, metrics = self.best_info()
     return None if metrics is None else metrics.get("__best_value__")
 
-  def maybe_save_best(self, step: int, state, metrics: dict[str, Any], value: float) -> bool:
-    """Saves `state` as the best if `value` beats the stored best; returns whether it did."""
+  def maybe_save_best(self, step: int, state, metrics: dict[str, Any], value: float,
+                      metric: str | None = None) -> bool:
+    """Saves `state` as the best if `value` beats the stored best; returns whether it did.
+
+    `metric` names what `value` is (the validation's `threshold_key`: `best_metric`, or
+    F1 where the validation data cannot rank by it); default `best_metric`.
+    """
     best = self.best_value()
     if value is None or not np.isfinite(value):
       return False
@@ -177,7 +182,7 @@ class Checkpointer:
     self._best.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), metrics=ocp.args.JsonSave(record)), force=True)
     self._best.wait_until_finished()
-    logging.info("New best %s=%.4f at step %d", self.best_metric, value, step)
+    logging.info("New best %s=%.4f at step %d", metric or self.best_metric, value, step)
     return True
 
   def restore_best(self, abstract_state):

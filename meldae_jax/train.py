@@ -479,7 +479,8 @@ def validate(trainer: Trainer, params, index, step: int, writer, ckpt, state) ->
                               "acc_state", "threshold", "f1_speaking", "f1_listening")},
       prefix="val/"))
   if ckpt is not None and value is not None:
-    if ckpt.maybe_save_best(step, state, predict.summary(result), float(value)):
+    if ckpt.maybe_save_best(step, state, predict.summary(result), float(value),
+                            metric=result["threshold_key"]):
       say(f"[val] new best {result['threshold_key']}={value:.4f} at step {step}")
   return result
 

@@ -329,3 +329,26 @@ def test_zero_intervals_checkpoint_and_log_at_the_end_only(tmp_path, data):
   train_steps = [r["step"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text()
                                         .splitlines()) if "train/loss" in r]
   assert train_steps == [3]
+
+
+def test_the_best_checkpoint_log_names_the_metric_validation_ranked_by(
+    tmp_path, monkeypatch, caplog):
+  # A validation split that cannot rank by checkpoint.best_metric (no listening MEs for
+  # F1_DR) ranks by F1; the INFO line said "New best f1_dr=..." beside "[val] new best
+  # f1=...".
+  import logging
+  import types
+  from meldae_jax import predict
+  result = {"f1": 0.4, "f1_dr": None, "uf1": 0.4, "precision": 0.5, "recall": 1 / 3,
+            "acc_me": 0.5, "acc_state": 0.5, "threshold": 0.3, "threshold_key": "f1",
+            "f1_speaking": 0.4, "f1_listening": None}
+  monkeypatch.setattr(predict, "evaluate_split", lambda *a, **k: dict(result))
+  writer = types.SimpleNamespace(write_scalars=lambda *a, **k: None)
+  trainer = types.SimpleNamespace(cfg=None)
+  ckpt = checkpointing.Checkpointer(str(tmp_path), best_metric="f1_dr")
+  with caplog.at_level(logging.INFO):
+    train.validate(trainer, None, object(), 4, writer, ckpt,
+                   {"w": np.ones(3, np.float32)})
+  ckpt.close()
+  assert "New best f1=0.4000 at step 4" in caplog.text
+  assert "New best f1_dr" not in caplog.text

@@ -57,9 +57,9 @@ def choice(*options) -> tuple[Callable[[Any], bool], str]:
   return (lambda v: v in options), "one of " + ", ".join(repr(o) for o in options)
 
 
-def per_class(lo_open: bool = False):
-  """A decoding length in seconds: a number, or {class: number} for some classes."""
-  num, _ = number(0.0, lo_open=lo_open)
+def per_class():
+  """A decoding length in seconds (0: off): a number, or {class: number} for some classes."""
+  num, _ = number(0.0)
   def ok(v):
     if v is None:
       return True
@@ -68,8 +68,8 @@ def per_class(lo_open: bool = False):
       return all(k in schema.EXPRESSION_TYPES and (x is None or num(x))
                  for k, x in v.items())
     return num(v)
-  return ok, (f"seconds {'> 0' if lo_open else '>= 0'}, or {{class: seconds}} with classes "
-              f"of {schema.EXPRESSION_TYPES}")
+  return ok, (f"seconds >= 0, or {{class: seconds}} with classes of "
+              f"{schema.EXPRESSION_TYPES}")
 
 
 def classes() -> tuple[Callable[[Any], bool], str]:
@@ -233,6 +233,10 @@ def problems(cfg) -> list[str]:
       augment_lib.as_config(dict(ranges), name="--config.dataset.augment_ranges")
     except (TypeError, ValueError) as e:
       out.append(str(e).replace("augment ", "--config.dataset.augment_ranges.", 1))
+  weights = [_get(cfg, f"loss.{k}_weight") for k in ("me", "state", "loc")]
+  if all(_is_num(w) for w in weights) and not any(weights):
+    out.append("--config.loss.me_weight, state_weight and loc_weight are all 0: no loss to "
+               "train on")
   window, stride = _get(cfg, "dataset.window"), _get(cfg, "eval.stride")
   if _is_int(window) and _is_int(stride) and 1 <= window < stride:
     out.append(f"--config.eval.stride={stride}: must be <= dataset.window ({window}); the "

@@ -134,6 +134,14 @@ def test_augment_ranges_are_checked_as_the_pipeline_checks_them():
   assert "--config.dataset.augment_ranges has unknown field(s) flip" in found
 
 
+def test_all_loss_weights_zero():
+  c = _config()
+  c.loss.me_weight = c.loss.state_weight = 0.0
+  assert config_check.problems(c) == []  # the localisation loss alone trains
+  c.loss.loc_weight = 0.0
+  assert any("all 0: no loss" in p for p in config_check.problems(c))
+
+
 def test_eval_stride_longer_than_the_window():
   c = _config()
   c.eval.stride = c.dataset.window + 1

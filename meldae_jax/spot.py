@@ -53,6 +53,7 @@ import numpy as np
 
 from meldae_jax import checkpointing
 from meldae_jax import cli
+from meldae_jax import config_check
 from meldae_jax import intervals as intervals_lib
 from meldae_jax import predict
 from meldae_jax import train
@@ -253,10 +254,15 @@ def stored_crops(cfg: ml_collections.ConfigDict) -> tuple[int, str]:
 
 def load_config(workdir: str, config: ml_collections.ConfigDict | None
                 ) -> ml_collections.ConfigDict:
-  """`config`, else the one the run in `workdir` saved (SpotError where neither is)."""
+  """`config` (checked as a run checks it), else the one the run in `workdir` saved
+  (SpotError where neither is)."""
   if not os.path.isdir(workdir):
     raise SpotError(f"{workdir}: no such workdir")
   if config is not None:
+    try:
+      config_check.check(config)
+    except config_check.ConfigError as e:
+      raise SpotError(str(e)) from None
     return config
   saved = train._saved_config(workdir)  # pylint: disable=protected-access
   if saved is None:

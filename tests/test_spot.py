@@ -88,6 +88,13 @@ def test_other_decoding_settings_warn_that_the_threshold_was_not_chosen_for_them
   assert "WARNING" not in capsys.readouterr().out  # a threshold given for them
 
 
+def test_a_given_config_is_checked_as_a_run_checks_it(workdir, tmp_path):
+  cfg = spot.load_config(workdir, None)
+  cfg.eval.iou = 0.0
+  with pytest.raises(spot.SpotError, match=r"--config.eval.iou=0.0: must be"):
+    spot.load_config(workdir, cfg)
+
+
 def test_spot_reads_a_video_file(workdir, tmp_path):
   path = str(tmp_path / "talk.avi")
   writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (48, 40))

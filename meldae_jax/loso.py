@@ -38,8 +38,8 @@ import numpy as np
 from ml_collections import config_flags
 
 from meldae_jax import checkpointing
-from meldae_jax import config_check
 from meldae_jax import cli
+from meldae_jax import config_check
 from meldae_jax import metrics as metrics_lib
 from meldae_jax import predict
 from meldae_jax import train

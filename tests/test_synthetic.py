@@ -269,7 +269,7 @@ def test_preview_of_an_uncoded_apex_and_unknown_speaking(tmp_path, monkeypatch):
   assert "listening" not in texts[30] and "speaking ?" in texts[30]
 
 
-def test_undecodable_frame_bytes_are_a_clear_error(monkeypatch):
+def test_undecodable_frame_bytes_are_a_clear_error(monkeypatch, tmp_path, capsys):
   """cv2.imdecode's None was indexed: TypeError 'NoneType' object is not subscriptable."""
   with pytest.raises(ValueError, match="could not decode frame bytes"):
     generator.decode_frame(b"not a jpeg")
@@ -290,8 +290,15 @@ def test_undecodable_frame_bytes_are_a_clear_error(monkeypatch):
   monkeypatch.setattr(build, "make_builder", lambda spec, data_dir: Builder())
   with pytest.raises(preview.PreviewError, match=r"has no split 'test' \(has \['train'\]\)"):
     preview._record_videos("synthetic_conversation/tiny", None, "test", 1)
-  with pytest.raises(ValueError, match="video 's01_v0' frame 1: could not decode"):
+  with pytest.raises(preview.PreviewError, match="video 's01_v0' frame 1: could not decode"):
     list(preview._record_videos("synthetic_conversation/tiny", None, "train", 1))
+  # The command: one line and exit 2, not a traceback part way through the videos.
+  with pytest.raises(SystemExit) as e:
+    preview.main(["--builder=synthetic_conversation/tiny", "--split=train", "--out",
+                  str(tmp_path / "o"), "--no_video"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "frame 1: could not" in err[0]
 
 
 def test_error_report_counts_hits_misses_and_false_positive_causes():

@@ -83,7 +83,7 @@ def _decoded_videos(builder, spec, split, count):
       try:
         decoded.append(decode_frame(data))
       except ValueError as e:
-        raise ValueError(f"{spec} {split} video {vid!r} frame {i}: {e}") from e
+        raise PreviewError(f"{spec} {split} video {vid!r} frame {i}: {e}") from e
     frames = np.stack(decoded)
     yield vid, frames, {"fps": float(r["fps"]), "speaking": np.asarray(r["speaking"]),
                         "intervals": intervals}
@@ -291,14 +291,18 @@ def main(argv=None):
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   out.mkdir(parents=True, exist_ok=True)  # not before: a failed call left an empty folder
-  for video_id, frames, ann in videos:
-    stem = str(video_id).replace("/", "__")  # casme2's s15/..., mmew's disgust/...
-    with _written_whole(out / f"{stem}_sheet.png") as tmp:
-      write_sheet(tmp, video_id, frames, ann)
-    if not args.no_video:
-      with _written_whole(out / f"{stem}.mp4") as tmp:
-        write_video(str(tmp), frames, ann)
-    print(f"{video_id}: {len(frames)} frames, {len(ann['intervals'])} intervals -> {out}")
+  try:  # records are decoded one video at a time: a broken frame stops it part way
+    for video_id, frames, ann in videos:
+      stem = str(video_id).replace("/", "__")  # casme2's s15/..., mmew's disgust/...
+      with _written_whole(out / f"{stem}_sheet.png") as tmp:
+        write_sheet(tmp, video_id, frames, ann)
+      if not args.no_video:
+        with _written_whole(out / f"{stem}.mp4") as tmp:
+          write_video(str(tmp), frames, ann)
+      print(f"{video_id}: {len(frames)} frames, {len(ann['intervals'])} intervals -> {out}")
+  except PreviewError as e:  # the videos before it are written whole
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

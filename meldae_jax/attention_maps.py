@@ -6,7 +6,8 @@
 For every frame of a labelled split, the enhancer's attention probabilities (last layer,
 (heads, queries, T, G, G) per window) are averaged over heads and queries, then over the
 windows that hold the frame, giving a G x G map per frame (not renormalised: a uniform
-window puts 1 / (T G G) on each region of each frame). Three groups of frames are then
+window puts 1 / (n G G) on each region of each of its n real frames, n = T but in a
+video shorter than the window; that level, averaged alike, is the "uniform level"). Three groups of frames are then
 averaged, as the paper's figures show them:
 
   ME apex          the apex frame of each ground-truth micro-expression (Figure 7)
@@ -81,15 +82,30 @@ def frame_maps(trainer: train.Trainer, params, index, cfg, step=None
   """{video_id: (num_frames, G, G)}: each frame's map, averaged over the windows.
   `step`: an `attention_step(trainer)` already built. With `dataset.frame_step` k the
   sampled frames' maps are interpolated to every native frame, as scores are."""
+  return frame_maps_and_levels(trainer, params, index, cfg, step)[0]
+
+
+def frame_maps_and_levels(trainer: train.Trainer, params, index, cfg, step=None
+                          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """`frame_maps`, and {video_id: (num_frames,)} each frame's uniform level averaged as
+  its map is: 1 / (n * G * G) in a window of n real frames (the attention's mass spreads
+  over those frames' regions; a video shorter than the window has n < T)."""
   step = step or attention_step(trainer)
   index = predict.dataset_view(index, cfg)
   averager = pipeline.ScoreAverager(index)
+  g = int(trainer.model.config.num_regions)
   for batch in predict.eval_batches(trainer, index, cfg):
     out = jax.device_get(step(params, batch))
-    averager.add(out, out["maps"])
-  g = int(trainer.model.config.num_regions)
-  return {index.info(vi).video_id: m.reshape(len(m), g, g).astype(np.float32)
-          for vi, m in averager.result().items()}
+    mask = np.asarray(out["frame_mask"], np.float64)
+    level = 1.0 / (np.maximum(mask.sum(1, keepdims=True), 1.0) * g * g)  # (B, 1)
+    averager.add(out, np.concatenate(
+        [out["maps"], np.broadcast_to(level[:, :, None], mask.shape + (1,))], -1))
+  maps, levels = {}, {}
+  for vi, m in averager.result().items():
+    vid = index.info(vi).video_id
+    maps[vid] = m[:, :-1].reshape(len(m), g, g).astype(np.float32)
+    levels[vid] = m[:, -1]
+  return maps, levels
 
 
 def frame_groups(info, margin: int) -> dict[str, np.ndarray]:
@@ -115,10 +131,12 @@ def row_names(g: int) -> list[str]:
 
 
 def summarise(maps: dict[str, np.ndarray], index, margin_seconds: float,
-              window: int) -> dict:
+              window: int, levels: dict[str, np.ndarray] | None = None) -> dict:
   """Per group: frames, mean map, mass per row, peak over the uniform level. The margin
-  is converted at each video's own fps. `index` and `maps` are in native frames."""
-  sums, counts = {}, {k: 0 for k in GROUPS}
+  is converted at each video's own fps. `index` and `maps` are in native frames. The
+  uniform level is the group's mean of `levels` (`frame_maps_and_levels`), else that of
+  full windows, 1 / (window * G * G)."""
+  sums, counts, level_sums = {}, {k: 0 for k in GROUPS}, {k: 0.0 for k in GROUPS}
   for info in index.infos:
     if info.video_id not in maps:
       continue
@@ -127,6 +145,8 @@ def summarise(maps: dict[str, np.ndarray], index, margin_seconds: float,
       if len(frames):
         sums[name] = sums.get(name, 0) + maps[info.video_id][frames].sum(0)
         counts[name] += len(frames)
+        if levels is not None:
+          level_sums[name] += float(np.sum(levels[info.video_id][frames]))
   out = {}
   for name in GROUPS:
     if not counts[name]:
@@ -134,7 +154,8 @@ def summarise(maps: dict[str, np.ndarray], index, margin_seconds: float,
       continue
     mean = sums[name].astype(np.float64) / counts[name]
     g = mean.shape[0]
-    uniform = 1.0 / (window * g * g)
+    uniform = (level_sums[name] / counts[name] if levels is not None
+               else 1.0 / (window * g * g))
     out[name] = {"frames": counts[name], "mean_map": mean.round(6).tolist(),
                  "row_mass": (mean.sum(1) / mean.sum()).round(4).tolist(),
                  "peak_over_uniform": round(float(mean.max() / uniform), 3)}
@@ -210,8 +231,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = 
     params, _, step = spot.restore(cfg, workdir, trainer, tag="attention")
     train.say(f"[attention] checkpoint step {step}: {len(index)} video(s) of the "
               f"{split} split...")
-    maps = frame_maps(trainer, params, index, cfg, attend)
-  summary = summarise(maps, index, margin_seconds, int(cfg.dataset.window))
+    maps, levels = frame_maps_and_levels(trainer, params, index, cfg, attend)
+  summary = summarise(maps, index, margin_seconds, int(cfg.dataset.window), levels)
   if not any(summary[n]["frames"] for n in GROUPS):
     raise AttentionError(f"no frame of the {split} split falls in any group (no labels?); "
                          "nothing written")

@@ -54,6 +54,33 @@ def test_a_one_window_video_gets_the_models_own_attention(workdir):
   assert maps.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_video_shorter_than_the_window_has_its_own_uniform_level(workdir):
+  """Its attention spreads over its n < T frames: the uniform level is 1 / (n G G), so
+  peak_over_uniform is not inflated T / n times by full windows' 1 / (T G G)."""
+  cfg = spot.load_config(workdir, None)
+  window, g = int(cfg.dataset.window), int(cfg.model.num_regions)
+  n = window // 2
+  record = th.records(1, seed=902, num_frames=n)[0]
+  index = sources.VideoIndex([record])
+  trainer = train.make_trainer(cfg)
+  with jax.set_mesh(trainer.mesh):
+    params, _, _ = spot.restore(cfg, workdir, trainer)
+    maps, levels = attention_maps.frame_maps_and_levels(trainer, params, index, cfg)
+  assert maps["v902"].sum() == pytest.approx(1.0, abs=1e-5)  # all of it on n frames
+  np.testing.assert_allclose(levels["v902"], 1.0 / (n * g * g))
+  info = sources.VideoInfo(
+      video_id="v", subject="s", fps=30.0, num_frames=n,
+      intervals={"onset": np.array([0]), "apex": np.array([0]),
+                 "offset": np.array([0]), "type": np.array([0])},
+      speaking=np.zeros(n, np.int8))
+  flat = {"v": np.full((n, g, g), 1.0 / (n * g * g), np.float32)}
+  short = sources.VideoIndex([])
+  short.infos = [info]
+  summary = attention_maps.summarise(flat, short, 0.0, window,
+                                     {"v": np.full(n, 1.0 / (n * g * g))})
+  assert summary["ME apex"]["peak_over_uniform"] == pytest.approx(1.0)  # flat: 1x
+
+
 def test_frame_groups_follow_the_labels():
   info = sources.VideoInfo(
       video_id="v", subject="s", fps=30.0, num_frames=40,

@@ -8,21 +8,8 @@ with status 2 and a one-line message on stderr naming the file and the video.
 import argparse
 import json
 import sys
-from typing import Any
 
 from meldae_jax import metrics
-
-
-def _load(path: str) -> Any:
-  """Reads one JSON file; any failure becomes a one-line AnnotationError naming it."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except OSError as e:
-    raise metrics.AnnotationError(f"{path}: cannot read: {e.strerror or e}") from e
-  except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, and
-    # json.load's own: an integer literal over Python's digit limit, nesting too deep
-    raise metrics.AnnotationError(f"{path}: invalid JSON: {e}".replace("\n", " ")) from e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
   if not 0.0 < args.iou <= 1.0:
     parser.error(f"--iou must be in (0, 1], got {args.iou}")
   try:
-    result = metrics.evaluate(_load(args.annotations), _load(args.predictions), args.iou,
+    result = metrics.evaluate(metrics.read_json(args.annotations),
+                              metrics.read_json(args.predictions), args.iou,
                               annotations_source=args.annotations,
                               predictions_source=args.predictions)
   except metrics.AnnotationError as e:

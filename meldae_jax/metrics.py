@@ -14,6 +14,7 @@ Any ratio whose denominator is 0 is None (JSON null), never 0. Results keep thei
 so that `pool_results` can pool leave-one-subject-out folds exactly.
 """
 from collections.abc import Mapping, Sequence
+import json
 import math
 import numbers
 from typing import Any, NoReturn
@@ -28,6 +29,18 @@ STATES = ("speaking", "listening")
 
 class AnnotationError(ValueError):
   """Malformed annotations or predictions; the one-line message names the file and video."""
+
+
+def read_json(path: str) -> Any:
+  """Reads one JSON file; any failure becomes a one-line AnnotationError naming it."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except OSError as e:
+    raise AnnotationError(f"{path}: cannot read: {e.strerror or e}") from e
+  except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, and
+    # json.load's own: an integer literal over Python's digit limit, nesting too deep
+    raise AnnotationError(f"{path}: invalid JSON: {e}".replace("\n", " ")) from e
 
 
 def _fail(source: str, video: Any, message: str) -> NoReturn:

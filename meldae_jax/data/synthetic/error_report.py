@@ -121,13 +121,7 @@ def report(predictions: dict, level: str, split: str = "test",
 def _load(path: str):
   """A SPEC §5 JSON file (`{"videos": {...}}`); ValueError naming it if unreadable or not
   one (they were tracebacks)."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except OSError as e:
-    raise ValueError(f"{path}: cannot read: {e.strerror or e}") from e
-  except (ValueError, RecursionError) as e:
-    raise ValueError(f"{path}: invalid JSON: {e}".replace("\n", " ")) from e
+  data = metrics.read_json(path)
   is_int = lambda x: isinstance(x, int) and not isinstance(x, bool)
   videos = data.get("videos") if isinstance(data, dict) else None
   if not isinstance(videos, dict) or not all(

@@ -16,6 +16,7 @@ from typing import Any
 from meldae_jax import losses
 from meldae_jax.data import augment as augment_lib
 from meldae_jax.data import schema
+from meldae_jax.models import vit
 
 # Metrics the best checkpoint and the validation threshold can be chosen by: an F1 of
 # `metrics.evaluate`, higher is better (precision or recall alone would pick the
@@ -109,7 +110,6 @@ def mesh_axis() -> tuple[Callable[[Any], bool], str]:
 
 
 def _vit_variant(v) -> bool:
-  from meldae_jax.models import vit  # pylint: disable=g-import-not-at-top
   try:
     vit.vit_dims(v)
   except ValueError:
@@ -151,7 +151,7 @@ RULES = (
     ("model.temporal", choice("bilstm", "none")),
     ("model.fusion", choice("per_frame", "tokens")),
     ("model.vit_stem", choice("patch", "hmlp")),
-    ("model.remat_policy", choice("none", "full", "dots", "dots_no_batch")),
+    ("model.remat_policy", choice(*vit.REMAT_POLICIES)),
     ("loss.loc_loss", choice(*losses.LOC_LOSSES)),
     ("loss.me_weight", number(0.0)),
     ("loss.state_weight", number(0.0)),
@@ -222,7 +222,6 @@ def problems(cfg) -> list[str]:
   variant = _get(cfg, "model.variant")
   if (_get(cfg, "model.backbone") in ("vit", MISSING) and variant is not MISSING
       and not _vit_variant(variant)):
-    from meldae_jax.models import vit  # pylint: disable=g-import-not-at-top
     out.append(f"--config.model.variant={_shown(variant)}: must be a ViT variant "
                f"<{'|'.join(vit.VARIANTS)}>/<patch>, e.g. 'B/16'")
   if _get(cfg, "mesh.data") == _get(cfg, "mesh.fsdp") == -1:
@@ -238,10 +237,19 @@ def problems(cfg) -> list[str]:
     out.append("--config.loss.me_weight, state_weight and loc_weight are all 0: no loss to "
                "train on")
   window, stride = _get(cfg, "dataset.window"), _get(cfg, "eval.stride")
-  if _is_int(window) and _is_int(stride) and 1 <= window < stride:
-    out.append(f"--config.eval.stride={stride}: must be <= dataset.window ({window}); the "
-               "frames between windows would get no score")
+  if _is_int(window) and _is_int(stride) and window >= 1 and stride >= 1:
+    found = eval_stride_problem(window, stride)  # the per-setting rules name the rest
+    if found:
+      out.append(f"--config.{found}")
   return out
+
+
+def eval_stride_problem(window: int, stride: int) -> str | None:
+  """Evaluation windows must overlap or touch (`train.make_trainer` checks it too)."""
+  if 1 <= stride <= window:
+    return None
+  return (f"eval.stride {stride} must be in 1..dataset.window ({window}): with a longer "
+          "stride the frames between windows would get no score")
 
 
 def check(cfg) -> None:

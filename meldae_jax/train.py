@@ -309,10 +309,10 @@ class Trainer:
 
 def check_eval_windows(cfg: ml_collections.ConfigDict) -> None:
   """Evaluation windows must overlap or touch: found before training, not after it."""
-  window, stride = int(cfg.dataset.window), int(cfg.eval.get("stride") or 0)
-  if stride < 1 or stride > window:
-    raise ValueError(f"eval.stride {stride} must be in 1..dataset.window ({window}): with "
-                     "a longer stride the frames between windows would get no score")
+  found = config_check.eval_stride_problem(int(cfg.dataset.window),
+                                           int(cfg.eval.get("stride") or 0))
+  if found:
+    raise ValueError(found)
 
 
 def input_view(cfg: ml_collections.ConfigDict):
@@ -882,12 +882,9 @@ def threshold_settings_change(saved: dict | None, cfg) -> list[str]:
     before, now = predict.decode_kwargs(old), predict.decode_kwargs(cfg)
   except ValueError:  # a saved config this code cannot decode with: say nothing of it
     return []
-  names = {"merge_gap": "eval.merge_gap", "merge_seconds": "eval.merge_seconds",
-           "min_seconds": "eval.min_seconds", "max_seconds": "eval.max_seconds",
-           "smooth_seconds": "eval.smooth_seconds"}
-  for k, name in names.items():
-    if before.get(k) != now.get(k):
-      out.append(f"{name} {before.get(k)} -> {now.get(k)}")
+  for k in now:  # decode_kwargs' keys are the eval.* settings of the same names
+    if before.get(k) != now[k]:
+      out.append(f"eval.{k} {before.get(k)} -> {now[k]}")
   pairs = (("eval.iou", lambda c: float(c.eval.iou)),
            ("eval.thresholds", lambda c: tuple(float(t) for t in c.eval.thresholds)),
            ("checkpoint.best_metric", lambda c: c.checkpoint.best_metric))

@@ -7,8 +7,8 @@ For every frame of a labelled split, the enhancer's attention probabilities (las
 (heads, queries, T, G, G) per window) are averaged over heads and queries, then over the
 windows that hold the frame, giving a G x G map per frame (not renormalised: a uniform
 window puts 1 / (n G G) on each region of each of its n real frames, n = T but in a
-video shorter than the window; that level, averaged alike, is the "uniform level"). Three groups of frames are then
-averaged, as the paper's figures show them:
+video shorter than the window; that level, averaged alike, is the "uniform level").
+Three groups of frames are then averaged, as the paper's figures show them:
 
   ME apex          the apex frame of each ground-truth micro-expression (Figure 7)
   speech only      speaking frames at least `--margin_seconds` from any expression (Fig. 6)

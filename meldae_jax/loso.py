@@ -20,10 +20,11 @@ fold finished at the config's total_steps again as a fixed split's `--mode=evalu
 does (its best checkpoint and the threshold its validation chose, chosen again on its
 validation subjects where the config's `eval.*` settings that decide it changed; the
 fold's metrics.json and test_*.json are replaced) and pools them into loso_metrics.json
-(replaced). Folds not finished are skipped, each with a line; the pooled file then says which ran (`folds`, `status: partial`, `folds_to_run`).
-It evaluates every finished fold or stops with an error (`--folds` is refused), so that
-the pooled figures are of one setting; a run stopped part way leaves loso_metrics.json
-as it was and some folds' metrics.json replaced: run it again.
+(replaced). Folds not finished are skipped, each with a line; the pooled file then says
+which ran (`folds`, `status: partial`, `folds_to_run`). It evaluates every finished
+fold or stops with an error (`--folds` is refused), so that the pooled figures are of
+one setting; a run stopped part way leaves loso_metrics.json as it was and some folds'
+metrics.json replaced: run it again.
 """
 from __future__ import annotations
 

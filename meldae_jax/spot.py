@@ -286,11 +286,13 @@ def _fold_hint(workdir: str) -> str:
           f"{os.path.join(workdir, folds[0])})" if folds else "")
 
 
-def restore(cfg, workdir: str, trainer: train.Trainer, tag: str = "spot"
-            ) -> tuple[Any, float, int]:
+def restore(cfg, workdir: str, trainer: train.Trainer, tag: str = "spot",
+            saved: dict | None = None) -> tuple[Any, float, int]:
   """(params, threshold, step) of the best checkpoint, else of the latest. Read-only.
-  `tag` prefixes its notes: the command's (attention_maps restores through here too)."""
-  saved = train._saved_config(workdir)  # pylint: disable=protected-access
+  `tag` prefixes its notes: the command's (attention_maps restores through here too).
+  `saved`: the workdir's config.json where the caller has read it already."""
+  if saved is None:
+    saved = train._saved_config(workdir)  # pylint: disable=protected-access
   note = train.frame_step_change(saved, cfg)
   if note:  # a --config that is not the run's
     train.say(f"[{tag}] {note}")
@@ -383,10 +385,11 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
   size, stored_encoding = stored_crops(cfg)
   size, encoding = int(crop_size or size), encoding or stored_encoding
   scores, boxes = {}, {}
+  saved = train._saved_config(workdir)  # pylint: disable=protected-access
   with jax.set_mesh(trainer.mesh), train._explain_mismatch(  # pylint: disable=protected-access
-      train._saved_config(workdir), cfg, workdir):  # pylint: disable=protected-access
-    params, chosen, step = restore(cfg, workdir, trainer)  # before the long part
-    changed = train.threshold_settings_change(train._saved_config(workdir), cfg)  # pylint: disable=protected-access
+      saved, cfg, workdir):
+    params, chosen, step = restore(cfg, workdir, trainer, saved=saved)  # before the videos
+    changed = train.threshold_settings_change(saved, cfg)
     if changed and threshold is None:  # no validation data here to choose it again
       train.say(f"[spot] WARNING: {'; '.join(changed)} (--config): the threshold "
                 f"{chosen:.2f} was chosen on validation under the run's settings; give "

@@ -95,13 +95,17 @@ def folds(subjects: Sequence[str], num_val: int) -> list[tuple[str, list[str], l
   return out
 
 
+def _plan(cfg, source=None):
+  """(the corpus's VideoIndex, its subjects, `folds` of them): read once per command."""
+  everything = sources.VideoIndex(source if source is not None else open_all(cfg))
+  subjects = sorted({v.subject for v in everything.infos})
+  return everything, subjects, folds(subjects, int(cfg.dataset.get("loso_val_subjects", 1)))
+
+
 def run(cfg, workdir: str, *, source=None, only: Sequence[str] | None = None) -> dict:
   """Runs (or resumes) every fold and writes `workdir/loso_metrics.json`."""
   config_check.check(cfg)  # before the corpus is read or a fold trains
-  source = source if source is not None else open_all(cfg)
-  everything = sources.VideoIndex(source)
-  subjects = sorted({v.subject for v in everything.infos})
-  plan = folds(subjects, int(cfg.dataset.get("loso_val_subjects", 1)))
+  everything, subjects, plan = _plan(cfg, source)
   unknown = sorted(set(only or ()) - set(subjects))
   if unknown:
     raise FoldError(f"--folds {unknown}: no such test subject(s); the corpus's subjects "
@@ -147,10 +151,7 @@ def evaluate(cfg, workdir: str, *, source=None) -> dict:
   config_check.check(cfg)
   if not os.path.isdir(workdir):  # before the corpus is read
     raise FileNotFoundError(f"No workdir {workdir} to evaluate.")
-  source = source if source is not None else open_all(cfg)
-  everything = sources.VideoIndex(source)
-  subjects = sorted({v.subject for v in everything.infos})
-  plan = folds(subjects, int(cfg.dataset.get("loso_val_subjects", 1)))
+  everything, _, plan = _plan(cfg, source)
   total = int(cfg.total_steps)
   todo = []
   for test, val, trn in plan:

@@ -41,11 +41,8 @@ def motion_energy(frames: np.ndarray, box) -> np.ndarray:
 
 
 class PreviewError(RuntimeError):
-  """A corpus that cannot be previewed as asked; the one-line message says why."""
-
-
-class NotBuiltError(PreviewError):
-  """The corpus is not built in data_dir; the one-line message gives the build command."""
+  """A corpus that cannot be previewed as asked (e.g. not built: the message gives the
+  build command); the one-line message says why."""
 
 
 def _record_videos(spec, data_dir, split, count):
@@ -60,7 +57,7 @@ def _record_videos(spec, data_dir, split, count):
   except (build.BuildError, FileNotFoundError) as e:  # an unknown builder or config
     raise PreviewError(str(e)) from None
   if not builder.is_prepared():
-    raise NotBuiltError(" ".join(line.strip() for line in build.not_built_lines(
+    raise PreviewError(" ".join(line.strip() for line in build.not_built_lines(
         builder, spec, data_dir or build.default_data_dir())))
   split = split or _default_split(builder)
   if split.split("[")[0] not in {*builder.info.splits, "all"}:  # TFDS's error came mid-loop
@@ -71,7 +68,7 @@ def _record_videos(spec, data_dir, split, count):
 
 def _decoded_videos(builder, spec, split, count):
   from meldae_jax.data.synthetic import decode_frame  # pylint: disable=import-outside-toplevel
-  source = builder.as_data_source(split or _default_split(builder))
+  source = builder.as_data_source(split)
   for index in range(min(count, len(source))):
     r = source[index]
     iv = r["intervals"]
@@ -283,15 +280,14 @@ def main(argv=None):
       if not 0 <= difficulty <= 1:
         parser.error(f"--difficulty {args.difficulty}: easy, default, hard or a number "
                      "in [0, 1]")
-    videos = _generated_videos(difficulty, args.image_size, args.seconds, args.videos, args.seed)
-  else:
-    try:
+  try:  # a corpus not built, or a frame that will not decode part way (those before
+    # it are written whole): one line
+    if args.generate:
+      videos = _generated_videos(difficulty, args.image_size, args.seconds, args.videos,
+                                 args.seed)
+    else:
       videos = _record_videos(args.builder, args.data_dir, args.split, args.videos)
-    except PreviewError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-  out.mkdir(parents=True, exist_ok=True)  # not before: a failed call left an empty folder
-  try:  # records are decoded one video at a time: a broken frame stops it part way
+    out.mkdir(parents=True, exist_ok=True)  # not before: a failed call left an empty folder
     for video_id, frames, ann in videos:
       stem = str(video_id).replace("/", "__")  # casme2's s15/..., mmew's disgust/...
       with _written_whole(out / f"{stem}_sheet.png") as tmp:
@@ -300,7 +296,7 @@ def main(argv=None):
         with _written_whole(out / f"{stem}.mp4") as tmp:
           write_video(str(tmp), frames, ann)
       print(f"{video_id}: {len(frames)} frames, {len(ann['intervals'])} intervals -> {out}")
-  except PreviewError as e:  # the videos before it are written whole
+  except PreviewError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

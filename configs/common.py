@@ -25,6 +25,7 @@ from ml_collections import config_dict
 
 from meldae_jax import losses
 from meldae_jax.data import augment as augment_lib
+from meldae_jax.data import build
 from meldae_jax.models import config as model_config_lib
 
 # Threshold candidates tried on validation data.
@@ -32,7 +33,7 @@ THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
 def default_data_dir() -> str:
-  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+  return build.default_data_dir()  # where the build command puts a corpus by default
 
 
 def base_config() -> ml_collections.ConfigDict:

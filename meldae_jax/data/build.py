@@ -55,8 +55,8 @@ def builder_class(spec: str, datasets_dir=None):
 
 
 def default_data_dir() -> str:
-  """$TFDS_DATA_DIR, else ~/tensorflow_datasets: where training reads a corpus (the same
-  rule as configs/common.default_data_dir), so a build without --data_dir lands there."""
+  """$TFDS_DATA_DIR, else ~/tensorflow_datasets: where training reads a corpus by default
+  (configs/common.default_data_dir is this), so a build without --data_dir lands there."""
   return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 

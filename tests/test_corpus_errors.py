@@ -93,18 +93,25 @@ def test_casme2_bad_rows(tmp_path, cell, value, pattern):
   assert no_finished_dataset(tmp_path / "data")
 
 
-def test_casme2_offset_past_the_last_frame_is_clamped(tmp_path, caplog):
-  """Some CAS(ME)^2 releases code an offset past the last image; samm_lv and mmew clamp
-  such an offset, and casme2 stopped the build on it."""
+def _casme2_disgust_intervals(tmp_path, caplog, **cells) -> list[tuple[int, int, int]]:
+  """(onset, apex, offset) of s15/15_0101disgustingteeth (8 frames) built from the dummy
+  sheet with `cells` (e.g. E2=10) edited, its WARNINGs in caplog."""
   manual = copy("casme2", tmp_path)
-  edit_cell(manual / CASME_SHEET, "CASFEcode_final", "E2", 10)  # 8 frames: 6/7/10
+  for cell, value in cells.items():
+    edit_cell(manual / CASME_SHEET, "CASFEcode_final", cell, value)
   with caplog.at_level("WARNING", logger="meldae_jax.data.casme2"):
     builder = build("casme2", manual, tmp_path / "data")
   (record,) = [r for r in builder.as_data_source("subject_15")
                if r["video_id"] == b"s15/15_0101disgustingteeth"]
   iv = record["intervals"]
-  assert [(int(a), int(b), int(c)) for a, b, c in zip(iv["onset"], iv["apex"],
-                                                      iv["offset"])] == [(1, 2, 4), (5, 6, 7)]
+  return [(int(a), int(b), int(c)) for a, b, c in zip(iv["onset"], iv["apex"], iv["offset"])]
+
+
+def test_casme2_offset_past_the_last_frame_is_clamped(tmp_path, caplog):
+  """Some CAS(ME)^2 releases code an offset past the last image; samm_lv and mmew clamp
+  such an offset, and casme2 stopped the build on it."""
+  # disgust1_2 becomes 6/7/10, past the 8 frames
+  assert _casme2_disgust_intervals(tmp_path, caplog, E2=10) == [(1, 2, 4), (5, 6, 7)]
   assert re.search(r"casme2: offset past the last frame file, clamped to it: 1 row\(s\) "
                    r"of .*code_final\.xlsx: 2 \(disgust1_2 6/7/10\)", caplog.text)
 
@@ -117,16 +124,8 @@ def test_casme2_apex_past_the_last_frame_is_unknown(tmp_path, caplog, apex, offs
                                                     expected):
   """samm_lv and mmew store an apex outside onset..offset as -1 (`RowRepairs`); casme2
   stopped the build on it."""
-  manual = copy("casme2", tmp_path)
-  edit_cell(manual / CASME_SHEET, "CASFEcode_final", "D2", apex)  # disgust1_2: 6/7/7
-  edit_cell(manual / CASME_SHEET, "CASFEcode_final", "E2", offset)
-  with caplog.at_level("WARNING", logger="meldae_jax.data.casme2"):
-    builder = build("casme2", manual, tmp_path / "data")
-  (record,) = [r for r in builder.as_data_source("subject_15")
-               if r["video_id"] == b"s15/15_0101disgustingteeth"]
-  iv = record["intervals"]
-  assert [(int(a), int(b), int(c)) for a, b, c in zip(iv["onset"], iv["apex"],
-                                                      iv["offset"])][1] == expected
+  # disgust1_2 is 6/7/7
+  assert _casme2_disgust_intervals(tmp_path, caplog, D2=apex, E2=offset)[1] == expected
   assert re.search(r"casme2: apex not coded or outside onset\.\.offset, set to unknown "
                    rf"\(-1\): 1 row\(s\) of .*code_final\.xlsx: 2 \(disgust1_2 6/{apex}/"
                    rf"{offset}\)", caplog.text)

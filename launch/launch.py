@@ -183,13 +183,29 @@ def xm_job_spec(config: str, sweep: str, workdir: str, extra=(), environ=None):
   return args, env, volumes
 
 
+# Debian with Python 3.12 (JAX >= 0.11 needs it) and g++ (the CPU custom calls compile on
+# first use, meldae_jax/ops/native.py).
+XM_BASE_IMAGE = "python:3.12"
+
+
+def xm_image_steps(dirname: str) -> list[str]:
+  """The image's Dockerfile steps: the repository at /<dirname>, installed as `make test`
+  installs it (pinned by constraints.txt), and the runs started there, where their
+  relative `--config=configs/...` paths point. XManager stages the repository as
+  `<dirname>/` in the build context."""
+  return [
+      f"COPY {dirname}/ /{dirname}",
+      f"WORKDIR /{dirname}",
+      "RUN python -m pip install --no-cache-dir -c constraints.txt -e .",
+  ]
+
+
 def launch_xm(config: str, sweep: str, workdir: str, extra=()) -> None:
   """One XManager experiment, one work unit per sweep point, on this machine (xm_local).
 
-  XManager's python_container builds a Docker image of the repository (its default
-  steps `pip install -r requirements.txt`, which this repository does not have: give
-  the image its own `docker_instructions` or base image) and runs each job in a
-  container. Into it go: the runs' flags, MELDAE_VIT_INIT and TFDS_DATA_DIR when set, and
+  XManager's python_container builds a Docker image of the repository with
+  `xm_image_steps` (its default steps install a `requirements.txt` this repository
+  does not have, on a CUDA 11 base image) and runs each job in a container. Into it go: the runs' flags, MELDAE_VIT_INIT and TFDS_DATA_DIR when set, and
   mounts (same path) of the workdir and of the absolute paths those and the flags name.
   Not carried: other environment variables (the MELDAE_CPU_* / MELDAE_CBLAS_LIB
   switches, XLA_FLAGS), relative paths in flags (they are the image's), paths not named
@@ -203,7 +219,8 @@ def launch_xm(config: str, sweep: str, workdir: str, extra=()) -> None:
   os.makedirs(_absolute(config, workdir)[1], exist_ok=True)  # else docker makes it, root's
   with xm_local.create_experiment(experiment_title=f"meldae-{sweep}") as experiment:
     [executable] = experiment.package([xm.python_container(
-        executor_spec=xm_local.Local.Spec(), path=str(ROOT),
+        executor_spec=xm_local.Local.Spec(), path=str(ROOT), base_image=XM_BASE_IMAGE,
+        docker_instructions=xm_image_steps(ROOT.name),
         entrypoint=xm.ModuleName("meldae_jax.main"))])
     executor = xm_local.Local(docker_options=xm_local.DockerOptions(volumes=volumes))
     for job_args in args.values():

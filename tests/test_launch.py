@@ -313,13 +313,15 @@ def test_a_sweeps_full_model_run_shows_table2_on_every_corpus(tmp_path, corpus, 
   assert others and all(" (Table" not in l for l in others)
 
 
-def _fake_xmanager(jobs):
-  """xmanager's xm and xm_local as far as launch_xm uses them, recording the jobs."""
+def _fake_xmanager(jobs, packages=None):
+  """xmanager's xm and xm_local as far as launch_xm uses them, recording the jobs (and
+  the packaged containers in `packages`)."""
   import contextlib  # pylint: disable=g-import-not-at-top
   import types  # pylint: disable=g-import-not-at-top
   record = lambda **kw: types.SimpleNamespace(**kw)
-  experiment = types.SimpleNamespace(package=lambda specs: ["executable"],
-                                     add=jobs.append)
+  package = lambda specs: (packages.extend(specs) if packages is not None else None,
+                           ["executable"])[1]
+  experiment = types.SimpleNamespace(package=package, add=jobs.append)
   local = lambda **kw: record(**kw)
   local.Spec = lambda: "local-spec"
   xm = types.SimpleNamespace(python_container=record, ModuleName=lambda m: m, Job=record)
@@ -358,3 +360,25 @@ def test_xm_jobs_carry_the_flags_as_given_the_vit_init_and_the_workdir(tmp_path,
                      str(tmp_path / "tfds"): str(tmp_path / "tfds")}
   assert work.is_dir()
   assert "--config.model.enhancer=False" in jobs[1].args
+
+
+def test_xm_image_installs_the_repository_on_python_312(tmp_path, monkeypatch):
+  """XManager's default image steps install a requirements.txt this repository lacks, on
+  a CUDA 11 base image whose Python JAX >= 0.11 refuses: the image was never buildable."""
+  jobs, packages = [], []
+  fake = _fake_xmanager(jobs, packages)
+  monkeypatch.setitem(sys.modules, "xmanager", fake)
+  monkeypatch.setitem(sys.modules, "xmanager.xm", fake.xm)
+  monkeypatch.setitem(sys.modules, "xmanager.xm_local", fake.xm_local)
+  assert launch.main(["--config=configs/synthetic.py:tiny", "--sweep=seeds",
+                      f"--workdir={tmp_path / 'w'}", "--xm"]) == 0
+  [container] = packages
+  assert container.path == str(launch.ROOT)
+  assert container.base_image.startswith("python:3.12")
+  steps = container.docker_instructions
+  name = launch.ROOT.name
+  assert steps[:2] == [f"COPY {name}/ /{name}", f"WORKDIR /{name}"]
+  [install] = [s for s in steps if s.startswith("RUN ") and "pip install" in s]
+  assert "-c constraints.txt" in install and install.endswith(" -e .")
+  assert (launch.ROOT / "constraints.txt").is_file() and (launch.ROOT / "setup.py").is_file()
+  assert jobs and all(j.args[0] == "--config=configs/synthetic.py:tiny" for j in jobs)

@@ -540,3 +540,44 @@ def test_dont_load_pattern_matching_nothing_is_an_error(tmp_path, pattern, scan)
                      + r".*match no parameter.*without 'backbone/'"):
     pretrained.load_vit_params(_init_params(scan), path, variant=VARIANT,
                                dont_load=(pattern,))
+
+
+def _no_cls_timm():
+  ck = timm_ckpt()  # timm class_token=False: no cls_token, pos_embed without its slot
+  del ck["cls_token"]
+  ck["pos_embed"] = ck["pos_embed"][:, 1:]
+  return ck
+
+
+def _no_cls_big_vision():
+  ck = bv_ckpt()  # big_vision's default pool_type='gap' has no cls
+  del ck["cls"]
+  return ck
+
+
+def _fc_norm_timm():
+  ck = timm_ckpt()  # timm fc_norm: the final norm after pooling, `norm` an Identity
+  ck["fc_norm.weight"], ck["fc_norm.bias"] = ck.pop("norm.weight"), ck.pop("norm.bias")
+  return ck
+
+
+@pytest.mark.parametrize("make, ext, lacking", [
+    (_no_cls_timm, "safetensors", ["cls"]),
+    (_no_cls_big_vision, "npz", ["cls"]),
+    (_fc_norm_timm, "safetensors", ["Transformer/encoder_norm/bias",
+                                    "Transformer/encoder_norm/scale"]),
+])
+def test_model_parameter_the_checkpoint_lacks_is_an_error(tmp_path, make, ext, lacking):
+  """They used to stay at init with an INFO line: a fresh token (or norm) inside the
+  checkpoint's network, which is another function than the checkpoint's."""
+  path = _save(tmp_path, make(), ext)
+  with pytest.raises(ValueError, match=re.escape(path) + r".*no value for .*"
+                     + re.escape(repr(lacking)) + ".*dont_load"):
+    pretrained.load_vit_params(_init_params(True), path, variant=VARIANT)
+  init = _init_params(True)
+  escaped = tuple(re.escape(k) for k in lacking)
+  params, report = pretrained.load_vit_params(init, path, variant=VARIANT,
+                                              dont_load=escaped)
+  assert sorted(report["dont_load"]) == lacking and report["not_in_checkpoint"] == []
+  for k in lacking:
+    np.testing.assert_array_equal(_flat(params)[k], _flat(init)[k])

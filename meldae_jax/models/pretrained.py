@@ -272,7 +272,9 @@ def load_vit_params(init_params, path: str, *, variant: str,
 
   Raises:
     FileNotFoundError / ValueError: missing or unreadable file (naming it),
-      unknown format, or a shape mismatch (naming both parameters and shapes).
+      unknown format, a shape mismatch (naming both parameters and shapes), or a
+      model parameter the file lacks and `dont_load` does not name (the bias of
+      a layer stored without one excepted: it stays at its init, zero).
   """
   heads = vit.vit_dims(variant)["num_heads"]
   ckpt = _strip_prefix(_read(path), ("module.", "model."))
@@ -349,12 +351,27 @@ def load_vit_params(init_params, path: str, *, variant: str,
       report["loaded" if full else "not_in_checkpoint"].append(k)
     else:
       out[k] = leaf
-      if k not in report["dont_load"]:
+      if any(re.fullmatch(p, k) for p in dont_load):
+        if k not in report["dont_load"]:  # asked to stay at init, in the file or not
+          report["dont_load"].append(k)
+      else:
         report["not_in_checkpoint"].append(k)
 
   if not report["loaded"]:
     raise ValueError(f"pretrained {path!r} ({fmt} names): no parameter matched"
                      f" the model; checkpoint names: {list(ckpt)[:5]}...")
+  # A layer stored without its bias (timm qkv_bias=False, ...) computes with zero, which
+  # is its init here; any other parameter the file lacks (a cls token, the final norm, a
+  # block) would train from init inside what looks like the checkpoint's network.
+  lacking = [k for k in report["not_in_checkpoint"]
+             if not (k.endswith("/bias") and any(
+                 k[:-4] + w in report["loaded"] for w in ("kernel", "scale")))]
+  if lacking:
+    raise ValueError(
+        f"pretrained {path!r} ({fmt} names) has no value for {len(lacking)} model "
+        f"parameter(s) {lacking[:4]}{'...' if len(lacking) > 4 else ''} (e.g. a "
+        "checkpoint without a cls token, or with its final norm after pooling): add "
+        "them to dont_load to train them from init")
   log(f"pretrained: {fmt} checkpoint {path}: loaded {len(report['loaded'])}"
       f" of {len(flat)} params")
   for k in report["dont_load"]:

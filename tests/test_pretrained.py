@@ -581,3 +581,18 @@ def test_model_parameter_the_checkpoint_lacks_is_an_error(tmp_path, make, ext, l
   assert sorted(report["dont_load"]) == lacking and report["not_in_checkpoint"] == []
   for k in lacking:
     np.testing.assert_array_equal(_flat(params)[k], _flat(init)[k])
+
+
+@pytest.mark.parametrize("edit", ["other_variant", "extra_token_param", "oblong_grid"])
+def test_errors_name_the_file(tmp_path, edit):
+  """A shape mismatch (e.g. an S/16 file into a B/16 model), an encoder part this ViT
+  lacks, a position grid that is not square: each one line naming the file."""
+  ck = timm_ckpt(width=32) if edit == "other_variant" else timm_ckpt()
+  if edit == "extra_token_param":
+    ck["blocks.0.ls1.gamma"] = np.ones((D,), np.float32)
+  if edit == "oblong_grid":
+    ck["pos_embed"] = np.zeros((1, 1 + 4 * 8, D), np.float32)
+  path = _save(tmp_path, ck, "npz")
+  with pytest.raises(ValueError, match=re.escape(repr(path))) as e:
+    pretrained.load_vit_params(_init_params(True), path, variant=VARIANT)
+  assert "\n" not in str(e.value)

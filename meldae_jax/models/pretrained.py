@@ -135,7 +135,7 @@ _HF_BLOCK = {"layernorm_before": "ln0", "attention.attention.query": "query",
              "intermediate.dense": "fc1", "output.dense": "fc2"}
 
 
-def _convert_torch(ckpt, fmt, heads, skipped) -> list[Entry]:
+def _convert_torch(ckpt, fmt, heads, skipped, path) -> list[Entry]:
   """timm / HF state_dict names and layouts -> canonical entries."""
   if fmt == "timm":
     block_re = re.compile(r"blocks\.(\d+)\.(.+)\.(weight|bias)")
@@ -167,7 +167,7 @@ def _convert_torch(ckpt, fmt, heads, skipped) -> list[Entry]:
                                    arr, heads):
         entries.append((name, canon, v, arr.shape))
     elif key.startswith(_torch_encoder_parts(fmt)):
-      _not_this_vit(name)
+      _not_this_vit(name, path)
     else:
       skipped[name] = "not part of the ViT encoder (head/pooler/unsupported)"
   return entries
@@ -180,11 +180,11 @@ def _torch_encoder_parts(fmt: str) -> tuple[str, ...]:
   return ("encoder.layer.", "embeddings.")
 
 
-def _not_this_vit(name: str):
+def _not_this_vit(name: str, path: str):
   raise ValueError(
-      f"pretrained: {name!r} is part of the checkpoint's encoder and this ViT has no such "
-      "parameter (LayerScale, QK-norm, register tokens, a pre-norm, ...): loading the rest "
-      "would give another network than the checkpoint's")
+      f"pretrained {path!r}: {name!r} is part of the checkpoint's encoder and this ViT "
+      "has no such parameter (LayerScale, QK-norm, register tokens, a pre-norm, ...): "
+      "loading the rest would give another network than the checkpoint's")
 
 
 _OLD_BLOCK_NAMES = (("MultiHeadDotProductAttention_1/", f"{_MHA}/"),
@@ -194,7 +194,7 @@ _BV_POSEMB = ("pos_embedding", "Transformer/pos_embedding",
               "Transformer/posembed_input/pos_embedding")
 
 
-def _convert_big_vision(ckpt, skipped) -> list[Entry]:
+def _convert_big_vision(ckpt, skipped, path) -> list[Entry]:
   """big_vision / vit_jax names (already our layouts) -> canonical entries."""
   entries = []
   for name, arr in ckpt.items():
@@ -210,7 +210,7 @@ def _convert_big_vision(ckpt, skipped) -> list[Entry]:
       for old, new in _OLD_BLOCK_NAMES:
         sub = sub.replace(old, new)
       if sub not in _BLOCK_PARAMS:
-        _not_this_vit(name)
+        _not_this_vit(name, path)
       elif m.group(1) is not None:
         entries.append((name, _block(m.group(1), sub), arr, arr.shape))
       else:  # Scan-stacked: one entry per layer.
@@ -228,7 +228,7 @@ def _grid(n, what):
   return g
 
 
-def _fit_posemb(pe, model_shape, log):
+def _fit_posemb(pe, model_shape, log, path):
   """Adds a zero cls slot if missing; resamples the grid to the model's."""
   pe = np.asarray(pe)
   if pe.dtype not in (np.float32, np.float64):  # bf16/fp16 checkpoints: scipy's zoom
@@ -241,8 +241,8 @@ def _fit_posemb(pe, model_shape, log):
     cls_pe, grid = pe[:, :1], pe[:, 1:]
   note = None
   if grid.shape[1] != model_shape[1] - 1 and grid.shape[2] == model_shape[2]:
-    g_old = _grid(grid.shape[1], "checkpoint pos_embedding")
-    g_new = _grid(model_shape[1] - 1, "model pos_embedding")
+    g_old = _grid(grid.shape[1], f"pretrained {path!r}: its pos_embedding")
+    g_new = _grid(model_shape[1] - 1, "the model's pos_embedding")
     grid = grid.reshape(g_old, g_old, -1)
     zoom = (g_new / g_old, g_new / g_old, 1)
     grid = scipy.ndimage.zoom(grid, zoom, order=1).reshape(1, g_new * g_new, -1)
@@ -281,9 +281,9 @@ def load_vit_params(init_params, path: str, *, variant: str,
   fmt = _detect(ckpt, path)
   skipped = {}
   if fmt == "big_vision":
-    entries = _convert_big_vision(ckpt, skipped)
+    entries = _convert_big_vision(ckpt, skipped, path)
   else:
-    entries = _convert_torch(ckpt, fmt, heads, skipped)
+    entries = _convert_torch(ckpt, fmt, heads, skipped, path)
 
   flat = traverse_util.flatten_dict(meta.unbox(init_params), sep="/")
   boxed = traverse_util.flatten_dict(init_params, sep="/")
@@ -325,13 +325,13 @@ def load_vit_params(init_params, path: str, *, variant: str,
       continue
     want = flat[ours].shape[1:] if layer is not None else flat[ours].shape
     if ours == "pos_embedding":
-      arr, report["posemb"] = _fit_posemb(arr, want, log)
+      arr, report["posemb"] = _fit_posemb(arr, want, log, path)
     if tuple(arr.shape) != tuple(want):
       how = ("" if tuple(stored) == tuple(arr.shape)
              else f" [stored as {tuple(stored)}]")
       raise ValueError(
           f"pretrained {src!r} -> {ours!r}: checkpoint shape "
-          f"{tuple(arr.shape)}{how} vs model shape {tuple(want)}")
+          f"{tuple(arr.shape)}{how} vs model shape {tuple(want)}, in {path!r}")
     dtype = flat[ours].dtype
     if layer is None:
       new[ours] = np.asarray(arr, dtype)

@@ -518,6 +518,7 @@ def test_half_precision_checkpoint_resampled(tmp_path, dtype):
     (timm_ckpt, "safetensors", "blocks.0.ls1.gamma"),       # DeiT-III LayerScale
     (timm_ckpt, "safetensors", "blocks.1.attn.q_norm.weight"),  # QK-norm
     (timm_ckpt, "npz", "reg_token"),                        # register tokens
+    (timm_ckpt, "npz", "dist_token"),                       # DeiT's distillation token
     (bv_ckpt, "npz", "Transformer/encoderblock/LayerScale_0/scale"),
 ])
 def test_encoder_parts_this_vit_lacks_are_errors(tmp_path, make, ext, extra):

@@ -176,7 +176,7 @@ def _convert_torch(ckpt, fmt, heads, skipped, path) -> list[Entry]:
 def _torch_encoder_parts(fmt: str) -> tuple[str, ...]:
   """Name prefixes of encoder parts: one not converted is one this ViT lacks."""
   if fmt == "timm":
-    return ("blocks.", "reg_token", "norm_pre.")
+    return ("blocks.", "reg_token", "dist_token", "norm_pre.")  # dist: DeiT distilled
   return ("encoder.layer.", "embeddings.")
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 from flax import traverse_util
 from flax.core import meta
+import ml_dtypes
 import numpy as np
 import safetensors.numpy
 import scipy.ndimage
@@ -52,11 +53,16 @@ def _read(path: str) -> dict[str, np.ndarray]:
     if path.endswith(".safetensors"):  # bfloat16 comes back as ml_dtypes.
       return dict(safetensors.numpy.load_file(path))
     with np.load(path, allow_pickle=False) as z:
-      return {k: z[k] for k in z.files}
+      return {k: _bfloat16_from_void(z[k]) for k in z.files}
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
         f"cannot read pretrained checkpoint {path!r}: "
         f"{type(e).__name__}: {e}") from e
+
+
+def _bfloat16_from_void(a: np.ndarray) -> np.ndarray:
+  """np.savez writes bfloat16 (JAX params) as 2-byte void; big_vision reads it back so."""
+  return a.view(ml_dtypes.bfloat16) if a.dtype == np.dtype("V2") else a
 
 
 def _strip_prefix(ckpt, prefixes):

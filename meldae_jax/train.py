@@ -443,8 +443,9 @@ def load_pretrained(cfg, trainer: Trainer, state: TrainState) -> TrainState:
       sharding.to_host(params["backbone"]), cfg.model_init,
       variant=cfg.get("model_init_variant") or cfg.model.variant,
       dont_load=tuple(cfg.get("dont_load", ())))
-  say(f"Loaded {len(report.get('loaded', []))} backbone params from {cfg.model_init} "
-      f"({report.get('format')}); kept at init: {len(report.get('not_in_checkpoint', []))}.")
+  say(f"Loaded {len(report['loaded'])} backbone params from {cfg.model_init} "
+      f"({report['format']}); kept at init: {len(report['dont_load'])} by dont_load, "
+      f"{len(report['not_in_checkpoint'])} not in the checkpoint (biases it has none of).")
   params = dict(params, backbone=nn.meta.unbox(backbone))
   params = jax.device_put(params, trainer.state_shardings.params)
   return state.replace(params=params)

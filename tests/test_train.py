@@ -395,7 +395,7 @@ def test_a_paper_config_without_model_init_warns(caplog, monkeypatch):
   assert "model_init is unset: the backbone (Mu/8) trains from scratch" in caplog.text
 
 
-def test_pretrained_backbone_is_loaded_except_dont_load(tmp_path):
+def test_pretrained_backbone_is_loaded_except_dont_load(tmp_path, capsys):
   import jax  # pylint: disable=g-import-not-at-top
   from meldae_jax import optim  # pylint: disable=g-import-not-at-top
   cfg = th.tiny_config()
@@ -412,6 +412,8 @@ def test_pretrained_backbone_is_loaded_except_dont_load(tmp_path):
     before = jax.device_get(state.params)
     state = train.load_pretrained(cfg, trainer, state)
     after = jax.device_get(state.params)
+  # The two dont_load params are counted as kept at init (the line said 0).
+  assert "kept at init: 2 by dont_load, 0 not in the checkpoint" in capsys.readouterr().out
   assert after["backbone"]["embedding"]["kernel"].shape == flat["embedding/kernel"].shape
   np.testing.assert_array_equal(after["backbone"]["embedding"]["kernel"],
                                 flat["embedding/kernel"])

@@ -13,6 +13,12 @@ Every checkpoint is first converted to *canonical* names: ours with the blocks
 unrolled (`Transformer/encoderblock_{i}/...`) and our layouts (HWIO conv,
 (in, out) Dense, (D, heads, head_dim) q/k/v, (heads, head_dim, D) out); those
 are then written into the model's params, scan-stacked or not.
+
+A position table of another grid is resampled bilinearly (`scipy.ndimage.zoom`,
+order 1, as big_vision's `resample_posemb`; timm's own loader uses bicubic), its
+cls slot kept. The model feeds the ViT images in [-1, 1], the AugReg / big_vision /
+timm `augreg` / HF `google/vit-*` convention: a checkpoint trained on ImageNet
+mean/std inputs (DeiT, MAE, DINO) loads, but sees differently scaled pixels.
 """
 import logging
 import math

@@ -131,6 +131,13 @@ def test_a_record_without_frames_or_id_is_named_by_its_position():
     sources.VideoIndex([_record(8, []), {"fps": 25.0}])
 
 
+def test_an_empty_video_is_an_error_naming_it():
+  # It gave all-padding training windows and stopped the first validation after training
+  # ("num_frames 0 is not a positive integer" from the evaluation's annotations).
+  with pytest.raises(sources.RecordError, match="video 'e': no frames"):
+    sources.VideoIndex([_record(8, []), _record(0, [], video_id="e")])
+
+
 def test_a_missing_apex_or_short_speaking_track_is_unknown():
   record = dict(_record(8, [], video_id="v"), speaking=[1, 0],
                 intervals={"onset": [1], "offset": [2], "type": [0]})

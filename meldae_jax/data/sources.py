@@ -107,6 +107,8 @@ def video_info(record: dict, position: int | None = None) -> VideoInfo:
   if "frames" not in record:
     raise RecordError(f"video {name}: no 'frames'")
   num_frames = len(record["frames"])
+  if num_frames == 0:  # nothing to train on, and the evaluation refuses num_frames 0
+    raise RecordError(f"video {name}: no frames (an empty video)")
   intervals = _intervals(record.get("intervals") or {}, name)
   _check_intervals(intervals, num_frames, name)
   try:

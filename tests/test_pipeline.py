@@ -404,6 +404,19 @@ def test_only_window_frames_are_decoded():
     loader((0, 11))
 
 
+def test_a_frame_that_cannot_be_decoded_is_a_one_line_error_naming_it(source, capsys):
+  # It was a bare ValueError: training stopped with a grain traceback.
+  from meldae_jax import cli  # pylint: disable=g-import-not-at-top
+  bad = dict(source[1], video_id=b"bad")
+  bad["frames"] = list(bad["frames"][:4]) + [b"corrupt"] + list(bad["frames"][5:])
+  it = pipeline.make_train_iterator([bad], window=8, stride=4, batch_size=2,
+                                    image_size=SIZE, shard_index=0, shard_count=1)
+  with pytest.raises(SystemExit) as e, cli.one_line_errors():
+    next(it)
+  assert e.value.code == 2
+  assert capsys.readouterr().err.strip() == "error: video 'bad': cannot decode frame 4"
+
+
 def test_video_index_keeps_no_frames_and_filters_subjects(source):
   index = sources.VideoIndex(source, exclude_subjects=["s2"])
   assert index.indices == [0, 2]

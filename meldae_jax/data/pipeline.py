@@ -51,10 +51,13 @@ def _seed(seed: int, salt: int, shard: int = 0) -> int:
 
 
 def decode_frame(data, video_id: str = "", frame: int = -1) -> np.ndarray:
-  """Encoded PNG/JPEG bytes -> (H, W, 3) BGR uint8 (cv2's order; converted later)."""
+  """Encoded PNG/JPEG bytes -> (H, W, 3) BGR uint8 (cv2's order; converted later).
+
+  Bytes that are no image are a `sources.RecordError` (the commands' one-line error).
+  """
   img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
   if img is None:
-    raise ValueError(f"cannot decode frame {frame} of video {video_id!r}")
+    raise sources.RecordError(f"video {video_id!r}: cannot decode frame {frame}")
   return img
 
 

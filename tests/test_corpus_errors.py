@@ -348,6 +348,17 @@ def test_numbered_frames_and_read(tmp_path):
     cu.read_rgb(str(tmp_path / "img1.jpg"))
 
 
+def test_a_truncated_jpeg_is_an_error_naming_it(tmp_path):
+  # libjpeg decoded it without an error, the missing rows grey (a fake motion).
+  img = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
+  data = cv2.imencode(".jpg", img)[1].tobytes()
+  (tmp_path / "whole.jpg").write_bytes(data + b"\x00\x00tail")  # bytes after the marker
+  assert cu.read_rgb(str(tmp_path / "whole.jpg")).shape == (48, 64, 3)
+  (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+  with pytest.raises(CorpusError, match=r"cut\.jpg: frame image is truncated"):
+    cu.read_rgb(str(tmp_path / "cut.jpg"))
+
+
 def test_frame_of_another_size_names_its_file(tmp_path):
   """One box crops every frame: an odd-sized frame is an error naming it, whether the
   face box sampled it (was a ValueError naming no file) or not (was cut silently)."""

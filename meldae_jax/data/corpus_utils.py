@@ -100,9 +100,21 @@ def require_manual_dir(dl_manager, name: str) -> str:
 
 
 def read_rgb(path: str) -> np.ndarray:
-  """Reads an image file as HxWx3 uint8 RGB; CorpusError if unreadable."""
+  """Reads an image file as HxWx3 uint8 RGB; CorpusError if unreadable.
+
+  A JPEG cut short (an interrupted copy or unzip) is an error too: libjpeg decodes it
+  without failing, its missing rows grey, a jump a spotter would take for motion.
+  """
   if not os.path.isfile(path):
     raise CorpusError(f"{path}: frame image is missing")
+  with open(path, "rb") as f:
+    head = f.read(2)
+    f.seek(max(0, os.fstat(f.fileno()).st_size - 64))
+    tail = f.read()
+  # FF D9 is the end marker only (0xFF in coded data is followed by 00 or D0..D7); a
+  # few bytes after it (padding, a writer's trailer) are not a cut.
+  if head == b"\xff\xd8" and b"\xff\xd9" not in tail:
+    raise CorpusError(f"{path}: frame image is truncated (a JPEG without its end marker)")
   bgr = cv2.imread(path, cv2.IMREAD_COLOR)
   if bgr is None:
     raise CorpusError(f"{path}: frame image is unreadable or corrupt")

@@ -99,6 +99,17 @@ def require_manual_dir(dl_manager, name: str) -> str:
 # Frames: reading, cropping, encoding.
 
 
+def _cut_short(path: str) -> bool:
+  """Whether PIL finds the image file truncated (it does not fill missing rows)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      im.load()
+  except OSError:
+    return True
+  return False
+
+
 def read_rgb(path: str) -> np.ndarray:
   """Reads an image file as HxWx3 uint8 RGB; CorpusError if unreadable.
 
@@ -111,9 +122,10 @@ def read_rgb(path: str) -> np.ndarray:
     head = f.read(2)
     f.seek(max(0, os.fstat(f.fileno()).st_size - 64))
     tail = f.read()
-  # FF D9 is the end marker only (0xFF in coded data is followed by 00 or D0..D7); a
-  # few bytes after it (padding, a writer's trailer) are not a cut.
-  if head == b"\xff\xd8" and b"\xff\xd9" not in tail:
+  # FF D9 is the end marker only (0xFF in coded data is followed by 00 or D0..D7). A
+  # file without it near its end is decoded once more by PIL, which refuses a cut
+  # (libjpeg's grey rows aside): a longer trailer after the marker is no cut.
+  if head == b"\xff\xd8" and b"\xff\xd9" not in tail and _cut_short(path):
     raise CorpusError(f"{path}: frame image is truncated (a JPEG without its end marker)")
   bgr = cv2.imread(path, cv2.IMREAD_COLOR)
   if bgr is None:

@@ -77,16 +77,25 @@ def decode_kwargs(cfg) -> dict:
   decoded as it was evaluated then.
   """
   e = cfg.eval
-  max_seconds = e.get("max_seconds")
-  if max_seconds is not None and hasattr(max_seconds, "to_dict"):
-    max_seconds = max_seconds.to_dict()
-  merge_gap, merge_seconds = int(e.get("merge_gap") or 0), e.get("merge_seconds")
+  merge_gap, merge_seconds = int(e.get("merge_gap") or 0), _seconds(e.get("merge_seconds"))
   if merge_gap and merge_seconds:
     raise ValueError(f"eval.merge_gap={merge_gap} (frames) and eval.merge_seconds="
                      f"{merge_seconds} both set; keep merge_seconds")
-  return {"merge_gap": merge_gap, "merge_seconds": float(merge_seconds or 0.0) or None,
-          "min_seconds": float(e.get("min_seconds") or 0.0) or None,
-          "max_seconds": max_seconds, "smooth_seconds": e.get("smooth_seconds")}
+  return {"merge_gap": merge_gap, "merge_seconds": merge_seconds,
+          "min_seconds": _seconds(e.get("min_seconds")),
+          "max_seconds": _seconds(e.get("max_seconds")),
+          "smooth_seconds": _seconds(e.get("smooth_seconds"))}
+
+
+def _seconds(value):
+  """An eval.*_seconds setting as `decode_video` takes it: a {class: seconds} dict (as
+  config_check allows; a ConfigDict, e.g. from config.json, becomes a dict), else a float,
+  None for 0 or unset."""
+  if value is not None and hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, dict):
+    return value
+  return float(value or 0.0) or None
 
 
 def eval_batches(trainer, index, cfg):

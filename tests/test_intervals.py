@@ -194,3 +194,25 @@ def test_decode_kwargs_merge_in_seconds_and_a_saved_runs_frames():
   with pytest.raises(ValueError, match="merge_seconds"):
     predict.decode_kwargs(ml_collections.ConfigDict(
         {"eval": {"merge_gap": 3, "merge_seconds": 0.1}}))
+
+
+def test_decode_kwargs_per_class_seconds_as_config_check_allows():
+  # config_check takes {class: seconds} for every eval.*_seconds; a config.json read back
+  # gives a ConfigDict. decode_kwargs raised TypeError on float(ConfigDict) for
+  # merge/min_seconds, and left smooth_seconds a ConfigDict that for_class took whole.
+  import ml_collections
+  from meldae_jax import config_check
+  from meldae_jax import predict
+  cfg = ml_collections.ConfigDict({"eval": {
+      "merge_seconds": {"micro": 0.1}, "min_seconds": {"macro": 0.4},
+      "max_seconds": {"micro": 0.5}, "smooth_seconds": {"macro": 0.1}}})
+  assert not [m for m in config_check.problems(cfg) if "_seconds" in m]
+  kw = predict.decode_kwargs(cfg)
+  assert kw["merge_seconds"] == {"micro": 0.1} and kw["smooth_seconds"] == {"macro": 0.1}
+  scores = np.zeros((40, 2))
+  scores[[2, 3, 5, 6], 0] = 1     # micro: a 1-frame gap merged at 0.1 s x 25 fps
+  scores[20:25, 1] = 1            # macro: 5 frames < 0.4 s x 25 fps = 10: dropped
+  found = intervals.decode_video(scores, ("micro", "macro"), 25.0, 0.5, **kw)
+  assert [(d["onset"], d["offset"], d["type"]) for d in found] == [(2, 6, "micro")]
+  assert predict.decode_kwargs(ml_collections.ConfigDict(
+      {"eval": {"min_seconds": 0.0, "smooth_seconds": 0}}))["smooth_seconds"] is None

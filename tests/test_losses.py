@@ -183,3 +183,18 @@ def test_stable_at_extreme_logits(kind):
   assert np.isfinite(value)
   for g in jax.tree.leaves(grads):
     assert np.all(np.isfinite(g))
+
+
+def test_extreme_logits_give_the_exact_values():
+  # From logits, not log(clip(p)): a confidently wrong logit of -1e4 costs 1e4 nats (a
+  # clipped log would cap it near 16 or 100), weighted 10 on a boundary frame.
+  x = np.array([[[-1e4]], [[3.0]]], np.float32)
+  y = np.array([[[1.0]], [[0.0]]], np.float32)
+  bnd = np.array([[[1.0]], [[0.0]]], np.float32)
+  want = (10 * 1e4 + _bce(3.0, 0.0)) / 2   # one frame per clip, mean over the clips
+  np.testing.assert_allclose(losses.boundary_bce(x, y, bnd), want, rtol=1e-6)
+  # Focal: alpha = 0.25 on positives, 1 - alpha on negatives (RetinaNet).
+  np.testing.assert_allclose(losses.sigmoid_focal_loss(np.array([-1e4]), np.ones(1)),
+                             0.25 * 1e4, rtol=1e-6)
+  np.testing.assert_allclose(losses.sigmoid_focal_loss(np.zeros(2), np.array([1.0, 0.0])),
+                             (0.25 + 0.75) * 0.25 * math.log(2) / 2, rtol=1e-6)

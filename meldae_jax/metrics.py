@@ -31,11 +31,23 @@ class AnnotationError(ValueError):
   """Malformed annotations or predictions; the one-line message names the file and video."""
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+  """json.load keeps the last of two equal keys, silently: a video listed twice (two
+  files pasted together) would lose its first annotations."""
+  out = {}
+  for k, v in pairs:
+    if k in out:
+      raise ValueError(f"key {k!r} appears twice in one object")
+    out[k] = v
+  return out
+
+
 def read_json(path: str) -> Any:
-  """Reads one JSON file; any failure becomes a one-line AnnotationError naming it."""
+  """Reads one JSON file; any failure (a key twice in one object too) becomes a
+  one-line AnnotationError naming it."""
   try:
     with open(path, encoding="utf-8") as f:
-      return json.load(f)
+      return json.load(f, object_pairs_hook=_unique_keys)
   except OSError as e:
     raise AnnotationError(f"{path}: cannot read: {e.strerror or e}") from e
   except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, and

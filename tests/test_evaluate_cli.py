@@ -120,3 +120,14 @@ def test_missing_file_names_the_file(tmp_path):
   assert proc.returncode != 0
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and "nowhere.json" in lines[0]
+
+
+def test_a_video_listed_twice_is_an_error_naming_it(tmp_path):
+  """json.load kept the second entry of a repeated key: the first video's predictions
+  were dropped without a word."""
+  entry = '{"intervals": [{"onset": 11, "offset": 21, "type": "micro", "score": 0.9}]}'
+  pred = '{"videos": {"vid_42": ' + entry + ', "vid_42": {"intervals": []}}}'
+  proc = _cli(tmp_path, _ann(), pred)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "pred_file" in lines[0] and "'vid_42' appears twice" in lines[0]

@@ -18,7 +18,8 @@ videos; a fold not finished is skipped with a line saying so) and pools them int
 `folds_to_run` when it covers only some folds).
 
 Exit status: 0 done (or preempted with a checkpoint saved); 2 bad config settings (all
-of them named, checked before anything is written), corpus not built (or a generated
+of them named, checked before anything is written; a mesh or batch size this machine's
+devices cannot split, also before anything is written), corpus not built (or a generated
 one failing to build), a record that breaks the schema, a --workdir that is a file, no
 checkpoint (LOSO: no finished fold) to evaluate, or
 a corpus with too few subjects for its LOSO folds;

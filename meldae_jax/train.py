@@ -351,7 +351,14 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
   boxed_state = jax.eval_shape(init_boxed_state, jax.random.key(cfg.seed))
 
   # --- Shardings from the logical-axis rules (unannotated -> replicated). --------------
-  mesh = sharding.make_mesh(cfg.mesh, devices)
+  # A mesh or batch this machine's devices cannot split is a bad setting (exit 2, one
+  # line), found before anything is written, like those config_check finds without them.
+  try:
+    mesh = sharding.make_mesh(cfg.mesh, devices)
+  except ValueError as e:
+    raise config_check.ConfigError(
+        f"--config.mesh.data={cfg.mesh.get('data', -1)} --config.mesh.fsdp="
+        f"{cfg.mesh.get('fsdp', -1)}: {e}") from None
   rules = sharding.rules(cfg)
   state_sh = sharding.logical_shardings(boxed_state, mesh, rules)
   repl = sharding.replicated(mesh)
@@ -359,9 +366,12 @@ def make_trainer(cfg: ml_collections.ConfigDict, devices=None) -> Trainer:
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
       nn.meta.unbox(boxed_state), state_sh)
   batch_sh = sharding.batch_sharding(mesh, rules)
-  sharding.global_batch_size_ok(cfg.batch_size, mesh, rules)
-  sharding.check_batch_split_over_processes(mesh, rules)
-  sharding.global_batch_size_ok(int(cfg.eval.batch_size), mesh, rules, "eval.batch_size")
+  try:
+    sharding.global_batch_size_ok(cfg.batch_size, mesh, rules)
+    sharding.check_batch_split_over_processes(mesh, rules)
+    sharding.global_batch_size_ok(int(cfg.eval.batch_size), mesh, rules, "eval.batch_size")
+  except ValueError as e:
+    raise config_check.ConfigError(str(e)) from None
 
   # --- Sharded init. ---------------------------------------------------------------------
   def init_state(rng):

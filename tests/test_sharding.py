@@ -82,7 +82,7 @@ try:
   train.make_trainer(cfg)
   results["bad_eval_batch"] = None
 except ValueError as e:
-  results["bad_eval_batch"] = str(e)
+  results["bad_eval_batch"] = f"{{type(e).__name__}}: {{e}}"
 print("RESULT " + json.dumps(results))
 """
 
@@ -97,7 +97,8 @@ def test_sharded_step_matches_single_device():
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
   results = json.loads(line[len("RESULT "):])
-  assert "Global batch 6 (eval.batch_size) is not divisible by the 8" in (
+  # A ConfigError: the commands' one-line error (exit 2), not a ValueError's traceback.
+  assert "ConfigError: Global batch 6 (eval.batch_size) is not divisible by the 8" in (
       results["bad_eval_batch"] or "")
   for data, fsdp in meshes:
     r = results[f"{data}x{fsdp}"]
@@ -122,3 +123,18 @@ def test_a_process_without_its_id_is_a_clear_error(monkeypatch):
       "coordinator_address": "localhost:1234", "num_processes": 2, "process_id": -1}})
   with pytest.raises(ValueError, match="set config.distributed.process_id or JAX_PROCESS_ID"):
     sharding.maybe_initialize_distributed(cfg)
+
+
+def test_a_mesh_of_more_devices_than_there_are_is_a_config_error():
+  """It was sharding's ValueError, a traceback from `meldae_jax.main` instead of its
+  one-line error naming the settings (exit 2)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import train_helpers as th  # pylint: disable=g-import-not-at-top
+  from meldae_jax import config_check  # pylint: disable=g-import-not-at-top
+  from meldae_jax import train  # pylint: disable=g-import-not-at-top
+  n = jax.device_count() + 1
+  cfg = th.tiny_config()
+  cfg.mesh.data, cfg.mesh.fsdp = n, 1
+  with pytest.raises(config_check.ConfigError,
+                     match=rf"--config.mesh.data={n} --config.mesh.fsdp=1: .*needs {n} devices"):
+    train.make_trainer(cfg)

@@ -38,19 +38,43 @@ class CheckpointMismatchError(ValueError):
   """A stored checkpoint does not fit this run's train state (other model or optimizer)."""
 
 
+class CheckpointReadError(RuntimeError):
+  """A stored checkpoint cannot be read (a damaged or incompletely copied folder)."""
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0].rstrip(":") if text else type(e).__name__
+
+
 def _restore(manager, step: int, args, what: str):
-  """`manager.restore`, turning orbax's tree/shape mismatch into CheckpointMismatchError."""
+  """`manager.restore`, turning orbax's tree/shape mismatch into CheckpointMismatchError
+  and any other failure to read it into CheckpointReadError (one line naming the step's
+  folder, not tensorstore's pages of traceback)."""
   try:
     return manager.restore(step, args=args)
   except ValueError as e:
     text = str(e)
     if "tree structure" not in text and "shape" not in text.lower():
-      raise
-    first = text.strip().splitlines()[0].rstrip(":") if text.strip() else type(e).__name__
+      raise _read_error(manager, step, what, e) from e
     raise CheckpointMismatchError(
         f"The {what} checkpoint (step {step} in {manager.directory}) does not fit this "
         f"run's train state: it was saved with other model or optimizer settings. "
-        f"Orbax says: {first}") from e
+        f"Orbax says: {_first_line(e)}") from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise _read_error(manager, step, what, e) from e
+
+
+def _read_error(manager, step: int, what: str, e: Exception) -> CheckpointReadError:
+  """Names the folder and the innermost cause (orbax wraps tensorstore's read error)."""
+  cause = e
+  while cause.__cause__ is not None:
+    cause = cause.__cause__
+  folder = os.path.join(os.fspath(manager.directory), str(step))
+  return CheckpointReadError(
+      f"The {what} checkpoint {folder} cannot be read ({_first_line(cause)[:300]}): it is "
+      f"damaged or incompletely copied; move it out of {manager.directory} to use the "
+      "checkpoints before it")
 
 
 def _is_grain_iterator(it) -> bool:

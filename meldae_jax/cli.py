@@ -23,6 +23,7 @@ EXIT_CODES = (
     (build_lib.BuildError, 2),  # an unknown builder config, a data_dir that is a file
     (train.NonFiniteLossError, 3),
     (checkpointing.CheckpointMismatchError, 4),
+    (checkpointing.CheckpointReadError, 4),  # a damaged checkpoint (its folder named)
     (FileNotFoundError, 2),  # --mode=evaluate on a workdir without checkpoints
     (NotADirectoryError, 2),  # a --workdir that is a file
 )

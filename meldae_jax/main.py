@@ -24,7 +24,8 @@ one failing to build), a record that breaks the schema, a --workdir that is a fi
 checkpoint (LOSO: no finished fold) to evaluate, or
 a corpus with too few subjects for its LOSO folds;
 3 non-finite loss; 4 the workdir's checkpoint was saved with other model/optimizer settings
-(the message lists them). Errors are one line on stderr.
+(the message lists them), or cannot be read (a damaged copy: the message names its
+folder). Errors are one line on stderr.
 """
 
 from absl import app

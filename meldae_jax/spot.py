@@ -487,7 +487,8 @@ def main(argv):
   cli.quiet_logs()  # the [spot] lines, not orbax's INFO logs
   f = flags.FLAGS
   with cli.one_line_errors(((SpotError, 2), (FileNotFoundError, 2),
-                            (checkpointing.CheckpointMismatchError, 4))):
+                            (checkpointing.CheckpointMismatchError, 4),
+                            (checkpointing.CheckpointReadError, 4))):
     spot(load_config(f.workdir, f.config), f.workdir, f.video, f.out, fps=f.fps,
          threshold=f.threshold, crop_size=f.crop_size, encoding=f.encoding)
 

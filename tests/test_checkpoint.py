@@ -178,6 +178,25 @@ def test_checkpoint_of_other_model_settings_is_a_clear_error(tmp_path, data, uni
       not cfg.model.scan_blocks)
 
 
+def test_a_damaged_latest_checkpoint_is_a_clear_error_naming_it(tmp_path, data,
+                                                               uninterrupted):
+  """A truncated array file (a copy cut short) was orbax's and tensorstore's pages of
+  traceback; moving the folder away, as the message says, resumes from the one before."""
+  workdir = tmp_path / "damaged"
+  shutil.copytree(uninterrupted, workdir)
+  files = [p for p in (workdir / "checkpoints" / "4" / "state").rglob("*") if p.is_file()]
+  biggest = max(files, key=lambda p: p.stat().st_size)
+  with open(biggest, "r+b") as f:
+    f.truncate(biggest.stat().st_size // 2)
+  folder = workdir / "checkpoints" / "4"
+  with pytest.raises(checkpointing.CheckpointReadError,
+                     match=rf"checkpoint {folder} cannot be read .*damaged"):
+    train.train_and_evaluate(_cfg(**{"checkpoint.every_steps": 2}), str(workdir), splits=data)
+  shutil.move(str(folder), str(tmp_path / "moved"))
+  r = train.train_and_evaluate(_cfg(**{"checkpoint.every_steps": 2}), str(workdir), splits=data)
+  assert r["status"] == "done" and checkpointing.Checkpointer(str(workdir)).latest_step() == 4
+
+
 def test_failed_final_evaluation_closes_the_tensorboard_writer(tmp_path, data, monkeypatch):
   def broken(*args, **kwargs):
     raise RuntimeError("test split unreadable")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from meldae_jax import losses
+from meldae_jax import sharding
 from meldae_jax.data import augment as augment_lib
 from meldae_jax.data import schema
 from meldae_jax.models import vit
@@ -109,6 +110,20 @@ def mesh_axis() -> tuple[Callable[[Any], bool], str]:
           "an int >= 1, or -1 (the devices left)")
 
 
+def axis_rules() -> tuple[Callable[[Any], bool], str]:
+  """Logical-axis rules: a mesh axis the mesh lacks (a typo, another codebase's 'model')
+  was a KeyError or jax's ValueError traceback when the shardings were made."""
+  def target(t):
+    t = (t,) if isinstance(t, str) else t
+    return t is None or (isinstance(t, (tuple, list)) and bool(t) and len(set(t)) == len(t)
+                         and all(a in sharding.MESH_AXES for a in t))
+  return (lambda v: isinstance(v, (tuple, list)) and all(
+      isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str) and target(r[1])
+      for r in v),
+          f"(logical axis, mesh axes) pairs, the mesh axes one of {sharding.MESH_AXES}, "
+          "a tuple of them, or None")
+
+
 def _vit_variant(v) -> bool:
   try:
     vit.vit_dims(v)
@@ -180,6 +195,7 @@ RULES = (
     ("optimizer.grad_accum_steps", integer(1)),
     ("mesh.data", mesh_axis()),
     ("mesh.fsdp", mesh_axis()),
+    ("logical_axis_rules", axis_rules()),
     ("checkpoint.every_steps", integer(0)),
     ("checkpoint.keep", integer(1)),
     ("checkpoint.best_metric", choice(*SELECTION_METRICS)),

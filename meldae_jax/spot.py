@@ -211,7 +211,7 @@ def face_record(video: Video, size: int, encoding: str = "jpeg",
     first = video.frames()
     try:  # a file is read whole (and counted) here, a folder's 16 images only
       box = face_crop.stable_face_box(first if video.files else checked(first),
-                                      detector=detector)
+                                      detector=detector, name=video.path)
     except ValueError as e:  # sampled frames of different sizes: name the image
       for _ in checked(video.frames()):
         pass

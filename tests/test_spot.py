@@ -350,3 +350,14 @@ def test_only_the_frames_the_model_reads_are_cut(tmp_path, monkeypatch):
   assert [bool(f) for f in record["frames"]] == [i % 3 == 0 for i in range(10)]
   full, _ = spot.face_record(video, 32, "png", detector=lambda frame: [])
   assert record["frames"][::3] == full["frames"][::3]
+
+
+def test_the_face_box_warnings_name_the_video(tmp_path, caplog):
+  # Without a face the crop is the centre square, with a warning on stderr: it named no
+  # video, so with several videos it could not be told which one was cropped blind.
+  folder = _write_frames(th.records(1, seed=705, num_frames=6)[0], str(tmp_path / "take 3"))
+  (video,) = spot.open_videos([folder], fps=30.0)
+  with caplog.at_level("WARNING", logger="meldae_jax.data.face_crop"):
+    spot.face_record(video, 32, "png", detector=lambda frame: [])
+  (warning,) = [r.getMessage() for r in caplog.records if "no face found" in r.getMessage()]
+  assert warning.startswith(f"{folder}: no face found in 6 sampled frames")

@@ -78,6 +78,8 @@ class Video:
   num_frames: int | None = None  # a file's are counted as they are read (face_record)
   files: Sequence[str] | None = None  # a folder's frame images, in order
   frame_times_ms: list | None = None  # a file's frame timestamps, from its last full read
+  container: tuple[float, float] | None = None  # a file's (frame count, fps) as its
+  # container says: estimates, the decoded count rules (`cut_short`)
 
 
 def _video_file(path: str, fps: float | None) -> Video:
@@ -86,6 +88,7 @@ def _video_file(path: str, fps: float | None) -> Video:
     if not cap.isOpened():
       raise SpotError(f"{path}: OpenCV cannot open this video")
     own = float(cap.get(cv2.CAP_PROP_FPS))
+    said = float(cap.get(cv2.CAP_PROP_FRAME_COUNT))
   finally:
     cap.release()
   if fps and own > 0 and abs(own - fps) > 1e-3:
@@ -110,6 +113,7 @@ def _video_file(path: str, fps: float | None) -> Video:
 
   video = Video(path, _video_id(path), float(rate), read)  # frames counted as they are
   # read: a container's frame count is an estimate
+  video.container = (said, own) if math.isfinite(said) and said > 0 else None
   if next(read(), None) is None:
     raise SpotError(f"{path}: no frame could be decoded")
   return video
@@ -128,6 +132,22 @@ def uneven_timing(times_ms: Sequence[float]) -> tuple[float, float, float] | Non
   if drift <= float(np.median(dt)):
     return None
   return drift / 1000.0, float(dt.min()), float(dt.max())
+
+
+def cut_short(num_frames: int, times_ms: Sequence[float] | None,
+              container: tuple[float, float] | None) -> bool:
+  """Whether a file decoded to over 10 % fewer frames than its container says, its last
+  frame (where it gives timestamps) over 10 % before the container's end: a file whose
+  end is missing (a half-copied download). A variable-frame-rate file's count can be an
+  estimate (duration x its top rate) its frames fall short of, while their times reach
+  the end."""
+  if not container or num_frames >= 0.9 * container[0] - 1:
+    return False
+  said, fps = container
+  last = times_ms[-1] / 1000.0 if times_ms else 0.0
+  if fps > 0 and math.isfinite(last) and last > 0:
+    return last + 1.0 / fps < 0.9 * said / fps
+  return True
 
 
 def _frame_folder(path: str, fps: float | None) -> Video:
@@ -225,6 +245,10 @@ def face_record(video: Video, size: int, encoding: str = "jpeg",
     raise SpotError(f"{video.path}: read {expected} frames, then {len(frames)}; "
                     "the video is not stable to decode")
   video.num_frames = len(frames)
+  if cut_short(len(frames), video.frame_times_ms, video.container):
+    train.say(f"[spot] {video.path}: WARNING: the file says {video.container[0]:.0f} "
+              f"frames, {len(frames)} could be decoded (truncated or damaged?); only "
+              "those are spotted")
   uneven = uneven_timing(video.frame_times_ms) if video.frame_times_ms else None
   if uneven:
     train.say(f"[spot] {video.path}: WARNING: variable frame rate (frames "

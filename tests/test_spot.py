@@ -361,3 +361,35 @@ def test_the_face_box_warnings_name_the_video(tmp_path, caplog):
     spot.face_record(video, 32, "png", detector=lambda frame: [])
   (warning,) = [r.getMessage() for r in caplog.records if "no face found" in r.getMessage()]
   assert warning.startswith(f"{folder}: no face found in 6 sampled frames")
+
+
+def test_a_file_cut_short_is_warned_about(tmp_path, capsys):
+  """A file whose end is missing (a half-copied download) decodes fewer frames than its
+  container says: it was spotted as a shorter video without a word."""
+  path = str(tmp_path / "whole.avi")
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (48, 40))
+  for i in range(60):
+    writer.write(np.full((40, 48, 3), 4 * i, np.uint8))
+  writer.release()
+  data = pathlib.Path(path).read_bytes()
+  (tmp_path / "cut.avi").write_bytes(data[:len(data) // 2])
+  (video,) = spot.open_videos([path])
+  spot.face_record(video, 32, "png", detector=lambda frame: [])
+  assert video.num_frames == 60 and "WARNING" not in capsys.readouterr().out
+  (video,) = spot.open_videos([str(tmp_path / "cut.avi")])
+  spot.face_record(video, 32, "png", detector=lambda frame: [])
+  assert 0 < video.num_frames < 40
+  assert (f"cut.avi: WARNING: the file says 60 frames, {video.num_frames} could be decoded "
+          "(truncated or damaged?)") in capsys.readouterr().out
+
+
+def test_cut_short_tells_a_missing_end_from_a_variable_rate():
+  # 300 frames at 30 fps said, 85 decoded, timed up to 2.8 s: cut short.
+  assert spot.cut_short(85, [i * 1000 / 30 for i in range(85)], (300.0, 30.0))
+  assert spot.cut_short(85, None, (300.0, 30.0))  # no timestamps: the count alone
+  assert not spot.cut_short(298, None, (300.0, 30.0))  # an estimate a little off
+  assert not spot.cut_short(85, None, None)  # no count (a raw stream's is garbage)
+  # A VFR file's count estimate (3.24 s x 25 fps = 81) its 41 frames fall short of, timed
+  # to the end (20 frames 40 ms apart, 20 frames 120 ms apart).
+  times = [40.0 * i for i in range(21)] + [800.0 + 120.0 * i for i in range(1, 21)]
+  assert not spot.cut_short(41, times, (81.0, 25.0))

@@ -112,9 +112,10 @@ def eval_batches(trainer, index, cfg):
     yield sharding.make_global_batch(batch, trainer.batch_sharding)
 
 
-def score_videos(trainer, params, index, cfg) -> tuple[dict, dict]:
+def score_videos(trainer, params, index, cfg, progress=None) -> tuple[dict, dict]:
   """Runs the model over every eval window of `index` (seen every `dataset.frame_step`-th
-  frame).
+  frame). `progress(done, total)` (optional) is called with the windows scored after each
+  batch (`spot` reports a long video's scoring with it).
 
   Returns:
     ({video_id: (num_frames, K) averaged frame scores, in native frames},
@@ -123,10 +124,17 @@ def score_videos(trainer, params, index, cfg) -> tuple[dict, dict]:
   index = dataset_view(index, cfg)
   averager = pipeline.ScoreAverager(index)
   clips = {k: [] for k in ("me", "me_label", "state", "state_label", "state_valid")}
+  total = done = 0
+  if progress is not None:
+    total = len(pipeline.eval_window_table(index, int(cfg.dataset.window),
+                                           int(cfg.eval.stride)))
   for global_batch in eval_batches(trainer, index, cfg):
     out = jax.device_get(trainer.eval_step(params, global_batch))
     averager.add(out, out["loc"])
     valid = np.asarray(out["batch_valid"]) > 0
+    if progress is not None:
+      done += int(valid.sum())  # gathered: every process's windows
+      progress(done, total)
     for k in clips:
       clips[k].append(np.asarray(out[k])[valid])
   scores = {index.info(vi).video_id: s for vi, s in averager.result().items()}

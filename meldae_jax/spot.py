@@ -17,7 +17,8 @@ overlapping windows evaluation uses (every `dataset.frame_step`-th frame, as the
 trained; the scores come back at every frame of the video), and decoded at the video's
 fps with the threshold chosen on validation for that checkpoint (the config's
 `eval.threshold` when the run had no validation data).
-Videos are cut and scored one at a time (memory: one video's crops). Every input and the
+Videos are cut and scored one at a time (memory: one video's crops), a long one with a
+progress line every 30 s (frames read, cut, windows scored). Every input and the
 output folder are checked before the model runs, nothing is written to the workdir, and
 the outputs appear in OUT only when all videos are done:
 
@@ -41,6 +42,7 @@ import json
 import math
 import os
 import re
+import time
 from typing import Any, Callable, Iterable, Sequence
 
 from absl import app
@@ -62,10 +64,38 @@ from meldae_jax.data import face_crop
 from meldae_jax.data import sources
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+PROGRESS_SECONDS = 30.0  # between progress lines of one long video's reading and scoring
 
 
 class SpotError(ValueError):
   """A video, folder or workdir that cannot be used; the one-line message names it."""
+
+
+class Progress:
+  """`progress(done, total, what)`: a line every PROGRESS_SECONDS of one video's long work
+  (a 30-minute recording is read twice and scored for many minutes; it showed nothing)."""
+
+  def __init__(self, video_id: str):
+    self.video_id, self.what = video_id, None
+    self.start = self.last = time.monotonic()
+
+  def __call__(self, done: int, total: int | None, what: str) -> None:
+    now = time.monotonic()
+    if what != self.what:  # a new stage
+      self.what, self.start, self.last = what, now, now
+    if now - self.last < PROGRESS_SECONDS or (total and done >= total):
+      return
+    self.last = now
+    rate = done / max(now - self.start, 1e-9)
+    left = f", about {(total - done) / rate:.0f} s left" if total else ""
+    train.say(f"[spot] {self.video_id}: {done}{f' of {total}' if total else ''} {what} "
+              f"({rate:.1f}/s{left})")
+
+
+def _counted(frames: Iterable, progress: Progress, total: int | None, what: str):
+  for i, frame in enumerate(frames, 1):
+    yield frame
+    progress(i, total, what)
 
 
 @dataclasses.dataclass
@@ -214,7 +244,7 @@ def face_record(video: Video, size: int, encoding: str = "jpeg",
   With `frame_step` k (the run's `dataset.frame_step`) only frames 0, k, 2k, ... are cut
   and encoded, the only ones the model reads; the others hold b"" (never decoded).
   """
-  count, shape = [0], [None]
+  count, shape, progress = [0], [None], Progress(video.video_id)
 
   def checked(frames):  # one size for all frames, and the frame named where it differs
     for i, frame in enumerate(frames):
@@ -230,7 +260,8 @@ def face_record(video: Video, size: int, encoding: str = "jpeg",
   try:
     first = video.frames()
     try:  # a file is read whole (and counted) here, a folder's 16 images only
-      box = face_crop.stable_face_box(first if video.files else checked(first),
+      box = face_crop.stable_face_box(first if video.files else _counted(
+          checked(first), progress, None, "frames read for the face box"),
                                       detector=detector, name=video.path)
     except ValueError as e:  # sampled frames of different sizes: name the image
       for _ in checked(video.frames()):
@@ -238,7 +269,8 @@ def face_record(video: Video, size: int, encoding: str = "jpeg",
       raise SpotError(f"{video.path}: {e}") from e
     expected = video.num_frames if video.files else count[0]
     frames = [corpus_utils.encode_frame(face_crop.crop_and_resize(f, box, size), encoding)
-              if i % frame_step == 0 else b"" for i, f in enumerate(checked(video.frames()))]
+              if i % frame_step == 0 else b"" for i, f in enumerate(_counted(
+                  checked(video.frames()), progress, expected, "frames cut"))]
   except corpus_utils.CorpusError as e:  # an unreadable frame image
     raise SpotError(str(e)) from e
   if len(frames) != expected:
@@ -428,8 +460,10 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
                                                   predict.frame_step(cfg))
       train.say(f"[spot] {video.video_id}: {video.num_frames} frames, face box "
                 f"{boxes[video.video_id]}; scoring...")
-      scores.update(predict.score_videos(trainer, params, sources.VideoIndex([record]),
-                                         cfg)[0])
+      progress = Progress(video.video_id)
+      scores.update(predict.score_videos(
+          trainer, params, sources.VideoIndex([record]), cfg,
+          progress=lambda done, total: progress(done, total, "windows scored"))[0])
       del record
   classes = tuple(cfg.dataset.classes)
   meta = {"videos": {v.video_id: {"fps": v.fps} for v in videos}}

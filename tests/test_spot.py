@@ -16,6 +16,7 @@ from meldae_jax import predict
 from meldae_jax import spot
 from meldae_jax import train
 from meldae_jax.data import corpus_utils as cu
+from meldae_jax.data import pipeline
 from meldae_jax.data import sources
 
 compilation_cache = th.compilation_cache_fixture()
@@ -393,3 +394,27 @@ def test_cut_short_tells_a_missing_end_from_a_variable_rate():
   # to the end (20 frames 40 ms apart, 20 frames 120 ms apart).
   times = [40.0 * i for i in range(21)] + [800.0 + 120.0 * i for i in range(1, 21)]
   assert not spot.cut_short(41, times, (81.0, 25.0))
+
+
+def test_long_work_reports_progress(workdir, tmp_path, capsys, monkeypatch):
+  """A long video is read twice and scored for minutes (a 30-minute 1080p recording read
+  at about 45 frames/s here): the reading and the scoring report how far they are (they
+  printed nothing between 'cutting crops...' and the end)."""
+  path = str(tmp_path / "long take.avi")
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (48, 40))
+  for i in range(30):
+    writer.write(np.full((40, 48, 3), 4 * i, np.uint8))
+  writer.release()
+  cfg = spot.load_config(workdir, None)
+  spot.spot(cfg, workdir, [path], str(tmp_path / "o1"), detector=lambda frame: [])
+  assert " of " not in capsys.readouterr().out  # a short video: no progress lines
+  monkeypatch.setattr(spot, "PROGRESS_SECONDS", 0.0)
+  spot.spot(cfg, workdir, [path], str(tmp_path / "o2"), detector=lambda frame: [])
+  out = capsys.readouterr().out
+  assert "[spot] long take: 29 frames read for the face box" in out
+  assert "[spot] long take: 29 of 30 frames cut" in out
+  windows = len(pipeline.eval_window_table(sources.VideoIndex(th.records(1, num_frames=30)),
+                                           int(cfg.dataset.window), int(cfg.eval.stride)))
+  assert windows > cfg.eval.batch_size  # two batches: a line after the first
+  assert f"[spot] long take: {cfg.eval.batch_size} of {windows} windows scored" in out
+  assert f"{windows} of {windows}" not in out  # not for the end: the next line says it

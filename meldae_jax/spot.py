@@ -194,7 +194,12 @@ def _frame_folder(path: str, fps: float | None) -> Video:
       raise SpotError(f"{path}: frames {numbered[n]} and {name} have the same number {n}")
     numbered[n] = name
   if not numbered:
-    raise SpotError(f"{path}: no frame images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    others = sorted(n for n in os.listdir(path) if not n.startswith(".")
+                    and os.path.isfile(os.path.join(path, n)))
+    hint = (f"; it holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}: "
+            "give each video file its own --video" if others else "")
+    raise SpotError(f"{path}: no frame images ({', '.join(IMAGE_SUFFIXES)}) in this "
+                    f"folder{hint}")
   if not (fps and fps > 0):
     raise SpotError(f"{path}: a folder of frames has no frame rate; give it with --fps")
   order = sorted(numbered)

@@ -158,6 +158,14 @@ def test_open_videos_orders_frames_by_number_and_checks_inputs(tmp_path):
     spot.open_videos([str(tmp_path / "nowhere.mp4")])
   with pytest.raises(spot.SpotError, match="clip_1.png: one image; pass the folder"):
     spot.open_videos([os.path.join(folder, "clip_1.png")])
+  videos = tmp_path / "recordings"  # a folder of video files, given as one video
+  videos.mkdir()
+  for name in ("s01.mp4", "s02.mp4", "s03.avi", "s04.mov"):
+    (videos / name).write_bytes(b"")
+  with pytest.raises(spot.SpotError, match=r"recordings: no frame images .* in this folder; "
+                     r"it holds s01.mp4, s02.mp4, s03.avi, \.\.\.: give each video file "
+                     "its own --video"):
+    spot.open_videos([str(videos)])
 
 
 def test_frame_folders_skip_dotfiles_and_warn_about_gaps(tmp_path, capsys):

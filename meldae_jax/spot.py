@@ -247,7 +247,8 @@ def face_record(video: Video, size: int, encoding: str = "jpeg",
   """The video as a corpus record (shared schema, no labels) and its face box.
 
   With `frame_step` k (the run's `dataset.frame_step`) only frames 0, k, 2k, ... are cut
-  and encoded, the only ones the model reads; the others hold b"" (never decoded).
+  and encoded, the only ones the model reads; the others hold b"" (never decoded), and a
+  folder's images of those frames are not read.
   """
   count, shape, progress = [0], [None], Progress(video.video_id)
 
@@ -273,9 +274,14 @@ def face_record(video: Video, size: int, encoding: str = "jpeg",
         pass
       raise SpotError(f"{video.path}: {e}") from e
     expected = video.num_frames if video.files else count[0]
+    if video.files:  # a folder's images are read only where cut (the sequence checks sizes)
+      images = video.frames()
+      source = (images[i] if i % frame_step == 0 else None for i in range(len(images)))
+    else:  # a file is decoded frame after frame anyway
+      source = checked(video.frames())
     frames = [corpus_utils.encode_frame(face_crop.crop_and_resize(f, box, size), encoding)
               if i % frame_step == 0 else b"" for i, f in enumerate(_counted(
-                  checked(video.frames()), progress, expected, "frames cut"))]
+                  source, progress, expected, "frames cut"))]
   except corpus_utils.CorpusError as e:  # an unreadable frame image
     raise SpotError(str(e)) from e
   if len(frames) != expected:

@@ -361,6 +361,19 @@ def test_only_the_frames_the_model_reads_are_cut(tmp_path, monkeypatch):
   assert record["frames"][::3] == full["frames"][::3]
 
 
+def test_a_frame_folder_reads_only_the_images_it_cuts(tmp_path, monkeypatch):
+  # With dataset.frame_step 7 (SAMM's) every image of a folder was still read and decoded
+  # (2040x1088 JPEGs there) to be skipped: 7x the reading.
+  folder = _write_frames(th.records(1, seed=706, num_frames=40)[0], str(tmp_path / "v"))
+  (video,) = spot.open_videos([folder], fps=200.0)
+  read = []
+  real_read = cu.read_rgb
+  monkeypatch.setattr(cu, "read_rgb", lambda path: read.append(path) or real_read(path))
+  record, _ = spot.face_record(video, 32, "png", detector=lambda frame: [], frame_step=7)
+  assert len(record["frames"]) == 40
+  assert len(read) == 16 + 6  # the face box's 16 sampled images, then frames 0, 7, ..., 35
+
+
 def test_the_face_box_warnings_name_the_video(tmp_path, caplog):
   # Without a face the crop is the centre square, with a warning on stderr: it named no
   # video, so with several videos it could not be told which one was cropped blind.

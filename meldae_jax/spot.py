@@ -43,7 +43,7 @@ import math
 import os
 import re
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 from absl import app
 from absl import flags
@@ -243,8 +243,10 @@ def open_videos(paths: Sequence[str], fps: float | None = None) -> list[Video]:
 
 def face_record(video: Video, size: int, encoding: str = "jpeg",
                 detector: face_crop.Detector | None = None,
-                frame_step: int = 1) -> tuple[dict, tuple]:
-  """The video as a corpus record (shared schema, no labels) and its face box.
+                frame_step: int = 1, *, face_sample: int = 16,
+                face_margin: float = 0.2) -> tuple[dict, tuple]:
+  """The video as a corpus record (shared schema, no labels) and its face box (from
+  `face_sample` frames, grown by `face_margin`: the run's corpus's `stored_crops`).
 
   With `frame_step` k (the run's `dataset.frame_step`) only frames 0, k, 2k, ... are cut
   and encoded, the only ones the model reads; the others hold b"" (never decoded), and a
@@ -268,6 +270,7 @@ def face_record(video: Video, size: int, encoding: str = "jpeg",
     try:  # a file is read whole (and counted) here, a folder's 16 images only
       box = face_crop.stable_face_box(first if video.files else _counted(
           checked(first), progress, None, "frames read for the face box"),
+                                      sample=face_sample, margin=face_margin,
                                       detector=detector, name=video.path)
     except ValueError as e:  # sampled frames of different sizes: name the image
       for _ in checked(video.frames()):
@@ -305,18 +308,29 @@ def face_record(video: Video, size: int, encoding: str = "jpeg",
   return record, tuple(int(v) for v in box)
 
 
-def stored_crops(cfg: ml_collections.ConfigDict) -> tuple[int, str]:
-  """(size, encoding) of the crops the run's corpus stored, as training saw them."""
-  size, encoding = int(train.model_config(cfg).image_size), "jpeg"
+class Crops(NamedTuple):
+  """How the run's corpus cut its face crops, so spot cuts the same: square `size` px in
+  `encoding`, the face box from `face_sample` frames grown by `face_margin` per side."""
+  size: int
+  encoding: str
+  face_sample: int = 16
+  face_margin: float = 0.2
+
+
+def stored_crops(cfg: ml_collections.ConfigDict) -> Crops:
+  """The crops the run's corpus stored, as training saw them (the builder config's)."""
+  default = Crops(int(train.model_config(cfg).image_size), "jpeg")
   try:
     builder = corpus_utils.builder_class(cfg.dataset.name)
   except Exception:  # pylint: disable=broad-except  (a corpus of the user's own)
-    return size, encoding
+    return default
   configs = {c.name: c for c in builder.BUILDER_CONFIGS}
   name = cfg.dataset.get("builder_config") or builder.BUILDER_CONFIGS[0].name
   config = configs.get(name)
   stored = getattr(config, "size", None) or getattr(config, "image_size", None)
-  return int(stored or size), str(getattr(config, "encoding", encoding))
+  return Crops(int(stored or default.size), str(getattr(config, "encoding", default.encoding)),
+               int(getattr(config, "face_sample", default.face_sample)),
+               float(getattr(config, "face_margin", default.face_margin)))
 
 
 def load_config(workdir: str, config: ml_collections.ConfigDict | None
@@ -449,8 +463,8 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
     raise SpotError(f"{workdir}: no such workdir")
   videos = open_videos(video_paths, fps)
   trainer = train.make_trainer(cfg)
-  size, stored_encoding = stored_crops(cfg)
-  size, encoding = int(crop_size or size), encoding or stored_encoding
+  crops = stored_crops(cfg)
+  size, encoding = int(crop_size or crops.size), encoding or crops.encoding
   scores, boxes = {}, {}
   saved = train._saved_config(workdir)  # pylint: disable=protected-access
   with jax.set_mesh(trainer.mesh), train._explain_mismatch(  # pylint: disable=protected-access
@@ -467,8 +481,9 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
     for i, video in enumerate(videos):
       train.say(f"[spot] {i + 1}/{len(videos)} {video.path} ({video.fps:g} fps): finding "
                 "the face, cutting crops...")
-      record, boxes[video.video_id] = face_record(video, size, encoding, detector,
-                                                  predict.frame_step(cfg))
+      record, boxes[video.video_id] = face_record(
+          video, size, encoding, detector, predict.frame_step(cfg),
+          face_sample=crops.face_sample, face_margin=crops.face_margin)
       train.say(f"[spot] {video.video_id}: {video.num_frames} frames, face box "
                 f"{boxes[video.video_id]}; scoring...")
       progress = Progress(video.video_id)

@@ -223,7 +223,30 @@ def test_crops_are_cut_as_the_runs_corpus_stored_them(builder_config, expected):
   cfg = wdmd.get_config()
   cfg.dataset.builder_config = builder_config
   assert cfg.model.image_size == 224  # upsampled from the stored crops in training
-  assert spot.stored_crops(cfg) == expected
+  assert spot.stored_crops(cfg)[:2] == expected
+
+
+def test_the_face_box_is_found_as_the_runs_corpus_found_it(tmp_path, monkeypatch):
+  """A corpus config's face_sample/face_margin were not used: spot cut with the defaults
+  (16 frames, 0.2), another crop than training saw."""
+  import types  # pylint: disable=g-import-not-at-top
+  from configs import wdmd  # pylint: disable=g-import-not-at-top
+  from meldae_jax.data import corpus_utils  # pylint: disable=g-import-not-at-top
+  wide = corpus_utils.CorpusConfig(name="wide", size=64, encoding="png", face_sample=4,
+                                   face_margin=0.5)
+  monkeypatch.setattr(corpus_utils, "builder_class",
+                      lambda name: types.SimpleNamespace(BUILDER_CONFIGS=[wide]))
+  crops = spot.stored_crops(wdmd.get_config())
+  assert crops == (64, "png", 4, 0.5)
+  record = th.records(1, seed=704, num_frames=12)[0]
+  (video,) = spot.open_videos([_write_frames(record, str(tmp_path / "v"))], fps=30.0)
+  seen = []
+  face = lambda frame: (seen.append(1), [(11, 11, 10, 10)])[1]  # x, y, w, h (32x32 frames)
+  _, box = spot.face_record(video, 32, "png", detector=face,
+                            face_sample=crops.face_sample, face_margin=crops.face_margin)
+  _, default_box = spot.face_record(video, 32, "png", detector=face)
+  assert len(seen) == 4 + min(16, 12)  # frames sampled for each box
+  assert box[2] - box[0] == 20 and default_box[2] - default_box[0] == 14  # 10 (1 + 2m)
 
 
 def test_scores_of_videos_named_like_numpy_arguments(tmp_path):

@@ -261,6 +261,19 @@ def test_dummy_data_is_small():
   assert 0 < total < 1_000_000
 
 
+
+@pytest.mark.parametrize("name", ["wdmd", "casme2", "samm_lv", "mmew",
+                                  "synthetic_conversation"])
+def test_dataset_info_cites_the_corpus_papers(tmp_path, name):
+  """A built corpus's DatasetInfo carries its CITATIONS.bib (samm_lv's lacked the SAMM
+  paper that SAMM Long Videos extends, Davison et al. 2018)."""
+  builder = cu.builder_class(name)(data_dir=str(tmp_path), file_format="array_record")
+  with open(os.path.join(DATASETS, name, "CITATIONS.bib")) as f:
+    bib = f.read()
+  assert builder.info.citation.strip() == bib.strip()
+  if name == "samm_lv":
+    assert "{SAMM: A Spontaneous Micro-Facial Movement Dataset}" in bib
+
 def test_no_tensorflow(built):
   import sys  # pylint: disable=g-import-not-at-top
   built("mmew")

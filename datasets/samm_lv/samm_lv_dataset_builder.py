@@ -39,6 +39,14 @@ _CITATION = """\
   author={Yap, Chuin Hong and Kendrick, Connah and Yap, Moi Hoon},
   booktitle={IEEE International Conference on Automatic Face and Gesture
              Recognition (FG)}, pages={771--776}, year={2020}}
+
+@article{davison2018samm,
+  title={SAMM: A Spontaneous Micro-Facial Movement Dataset},
+  author={Davison, Adrian K. and Lansley, Cliff and Costen, Nicholas and
+          Tan, Kevin and Yap, Moi Hoon},
+  journal={IEEE Transactions on Affective Computing},
+  volume={9}, number={1}, pages={116--129}, year={2018},
+  doi={10.1109/TAFFC.2016.2573832}}
 """
 
 

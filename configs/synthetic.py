@@ -47,7 +47,7 @@ def get_config(arg: str | None = None):
   c.model.enhancer_heads = 2
 
   c.batch_size = 8
-  c.total_steps = 2500         # 4.5 min at ~9-11 steps/s on 2 Zen 4 cores: `make demo` 6.2 min
+  c.total_steps = 2500         # 4.5 min at ~9-11 steps/s on 2 Zen 4 cores: `make demo` 6.2-6.4 min
   if level == "easy":          # 84 subjects, 3x the default level's: val F1 still rose at
     c.total_steps = 4000       # 2500. Easy test F1, seeds 0-3: 0.518 / 0.544 / 0.508 / 0.487
                                # (2500 steps, seeds 0-2: 0.479 / 0.512 / 0.441)

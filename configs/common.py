@@ -5,6 +5,8 @@ top-level keys are:
 
   seed, batch_size (global), total_steps, log_every, eval_every
   dataset     name, builder_config, data_dir, manual_dir, splits, classes, window sampling
+  input       on-device input view (`train.input_transform`): transform ('rgb', 'diff124',
+              ...), gain, normalize, blur, clip, compress
   model       `models.config.default_model_config()` + overrides (num_frames/num_classes
               are kept in sync with the dataset by `finalize`)
   loss        `losses.default_loss_config()`
@@ -13,9 +15,12 @@ top-level keys are:
   mesh        data / fsdp sizes (-1 = the remaining devices)
   logical_axis_rules   logical axis name -> mesh axes (None = replicated)
   checkpoint  every_steps, keep, best_metric, async_save
-  eval        window stride, batch size, threshold candidates, merge gap, length filters
-  model_init  pretrained ViT weights (.npz / .safetensors) + dont_load regexes
+  eval        window stride, batch size, threshold candidates (and the fallback without
+              validation), smoothing, merge gap, length filters, IoU
+  model_init  pretrained ViT weights (.npz / .safetensors); model_init_variant, dont_load
+              regexes, model_init_expected (a WARNING when unset)
   distributed coordinator address etc. for multi-process runs (or JAX_* env vars)
+  debug       test hooks (nan_at_step, stop_at_step)
 """
 import dataclasses
 import os

@@ -6,7 +6,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   """The paper's MELDAE (SPEC §1); configs override what they need."""
   c = ml_collections.ConfigDict()
   c.backbone = "vit"            # 'vit' | 'resnet50' (ablation)
-  c.variant = "B/16"            # ViT variant: Ti|S|B|L / 16|8
+  c.variant = "B/16"            # ViT variant: Mu|Ti|S|B|L / <patch> (vit.VARIANTS)
   c.vit_stem = "patch"          # 'patch' (linear, the paper) | 'hmlp' (from scratch only)
   c.vit_stem_hidden = 32        # channels of the hMLP stem's inner stages
   c.image_size = 224            # face-crop side fed to the backbone

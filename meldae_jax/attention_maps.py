@@ -1,4 +1,4 @@
-"""The enhancer's attention over the face's regions (the paper's Figures 6-8), per frame.
+r"""The enhancer's attention over the face's regions (the paper's Figures 6-8), per frame.
 
   python -m meldae_jax.attention_maps --workdir=WORKDIR --out=OUT [--split=test] \
       [--max_videos=20] [--config=configs/wdmd.py]

@@ -1,4 +1,4 @@
-"""Leave-one-subject-out protocol (CAS(ME)^2, SAMM-LV): train/evaluate per fold, pool counts.
+r"""Leave-one-subject-out protocol (CAS(ME)^2, SAMM-LV): train/evaluate per fold, pool counts.
 
   python -m meldae_jax.loso --config=configs/casme2.py --workdir=/tmp/casme2 [--folds=15,16]
   python -m meldae_jax.loso --config=configs/casme2.py --workdir=/tmp/casme2 \

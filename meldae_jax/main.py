@@ -1,4 +1,4 @@
-"""Entry point: train and evaluate MELDAE.
+r"""Entry point: train and evaluate MELDAE.
 
   python -m meldae_jax.main --config=configs/synthetic.py --workdir=/tmp/syn
   python -m meldae_jax.main --config=configs/synthetic.py:easy --workdir=/tmp/easy \

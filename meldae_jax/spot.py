@@ -1,4 +1,4 @@
-"""Spot micro-expressions in your own videos with a trained workdir.
+r"""Spot micro-expressions in your own videos with a trained workdir.
 
   python -m meldae_jax.spot --workdir=WORKDIR --video=clip.mp4 [--video=frames_dir/] \
       --out=OUT [--fps=200] [--threshold=0.4] [--config=configs/wdmd.py]

@@ -36,9 +36,14 @@ def _table(rows: list[tuple[str, dict]]) -> str:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--level", default="default", choices=("default", "easy"))
-  parser.add_argument("--workdir", default=str(ROOT / "demo_workdir"))
-  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--level", default="default", choices=("default", "easy"),
+                      help="synthetic_conversation level (default: default)")
+  parser.add_argument("--workdir", default=str(ROOT / "demo_workdir"),
+                      help="the run goes to WORKDIR/run, replaced each time "
+                           "(default: demo_workdir in the repository)")
+  parser.add_argument("--data_dir", default=None,
+                      help="the corpus, built there if missing (default: $TFDS_DATA_DIR, else "
+                           "WORKDIR/tensorflow_datasets)")
   parser.add_argument("--steps", type=int, default=None, help="override total_steps")
   parser.add_argument("--no_baseline", action="store_true",
                       help="skip scoring the untrained model")

@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
                                    description=__doc__.splitlines()[0])
   parser.add_argument("--annotations", required=True, help="ground-truth JSON (A.json)")
   parser.add_argument("--predictions", required=True, help="predicted intervals (P.json)")
-  parser.add_argument("--iou", type=float, default=0.5, help="match threshold (IoU >= iou)")
+  parser.add_argument("--iou", type=float, default=0.5,
+                      help="match threshold (IoU >= iou; default 0.5)")
   args = parser.parse_args(argv)
   if not 0.0 < args.iou <= 1.0:
     parser.error(f"--iou must be in (0, 1], got {args.iou}")

@@ -189,10 +189,10 @@ XM_BASE_IMAGE = "python:3.12"
 
 
 def xm_image_steps(dirname: str) -> list[str]:
-  """The image's Dockerfile steps: the repository at /<dirname>, installed as `make test`
-  installs it (pinned by constraints.txt), and the runs started there, where their
-  relative `--config=configs/...` paths point. XManager stages the repository as
-  `<dirname>/` in the build context."""
+  """The image's Dockerfile steps: the repository at /<dirname>, installed editable and
+  pinned by constraints.txt as `make` installs it (without the test and mkl extras), and
+  the runs started there, where their relative `--config=configs/...` paths point.
+  XManager stages the repository as `<dirname>/` in the build context."""
   return [
       f"COPY {dirname}/ /{dirname}",
       f"WORKDIR /{dirname}",

@@ -225,6 +225,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, out: str, *, split: str = 
   if max_videos:
     index = predict.subset(index, max_videos)
   index = index.with_frame_step(1)  # the maps and groups are in the corpus's frames
+  cfg = spot.fit_mesh(cfg, "attention")
   trainer = train.make_trainer(cfg)
   attend = attention_step(trainer)  # no enhancer: fails before the checkpoint is read
   with jax.set_mesh(trainer.mesh):

@@ -37,6 +37,7 @@ checkpoint was saved with other model settings than the config.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -58,6 +59,7 @@ from meldae_jax import cli
 from meldae_jax import config_check
 from meldae_jax import intervals as intervals_lib
 from meldae_jax import predict
+from meldae_jax import sharding
 from meldae_jax import train
 from meldae_jax.data import corpus_utils
 from meldae_jax.data import face_crop
@@ -333,6 +335,22 @@ def stored_crops(cfg: ml_collections.ConfigDict) -> Crops:
                float(getattr(config, "face_margin", default.face_margin)))
 
 
+def fit_mesh(cfg: ml_collections.ConfigDict, tag: str = "spot") -> ml_collections.ConfigDict:
+  """`cfg` with a mesh this machine's devices fill: the run's where they do, else all of
+  them on `data` (a note says so). A model trained with FSDP on 8 GPUs is spotted on the
+  machine at hand; a mesh places the arrays, it does not change what they hold."""
+  try:
+    sharding.mesh_shape(cfg.mesh, jax.device_count())
+    return cfg
+  except ValueError as e:
+    cfg = copy.deepcopy(cfg)
+    with cfg.unlocked():
+      cfg.mesh.data, cfg.mesh.fsdp = -1, 1
+    train.say(f"[{tag}] the run's mesh does not fit here ({e}): all {jax.device_count()} "
+              "device(s) on the data axis instead")
+    return cfg
+
+
 def load_config(workdir: str, config: ml_collections.ConfigDict | None
                 ) -> ml_collections.ConfigDict:
   """`config` (checked as a run checks it), else the one the run in `workdir` saved
@@ -462,6 +480,7 @@ def spot(cfg: ml_collections.ConfigDict, workdir: str, video_paths: Sequence[str
   if not os.path.isdir(workdir):
     raise SpotError(f"{workdir}: no such workdir")
   videos = open_videos(video_paths, fps)
+  cfg = fit_mesh(cfg)
   trainer = train.make_trainer(cfg)
   crops = stored_crops(cfg)
   size, encoding = int(crop_size or crops.size), encoding or crops.encoding
@@ -571,6 +590,7 @@ def main(argv):
   cli.quiet_logs()  # the [spot] lines, not orbax's INFO logs
   f = flags.FLAGS
   with cli.one_line_errors(((SpotError, 2), (FileNotFoundError, 2),
+                            (config_check.ConfigError, 2),
                             (checkpointing.CheckpointMismatchError, 4),
                             (checkpointing.CheckpointReadError, 4))):
     spot(load_config(f.workdir, f.config), f.workdir, f.video, f.out, fps=f.fps,

@@ -89,6 +89,26 @@ def test_other_decoding_settings_warn_that_the_threshold_was_not_chosen_for_them
   assert "WARNING" not in capsys.readouterr().out  # a threshold given for them
 
 
+def test_a_run_trained_on_more_devices_is_spotted_on_this_machines(workdir, tmp_path,
+                                                                   capsys):
+  """A run trained with FSDP over 2 devices (its config.json's mesh) was a sharding
+  ValueError traceback on a machine of 1: spot now puts its devices on the data axis."""
+  import jax  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 1
+  record = th.records(1, seed=705, num_frames=12)[0]
+  folder = _write_frames(record, str(tmp_path / "v705"))
+  kw = dict(fps=float(record["fps"]), crop_size=32, encoding="png",
+            detector=lambda frame: [])
+  cfg = spot.load_config(workdir, None)
+  expected = spot.spot(cfg, workdir, [folder], str(tmp_path / "o1"), **kw)
+  capsys.readouterr()
+  cfg.mesh.data, cfg.mesh.fsdp = 1, 2
+  result = spot.spot(cfg, workdir, [folder], str(tmp_path / "o2"), **kw)
+  assert "the run's mesh does not fit here" in capsys.readouterr().out
+  assert result["videos"] == expected["videos"]
+  assert cfg.mesh.fsdp == 2  # the caller's config is left as it was
+
+
 def test_a_given_config_is_checked_as_a_run_checks_it(workdir, tmp_path):
   cfg = spot.load_config(workdir, None)
   cfg.eval.iou = 0.0

@@ -391,6 +391,14 @@ def test_vit_bad_stem(stem, patch, match):
     model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)), train=False)
 
 
+@pytest.mark.parametrize("stem", ["patch", "hmlp"])
+def test_frames_smaller_than_a_patch_are_an_error(stem):
+  """With no patch the ViT would output its CLS token alone, whatever the frame."""
+  model = vit.ViT("Mu/16", stem=stem)
+  with pytest.raises(ValueError, match="8x20 frames are smaller than one 16-pixel patch"):
+    model.init(jax.random.key(0), jnp.zeros((1, 8, 20, 3)), train=False)
+
+
 @pytest.mark.parametrize("size", [(32, 32), (40, 35)])
 def test_patch_embed_is_the_strided_conv(size):
   """Same parameters (names, shapes, initial values) and function as nn.Conv."""

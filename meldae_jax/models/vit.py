@@ -259,6 +259,9 @@ class ViT(nn.Module):
     dims = vit_dims(self.variant)
     remat_policy(self.remat_policy)  # Fail early on a bad name.
     p, d = dims["patch"], dims["width"]
+    if min(x.shape[1:3]) < p:  # no patch: the CLS token alone, the same for every frame
+      raise ValueError(f"{x.shape[1]}x{x.shape[2]} frames are smaller than one {p}-pixel "
+                       f"patch of ViT {self.variant!r}: raise model.image_size")
     if self.stem == "patch":
       x = PatchEmbed(d, p, dtype=self.dtype, name="embedding")(x)
     elif self.stem == "hmlp":

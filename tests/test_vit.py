@@ -373,6 +373,16 @@ def test_hmlp_stem_is_patchwise_and_nonlinear():
   assert not np.allclose(f(2 * x) - zero, 2 * (y - zero), atol=1e-3)
 
 
+def test_hmlp_stem_leaves_out_partial_patches():
+  """As the 'patch' stem (a VALID strided conv): 40x35 pixels are 2x2 patches of 16."""
+  stem = vit.HMlpStem(patch=16, width=8, hidden=4)
+  x = jax.random.normal(jax.random.key(0), (1, 40, 35, 3))
+  params = stem.init(jax.random.key(1), x)
+  y = stem.apply(params, x)
+  assert y.shape == (1, 2, 2, 8)
+  np.testing.assert_allclose(y, stem.apply(params, x[:, :32, :32]), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("patch", [8, 16, 32])
 def test_vit_hmlp_stem_shapes(patch):
   model = vit.ViT(f"Mu/{patch}", stem="hmlp", stem_hidden=8)

@@ -216,7 +216,8 @@ class HMlpStem(nn.Module):
   shift, which one linear map of a 16x16 patch mixes with everything else in the patch.
   The paper's BatchNorm between stages is left out, and not replaced by a LayerNorm: on
   motion views most cells are flat, and a per-cell LayerNorm blows their noise up to
-  unit variance (measured: training collapsed). (N,H,W,C) -> (N,H/p,W/p,D).
+  unit variance (measured: training collapsed). (N,H,W,C) -> (N,H//p,W//p,D): as
+  `PatchEmbed`, the pixels past the last whole patch are left out.
   """
   patch: int
   width: int
@@ -228,6 +229,8 @@ class HMlpStem(nn.Module):
     if self.patch < 4 or self.patch & (self.patch - 1):  # not a power of two >= 4
       raise ValueError(f"the hMLP stem needs a patch of 4 * 2**k pixels, got {self.patch}")
     factors = [4] + [2] * (self.patch.bit_length() - 3)  # 16 -> 4, 2, 2
+    h, w = x.shape[1] // self.patch, x.shape[2] // self.patch
+    x = x[:, :h * self.patch, :w * self.patch]  # as the 'patch' stem: whole patches only
     for i, f in enumerate(factors):
       last = i == len(factors) - 1
       x = einops.rearrange(x, "n (h a) (w b) c -> n h w (a b c)", a=f, b=f)

@@ -240,6 +240,11 @@ def problems(cfg) -> list[str]:
       and not _vit_variant(variant)):
     out.append(f"--config.model.variant={_shown(variant)}: must be a ViT variant "
                f"<{'|'.join(vit.VARIANTS)}>/<patch>, e.g. 'B/16'")
+  size = _get(cfg, "model.image_size")
+  if (_get(cfg, "model.backbone") in ("vit", MISSING) and _vit_variant(variant)
+      and isinstance(size, int) and 1 <= size < vit.vit_dims(variant)["patch"]):
+    out.append(f"--config.model.image_size={size}: must be at least the patch of "
+               f"ViT {variant!r} ({vit.vit_dims(variant)['patch']} px): no patch, no grid")
   if _get(cfg, "mesh.data") == _get(cfg, "mesh.fsdp") == -1:
     out.append("--config.mesh.data=-1 and --config.mesh.fsdp=-1: at most one may be -1")
   ranges = _get(cfg, "dataset.augment_ranges")

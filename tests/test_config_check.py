@@ -126,6 +126,20 @@ def test_model_variant_remat_policy_and_mesh():
   assert any("at most one may be -1" in p for p in config_check.problems(c))
 
 
+def test_frames_smaller_than_a_patch_are_named():
+  """They reached the model: a ValueError traceback at init, after the corpus was read."""
+  c = _config()
+  patch = int(str(c.model.variant).split("/")[1])
+  c.model.image_size = patch
+  assert config_check.problems(c) == []
+  c.model.image_size = patch - 1
+  assert config_check.problems(c) == [
+      f"--config.model.image_size={patch - 1}: must be at least the patch of ViT "
+      f"{c.model.variant!r} ({patch} px): no patch, no grid"]
+  c.model.backbone = "resnet50"
+  assert config_check.problems(c) == []
+
+
 def test_augment_ranges_are_checked_as_the_pipeline_checks_them():
   c = _config()
   c.dataset.augment_ranges.min_crop = 0.0

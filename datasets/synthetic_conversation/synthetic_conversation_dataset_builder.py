@@ -1,7 +1,7 @@
 """synthetic_conversation: generated faces in conversation with micro-expressions.
 
 Needs no download: every video is rendered from integer seeds by
-`meldae_jax.data.synthetic`, so a build is bit-identical everywhere. Speech moves the
+`meldae_jax.data.synthetic`, so every build holds bit-identical records. Speech moves the
 mouth, jaw and brows far more than the micro-expressions (MEs) do; the `difficulty`
 of a config sets the ME amplitude against that fixed speech motion.
 """

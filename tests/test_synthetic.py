@@ -463,3 +463,16 @@ def test_plan_seeds_are_unique_across_corpus_seeds_and_many_videos():
   for s in generator.corpus_plan(28, corpus_seed=2):
     subject, video = int(s.subject[1:]), int(s.video_id.split("_v")[1])
     assert s.subject_seed == 2000 + subject and s.seed == 200_000 + 100 * subject + video
+
+
+def test_expressions_are_at_least_0_6_s_apart_at_any_fps():
+  """The gap was round(0.6 * fps) frames: 14 frames, 0.58 s, at 24 fps (and int(0.6 * fps)
+  between macros: 17 frames at 29.97 fps)."""
+  for fps in (24.0, 29.97):
+    gaps = []
+    for seed in range(40):
+      tl = generator.video_timeline(seed, int(30 * fps), fps, "default", 3.6)
+      gaps += [(b.onset - a.offset - 1) / fps for a, b in zip(tl.events, tl.events[1:])]
+    assert len(gaps) > 200 and min(gaps) >= 0.6, (fps, min(gaps))
+  # At 30 fps the gap is the 18 frames it always was: the released corpora are unchanged.
+  assert events._gap_frames(30.0) == 18 and events._gap_frames(25.0) == 15  # pylint: disable=protected-access

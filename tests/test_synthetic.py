@@ -476,3 +476,15 @@ def test_expressions_are_at_least_0_6_s_apart_at_any_fps():
     assert len(gaps) > 200 and min(gaps) >= 0.6, (fps, min(gaps))
   # At 30 fps the gap is the 18 frames it always was: the released corpora are unchanged.
   assert events._gap_frames(30.0) == 18 and events._gap_frames(25.0) == 15  # pylint: disable=protected-access
+
+
+def test_a_bad_worker_count_is_a_one_line_build_error(tmp_path, monkeypatch, capsys):
+  """MELDAE_SYNTH_WORKERS=two was a ValueError traceback from inside the build."""
+  monkeypatch.setenv("MELDAE_SYNTH_WORKERS", "two")
+  with pytest.raises(SystemExit) as exit_info:
+    build.main(["synthetic_conversation/tiny", "--data_dir", str(tmp_path)])
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert lines == ["error: MELDAE_SYNTH_WORKERS must be a whole number of render processes, "
+                   "got 'two'"], lines
+  assert not list(tmp_path.glob("synthetic_conversation/tiny/*"))  # nothing half-built

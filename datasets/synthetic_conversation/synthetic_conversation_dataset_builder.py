@@ -12,6 +12,7 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
+from meldae_jax.data import corpus_utils
 from meldae_jax.data import schema
 from meldae_jax.data.synthetic import generator
 
@@ -73,18 +74,32 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
     plan = self._plan()
-    return {split: self._generate_examples([s for s in plan if s.split == split])
+    workers = _workers()  # before anything renders
+    return {split: self._generate_examples([s for s in plan if s.split == split], workers)
             for split in ("train", "validation", "test")}
 
-  def _generate_examples(self, specs):
-    """Renders videos, in two processes when there are many (order stays fixed)."""
+  def _generate_examples(self, specs, workers):
+    """Renders videos, in `workers` processes when there are many (order stays fixed)."""
     c = self.builder_config
     # Plain arguments only: spawned workers cannot import this by-path module.
     jobs = [(spec, c.difficulty, c.image_size, c.fps, c.jpeg_quality, c.me_period_s)
             for spec in specs]
-    workers = min(int(os.environ.get("MELDAE_SYNTH_WORKERS", "2")), os.cpu_count() or 1)
     if workers <= 1 or len(jobs) < 8:
       yield from map(generator.make_keyed_example, jobs)
       return
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
       yield from pool.imap(generator.make_keyed_example, jobs)
+
+
+def _workers() -> int:
+  """Render processes: MELDAE_SYNTH_WORKERS (default 2; 1 renders in-process), at most
+  the CPU count. A value that is no whole number is a CorpusError naming it (it was a
+  ValueError traceback from inside the build)."""
+  value = os.environ.get("MELDAE_SYNTH_WORKERS", "2")
+  try:
+    workers = int(value)
+  except ValueError:
+    raise corpus_utils.CorpusError(
+        f"MELDAE_SYNTH_WORKERS must be a whole number of render processes, got {value!r}"
+    ) from None
+  return min(workers, os.cpu_count() or 1)

@@ -488,3 +488,22 @@ def test_a_bad_worker_count_is_a_one_line_build_error(tmp_path, monkeypatch, cap
   assert lines == ["error: MELDAE_SYNTH_WORKERS must be a whole number of render processes, "
                    "got 'two'"], lines
   assert not list(tmp_path.glob("synthetic_conversation/tiny/*"))  # nothing half-built
+
+
+@pytest.mark.parametrize("onset, offset, words", [
+    (60, 50, "predicted interval 0 [60, 50] is reversed [0, 90)"),  # was a silent FP
+    (95, 99, "predicted interval 0 [95, 99] is outside [0, 90)"),  # was a numpy error
+    (-3, 4, "predicted interval 0 [-3, 4] is outside [0, 90)"),
+])
+def test_error_report_refuses_predictions_outside_the_video(tmp_path, capsys, onset, offset,
+                                                            words):
+  from meldae_jax.data.synthetic import error_report  # pylint: disable=g-import-not-at-top
+  c = error_report.builder_config("tiny")
+  (spec,) = [s for s in generator.corpus_plan(
+      c.num_subjects, videos_per_subject=c.videos_per_subject, seconds=c.seconds, fps=c.fps,
+      corpus_seed=c.corpus_seed) if s.split == "test"]
+  (tmp_path / "test_predictions.json").write_text(json.dumps(
+      {"videos": {spec.video_id: {"intervals": [{"onset": onset, "offset": offset}]}}}))
+  assert error_report.main(["--workdir", str(tmp_path), "--level", "tiny"]) == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert lines == [f"error: video {spec.video_id!r}: {words}"], lines

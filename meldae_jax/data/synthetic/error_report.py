@@ -93,8 +93,12 @@ def report(predictions: dict, level: str, split: str = "test",
         if iv.get("type", "micro") == "micro") != sorted(gts):
       raise ValueError(f"video {spec.video_id!r}: the run's annotations are not the "
                        f"{level!r} level's (replayed): another level?")
-    preds = [(p["onset"], p["offset"]) for p in videos.get(spec.video_id, {}).get("intervals", [])
-             if p.get("type", "micro") == "micro"]
+    predicted = videos.get(spec.video_id, {}).get("intervals", [])
+    for i, (on, off) in enumerate((p["onset"], p["offset"]) for p in predicted):
+      if not 0 <= on <= off < spec.num_frames:  # SPEC §5 (was counted, or a numpy error)
+        raise ValueError(f"video {spec.video_id!r}: predicted interval {i} [{on}, {off}] "
+                         f"is {'reversed' if on > off else 'outside'} [0, {spec.num_frames})")
+    preds = [(p["onset"], p["offset"]) for p in predicted if p.get("type", "micro") == "micro"]
     pairs = metrics.match(gts, preds)  # SPEC §5: IoU >= 0.5, one-to-one
     hit, matched_preds = {g for g, _ in pairs}, {p for _, p in pairs}
     tone = "dark" if skin_luminance(spec.subject_seed) < DARK_LUMINANCE else "light"

@@ -9,6 +9,18 @@ The synthetic corpus is a pure function of its seeds, so every test video's time
 
 reads `WORKDIR/test_predictions.json` (written by training's final evaluation) and prints
 recall per group and the false-positive causes. Matching is SPEC §5's IoU >= 0.5, one-to-one.
+
+Output (`--json` gives the same as an object):
+  recall           tp / n per group of test MEs: `action=<ME action>`, `speaking=1|0` (the
+                   ME's turn), `skin=dark|light` (skin luma < 100: the 2 darkest of the 8
+                   tones, the third in part), `all` (its tp is evaluate's micro tp).
+  misses           missed MEs `mislocalised` (a prediction overlaps, IoU < 0.5) or `unseen`.
+  false_positives  `by_state`: SPEC §5's majority state of each unmatched prediction (as
+                   evaluate's f1_speaking/f1_listening count them); `by_cause`: the nuisance
+                   channel that swings most under it (jaw, speech-emphasis brow, blink, nod,
+                   lip shape), `macro-expression` over a macro, or `none` when none of
+                   these swings by a tenth of its full swing (head drift, saccades and light
+                   are not causes here); `on_an_me`: how many overlap an ME.
 """
 import argparse
 import collections

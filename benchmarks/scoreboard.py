@@ -160,7 +160,7 @@ ROWS = (
     Remat("the same, the step's own memory: XLA's buffers for it (arguments, "
           "temporaries, outputs)", "s24_memory.jsonl", measure="xla"),
     NotRun("GPU: B224 and the 16-clip batch in bf16, MFU >= 45 %",
-           "not run: no GPU lent (sessions 10-34); one prepared call, "
+           "not run: no GPU lent (sessions 10-35); one prepared call, "
            "`benchmarks/gpu_suite.sh run`, re-checked in session 23", "16, 23"),
 )
 

@@ -163,6 +163,7 @@ RULES = (
     ("model.dtype", choice("float32", "bfloat16")),
     ("model.matmul_dtype", choice("", None, "bfloat16")),
     ("model.backbone", choice("vit", "resnet50")),
+    ("model.resnet_width", integer(0)),
     ("model.temporal", choice("bilstm", "none")),
     ("model.fusion", choice("per_frame", "tokens")),
     ("model.vit_stem", choice("patch", "hmlp")),

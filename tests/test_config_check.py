@@ -69,6 +69,7 @@ def test_every_sweep_run_passes(sweep):
     ("input.transform", "diff12", "diff124"),
     ("model.dropout", 1.0, 0.5),
     ("model.dtype", "bf16", "bfloat16"),
+    ("model.resnet_width", -64, 0),
     ("loss.loc_loss", "BAL", "bal"),
     ("loss.state_weight", -0.2, 0.0),
     ("optimizer.groups", (), ((".*", 0.0),)),

@@ -10,7 +10,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.vit_stem = "patch"          # 'patch' (linear, the paper) | 'hmlp' (from scratch only)
   c.vit_stem_hidden = 32        # channels of the hMLP stem's inner stages
   c.image_size = 224            # face-crop side fed to the backbone
-  c.resnet_width = 768          # D of the ResNet backbone (its CLS/patch projection)
+  c.resnet_width = 0            # D of the ResNet backbone (its CLS/patch projection); 0: the
+                                # ViT variant's width, so the ablation swaps the backbone only
   c.resnet_stages = (3, 4, 6, 3)  # bottleneck units per stage: ResNet-50
   c.resnet_base_width = 64      # channels of the first stage (x4 at its output)
   c.num_frames = 16             # T: window length (sizes the temporal embedding)

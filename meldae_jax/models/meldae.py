@@ -13,6 +13,14 @@ from meldae_jax.models.temporal import Temporal
 from meldae_jax.ops import blas_dot
 
 
+def resnet_width(cfg) -> int:
+  """D of the ResNet backbone: `resnet_width`, or 0 for the width of `variant`'s ViT, so
+  that Table 3's ResNet-50 run changes the backbone alone (a fixed 768 made every later
+  part 12x wider than on the ViT-Mu configs it replaced, 40x the parameters)."""
+  from meldae_jax.models.vit import vit_dims  # pylint: disable=g-import-not-at-top
+  return int(cfg.resnet_width) or vit_dims(cfg.variant)["width"]
+
+
 def make_backbone(cfg, dtype, name="backbone"):
   """ViT or ResNet-50 frame encoder; both map (N,H,W,3) -> (cls, patches)."""
   if cfg.backbone == "vit":
@@ -26,7 +34,7 @@ def make_backbone(cfg, dtype, name="backbone"):
       raise ValueError(
           f"model.remat_policy={cfg.remat_policy!r} / model.scan_blocks={cfg.scan_blocks} "
           "apply to the ViT backbone only; with backbone='resnet50' leave them 'none' / False")
-    return ResNet(width=cfg.resnet_width, stages=tuple(cfg.resnet_stages),
+    return ResNet(width=resnet_width(cfg), stages=tuple(cfg.resnet_stages),
                   base_width=cfg.resnet_base_width, dtype=dtype, name=name)
   raise ValueError(f"unknown backbone {cfg.backbone!r}")
 

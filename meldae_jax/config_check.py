@@ -237,8 +237,11 @@ def problems(cfg) -> list[str]:
     if v is not MISSING and not ok(v):
       out.append(f"--config.{path}={_shown(v)}: must be {what}")
   variant = _get(cfg, "model.variant")
-  if (_get(cfg, "model.backbone") in ("vit", MISSING) and variant is not MISSING
-      and not _vit_variant(variant)):
+  # The ResNet reads the variant too when resnet_width is 0: D is the ViT's width.
+  width_from_variant = (_get(cfg, "model.backbone") == "resnet50"
+                        and _get(cfg, "model.resnet_width") == 0)
+  if ((_get(cfg, "model.backbone") in ("vit", MISSING) or width_from_variant)
+      and variant is not MISSING and not _vit_variant(variant)):
     out.append(f"--config.model.variant={_shown(variant)}: must be a ViT variant "
                f"<{'|'.join(vit.VARIANTS)}>/<patch>, e.g. 'B/16'")
   size = _get(cfg, "model.image_size")

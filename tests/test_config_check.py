@@ -120,7 +120,11 @@ def test_model_variant_remat_policy_and_mesh():
     found = config_check.problems(c)
     assert len(found) == 1 and found[0].startswith(f"--config.{path}="), found
   c = _config()
-  c.model.backbone, c.model.variant = "resnet50", "unused"  # the ResNet has no variant
+  c.model.backbone, c.model.variant = "resnet50", "unused"
+  # resnet_width 0: the ResNet's D is the variant's width, so the variant must be one
+  found = config_check.problems(c)
+  assert len(found) == 1 and found[0].startswith("--config.model.variant='unused'"), found
+  c.model.resnet_width = 256  # an explicit width: the ResNet reads no variant
   assert config_check.problems(c) == []
   c = _config()
   c.mesh.data, c.mesh.fsdp = -1, -1

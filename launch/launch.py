@@ -205,8 +205,9 @@ def launch_xm(config: str, sweep: str, workdir: str, extra=()) -> None:
 
   XManager's python_container builds a Docker image of the repository with
   `xm_image_steps` (its default steps install a `requirements.txt` this repository
-  does not have, on a CUDA 11 base image) and runs each job in a container. Into it go: the runs' flags, MELDAE_VIT_INIT and TFDS_DATA_DIR when set, and
-  mounts (same path) of the workdir and of the absolute paths those and the flags name.
+  does not have, on a CUDA 11 base image) and runs each job in a container. Into it go:
+  the runs' flags, MELDAE_VIT_INIT and TFDS_DATA_DIR when set, and mounts (same path)
+  of the workdir and of the absolute paths those and the flags name.
   Not carried: other environment variables (the MELDAE_CPU_* / MELDAE_CBLAS_LIB
   switches, XLA_FLAGS), relative paths in flags (they are the image's), paths not named
   (e.g. the default ~/tensorflow_datasets when TFDS_DATA_DIR is unset), and GPUs (no

@@ -394,6 +394,29 @@ def test_eval_sharding_pads_to_equal_batches(source):
   assert sorted(rows) == sorted(full)
 
 
+@pytest.mark.parametrize("num_threads", [0, 2])
+def test_overlapping_eval_windows_decode_each_frame_once(source, monkeypatch, num_threads):
+  # Each frame was decoded and resized window / stride times (2x at the configs' 16 / 8).
+  kw = dict(window=16, stride=4, batch_size=3, image_size=2 * SIZE,
+            classes=("micro", "macro"), num_threads=num_threads)
+  index = sources.VideoIndex(source)
+  plain = pipeline.WindowLoader(index, 16, kw["classes"], 2 * SIZE)  # keeps no frames
+  decoded = []
+  decode = pipeline.decode_frame
+  monkeypatch.setattr(pipeline, "decode_frame",
+                      lambda data, vid="", frame=-1: decoded.append((vid, frame)) or
+                      decode(data, vid, frame))
+  batches = list(pipeline.eval_windows(index, **kw))
+  monkeypatch.setattr(pipeline, "decode_frame", decode)
+  for b in batches:  # the same frames as windows decoded one by one
+    for w, (vi, st) in enumerate(zip(b["video_index"], b["start"])):
+      np.testing.assert_array_equal(b["video"][w], plain((vi, st))["video"])
+  if num_threads == 0:  # threads may race for a frame now and then
+    assert sorted(decoded) == sorted(set(decoded))
+  assert len(set(decoded)) == sum(len(r["frames"]) for r in source)
+  assert len(decoded) < 1.5 * len(set(decoded))
+
+
 def test_only_window_frames_are_decoded():
   rec = _record(40, [(12, 14, 0)])
   rec["frames"] = [f if 10 <= i < 26 else b"corrupt" for i, f in enumerate(rec["frames"])]

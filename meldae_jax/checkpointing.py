@@ -81,13 +81,32 @@ def _is_grain_iterator(it) -> bool:
   return isinstance(it, (grain.DatasetIterator, grain.DataLoaderIterator))
 
 
+class IteratorState:
+  """A data iterator's state taken now, saved later as the iterator itself would be.
+
+  The training loop reads the next batch while a step runs, so when it saves the
+  iterator is a batch ahead; it saves the state taken before that read.
+  """
+
+  def __init__(self, it):
+    self.is_grain = _is_grain_iterator(it)
+    self.state = it.get_state()
+
+  def get_state(self):
+    """What grain's handler writes for an item that is not a `DatasetIterator` (bytes):
+    the text a `DatasetIterator` of this state would have written."""
+    if isinstance(self.state, bytes):
+      return self.state
+    return json.dumps(self.state, indent=4).encode()
+
+
 def _iterator_save_arg(it):
   if it is None:
     return None
-  if _is_grain_iterator(it):
+  if _is_grain_iterator(it) or (isinstance(it, IteratorState) and it.is_grain):
     return grain.checkpoint.CheckpointSave(it)
   if hasattr(it, "get_state"):
-    state = it.get_state()
+    state = it.state if isinstance(it, IteratorState) else it.get_state()
     if isinstance(state, bytes):
       state = {"__bytes__": state.decode()}
     return ocp.args.JsonSave({"process_index": jax.process_index(), "state": state})

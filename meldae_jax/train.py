@@ -711,18 +711,31 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
     validate(trainer, state.params, splits.val, at, writer, ckpt, state)
     return time.time() - t0
 
+  def device_batch(at: int):  # step `at`'s batch on the devices, or the error reading it
+    try:
+      batch = next(train_iter)
+      if at == cfg.debug.nan_at_step:
+        batch = dict(batch, frame_mask=np.full_like(batch["frame_mask"], np.nan))
+      return sharding.make_global_batch(batch, trainer.batch_sharding)
+    except Exception as e:  # pylint: disable=broad-except
+      return e  # raised at step `at`: the steps before it log and save first
+
   try:
     if 0 < start < total and cfg.eval_every and start % cfg.eval_every == 0:
       # A stop on a validation step saves and leaves before validating (a preemption's
       # grace is short): the straight run's validation of this step happens here.
       val_seconds = timed_validation(start)
       t_log += val_seconds
+    batch = device_batch(start + 1) if start < total else None
     for step in range(start + 1, total + 1):
-      batch = next(train_iter)
-      if step == cfg.debug.nan_at_step:
-        batch = dict(batch, frame_mask=np.full_like(batch["frame_mask"], np.nan))
-      batch = sharding.make_global_batch(batch, trainer.batch_sharding)
+      if isinstance(batch, Exception):
+        raise batch
       state, metrics = trainer.train_step(state, batch)
+      # The next batch is read, stacked and sent to the devices while this step runs
+      # (an accelerator waited for it every step); a checkpoint of this step saves the
+      # iterator's state from before that read, so resuming is still exact.
+      data_state = checkpointing.IteratorState(train_iter)
+      batch = device_batch(step + 1) if step < total else None
       metrics = jax.device_get(metrics)
       loss = float(metrics["loss"])
       if not np.isfinite(loss):
@@ -752,7 +765,7 @@ def _run(trainer: Trainer, cfg, mcfg, workdir: str, splits: Splits) -> dict:
       stop = preempt.should_stop() or step == cfg.debug.stop_at_step
       every = cfg.checkpoint.every_steps  # 0: at the end and on a stop only
       if stop or (every and step % every == 0) or step == total:
-        ckpt.save(step, state, train_iter)
+        ckpt.save(step, state, data_state)
         # The run resumes from here without logging these steps again: TensorBoard's
         # events (buffered, flushed every 2 min) must not die with a hard kill.
         writer.flush()

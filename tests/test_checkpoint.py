@@ -77,6 +77,52 @@ def test_stop_and_resume_is_exact(tmp_path, data, uninterrupted):
       "train_start_step"] == 0
 
 
+def test_the_next_batch_is_sent_to_the_devices_while_a_step_runs(tmp_path, data,
+                                                                 monkeypatch):
+  # The loop fetched a step's metrics before reading the next batch: an accelerator idled
+  # while the host stacked and sent each batch. Resuming stays exact (test above).
+  from meldae_jax import sharding  # pylint: disable=g-import-not-at-top
+  events = []
+  put, get = sharding.make_global_batch, jax.device_get
+  monkeypatch.setattr(sharding, "make_global_batch",
+                      lambda *a: events.append("batch") or put(*a))
+  monkeypatch.setattr(jax, "device_get", lambda x: (
+      events.append("metrics") if isinstance(x, dict) and "loss" in x else None) or get(x))
+  r = train.train_and_evaluate(_cfg(total_steps=3), str(tmp_path / "w"), splits=data)
+  assert r["status"] == "done"
+  loop = [e for e in events if e in ("batch", "metrics")][:6]
+  assert loop == ["batch", "batch", "metrics", "batch", "metrics", "metrics"]
+
+
+def test_a_batch_that_cannot_be_read_stops_after_the_steps_before_it_saved(tmp_path, data,
+                                                                          monkeypatch):
+  # The next batch is read during the step before it; its error still comes at its step.
+  from meldae_jax.data import sources  # pylint: disable=g-import-not-at-top
+  make = train.train_iterator
+
+  class Failing:
+    def __init__(self, it):
+      self.it, self.n = it, 0
+
+    def __next__(self):
+      self.n += 1
+      if self.n == 3:
+        raise sources.RecordError("video 'v': cannot decode frame 7")
+      return next(self.it)
+
+    def get_state(self):
+      return self.it.get_state()
+
+  monkeypatch.setattr(train, "train_iterator", lambda *a: Failing(make(*a)))
+  workdir = tmp_path / "w"
+  with pytest.raises(sources.RecordError, match="frame 7"):
+    train.train_and_evaluate(_cfg(**{"checkpoint.every_steps": 1}), str(workdir),
+                             splits=data)
+  assert checkpointing.Checkpointer(str(workdir)).latest_step() == 2
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(l)["step"] for l in lines] == [1, 2]
+
+
 def test_resume_without_iterator_state_differs(tmp_path, data, uninterrupted):
   """The exactness above depends on restoring the iterator: without it, it breaks."""
   cfg = _cfg(**{"checkpoint.every_steps": 2})

@@ -2,7 +2,9 @@
 
 Prints one JSON line: windows/s and frames/s per setting (T, batch, augmentation). The
 pipeline should sustain >= 3x the frames/s the train step consumes (~120-160 frames/s
-for Ti/16 at 112 px on 2 CPU cores).
+for Ti/16 at 112 px on 2 CPU cores). `eval` is the evaluation's pass over the same videos
+(T=16, `--eval_stride`, batch 16): video frames/s and decodes per frame (1.0: each frame
+decoded once however much the windows overlap).
 
   python benchmarks/pipeline.py [--videos 4 --frames 3000 --seconds 3 --num_threads 2]
 """
@@ -96,6 +98,30 @@ def measure(index, *, window, batch_size, augment, seconds, num_threads, image_s
           "frames_per_s": round(n * batch_size * window / dt, 1)}
 
 
+def measure_eval(index, *, stride, num_threads, image_size, window=16):
+  """One pass of the eval windows over every video: video frames/s, decodes per frame."""
+  decodes = [0]
+  decode = pipeline.decode_frame
+
+  def counting(*args):
+    decodes[0] += 1
+    return decode(*args)
+
+  pipeline.decode_frame = counting
+  try:
+    t0 = time.perf_counter()
+    for _ in pipeline.eval_windows(index, window, stride, batch_size=16,
+                                   image_size=image_size, num_threads=num_threads):
+      pass
+    dt = time.perf_counter() - t0
+  finally:
+    pipeline.decode_frame = decode
+  frames = sum(info.num_frames for info in index.infos)
+  return {"T": window, "stride": stride, "batch": 16,
+          "video_frames_per_s": round(frames / dt, 1),
+          "decodes_per_frame": round(decodes[0] / frames, 3)}
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--videos", type=int, default=4)
@@ -107,6 +133,8 @@ def main():
   p.add_argument("--tfds_videos", type=int, default=20,
                  help="also measure an array_record TFDS source of this many videos (0: off)")
   p.add_argument("--tfds_frames", type=int, default=1500)
+  p.add_argument("--eval_stride", type=int, default=8,
+                 help="also measure the eval windows at this stride (0: off)")
   args = p.parse_args()
   t0 = time.perf_counter()
   source = synthetic_source(args.videos, args.frames, args.stored_size)
@@ -115,6 +143,10 @@ def main():
   results = [measure(index, window=t, batch_size=b, augment=a, seconds=args.seconds,
                      num_threads=args.num_threads, image_size=args.image_size)
              for t, b, a in itertools.product((16, 32), (2, 8), (False, True))]
+  eval_result = None
+  if args.eval_stride:
+    eval_result = measure_eval(index, stride=args.eval_stride, num_threads=args.num_threads,
+                               image_size=args.image_size)
   tfds_results = []
   if args.tfds_videos:
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,7 +175,7 @@ def main():
       "num_threads": args.num_threads, "cpus": os.cpu_count(),
       "machine": platform.machine(), "source_gen_s": round(t_gen, 1),
       "mean_jpeg_bytes": int(np.mean([len(f) for f in source[0]["frames"]])),
-      "results": results, "tfds": tfds_info,
+      "results": results, "eval": eval_result, "tfds": tfds_info,
   }))
 
 

@@ -128,8 +128,10 @@ def score_videos(trainer, params, index, cfg, progress=None) -> tuple[dict, dict
   if progress is not None:
     total = len(pipeline.eval_window_table(index, int(cfg.dataset.window),
                                            int(cfg.eval.stride)))
-  for global_batch in eval_batches(trainer, index, cfg):
-    out = jax.device_get(trainer.eval_step(params, global_batch))
+
+  def take(out):
+    nonlocal done
+    out = jax.device_get(out)
     averager.add(out, out["loc"])
     valid = np.asarray(out["batch_valid"]) > 0
     if progress is not None:
@@ -137,6 +139,17 @@ def score_videos(trainer, params, index, cfg, progress=None) -> tuple[dict, dict
       progress(done, total)
     for k in clips:
       clips[k].append(np.asarray(out[k])[valid])
+
+  # A batch's outputs are fetched once the next batch is dispatched: the devices run a
+  # batch while the host stacks and sends the next (it waited for each batch's outputs).
+  pending = None
+  for global_batch in eval_batches(trainer, index, cfg):
+    out = trainer.eval_step(params, global_batch)
+    if pending is not None:
+      take(pending)
+    pending = out
+  if pending is not None:
+    take(pending)
   scores = {index.info(vi).video_id: s for vi, s in averager.result().items()}
   return scores, {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in clips.items()}
 

@@ -768,3 +768,36 @@ def test_the_logged_grad_norm_leaves_frozen_groups_out():
   grads = {"backbone": {"k": np.full(3, 4.0)}, "head": {"k": np.full(1, 3.0)}}
   kept = optim.trained_grads(grads, (("backbone/.*", 0.0), (".*", 1.0)))
   assert [float(g[0]) for g in kept] == [3.0]
+
+
+def test_score_videos_sends_the_next_batch_while_one_runs_and_scores_alike(monkeypatch):
+  # score_videos fetched each batch's outputs before reading the next batch: the devices
+  # idled while the host stacked and sent every batch.
+  import jax  # pylint: disable=g-import-not-at-top
+  from meldae_jax import sharding  # pylint: disable=g-import-not-at-top
+  cfg = th.tiny_config()
+  index = sources.VideoIndex(th.records(2, num_frames=40))
+  trainer = train.make_trainer(cfg)
+  with jax.set_mesh(trainer.mesh):
+    params = trainer.init_fn(jax.random.key(0)).params
+    ref = predict.pipeline.ScoreAverager(index)
+    me = []
+    for batch in predict.eval_batches(trainer, index, cfg):  # one batch at a time
+      out = jax.device_get(trainer.eval_step(params, batch))
+      ref.add(out, out["loc"])
+      me.append(np.asarray(out["me"])[np.asarray(out["batch_valid"]) > 0])
+    events = []
+    put, get = sharding.make_global_batch, jax.device_get
+    monkeypatch.setattr(sharding, "make_global_batch",
+                        lambda *a: events.append("batch") or put(*a))
+    monkeypatch.setattr(jax, "device_get", lambda x: (
+        events.append("outputs") if isinstance(x, dict) and "loc" in x else None) or get(x))
+    scores, clips = predict.score_videos(trainer, params, index, cfg)
+  n = events.count("batch")
+  assert n >= 3
+  assert events == ["batch", "batch"] + ["outputs", "batch"] * (n - 2) + ["outputs"] * 2
+  want = ref.result()
+  assert scores.keys() == {index.info(vi).video_id for vi in want}
+  for vi, track in want.items():
+    np.testing.assert_array_equal(scores[index.info(vi).video_id], track)
+  np.testing.assert_array_equal(clips["me"], np.concatenate(me))

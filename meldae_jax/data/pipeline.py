@@ -26,8 +26,6 @@ writes `process_<i>-of-<n>.json` with `iterator.get_state()`. Equivalently store
 `json.dumps(it.get_state())` yourself and call `it.set_state(json.loads(...))` on an
 iterator built with the same arguments.
 """
-import collections
-import threading
 from typing import Any, Sequence
 
 import cv2
@@ -63,40 +61,6 @@ def decode_frame(data, video_id: str = "", frame: int = -1) -> np.ndarray:
   return img
 
 
-class _DecodedFrames:
-  """Thread-safe LRU of finished (resized, RGB) frames keyed by `(video_index, frame)`.
-
-  Overlapping eval windows (stride < T) share frames: without it each frame was decoded
-  and resized T / stride times (2x at the configs' 16 / 8). Read threads working on
-  neighbouring windows at once may both decode a frame (1.03-1.05 decodes per frame at
-  16 / 8 with 2 threads). Picklable (starts empty).
-  """
-
-  def __init__(self, size: int):
-    self.size = int(size)
-    self._items: collections.OrderedDict = collections.OrderedDict()
-    self._lock = threading.Lock()
-
-  def get(self, key):
-    with self._lock:
-      img = self._items.get(key)
-      if img is not None:
-        self._items.move_to_end(key)
-      return img
-
-  def put(self, key, img: np.ndarray) -> None:
-    with self._lock:
-      self._items[key] = img
-      while len(self._items) > self.size:
-        self._items.popitem(last=False)
-
-  def __getstate__(self):
-    return {"size": self.size}
-
-  def __setstate__(self, state):
-    self.__init__(state["size"])
-
-
 class WindowLoader:
   """Picklable grain map: `(video_index, start)` -> one window's arrays.
 
@@ -117,7 +81,10 @@ class WindowLoader:
     self.image_size = int(image_size)
     self.augment = augment
     self._frames = sources.FrameCache(index.source, cache_videos, index.frame_step)
-    self._done = _DecodedFrames(keep_frames) if keep_frames > 0 and augment is None else None
+    # Finished frames of unaugmented windows, keyed (video_index, frame): overlapping eval
+    # windows (stride < T) decoded and resized each frame T / stride times without them.
+    self._done = (sources.LockedLRU(keep_frames) if keep_frames > 0 and augment is None
+                  else None)
     windows_lib.class_ids(self.classes)  # fail early on unknown class names
 
   def empty(self) -> dict:

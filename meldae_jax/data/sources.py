@@ -247,6 +247,36 @@ def as_index(source_or_index) -> VideoIndex:
   return VideoIndex(source_or_index)
 
 
+class LockedLRU:
+  """Thread-safe LRU of at most `size` items (grain's read threads share it). It pickles
+  empty: each worker process starts its own."""
+
+  def __init__(self, size: int):
+    self.size = int(size)
+    self._items: collections.OrderedDict = collections.OrderedDict()
+    self._lock = threading.Lock()
+
+  def get(self, key):
+    """The item, most recently used now, or None."""
+    with self._lock:
+      item = self._items.get(key)
+      if item is not None:
+        self._items.move_to_end(key)
+      return item
+
+  def put(self, key, item) -> None:
+    with self._lock:
+      self._items[key] = item
+      while len(self._items) > self.size:
+        self._items.popitem(last=False)
+
+  def __getstate__(self):
+    return {"size": self.size}
+
+  def __setstate__(self, state):
+    self.__init__(state["size"])
+
+
 class FrameCache:
   """Thread-safe LRU of the `frames` lists of recently read records.
 
@@ -261,8 +291,7 @@ class FrameCache:
     self._source = source
     self._size = size
     self._step = int(frame_step)
-    self._items: collections.OrderedDict = collections.OrderedDict()
-    self._lock = threading.Lock()
+    self._items = LockedLRU(size)  # worker processes start with an empty cache
 
   def _read(self, index: int):
     frames = self._source[index]["frames"]
@@ -271,22 +300,11 @@ class FrameCache:
   def frames(self, index: int):
     if self._size <= 0:
       return self._read(index)
-    with self._lock:
-      if index in self._items:
-        self._items.move_to_end(index)
-        return self._items[index]
-    frames = self._read(index)
-    with self._lock:
-      self._items[index] = frames
-      while len(self._items) > self._size:
-        self._items.popitem(last=False)
+    frames = self._items.get(index)
+    if frames is None:
+      frames = self._read(index)
+      self._items.put(index, frames)
     return frames
-
-  def __getstate__(self):  # worker processes start with an empty cache
-    return {"_source": self._source, "_size": self._size, "_step": self._step}
-
-  def __setstate__(self, state):
-    self.__init__(state["_source"], state["_size"], state.get("_step", 1))
 
 
 def open_source(name_or_builder: Any, split: str = "train",

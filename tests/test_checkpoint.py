@@ -81,13 +81,7 @@ def test_the_next_batch_is_sent_to_the_devices_while_a_step_runs(tmp_path, data,
                                                                  monkeypatch):
   # The loop fetched a step's metrics before reading the next batch: an accelerator idled
   # while the host stacked and sent each batch. Resuming stays exact (test above).
-  from meldae_jax import sharding  # pylint: disable=g-import-not-at-top
-  events = []
-  put, get = sharding.make_global_batch, jax.device_get
-  monkeypatch.setattr(sharding, "make_global_batch",
-                      lambda *a: events.append("batch") or put(*a))
-  monkeypatch.setattr(jax, "device_get", lambda x: (
-      events.append("metrics") if isinstance(x, dict) and "loss" in x else None) or get(x))
+  events = th.record_transfers(monkeypatch, "loss", "metrics")
   r = train.train_and_evaluate(_cfg(total_steps=3), str(tmp_path / "w"), splits=data)
   assert r["status"] == "done"
   loop = [e for e in events if e in ("batch", "metrics")][:6]

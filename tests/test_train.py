@@ -774,7 +774,6 @@ def test_score_videos_sends_the_next_batch_while_one_runs_and_scores_alike(monke
   # score_videos fetched each batch's outputs before reading the next batch: the devices
   # idled while the host stacked and sent every batch.
   import jax  # pylint: disable=g-import-not-at-top
-  from meldae_jax import sharding  # pylint: disable=g-import-not-at-top
   cfg = th.tiny_config()
   index = sources.VideoIndex(th.records(2, num_frames=40))
   trainer = train.make_trainer(cfg)
@@ -786,12 +785,7 @@ def test_score_videos_sends_the_next_batch_while_one_runs_and_scores_alike(monke
       out = jax.device_get(trainer.eval_step(params, batch))
       ref.add(out, out["loc"])
       me.append(np.asarray(out["me"])[np.asarray(out["batch_valid"]) > 0])
-    events = []
-    put, get = sharding.make_global_batch, jax.device_get
-    monkeypatch.setattr(sharding, "make_global_batch",
-                        lambda *a: events.append("batch") or put(*a))
-    monkeypatch.setattr(jax, "device_get", lambda x: (
-        events.append("outputs") if isinstance(x, dict) and "loc" in x else None) or get(x))
+    events = th.record_transfers(monkeypatch, "loc", "outputs")
     scores, clips = predict.score_videos(trainer, params, index, cfg)
   n = events.count("batch")
   assert n >= 3

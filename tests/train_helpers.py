@@ -114,3 +114,17 @@ def result_line(out: str) -> dict:
   line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
   return json.loads(line[len("RESULT "):])
 
+
+
+def record_transfers(monkeypatch, key: str, label: str) -> list:
+  """Events in order: "batch" for each batch sent to the devices (make_global_batch) and
+  `label` for each fetch of device outputs holding `key` (jax.device_get)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from meldae_jax import sharding  # pylint: disable=g-import-not-at-top
+  events = []
+  put, get = sharding.make_global_batch, jax.device_get
+  monkeypatch.setattr(sharding, "make_global_batch",
+                      lambda *a: events.append("batch") or put(*a))
+  monkeypatch.setattr(jax, "device_get", lambda x: (
+      events.append(label) if isinstance(x, dict) and key in x else None) or get(x))
+  return events

@@ -237,18 +237,19 @@ def problems(cfg) -> list[str]:
     if v is not MISSING and not ok(v):
       out.append(f"--config.{path}={_shown(v)}: must be {what}")
   variant = _get(cfg, "model.variant")
+  uses_vit = _get(cfg, "model.backbone") in ("vit", MISSING)
   # The ResNet reads the variant too when resnet_width is 0: D is the ViT's width.
   width_from_variant = (_get(cfg, "model.backbone") == "resnet50"
                         and _get(cfg, "model.resnet_width") == 0)
-  if ((_get(cfg, "model.backbone") in ("vit", MISSING) or width_from_variant)
-      and variant is not MISSING and not _vit_variant(variant)):
+  if (uses_vit or width_from_variant) and variant is not MISSING and not _vit_variant(
+      variant):
     out.append(f"--config.model.variant={_shown(variant)}: must be a ViT variant "
                f"<{'|'.join(vit.VARIANTS)}>/<patch>, e.g. 'B/16'")
   size = _get(cfg, "model.image_size")
-  if (_get(cfg, "model.backbone") in ("vit", MISSING) and _vit_variant(variant)
-      and isinstance(size, int) and 1 <= size < vit.vit_dims(variant)["patch"]):
+  patch = vit.vit_dims(variant)["patch"] if uses_vit and _vit_variant(variant) else None
+  if patch and isinstance(size, int) and 1 <= size < patch:
     out.append(f"--config.model.image_size={size}: must be at least the patch of "
-               f"ViT {variant!r} ({vit.vit_dims(variant)['patch']} px): no patch, no grid")
+               f"ViT {variant!r} ({patch} px): no patch, no grid")
   if _get(cfg, "mesh.data") == _get(cfg, "mesh.fsdp") == -1:
     out.append("--config.mesh.data=-1 and --config.mesh.fsdp=-1: at most one may be -1")
   ranges = _get(cfg, "dataset.augment_ranges")
